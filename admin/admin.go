@@ -1,0 +1,242 @@
+// Package admin is keyledger's write side and operator API: it issues and
+// revokes keys by appending events to the KEYS ledger with optimistic
+// concurrency, and serves the admin HTTP API behind a bearer token.
+package admin
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+	"unicode"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/projector"
+)
+
+// Config configures a Service.
+type Config struct {
+	Log       *events.Log
+	Projector *projector.Projector // must keep records (Options.Records)
+	Catalog   *keyledger.Catalog   // default keyledger.DefaultCatalog
+	Format    keyledger.Format     // default keyledger.DefaultFormat
+	Rand      io.Reader            // default crypto/rand
+	Now       func() time.Time     // default time.Now
+	// ApplyTimeout bounds how long a write waits for this node to apply
+	// its own event before answering (default 5s).
+	ApplyTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Service issues, revokes and reads keys.
+type Service struct {
+	cfg Config
+}
+
+// New returns a Service.
+func New(cfg Config) *Service {
+	if cfg.Catalog == nil {
+		cfg.Catalog = keyledger.DefaultCatalog
+	}
+	if cfg.Format == (keyledger.Format{}) {
+		cfg.Format = keyledger.DefaultFormat
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ApplyTimeout <= 0 {
+		cfg.ApplyTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{cfg: cfg}
+}
+
+// CreateRequest is the body of POST /v1/keys.
+type CreateRequest struct {
+	Name        string                `json:"name"`
+	Environment keyledger.Environment `json:"environment"`
+	Permissions []string              `json:"permissions"`
+	Owner       string                `json:"owner"`
+	ExpiresAt   *time.Time            `json:"expires_at"`
+	RateLimit   *keyledger.RateLimit  `json:"rate_limit"`
+}
+
+// KeyView is a key record as the API shows it, with its current status.
+type KeyView struct {
+	keyledger.Key
+	Status keyledger.Status `json:"status"`
+}
+
+// Created is the answer to a create: the record and, this once, the secret.
+type Created struct {
+	Secret string `json:"key"`
+	KeyView
+	Warning string `json:"warning"`
+}
+
+const (
+	maxNameLen   = 200
+	maxOwnerLen  = 200
+	maxReasonLen = 1000
+)
+
+func checkText(field, s string, max int, required bool) error {
+	if required && strings.TrimSpace(s) == "" {
+		return keyledger.Errorf(keyledger.Invalid, "%s is required", field)
+	}
+	if len(s) > max {
+		return keyledger.Errorf(keyledger.Invalid, "%s must be at most %d bytes", field, max)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || r == unicode.ReplacementChar {
+			return keyledger.Errorf(keyledger.Invalid, "%s must be printable UTF-8 text", field)
+		}
+	}
+	return nil
+}
+
+// Create issues a key. The secret is in the result and nowhere else: the
+// event carries only its SHA-256.
+func (s *Service) Create(ctx context.Context, req CreateRequest, actor string) (*Created, error) {
+	now := s.cfg.Now()
+	if err := checkText("name", req.Name, maxNameLen, true); err != nil {
+		return nil, err
+	}
+	if err := checkText("owner", req.Owner, maxOwnerLen, false); err != nil {
+		return nil, err
+	}
+	if req.Environment == keyledger.EnvUnknown {
+		return nil, keyledger.Errorf(keyledger.Invalid, "environment is required: \"live\" or \"test\"")
+	}
+	perms, err := s.cfg.Catalog.Normalize(req.Permissions)
+	if err != nil {
+		return nil, err
+	}
+	if req.ExpiresAt != nil {
+		t := req.ExpiresAt.UTC()
+		if !t.After(now) {
+			return nil, keyledger.Errorf(keyledger.Invalid, "expires_at must be in the future")
+		}
+		req.ExpiresAt = &t
+	}
+	if req.RateLimit != nil {
+		if err := req.RateLimit.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	secret, err := s.cfg.Format.New(req.Environment, s.cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	id := events.NewKeyID()
+	ev := &events.KeyCreated{
+		Header:      events.NewHeader(events.TypeKeyCreated, id, actor, now),
+		Name:        req.Name,
+		Environment: req.Environment,
+		Permissions: perms,
+		Owner:       req.Owner,
+		Hash:        keyledger.HashSecret(secret).String(),
+		Hint:        keyledger.Hint(secret),
+		ExpiresAt:   req.ExpiresAt,
+		RateLimit:   req.RateLimit,
+	}
+	seq, err := s.cfg.Log.Append(ctx, ev, 0)
+	if err != nil {
+		if errors.Is(err, keyledger.ErrConflict) {
+			// A fresh UUIDv7 id cannot exist already; a conflict here
+			// means the ledger is not what we think it is.
+			return nil, keyledger.Wrap(keyledger.Internal, err, "key id collision")
+		}
+		return nil, err
+	}
+	s.waitApplied(ctx, seq)
+	s.cfg.Logger.Info("key created", "key_id", id, "environment", req.Environment.String(), "owner", req.Owner, "actor", actor, "seq", seq)
+	k := keyledger.Key{
+		ID: id, Name: req.Name, Environment: req.Environment, Permissions: perms, Owner: req.Owner,
+		Hint: ev.Hint, ExpiresAt: req.ExpiresAt, RateLimit: req.RateLimit, CreatedAt: ev.At, CreatedBy: actor, Revision: seq,
+	}
+	return &Created{
+		Secret:  secret,
+		KeyView: KeyView{Key: k, Status: k.StatusAt(now)},
+		Warning: "Store this key now: it will not be shown again.",
+	}, nil
+}
+
+// waitApplied waits, bounded, until this node's table holds event seq, so
+// the caller's very next request to this node sees the change. The event is
+// durable either way; a timeout only means this node lags.
+func (s *Service) waitApplied(ctx context.Context, seq uint64) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+	defer cancel()
+	if err := s.cfg.Projector.WaitApplied(ctx, seq); err != nil {
+		s.cfg.Logger.Warn("write recorded but not yet applied on this node", "seq", seq, "err", err)
+	}
+}
+
+// Revoke revokes a key for good. Revoking a revoked key is a conflict
+// (reason already_revoked); an unknown id is not found.
+func (s *Service) Revoke(ctx context.Context, id, reason, actor string) (*KeyView, error) {
+	if err := checkText("reason", reason, maxReasonLen, false); err != nil {
+		return nil, err
+	}
+	// Optimistic concurrency: read the key's last event from the ledger
+	// itself (not this node's table, which may lag), then append expecting
+	// that sequence. A racing writer makes the append fail; re-read and
+	// decide again.
+	for attempt := 0; attempt < 5; attempt++ {
+		last, err := s.cfg.Log.Last(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if _, revoked := last.Event.(*events.KeyRevoked); revoked {
+			return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked,
+				Message: "key " + id + " is already revoked"}
+		}
+		ev := &events.KeyRevoked{Header: events.NewHeader(events.TypeKeyRevoked, id, actor, s.cfg.Now()), Reason: reason}
+		seq, err := s.cfg.Log.Append(ctx, ev, last.Seq)
+		if errors.Is(err, events.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.waitApplied(ctx, seq)
+		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", actor, "seq", seq)
+		return s.Get(id)
+	}
+	return nil, keyledger.Errorf(keyledger.Conflict, "key %s is being changed concurrently; try again", id)
+}
+
+// Get returns a key's record as this node knows it.
+func (s *Service) Get(id string) (*KeyView, error) {
+	k, ok := s.cfg.Projector.Key(id)
+	if !ok {
+		return nil, keyledger.Errorf(keyledger.NotFound, "no key %q", id)
+	}
+	return &KeyView{Key: k, Status: k.StatusAt(s.cfg.Now())}, nil
+}
+
+// List returns the keys matching f, newest first.
+func (s *Service) List(f projector.Filter) []KeyView {
+	now := s.cfg.Now()
+	keys := s.cfg.Projector.Keys(f, now)
+	out := make([]KeyView, len(keys))
+	for i, k := range keys {
+		out[i] = KeyView{Key: k, Status: k.StatusAt(now)}
+	}
+	return out
+}
+
+// History returns a key's events from the ledger: its audit trail.
+func (s *Service) History(ctx context.Context, id string) ([]events.Record, error) {
+	return s.cfg.Log.History(ctx, id)
+}

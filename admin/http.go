@@ -1,0 +1,234 @@
+package admin
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/projector"
+)
+
+// MaxBody bounds admin request bodies.
+const MaxBody = 64 << 10
+
+// BootstrapActor is the actor of events caused with the admin token.
+const BootstrapActor = "admin-token"
+
+// HandlerOptions configure the HTTP API of a node.
+type HandlerOptions struct {
+	Service *Service
+	// Token is the admin bearer token.
+	Token string
+	// Public serves the unauthenticated verifier endpoints (verifier.Paths).
+	Public http.Handler
+	// PublicPaths are the paths Public serves.
+	PublicPaths []string
+	// Protected are further handlers behind the admin token, by path
+	// (e.g. analytics' /v1/usage).
+	Protected map[string]http.Handler
+	Logger    *slog.Logger
+}
+
+// NewHandler returns the HTTP API of a node: the admin endpoints behind the
+// token, plus the public and protected handlers it is given.
+func NewHandler(o HandlerOptions) http.Handler {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	a := &api{svc: o.Service, log: o.Logger}
+	sum := sha256.Sum256([]byte(o.Token))
+	a.tokenSum = sum[:]
+
+	mux := http.NewServeMux()
+	if o.Public != nil {
+		for _, p := range o.PublicPaths {
+			mux.Handle(p, o.Public)
+		}
+	}
+	if o.Service != nil {
+		mux.Handle("/v1/keys", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.list, "POST": a.create})))
+		mux.Handle("/v1/keys/{id}", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.get})))
+		mux.Handle("/v1/keys/{id}/revoke", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.revoke})))
+		mux.Handle("/v1/keys/{id}/events", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.events})))
+	}
+	for p, h := range o.Protected {
+		mux.Handle(p, a.auth(h))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, r, keyledger.Errorf(keyledger.NotFound, "no such endpoint: %s", r.URL.Path))
+	})
+	return a.recover(mux)
+}
+
+type api struct {
+	svc      *Service
+	log      *slog.Logger
+	tokenSum []byte
+}
+
+// fail writes err; internal errors, and only those, are logged as faults.
+func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if keyledger.ErrorCode(err) == keyledger.Internal {
+		a.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	keyledger.WriteError(w, err)
+}
+
+// recover turns a panic into a 500 envelope: the client never sees a stack
+// trace, the log gets the fault.
+func (a *api) recover(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				a.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
+				keyledger.WriteError(w, keyledger.Errorf(keyledger.Internal, "internal error"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// auth requires "Authorization: Bearer <admin token>". Comparing SHA-256
+// sums in constant time leaks neither content nor length.
+func (a *api) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Get("Authorization")
+		const scheme = "bearer "
+		if len(h) <= len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) {
+			keyledger.WriteError(w, keyledger.ErrUnauthorized)
+			return
+		}
+		sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
+		if subtle.ConstantTimeCompare(sum[:], a.tokenSum) != 1 {
+			keyledger.WriteError(w, keyledger.ErrUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *api) methods(m map[string]http.HandlerFunc) http.Handler {
+	var allow []string
+	for k := range m {
+		allow = append(allow, k)
+	}
+	allowed := strings.Join(allow, ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, ok := m[r.Method]
+		if !ok {
+			w.Header().Set("Allow", allowed)
+			a.fail(w, r, &keyledger.Error{Code: keyledger.Invalid, Reason: keyledger.ReasonMethodNotAllowed,
+				Message: "method " + r.Method + " is not allowed here; use " + allowed})
+			return
+		}
+		h(w, r)
+	})
+}
+
+func (a *api) create(w http.ResponseWriter, r *http.Request) {
+	var req CreateRequest
+	if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	res, err := a.svc.Create(r.Context(), req, BootstrapActor)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/keys/"+res.ID)
+	keyledger.WriteJSON(w, http.StatusCreated, res)
+}
+
+type revokeRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
+	var req revokeRequest
+	// An empty body is a revoke without a reason.
+	if r.ContentLength != 0 {
+		if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	k, err := a.svc.Revoke(r.Context(), r.PathValue("id"), req.Reason, BootstrapActor)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	keyledger.WriteJSON(w, http.StatusOK, k)
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) {
+	k, err := a.svc.Get(r.PathValue("id"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	keyledger.WriteJSON(w, http.StatusOK, k)
+}
+
+func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var f projector.Filter
+	for name := range q {
+		switch name {
+		case "owner", "environment", "status":
+		default:
+			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "unknown query parameter %q (filters: owner, environment, status)", name))
+			return
+		}
+	}
+	f.Owner = q.Get("owner")
+	if s := q.Get("environment"); s != "" {
+		env, err := keyledger.ParseEnvironment(s)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		f.Environment = env
+	}
+	if s := q.Get("status"); s != "" {
+		st, err := keyledger.ParseStatus(s)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		f.Status = st
+	}
+	keyledger.WriteJSON(w, http.StatusOK, map[string]any{"keys": a.svc.List(f)})
+}
+
+// HistoryEntry is one event of a key's audit trail with its ledger position.
+type HistoryEntry struct {
+	Seq   uint64          `json:"seq"`
+	Event json.RawMessage `json:"event"`
+}
+
+func (a *api) events(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	recs, err := a.svc.History(r.Context(), id)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]HistoryEntry, 0, len(recs))
+	for _, rec := range recs {
+		b, err := json.Marshal(rec.Event)
+		if err != nil {
+			a.fail(w, r, keyledger.Wrap(keyledger.Internal, err, "cannot encode event"))
+			return
+		}
+		out = append(out, HistoryEntry{Seq: rec.Seq, Event: b})
+	}
+	keyledger.WriteJSON(w, http.StatusOK, map[string]any{"key_id": id, "events": out})
+}

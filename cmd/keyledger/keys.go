@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/admin"
+)
+
+func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return usageErr("keys needs a subcommand: create, list, show, revoke, events")
+	}
+	fs := flag.NewFlagSet("keys "+args[0], flag.ContinueOnError)
+	c := addClientFlags(fs)
+	switch args[0] {
+	case "create":
+		return keysCreate(ctx, fs, c, args[1:], stdout)
+	case "list":
+		return keysList(ctx, fs, c, args[1:], stdout)
+	case "show", "revoke", "events":
+		var reason *string
+		if args[0] == "revoke" {
+			reason = fs.String("reason", "", "why the key is revoked (kept in the ledger)")
+		}
+		pos, err := parseArgs(fs, args[1:])
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usageErr("keys %s takes one key id", args[0])
+		}
+		id := url.PathEscape(pos[0])
+		var raw json.RawMessage
+		switch args[0] {
+		case "show":
+			err = c.do(ctx, "GET", "/v1/keys/"+id, true, nil, &raw)
+		case "revoke":
+			err = c.do(ctx, "POST", "/v1/keys/"+id+"/revoke", true, map[string]string{"reason": *reason}, &raw)
+		case "events":
+			err = c.do(ctx, "GET", "/v1/keys/"+id+"/events", true, nil, &raw)
+		}
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return printJSON(stdout, raw)
+		}
+		if args[0] == "events" {
+			return printEvents(stdout, raw)
+		}
+		var k admin.KeyView
+		if err := json.Unmarshal(raw, &k); err != nil {
+			return err
+		}
+		if args[0] == "revoke" {
+			fmt.Fprintf(stdout, "Revoked %s. Every node refuses it from now on; this cannot be undone.\n\n", k.ID)
+		}
+		return printKey(stdout, &k)
+	}
+	return usageErr("unknown keys subcommand %q", args[0])
+}
+
+func keysCreate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {
+	name := fs.String("name", "", "name of the key (required)")
+	env := fs.String("environment", "live", "live or test")
+	fs.StringVar(env, "env", "live", "shorthand for --environment")
+	perms := fs.String("permissions", "", "comma-separated permissions (default: all)")
+	owner := fs.String("owner", "", "owner of the key (customer, team, service)")
+	expires := fs.String("expires", "", "expiry: RFC 3339 time or a duration from now such as 720h")
+	rps := fs.Float64("rate", 0, "rate limit, requests per second (default: none for live, the node's for test)")
+	burst := fs.Int("burst", 0, "rate-limit burst (default: 2 x rate)")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageErr("keys create takes flags only")
+	}
+	req := map[string]any{"name": *name, "environment": *env, "owner": *owner}
+	if *perms != "" {
+		req["permissions"] = strings.Split(*perms, ",")
+	}
+	if *expires != "" {
+		t, err := time.Parse(time.RFC3339, *expires)
+		if err != nil {
+			d, derr := time.ParseDuration(*expires)
+			if derr != nil {
+				return usageErr("--expires wants an RFC 3339 time or a duration, not %q", *expires)
+			}
+			t = time.Now().Add(d)
+		}
+		req["expires_at"] = t.UTC().Format(time.RFC3339Nano)
+	}
+	if *rps > 0 {
+		b := *burst
+		if b <= 0 {
+			b = int(2 * *rps)
+			if b < 1 {
+				b = 1
+			}
+		}
+		req["rate_limit"] = keyledger.RateLimit{PerSecond: *rps, Burst: b}
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, "POST", "/v1/keys", true, req, &raw); err != nil {
+		return err
+	}
+	if c.json {
+		return printJSON(stdout, raw)
+	}
+	var k admin.Created
+	if err := json.Unmarshal(raw, &k); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Created key %s\n\n    %s\n\nStore this key now: it will not be shown again.\n\n", k.ID, k.Secret)
+	return printKey(stdout, &k.KeyView)
+}
+
+func printKey(w io.Writer, k *admin.KeyView) error {
+	rows := [][]string{
+		{"id", k.ID}, {"name", k.Name}, {"environment", k.Environment.String()}, {"status", string(k.Status)},
+		{"owner", orDash(k.Owner)}, {"permissions", strings.Join(k.Permissions, ",")}, {"hint", "…" + k.Hint},
+		{"expires_at", fmtTime(k.ExpiresAt)}, {"created_at", fmtTime(&k.CreatedAt)}, {"created_by", k.CreatedBy},
+	}
+	if k.RateLimit != nil {
+		rows = append(rows, []string{"rate_limit", fmt.Sprintf("%g/s burst %d", k.RateLimit.PerSecond, k.RateLimit.Burst)})
+	}
+	if k.RevokedAt != nil {
+		rows = append(rows, []string{"revoked_at", fmtTime(k.RevokedAt)}, []string{"revoked_by", k.RevokedBy},
+			[]string{"revoke_reason", orDash(k.RevokeReason)})
+	}
+	rows = append(rows, []string{"revision", fmt.Sprint(k.Revision)})
+	for _, r := range rows {
+		if _, err := fmt.Fprintf(w, "%-14s %s\n", r[0], r[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func keysList(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {
+	owner := fs.String("owner", "", "only keys of this owner")
+	env := fs.String("environment", "", "only live or test keys")
+	status := fs.String("status", "", "only active, revoked or expired keys")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"owner": *owner, "environment": *env, "status": *status} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	path := "/v1/keys"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, "GET", path, true, nil, &raw); err != nil {
+		return err
+	}
+	if c.json {
+		return printJSON(stdout, raw)
+	}
+	var out struct {
+		Keys []admin.KeyView `json:"keys"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return err
+	}
+	rows := make([][]string, 0, len(out.Keys))
+	for _, k := range out.Keys {
+		rows = append(rows, []string{k.ID, k.Name, k.Environment.String(), string(k.Status), orDash(k.Owner),
+			strings.Join(k.Permissions, ","), "…" + k.Hint, fmtTime(k.ExpiresAt), fmtTime(&k.CreatedAt)})
+	}
+	return printTable(stdout, []string{"ID", "NAME", "ENV", "STATUS", "OWNER", "PERMISSIONS", "HINT", "EXPIRES", "CREATED"}, rows)
+}
+
+func printEvents(w io.Writer, raw []byte) error {
+	var out struct {
+		Events []admin.HistoryEntry `json:"events"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return err
+	}
+	rows := make([][]string, 0, len(out.Events))
+	for _, e := range out.Events {
+		var ev struct {
+			Type   string    `json:"type"`
+			At     time.Time `json:"at"`
+			Actor  string    `json:"actor"`
+			Reason string    `json:"reason"`
+			ID     string    `json:"event_id"`
+		}
+		if err := json.Unmarshal(e.Event, &ev); err != nil {
+			return err
+		}
+		rows = append(rows, []string{fmt.Sprint(e.Seq), ev.At.UTC().Format(time.RFC3339Nano), ev.Type, ev.Actor, orDash(ev.Reason), ev.ID})
+	}
+	return printTable(w, []string{"SEQ", "AT", "TYPE", "ACTOR", "REASON", "EVENT_ID"}, rows)
+}
+
+func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	c := addClientFlags(fs)
+	perm := fs.String("permission", "", "permission the request needs")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageErr("verify takes one key")
+	}
+	var raw json.RawMessage
+	err = c.do(ctx, "POST", "/v1/verify", false, map[string]string{"key": pos[0], "permission": *perm}, &raw)
+	if err != nil {
+		var e *keyledger.Error
+		if c.json && errors.As(err, &e) {
+			b, _ := json.Marshal(keyledger.ErrorBody(e))
+			printJSON(stdout, b)
+			return errRefused
+		}
+		if errors.As(err, &e) && e.Code != keyledger.Unavailable && e.Code != keyledger.Internal {
+			fmt.Fprintf(stdout, "refused: %s\n", describe(err))
+			return errRefused
+		}
+		return err
+	}
+	if c.json {
+		return printJSON(stdout, raw)
+	}
+	var v struct {
+		KeyID       string     `json:"key_id"`
+		Environment string     `json:"environment"`
+		Owner       string     `json:"owner"`
+		Permissions []string   `json:"permissions"`
+		ExpiresAt   *time.Time `json:"expires_at"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "valid: key %s (%s, owner %s, permissions %s, expires %s)\n",
+		v.KeyID, v.Environment, orDash(v.Owner), strings.Join(v.Permissions, ","), fmtTime(v.ExpiresAt))
+	return nil
+}

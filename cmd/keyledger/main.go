@@ -1,0 +1,126 @@
+// Command keyledger runs a keyledger node (serve) and talks to one as an
+// operator (keys, verify). It only wires the packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	keyledger "github.com/keyledger/keyledger"
+)
+
+const usage = `keyledger — an event-sourced API-key ledger
+
+Usage:
+  keyledger serve [flags]                 run a node (admin API + verifier)
+  keyledger keys create --name N [flags]  issue a key (the secret is shown once)
+  keyledger keys list [--owner O] [--environment E] [--status S]
+  keyledger keys show ID
+  keyledger keys revoke ID [--reason R]
+  keyledger keys events ID                a key's audit trail from the ledger
+  keyledger verify KEY [--permission P]   ask a node whether KEY is valid
+
+Run "keyledger COMMAND -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// errRefused makes `verify` exit 1 without printing an error twice.
+var errRefused = errors.New("refused")
+
+// run executes one command and returns the process exit code: 0 success,
+// 1 refusal or failure, 2 bad usage.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], stderr)
+	case "keys":
+		err = keysCmd(ctx, args[1:], stdout)
+	case "verify":
+		err = verifyCmd(ctx, args[1:], stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "keyledger: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errRefused):
+		return 1
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "keyledger: %v\n", err)
+		return 2
+	}
+	fmt.Fprintf(stderr, "keyledger: %s\n", describe(err))
+	return 1
+}
+
+// describe renders an error for a person: code and message, never internals
+// of another process.
+func describe(err error) string {
+	var e *keyledger.Error
+	if errors.As(err, &e) {
+		s := string(e.Code)
+		if e.Reason != "" {
+			s += " (" + e.Reason + ")"
+		}
+		if e.Message != "" {
+			s += ": " + e.Message
+		}
+		if e.Err != nil && e.Code != keyledger.Internal {
+			s += ": " + e.Err.Error()
+		}
+		return s
+	}
+	return err.Error()
+}
+
+var errUsage = errors.New("usage")
+
+func usageErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+// parseArgs parses flags that may come before, between or after positional
+// arguments ("keys show ID --json"), and returns the positional ones.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageErr("%v", err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}

@@ -1,0 +1,205 @@
+package keyledger
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// Code is one of a few stable error kinds. Clients branch on it; it never
+// changes meaning between versions.
+type Code string
+
+// The error codes. Each maps to one HTTP status in httpStatus.
+const (
+	Invalid      Code = "invalid_request"
+	Unauthorized Code = "unauthorized"
+	Forbidden    Code = "forbidden"
+	NotFound     Code = "not_found"
+	Conflict     Code = "conflict"
+	RateLimited  Code = "rate_limited"
+	Unavailable  Code = "unavailable"
+	Internal     Code = "internal"
+)
+
+// Reasons refine a code where a client needs to tell cases apart without
+// parsing messages. They are as stable as codes.
+const (
+	ReasonAlreadyRevoked   = "already_revoked"
+	ReasonAlreadyExists    = "already_exists"
+	ReasonMethodNotAllowed = "method_not_allowed"
+	ReasonBodyTooLarge     = "body_too_large"
+	ReasonUnsupportedMedia = "unsupported_media_type"
+)
+
+// httpStatus is the one table from error kinds to HTTP statuses. A reason
+// listed in reasonStatus overrides its code's status.
+var httpStatus = map[Code]int{
+	Invalid:      http.StatusBadRequest,
+	Unauthorized: http.StatusUnauthorized,
+	Forbidden:    http.StatusForbidden,
+	NotFound:     http.StatusNotFound,
+	Conflict:     http.StatusConflict,
+	RateLimited:  http.StatusTooManyRequests,
+	Unavailable:  http.StatusServiceUnavailable,
+	Internal:     http.StatusInternalServerError,
+}
+
+var reasonStatus = map[string]int{
+	ReasonMethodNotAllowed: http.StatusMethodNotAllowed,
+	ReasonBodyTooLarge:     http.StatusRequestEntityTooLarge,
+	ReasonUnsupportedMedia: http.StatusUnsupportedMediaType,
+}
+
+// Error is the one error type of keyledger. Message is safe to show to the
+// caller; Err (the cause) is for logs and never leaves the process.
+type Error struct {
+	Code    Code
+	Reason  string
+	Message string
+	Err     error
+}
+
+// Errorf returns an *Error of the given code with a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap returns an *Error of the given code whose cause is err. The message
+// shown to callers is msg, never err's text, which may carry internals.
+func Wrap(code Code, err error, msg string) *Error {
+	return &Error{Code: code, Message: msg, Err: err}
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	s := string(e.Code)
+	if e.Reason != "" {
+		s += "/" + e.Reason
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, keyledger.ErrNotFound) match any *Error with that
+// code (and reason, if the target names one).
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	if !ok || t.Message != "" || t.Err != nil {
+		return false
+	}
+	return t.Code == e.Code && (t.Reason == "" || t.Reason == e.Reason)
+}
+
+// Sentinels for errors.Is.
+var (
+	ErrInvalid        = &Error{Code: Invalid}
+	ErrUnauthorized   = &Error{Code: Unauthorized}
+	ErrForbidden      = &Error{Code: Forbidden}
+	ErrNotFound       = &Error{Code: NotFound}
+	ErrConflict       = &Error{Code: Conflict}
+	ErrAlreadyRevoked = &Error{Code: Conflict, Reason: ReasonAlreadyRevoked}
+	ErrRateLimited    = &Error{Code: RateLimited}
+	ErrUnavailable    = &Error{Code: Unavailable}
+	ErrInternal       = &Error{Code: Internal}
+)
+
+// ErrorCode returns the code of err: its own if it is (or wraps) an *Error,
+// else Internal. A nil error has no code.
+func ErrorCode(err error) Code {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return Internal
+}
+
+// ErrorMessage returns the caller-safe message of err. Errors that are not
+// *Error are internal and get a generic message.
+func ErrorMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Message != "" {
+		return e.Message
+	}
+	return "internal error"
+}
+
+// HTTPStatus returns the HTTP status for err.
+func HTTPStatus(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		if s, ok := reasonStatus[e.Reason]; ok {
+			return s
+		}
+		if s, ok := httpStatus[e.Code]; ok {
+			return s
+		}
+	}
+	return http.StatusInternalServerError
+}
+
+// Envelope is the JSON body of every error response:
+// {"error":{"code":"…","message":"…"}}.
+type Envelope struct {
+	Error EnvelopeError `json:"error"`
+}
+
+// EnvelopeError is the inner object of an Envelope.
+type EnvelopeError struct {
+	Code    Code   `json:"code"`
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message"`
+}
+
+// ErrorBody returns the envelope for err.
+func ErrorBody(err error) Envelope {
+	var reason string
+	var e *Error
+	if errors.As(err, &e) {
+		reason = e.Reason
+	}
+	return Envelope{Error: EnvelopeError{Code: ErrorCode(err), Reason: reason, Message: ErrorMessage(err)}}
+}
+
+// unauthorizedBody is precomputed: every 401 is byte-for-byte the same, so
+// responses reveal nothing about why a key was refused.
+var unauthorizedBody = []byte(`{"error":{"code":"unauthorized","message":"Invalid or missing API key"}}` + "\n")
+
+// UnauthorizedMessage is the only message a 401 ever carries.
+const UnauthorizedMessage = "Invalid or missing API key"
+
+// WriteError writes err as an error envelope with its HTTP status.
+func WriteError(w http.ResponseWriter, err error) {
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["Cache-Control"] = noStore
+	if ErrorCode(err) == Unauthorized {
+		// Gateways pass WWW-Authenticate through to clients; RFC 6750 asks for it.
+		h["Www-Authenticate"] = bearerChallenge
+		w.WriteHeader(http.StatusUnauthorized)
+		w.Write(unauthorizedBody)
+		return
+	}
+	status := HTTPStatus(err)
+	b, _ := json.Marshal(ErrorBody(err))
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+var (
+	jsonContentType = []string{"application/json"}
+	noStore         = []string{"no-store"}
+	bearerChallenge = []string{`Bearer realm="keyledger"`}
+)

@@ -1,0 +1,231 @@
+// Package events defines keyledger's event schema (version 1) and its home on
+// NATS JetStream: the KEYS stream of key lifecycle events, from which every
+// verifier node projects its table, and the USAGE stream of verification
+// events, which analytics loads into ClickHouse.
+//
+// Events are JSON objects. Other producers may write them: the README
+// documents every field. A consumer ignores fields it does not know, so
+// fields may be added within a version; changing a field's meaning needs a
+// new version.
+package events
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	keyledger "github.com/keyledger/keyledger"
+)
+
+// Version is the schema version written into every event's "v".
+const Version = 1
+
+// Type names an event kind.
+type Type string
+
+// The event types.
+const (
+	TypeKeyCreated Type = "KeyCreated"
+	TypeKeyRevoked Type = "KeyRevoked"
+	TypeKeyUsed    Type = "KeyUsed"
+)
+
+// Event is a decoded event of any type.
+type Event interface {
+	// Head returns the fields every event carries.
+	Head() *Header
+}
+
+// Header holds the fields every event carries. KeyUsed events leave Actor
+// empty: the caller presenting a key is not an actor of the ledger.
+type Header struct {
+	Type    Type      `json:"type"`
+	V       int       `json:"v"`
+	EventID string    `json:"event_id"`
+	At      time.Time `json:"at"`
+	Actor   string    `json:"actor,omitempty"`
+	KeyID   string    `json:"key_id"`
+}
+
+// Head implements Event.
+func (h *Header) Head() *Header { return h }
+
+// KeyCreated records the issue of a key. Only the hash of its secret is
+// ever published.
+type KeyCreated struct {
+	Header
+	Name        string                `json:"name"`
+	Environment keyledger.Environment `json:"environment"`
+	Permissions []string              `json:"permissions"`
+	Owner       string                `json:"owner"`
+	Hash        string                `json:"hash"`
+	Hint        string                `json:"hint"`
+	ExpiresAt   *time.Time            `json:"expires_at"`
+	RateLimit   *keyledger.RateLimit  `json:"rate_limit"`
+}
+
+// KeyRevoked records the revocation of a key. It is final.
+type KeyRevoked struct {
+	Header
+	Reason string `json:"reason"`
+}
+
+// KeyUsed records one verification, whatever its outcome. It never carries
+// a secret, nor any part of an unknown presented key beyond its prefix.
+type KeyUsed struct {
+	Header
+	Environment keyledger.Environment `json:"environment"`
+	Outcome     keyledger.Outcome     `json:"-"`
+	OutcomeName string                `json:"outcome"`
+	Permission  string                `json:"permission"`
+	IP          string                `json:"ip"`
+	UserAgent   string                `json:"user_agent"`
+	Method      string                `json:"method"`
+	Path        string                `json:"path"`
+	Node        string                `json:"node"`
+	LatencyUS   int64                 `json:"latency_us"`
+}
+
+// NewHeader returns a header with a fresh UUIDv7 event id and at in UTC.
+func NewHeader(t Type, keyID, actor string, at time.Time) Header {
+	return Header{Type: t, V: Version, EventID: NewID(), At: at.UTC(), Actor: actor, KeyID: keyID}
+}
+
+// NewID returns a new UUIDv7: time-ordered, so event ids sort by creation.
+func NewID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		// NewV7 fails only when the system's random source does; a ledger
+		// that cannot draw random ids cannot safely go on.
+		panic("events: reading randomness: " + err.Error())
+	}
+	return id.String()
+}
+
+// Encode returns the JSON form of an event.
+func Encode(ev Event) ([]byte, error) {
+	if ku, ok := ev.(*KeyUsed); ok {
+		return ku.AppendJSON(nil), nil
+	}
+	if err := Validate(ev); err != nil {
+		return nil, err
+	}
+	return json.Marshal(ev)
+}
+
+// Decode parses and validates an event of any type.
+func Decode(data []byte) (Event, error) {
+	var h struct {
+		Type Type `json:"type"`
+		V    int  `json:"v"`
+	}
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, keyledger.Errorf(keyledger.Invalid, "event is not a JSON object: %v", err)
+	}
+	if h.V != Version {
+		return nil, keyledger.Errorf(keyledger.Invalid, "unsupported event version %d", h.V)
+	}
+	var ev Event
+	switch h.Type {
+	case TypeKeyCreated:
+		ev = new(KeyCreated)
+	case TypeKeyRevoked:
+		ev = new(KeyRevoked)
+	case TypeKeyUsed:
+		ev = new(KeyUsed)
+	default:
+		return nil, keyledger.Errorf(keyledger.Invalid, "unknown event type %q", h.Type)
+	}
+	if err := json.Unmarshal(data, ev); err != nil {
+		return nil, keyledger.Errorf(keyledger.Invalid, "malformed %s event: %v", h.Type, err)
+	}
+	if ku, ok := ev.(*KeyUsed); ok {
+		o, ok := keyledger.ParseOutcome(ku.OutcomeName)
+		if !ok {
+			return nil, keyledger.Errorf(keyledger.Invalid, "unknown outcome %q", ku.OutcomeName)
+		}
+		ku.Outcome = o
+	}
+	if err := Validate(ev); err != nil {
+		return nil, err
+	}
+	return ev, nil
+}
+
+// Validate checks the fields an event must carry to be applied.
+func Validate(ev Event) error {
+	h := ev.Head()
+	if h.V != Version {
+		return keyledger.Errorf(keyledger.Invalid, "unsupported event version %d", h.V)
+	}
+	if _, err := uuid.Parse(h.EventID); err != nil {
+		return keyledger.Errorf(keyledger.Invalid, "event_id must be a UUID")
+	}
+	if h.At.IsZero() {
+		return keyledger.Errorf(keyledger.Invalid, "at is required")
+	}
+	switch e := ev.(type) {
+	case *KeyCreated:
+		if h.Type != TypeKeyCreated {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyCreated)
+		}
+		if err := ValidKeyID(h.KeyID); err != nil {
+			return err
+		}
+		if e.Environment == keyledger.EnvUnknown {
+			return keyledger.Errorf(keyledger.Invalid, "environment is required")
+		}
+		if _, err := keyledger.ParseHash(e.Hash); err != nil {
+			return err
+		}
+		if len(e.Permissions) == 0 {
+			return keyledger.Errorf(keyledger.Invalid, "permissions must not be empty")
+		}
+		if e.RateLimit != nil {
+			if err := e.RateLimit.Validate(); err != nil {
+				return err
+			}
+		}
+	case *KeyRevoked:
+		if h.Type != TypeKeyRevoked {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyRevoked)
+		}
+		if err := ValidKeyID(h.KeyID); err != nil {
+			return err
+		}
+	case *KeyUsed:
+		if h.Type != TypeKeyUsed {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyUsed)
+		}
+		if e.Environment == keyledger.EnvUnknown {
+			return keyledger.Errorf(keyledger.Invalid, "environment is required")
+		}
+		if h.KeyID != "" {
+			if err := ValidKeyID(h.KeyID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ValidKeyID checks that id can name a key and a subject token: 1–64
+// characters of letters, digits, '-' and '_'.
+func ValidKeyID(id string) error {
+	if id == "" || len(id) > 64 {
+		return keyledger.Errorf(keyledger.Invalid, "key_id must be 1 to 64 characters")
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return keyledger.Errorf(keyledger.Invalid, "key_id may hold only letters, digits, '-' and '_'")
+		}
+	}
+	return nil
+}
+
+// NewKeyID returns a fresh key id: "key_" and a UUIDv7 without dashes.
+func NewKeyID() string {
+	return "key_" + strings.ReplaceAll(NewID(), "-", "")
+}

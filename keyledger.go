@@ -1,0 +1,135 @@
+// Package keyledger holds the domain types shared by every part of the
+// system: key records, environments, verification outcomes, the permission
+// catalog, the secret key format and the one error type. It imports nothing
+// from the rest of the module, so events, projector, verifier, analytics and
+// the admin API can all speak in these types without import cycles.
+package keyledger
+
+import (
+	"fmt"
+	"time"
+)
+
+// Environment is the world a key belongs to: production ("live") or sandbox
+// ("test"). Every verifier node serves exactly one environment.
+type Environment uint8
+
+// The environments. The zero value is deliberately invalid so that a missing
+// environment is never mistaken for production.
+const (
+	EnvUnknown Environment = iota
+	EnvLive
+	EnvTest
+)
+
+// String returns the wire name of the environment ("live", "test").
+func (e Environment) String() string {
+	switch e {
+	case EnvLive:
+		return "live"
+	case EnvTest:
+		return "test"
+	}
+	return ""
+}
+
+// ParseEnvironment parses "live" or "test".
+func ParseEnvironment(s string) (Environment, error) {
+	switch s {
+	case "live":
+		return EnvLive, nil
+	case "test":
+		return EnvTest, nil
+	}
+	return EnvUnknown, Errorf(Invalid, "environment must be \"live\" or \"test\", not %q", s)
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (e Environment) MarshalText() ([]byte, error) {
+	if e == EnvUnknown {
+		return nil, fmt.Errorf("keyledger: cannot encode unknown environment")
+	}
+	return []byte(e.String()), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (e *Environment) UnmarshalText(b []byte) error {
+	v, err := ParseEnvironment(string(b))
+	if err != nil {
+		return err
+	}
+	*e = v
+	return nil
+}
+
+// Status is the lifecycle state of a key as seen at a point in time.
+type Status string
+
+// Key statuses. Revoked is final: no later event can make a key active again.
+const (
+	StatusActive  Status = "active"
+	StatusRevoked Status = "revoked"
+	StatusExpired Status = "expired"
+)
+
+// ParseStatus parses a status filter value.
+func ParseStatus(s string) (Status, error) {
+	switch Status(s) {
+	case StatusActive, StatusRevoked, StatusExpired:
+		return Status(s), nil
+	}
+	return "", Errorf(Invalid, "status must be active, revoked or expired, not %q", s)
+}
+
+// RateLimit is a token bucket: PerSecond tokens refill each second, up to
+// Burst. It bounds how often one key may be verified successfully.
+type RateLimit struct {
+	PerSecond float64 `json:"per_second"`
+	Burst     int     `json:"burst"`
+}
+
+// Validate reports whether the limit is usable.
+func (r RateLimit) Validate() error {
+	if !(r.PerSecond > 0) || r.PerSecond > 1e9 {
+		return Errorf(Invalid, "rate_limit.per_second must be a positive number")
+	}
+	if r.Burst < 1 || r.Burst > 1e9 {
+		return Errorf(Invalid, "rate_limit.burst must be a positive integer")
+	}
+	return nil
+}
+
+// Key is the record of one API key as the ledger knows it. It never holds
+// the secret: only Hash (hex SHA-256 of the secret) and Hint (its last four
+// characters, so people can tell their keys apart).
+type Key struct {
+	ID          string      `json:"id"`
+	Name        string      `json:"name"`
+	Environment Environment `json:"environment"`
+	Permissions []string    `json:"permissions"`
+	Owner       string      `json:"owner"`
+	Hash        string      `json:"-"`
+	Hint        string      `json:"hint"`
+	ExpiresAt   *time.Time  `json:"expires_at"`
+	RateLimit   *RateLimit  `json:"rate_limit"`
+	CreatedAt   time.Time   `json:"created_at"`
+	CreatedBy   string      `json:"created_by"`
+	RevokedAt   *time.Time  `json:"revoked_at,omitempty"`
+	RevokedBy   string      `json:"revoked_by,omitempty"`
+	// RevokeReason is the free-text reason given at revocation.
+	RevokeReason string `json:"revoke_reason,omitempty"`
+	// Revision is the KEYS stream sequence of the last event applied to
+	// this key; a writer passes it back to get optimistic concurrency.
+	Revision uint64 `json:"revision"`
+}
+
+// StatusAt reports the key's status at now. Revocation wins over expiry.
+func (k *Key) StatusAt(now time.Time) Status {
+	switch {
+	case k.RevokedAt != nil:
+		return StatusRevoked
+	case k.ExpiresAt != nil && !now.Before(*k.ExpiresAt):
+		return StatusExpired
+	}
+	return StatusActive
+}

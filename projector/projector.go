@@ -1,0 +1,376 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+)
+
+// Options configure a Projector.
+type Options struct {
+	// Catalog turns permission names into bit sets (default: DefaultCatalog).
+	Catalog *keyledger.Catalog
+	// Records keeps the full record of every key for the admin API. Nodes
+	// that only verify leave it off and keep just the table.
+	Records bool
+	// Logger receives warnings about events that could not be applied.
+	Logger *slog.Logger
+}
+
+// Stats counts what the projector has seen.
+type Stats struct {
+	Applied  uint64 // events that changed the table
+	Ignored  uint64 // duplicates and out-of-order events, safely skipped
+	Poison   uint64 // undecodable events, skipped
+	LastSeq  uint64 // last applied stream sequence
+	Keys     int    // entries in the table
+	CaughtUp bool
+}
+
+// Projector follows KEYS and maintains a Table (and optionally the full key
+// records). It is the table's only writer.
+type Projector struct {
+	js      jetstream.JetStream
+	catalog *keyledger.Catalog
+	log     *slog.Logger
+	table   *Table
+
+	// byID is touched only by the apply goroutine (and by Apply in tests,
+	// which are then the only writer).
+	byID map[string]keyledger.Hash
+
+	recMu   sync.RWMutex
+	records map[string]*keyledger.Key // nil unless Options.Records
+
+	lastSeq        atomic.Uint64
+	caughtUp       atomic.Bool
+	target         uint64
+	applied        atomic.Uint64
+	ignored        atomic.Uint64
+	poison         atomic.Uint64
+	lastDelivered  atomic.Int64 // unix nanos of the last message or heartbeat
+	waitMu         sync.Mutex
+	waitCh         chan struct{}
+	cancel         context.CancelFunc
+	done           chan struct{}
+	consumeErr     error
+	consumeErrOnce sync.Once
+}
+
+// New returns a projector over js. Call Start to follow the stream.
+func New(js jetstream.JetStream, opts Options) *Projector {
+	if opts.Catalog == nil {
+		opts.Catalog = keyledger.DefaultCatalog
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	p := &Projector{
+		js:      js,
+		catalog: opts.Catalog,
+		log:     opts.Logger,
+		table:   NewTable(),
+		byID:    make(map[string]keyledger.Hash),
+		waitCh:  make(chan struct{}),
+	}
+	if opts.Records {
+		p.records = make(map[string]*keyledger.Key)
+	}
+	return p
+}
+
+// Table returns the verification table.
+func (p *Projector) Table() *Table { return p.table }
+
+// LastSeq returns the last applied KEYS sequence.
+func (p *Projector) LastSeq() uint64 { return p.lastSeq.Load() }
+
+// CaughtUp reports whether the projector has applied everything that was in
+// the stream when it started. A node serves only once it has.
+func (p *Projector) CaughtUp() bool { return p.caughtUp.Load() }
+
+// Stats returns counters.
+func (p *Projector) Stats() Stats {
+	return Stats{
+		Applied: p.applied.Load(), Ignored: p.ignored.Load(), Poison: p.poison.Load(),
+		LastSeq: p.lastSeq.Load(), Keys: p.table.Len(), CaughtUp: p.caughtUp.Load(),
+	}
+}
+
+// Start begins following KEYS from its first message. It returns once the
+// consumer exists; catching up happens in the background (see CaughtUp and
+// WaitApplied). The goroutine it starts runs until Close.
+func (p *Projector) Start(ctx context.Context) error {
+	stream, err := p.js.Stream(ctx, events.KeysStream)
+	if err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "KEYS stream is not available")
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS stream state")
+	}
+	p.target = info.State.LastSeq
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   p.lastSeq.Load() + 1,
+	})
+	if err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "cannot follow KEYS stream")
+	}
+	if p.lastSeq.Load() >= p.target {
+		p.markCaughtUp()
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "cannot follow KEYS stream")
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.done = make(chan struct{})
+	go p.run(runCtx, it)
+	return nil
+}
+
+func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
+	defer close(p.done)
+	go func() {
+		<-ctx.Done()
+		it.Stop()
+	}()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				return
+			}
+			// The ordered consumer recreates itself after gaps and
+			// reconnects; other errors are transient heartbeats misses.
+			p.log.Warn("projector: KEYS consumer error", "err", err)
+			continue
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			p.poison.Add(1)
+			continue
+		}
+		p.lastDelivered.Store(time.Now().UnixNano())
+		p.ApplyMsg(meta.Sequence.Stream, msg.Data())
+		if meta.NumPending == 0 || meta.Sequence.Stream >= p.target {
+			p.markCaughtUp()
+		}
+	}
+}
+
+func (p *Projector) markCaughtUp() {
+	if !p.caughtUp.Swap(true) {
+		p.log.Info("projector caught up", "seq", p.lastSeq.Load(), "keys", p.table.Len())
+	}
+}
+
+// Close stops following the stream and waits for the goroutine to exit.
+func (p *Projector) Close(ctx context.Context) error {
+	if p.cancel == nil {
+		return nil
+	}
+	p.cancel()
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// WaitApplied blocks until the projector has applied sequence seq, or ctx
+// ends. The admin API uses it so that a revoke returns only once this node
+// refuses the key.
+func (p *Projector) WaitApplied(ctx context.Context, seq uint64) error {
+	for {
+		p.waitMu.Lock()
+		ch := p.waitCh
+		p.waitMu.Unlock()
+		if p.lastSeq.Load() >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return keyledger.Wrap(keyledger.Unavailable, ctx.Err(), "this node has not applied the event yet")
+		}
+	}
+}
+
+func (p *Projector) advance(seq uint64) {
+	p.lastSeq.Store(seq)
+	p.waitMu.Lock()
+	close(p.waitCh)
+	p.waitCh = make(chan struct{})
+	p.waitMu.Unlock()
+}
+
+// ApplyMsg applies the raw event at stream sequence seq. Sequences at or
+// below the last applied one are duplicates and change nothing; an
+// undecodable event is counted and skipped. It must be called by one
+// goroutine at a time, in stream order.
+func (p *Projector) ApplyMsg(seq uint64, data []byte) {
+	if seq <= p.lastSeq.Load() {
+		p.ignored.Add(1)
+		return
+	}
+	ev, err := events.Decode(data)
+	if err != nil {
+		p.poison.Add(1)
+		p.log.Error("projector: skipping undecodable KEYS event", "seq", seq, "err", err)
+	} else {
+		p.Apply(seq, ev)
+	}
+	p.advance(seq)
+}
+
+// Apply applies a decoded event. It is idempotent and order-checked: a
+// second create of an id or hash, a revoke of an unknown or revoked key, or
+// any event after a revoke leaves the table as it was.
+func (p *Projector) Apply(seq uint64, ev events.Event) {
+	switch e := ev.(type) {
+	case *events.KeyCreated:
+		p.applyCreated(seq, e)
+	case *events.KeyRevoked:
+		p.applyRevoked(seq, e)
+	default:
+		p.ignored.Add(1)
+	}
+}
+
+func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
+	if _, dup := p.byID[e.KeyID]; dup {
+		p.ignore("key already exists", seq, e.KeyID)
+		return
+	}
+	h, err := keyledger.ParseHash(e.Hash)
+	if err != nil {
+		p.ignore("bad hash", seq, e.KeyID)
+		return
+	}
+	if p.table.Lookup(&h) != nil {
+		p.ignore("hash already belongs to another key", seq, e.KeyID)
+		return
+	}
+	// Names the catalog does not know (it may have shrunk since) grant
+	// nothing; "all" still grants everything.
+	var perms keyledger.Permissions
+	for _, name := range e.Permissions {
+		if m, err := p.catalog.Mask([]string{name}); err == nil {
+			perms |= m
+		}
+	}
+	ent := &Entry{
+		ID:          e.KeyID,
+		Owner:       e.Owner,
+		Environment: e.Environment,
+		Perms:       perms,
+		Permissions: e.Permissions,
+		RateLimit:   e.RateLimit,
+		IDHeader:    []string{e.KeyID},
+		OwnerHeader: []string{e.Owner},
+		EnvHeader:   []string{e.Environment.String()},
+		limiter:     new(atomic.Pointer[rate.Limiter]),
+	}
+	if e.ExpiresAt != nil {
+		ent.ExpiresAt = e.ExpiresAt.UnixNano()
+	}
+	p.byID[e.KeyID] = h
+	p.table.put(h, ent)
+	if p.records != nil {
+		k := &keyledger.Key{
+			ID: e.KeyID, Name: e.Name, Environment: e.Environment, Permissions: e.Permissions,
+			Owner: e.Owner, Hash: e.Hash, Hint: e.Hint, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit,
+			CreatedAt: e.At, CreatedBy: e.Actor, Revision: seq,
+		}
+		p.recMu.Lock()
+		p.records[e.KeyID] = k
+		p.recMu.Unlock()
+	}
+	p.applied.Add(1)
+}
+
+func (p *Projector) applyRevoked(seq uint64, e *events.KeyRevoked) {
+	h, ok := p.byID[e.KeyID]
+	if !ok {
+		p.ignore("revoke of unknown key", seq, e.KeyID)
+		return
+	}
+	old := p.table.Lookup(&h)
+	if old == nil || old.Revoked {
+		p.ignore("revoke of revoked key", seq, e.KeyID)
+		return
+	}
+	rev := *old
+	rev.Revoked = true
+	p.table.put(h, &rev)
+	if p.records != nil {
+		p.recMu.Lock()
+		if k := p.records[e.KeyID]; k != nil {
+			c := *k
+			at := e.At
+			c.RevokedAt, c.RevokedBy, c.RevokeReason, c.Revision = &at, e.Actor, e.Reason, seq
+			p.records[e.KeyID] = &c
+		}
+		p.recMu.Unlock()
+	}
+	p.applied.Add(1)
+}
+
+func (p *Projector) ignore(why string, seq uint64, keyID string) {
+	p.ignored.Add(1)
+	p.log.Warn("projector: event ignored", "reason", why, "seq", seq, "key_id", keyID)
+}
+
+// Key returns a copy of a key's record. It needs Options.Records.
+func (p *Projector) Key(id string) (keyledger.Key, bool) {
+	p.recMu.RLock()
+	defer p.recMu.RUnlock()
+	k, ok := p.records[id]
+	if !ok {
+		return keyledger.Key{}, false
+	}
+	return *k, true
+}
+
+// Filter selects keys in Keys. Zero fields match everything.
+type Filter struct {
+	Owner       string
+	Environment keyledger.Environment
+	Status      keyledger.Status
+}
+
+// Keys returns copies of the records matching f, newest first. It needs
+// Options.Records.
+func (p *Projector) Keys(f Filter, now time.Time) []keyledger.Key {
+	p.recMu.RLock()
+	out := make([]keyledger.Key, 0, len(p.records))
+	for _, k := range p.records {
+		if f.Owner != "" && k.Owner != f.Owner ||
+			f.Environment != keyledger.EnvUnknown && k.Environment != f.Environment ||
+			f.Status != "" && k.StatusAt(now) != f.Status {
+			continue
+		}
+		out = append(out, *k)
+	}
+	p.recMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.After(out[j].CreatedAt)
+		}
+		return out[i].ID > out[j].ID
+	})
+	return out
+}

@@ -1,0 +1,194 @@
+package verifier
+
+import (
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+)
+
+// MaxVerifyBody bounds POST /v1/verify bodies.
+const MaxVerifyBody = 8 << 10
+
+// Handler serves a verifier node's HTTP endpoints:
+//
+//	POST /v1/verify   {"key":"…","permission":"…"}
+//	ANY  /v1/authz    Authorization: Bearer …, X-Required-Permission: …
+//	GET  /healthz     the process is up
+//	GET  /readyz      the table is caught up and fresh
+type Handler struct {
+	v *Verifier
+}
+
+// NewHandler returns the HTTP handler of v.
+func NewHandler(v *Verifier) *Handler { return &Handler{v: v} }
+
+// Paths lists the paths Handler serves, for muxes that mount it.
+var Paths = []string{"/v1/verify", "/v1/authz", "/healthz", "/readyz"}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/v1/authz":
+		h.authz(w, r)
+	case "/v1/verify":
+		h.verify(w, r)
+	case "/healthz":
+		keyledger.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	case "/readyz":
+		if h.v.cfg.Ready != nil && !h.v.cfg.Ready() {
+			keyledger.WriteError(w, errNotReady)
+			return
+		}
+		keyledger.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	default:
+		keyledger.WriteError(w, keyledger.Errorf(keyledger.NotFound, "no such endpoint: %s", r.URL.Path))
+	}
+}
+
+var errNotReady = keyledger.Errorf(keyledger.Unavailable, "this node cannot vouch for its key table yet (catching up with the ledger, or cut off from it)")
+
+// authz is the forward-auth endpoint. Any method is accepted because
+// gateways forward the client's method.
+func (h *Handler) authz(w http.ResponseWriter, r *http.Request) {
+	req := Request{
+		Key:        bearer(r.Header.Get("Authorization")),
+		Permission: r.Header.Get("X-Required-Permission"),
+		IP:         clientIP(r),
+		UserAgent:  r.Header.Get("User-Agent"),
+		Method:     firstHeader(r, "X-Forwarded-Method", "X-Original-Method", r.Method),
+		Path:       firstHeader(r, "X-Forwarded-Uri", "X-Original-Uri", r.URL.RequestURI()),
+	}
+	res := h.v.Verify(&req)
+	if !res.Valid() {
+		writeRefusal(w, &req, res)
+		return
+	}
+	hdr := w.Header()
+	hdr["X-Key-Id"] = res.Entry.IDHeader
+	hdr["X-Key-Owner"] = res.Entry.OwnerHeader
+	hdr["X-Key-Environment"] = res.Entry.EnvHeader
+	w.WriteHeader(http.StatusOK)
+}
+
+type verifyRequest struct {
+	Key        string `json:"key"`
+	Permission string `json:"permission"`
+}
+
+// VerifyResponse is the body of a successful POST /v1/verify.
+type VerifyResponse struct {
+	Valid       bool       `json:"valid"`
+	KeyID       string     `json:"key_id"`
+	Environment string     `json:"environment"`
+	Owner       string     `json:"owner"`
+	Permissions []string   `json:"permissions"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+}
+
+func (h *Handler) verify(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		keyledger.WriteError(w, &keyledger.Error{Code: keyledger.Invalid, Reason: keyledger.ReasonMethodNotAllowed, Message: "use POST /v1/verify"})
+		return
+	}
+	var body verifyRequest
+	if err := keyledger.DecodeJSON(w, r, MaxVerifyBody, &body); err != nil {
+		keyledger.WriteError(w, err)
+		return
+	}
+	req := Request{
+		Key:        body.Key,
+		Permission: body.Permission,
+		IP:         clientIP(r),
+		UserAgent:  r.Header.Get("User-Agent"),
+		Method:     r.Method,
+		Path:       r.URL.Path,
+	}
+	res := h.v.Verify(&req)
+	if !res.Valid() {
+		writeRefusal(w, &req, res)
+		return
+	}
+	e := res.Entry
+	resp := VerifyResponse{Valid: true, KeyID: e.ID, Environment: e.Environment.String(), Owner: e.Owner, Permissions: e.Permissions}
+	if e.ExpiresAt != 0 {
+		t := time.Unix(0, e.ExpiresAt).UTC()
+		resp.ExpiresAt = &t
+	}
+	keyledger.WriteJSON(w, http.StatusOK, resp)
+}
+
+// OutcomeError returns the error a refused outcome is reported as.
+func OutcomeError(o keyledger.Outcome, permission string, retry time.Duration) error {
+	switch o {
+	case keyledger.OutcomeValid:
+		return nil
+	case keyledger.OutcomeForbidden:
+		return keyledger.Errorf(keyledger.Forbidden, "API key lacks permission %q", permission)
+	case keyledger.OutcomeRateLimited:
+		return keyledger.Errorf(keyledger.RateLimited, "rate limit exceeded for this key; retry after %d s", retrySeconds(retry))
+	case keyledger.OutcomeUnavailable:
+		return errNotReady
+	}
+	return keyledger.ErrUnauthorized
+}
+
+func writeRefusal(w http.ResponseWriter, req *Request, res Result) {
+	if res.Outcome == keyledger.OutcomeRateLimited {
+		w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(res.RetryAfter)))
+	}
+	keyledger.WriteError(w, OutcomeError(res.Outcome, req.Permission, res.RetryAfter))
+}
+
+func retrySeconds(d time.Duration) int {
+	s := int(math.Ceil(d.Seconds()))
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+// bearer extracts the token of an "Authorization: Bearer …" header. The
+// scheme is case-insensitive (RFC 7235).
+func bearer(h string) string {
+	const scheme = "bearer "
+	if len(h) > len(scheme) && strings.EqualFold(h[:len(scheme)], scheme) {
+		return strings.TrimSpace(h[len(scheme):])
+	}
+	return ""
+}
+
+// clientIP is the caller as the gateway saw it: the first X-Forwarded-For
+// hop, else X-Real-IP, else the connection's peer. Only gateways should be
+// able to reach a verifier, since these headers are the client's word.
+func clientIP(r *http.Request) string {
+	if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+		if i := strings.IndexByte(xff, ','); i >= 0 {
+			xff = xff[:i]
+		}
+		return strings.TrimSpace(xff)
+	}
+	if ip := r.Header.Get("X-Real-Ip"); ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func firstHeader(r *http.Request, a, b, def string) string {
+	if v := r.Header.Get(a); v != "" {
+		return v
+	}
+	if v := r.Header.Get(b); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,194 @@
+// Package verifier is keyledger's hot path: it decides, for one presented
+// key, whether the request may go on. It checks the key's format and
+// checksum, hashes it once, looks the hash up in the projector's table, then
+// checks status, environment, expiry, permission and rate limit, and records
+// a KeyUsed event without waiting for anything.
+//
+// The package also serves the HTTP endpoints verifier nodes expose:
+// POST /v1/verify, the forward-auth endpoint /v1/authz for nginx
+// auth_request, Traefik ForwardAuth and Envoy ext_authz, /healthz and
+// /readyz.
+package verifier
+
+import (
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/projector"
+	"golang.org/x/time/rate"
+)
+
+// DefaultTestRateLimit is the per-key token bucket of test keys, as Stripe
+// does for its test mode: test traffic is for development, not load.
+var DefaultTestRateLimit = keyledger.RateLimit{PerSecond: 25, Burst: 50}
+
+// Recorder receives a KeyUsed event for every verification. It must not
+// block: the verifier calls it on the request path.
+type Recorder interface {
+	Record(ev events.KeyUsed)
+}
+
+// Config configures a Verifier.
+type Config struct {
+	// Environment this node serves; keys of the other one are refused.
+	Environment keyledger.Environment
+	// Format of keys (default keyledger.DefaultFormat).
+	Format keyledger.Format
+	// Catalog resolves required permissions (default keyledger.DefaultCatalog).
+	Catalog *keyledger.Catalog
+	// TestRateLimit applies to test keys that carry no limit of their own.
+	TestRateLimit keyledger.RateLimit
+	// Ready reports whether the node's table can be trusted (caught up and
+	// fresh). When it returns false every verification is refused as
+	// unavailable: failing closed is the only safe default for revocation.
+	Ready func() bool
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Node names this node in KeyUsed events.
+	Node string
+	// Usage receives KeyUsed events (nil: none are recorded).
+	Usage Recorder
+}
+
+// Verifier verifies keys against a projector's table. It is safe for
+// concurrent use and takes no lock shared by all requests.
+type Verifier struct {
+	cfg   Config
+	table *projector.Table
+}
+
+// New returns a verifier over table.
+func New(table *projector.Table, cfg Config) *Verifier {
+	if cfg.Environment == keyledger.EnvUnknown {
+		cfg.Environment = keyledger.EnvLive
+	}
+	if cfg.Format == (keyledger.Format{}) {
+		cfg.Format = keyledger.DefaultFormat
+	}
+	if cfg.Catalog == nil {
+		cfg.Catalog = keyledger.DefaultCatalog
+	}
+	if cfg.TestRateLimit.PerSecond <= 0 {
+		cfg.TestRateLimit = DefaultTestRateLimit
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Verifier{cfg: cfg, table: table}
+}
+
+// Environment returns the environment this verifier serves.
+func (v *Verifier) Environment() keyledger.Environment { return v.cfg.Environment }
+
+// Request is one verification. Only Key is required; the rest describes the
+// request being authorized, for the usage record.
+type Request struct {
+	Key        string
+	Permission string // required permission; "" requires none
+	IP         string
+	UserAgent  string
+	Method     string
+	Path       string
+}
+
+// Result is the outcome of a verification.
+type Result struct {
+	Outcome keyledger.Outcome
+	// Entry is the key's table entry when the key was found (even when it
+	// was then refused), else nil.
+	Entry *projector.Entry
+	// RetryAfter is set when Outcome is OutcomeRateLimited.
+	RetryAfter time.Duration
+}
+
+// Valid reports whether the request may go on.
+func (r Result) Valid() bool { return r.Outcome == keyledger.OutcomeValid }
+
+// Verify decides on one request and records it. A valid key costs one
+// SHA-256, one map lookup under a per-shard read lock, and no allocation.
+func (v *Verifier) Verify(req *Request) Result {
+	now := v.cfg.Now()
+	res := v.check(req, now)
+	if v.cfg.Usage != nil {
+		v.record(req, res, now)
+	}
+	return res
+}
+
+func (v *Verifier) check(req *Request, now time.Time) Result {
+	if v.cfg.Ready != nil && !v.cfg.Ready() {
+		return Result{Outcome: keyledger.OutcomeUnavailable}
+	}
+	if len(req.Key) > keyledger.MaxSecretLen {
+		return Result{Outcome: keyledger.OutcomeMalformed}
+	}
+	if _, ok := v.cfg.Format.Parse(req.Key); !ok {
+		return Result{Outcome: keyledger.OutcomeMalformed}
+	}
+	h := keyledger.HashSecret(req.Key)
+	e := v.table.Lookup(&h)
+	switch {
+	case e == nil:
+		return Result{Outcome: keyledger.OutcomeUnknown}
+	case e.Revoked:
+		return Result{Outcome: keyledger.OutcomeRevoked, Entry: e}
+	case e.Environment != v.cfg.Environment:
+		return Result{Outcome: keyledger.OutcomeEnvMismatch, Entry: e}
+	case e.ExpiresAt != 0 && now.UnixNano() >= e.ExpiresAt:
+		return Result{Outcome: keyledger.OutcomeExpired, Entry: e}
+	}
+	if req.Permission != "" {
+		bit, _ := v.cfg.Catalog.Bit(req.Permission)
+		// A permission missing from the catalog has bit 0: only "all"
+		// grants it, and Has(0) would pass anything, so check it apart.
+		if bit == 0 && !e.Perms.All() || !e.Perms.Has(bit) {
+			return Result{Outcome: keyledger.OutcomeForbidden, Entry: e}
+		}
+	}
+	if lim := v.limiter(e); lim != nil && !lim.AllowN(now, 1) {
+		return Result{Outcome: keyledger.OutcomeRateLimited, Entry: e, RetryAfter: retryAfter(lim, now)}
+	}
+	return Result{Outcome: keyledger.OutcomeValid, Entry: e}
+}
+
+// limiter returns the key's token bucket, or nil when it is unlimited: live
+// keys without a limit of their own.
+func (v *Verifier) limiter(e *projector.Entry) *rate.Limiter {
+	rl := e.RateLimit
+	if rl == nil {
+		if e.Environment != keyledger.EnvTest {
+			return nil
+		}
+		rl = &v.cfg.TestRateLimit
+	}
+	return e.Limiter(func() *rate.Limiter { return rate.NewLimiter(rate.Limit(rl.PerSecond), rl.Burst) })
+}
+
+// retryAfter is how long until the bucket holds a whole token again.
+func retryAfter(lim *rate.Limiter, now time.Time) time.Duration {
+	missing := 1 - lim.TokensAt(now)
+	if missing <= 0 {
+		return 0
+	}
+	return time.Duration(missing / float64(lim.Limit()) * float64(time.Second))
+}
+
+func (v *Verifier) record(req *Request, res Result, now time.Time) {
+	ev := events.KeyUsed{
+		Header:      events.Header{Type: events.TypeKeyUsed, V: events.Version, At: now},
+		Environment: v.cfg.Environment,
+		Outcome:     res.Outcome,
+		Permission:  req.Permission,
+		IP:          req.IP,
+		UserAgent:   req.UserAgent,
+		Method:      req.Method,
+		Path:        req.Path,
+		Node:        v.cfg.Node,
+		LatencyUS:   int64(v.cfg.Now().Sub(now) / time.Microsecond),
+	}
+	if res.Entry != nil {
+		ev.KeyID = res.Entry.ID
+	}
+	v.cfg.Usage.Record(ev)
+}
