@@ -6,6 +6,7 @@ import (
 	"hash/crc32"
 	"io"
 	"strings"
+	"unsafe"
 )
 
 // Secret key format, after GitHub's token scheme:
@@ -133,8 +134,7 @@ func (f Format) Parse(s string) (Environment, bool) {
 	for i := n; i < len(s); i++ {
 		want = want*62 + uint32(digit62(s[i]))
 	}
-	var buf [MaxSecretLen]byte
-	if crc32.ChecksumIEEE(append(buf[:0], s[:n]...)) != want {
+	if crc32.ChecksumIEEE(bytesOf(s[:n])) != want {
 		return EnvUnknown, false
 	}
 	return env, true
@@ -169,11 +169,15 @@ type Hash [sha256.Size]byte
 
 // HashSecret hashes a secret without allocating.
 func HashSecret(s string) Hash {
-	if len(s) <= MaxSecretLen {
-		var buf [MaxSecretLen]byte
-		return sha256.Sum256(append(buf[:0], s...))
-	}
-	return sha256.Sum256([]byte(s))
+	return sha256.Sum256(bytesOf(s))
+}
+
+// bytesOf views s as a byte slice without copying. Copying into a stack
+// buffer does not work here: the buffer escapes through crc32's and
+// sha256's assembly dispatch and costs an allocation per request. The
+// callees only read the slice, so sharing the string's memory is safe.
+func bytesOf(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // String returns the lower-case hex form used in events.

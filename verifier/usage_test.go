@@ -1,0 +1,143 @@
+package verifier_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/verifier"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestUsagePublisher(t *testing.T) {
+	env := eventstest.MustStart(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	f := newFixture(t)
+	live, liveID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
+	up := verifier.NewUsagePublisher(env.JS, verifier.UsageOptions{Batch: 64})
+	up.Start(ctx)
+	v := verifier.New(f.p.Table(), verifier.Config{Environment: keyledger.EnvLive, Node: "node-a", Usage: up})
+
+	const n = 1000
+	for i := 0; i < n; i++ {
+		key := live
+		if i%10 == 0 {
+			key = "fsk_live_" + strings.Repeat("Z", 36) // malformed, unknown owner
+		}
+		v.Verify(&verifier.Request{Key: key, Permission: "workflows:read", IP: "192.0.2.4", UserAgent: "ua", Method: "GET", Path: "/p"})
+	}
+	if err := up.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := up.Stats()
+	if st.Published != n || st.Shed != 0 || st.Failed != 0 {
+		t.Fatalf("stats %+v, want %d published", st, n)
+	}
+
+	stream, err := env.JS.Stream(ctx, events.UsageStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != n {
+		t.Fatalf("USAGE holds %d messages, want %d", info.State.Msgs, n)
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var valid, malformed int
+	ids := map[string]bool{}
+	for m := range batch.Messages() {
+		ev, err := events.Decode(m.Data())
+		if err != nil {
+			t.Fatalf("undecodable usage event %s: %v", m.Data(), err)
+		}
+		u := ev.(*events.KeyUsed)
+		if ids[u.EventID] {
+			t.Fatalf("duplicate event id %s", u.EventID)
+		}
+		ids[u.EventID] = true
+		if u.Node != "node-a" || u.IP != "192.0.2.4" || u.Environment != keyledger.EnvLive || u.Permission != "workflows:read" || u.At.IsZero() {
+			t.Fatalf("event %+v", u)
+		}
+		if strings.Contains(string(m.Data()), live) || strings.Contains(string(m.Data()), "ZZZZ") {
+			t.Fatalf("usage event carries a presented key: %s", m.Data())
+		}
+		switch u.Outcome {
+		case keyledger.OutcomeValid:
+			valid++
+			if u.KeyID != liveID || m.Subject() != "keyledger.usage.live."+liveID {
+				t.Fatalf("valid event key %q subject %q", u.KeyID, m.Subject())
+			}
+		case keyledger.OutcomeMalformed:
+			malformed++
+			if u.KeyID != "" || m.Subject() != "keyledger.usage.live.unknown" {
+				t.Fatalf("malformed event key %q subject %q", u.KeyID, m.Subject())
+			}
+		default:
+			t.Fatalf("outcome %v", u.Outcome)
+		}
+	}
+	if valid != 900 || malformed != 100 {
+		t.Fatalf("valid %d malformed %d, want 900/100", valid, malformed)
+	}
+}
+
+func TestUsagePublisher_shedsWhenFull(t *testing.T) {
+	env := eventstest.MustStart(t)
+	up := verifier.NewUsagePublisher(env.JS, verifier.UsageOptions{Buffer: 10})
+	// Not started: nothing drains the buffer, so it fills.
+	for i := 0; i < 25; i++ {
+		up.Record(events.KeyUsed{Environment: keyledger.EnvLive})
+	}
+	if st := up.Stats(); st.Shed != 15 || st.Buffered != 10 {
+		t.Fatalf("stats %+v, want 15 shed and 10 buffered", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	up.Start(ctx)
+	if err := up.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := up.Stats(); st.Published != 10 {
+		t.Fatalf("after close %+v, want the 10 buffered published", st)
+	}
+	up.Record(events.KeyUsed{Environment: keyledger.EnvLive})
+	if st := up.Stats(); st.Shed != 16 {
+		t.Fatalf("record after close: %+v, want counted as shed", st)
+	}
+}
+
+func BenchmarkUsagePublisher(b *testing.B) {
+	env := eventstest.MustStart(b)
+	ctx := context.Background()
+	up := verifier.NewUsagePublisher(env.JS, verifier.UsageOptions{})
+	up.Start(ctx)
+	ev := events.KeyUsed{Environment: keyledger.EnvLive, Outcome: keyledger.OutcomeValid, IP: "192.0.2.1",
+		UserAgent: "bench", Method: "GET", Path: "/v1/x", Node: "n", Header: events.Header{KeyID: "key_x", At: time.Now()}}
+	b.ReportAllocs()
+	start := time.Now()
+	for b.Loop() {
+		up.Record(ev)
+	}
+	if err := up.Close(ctx); err != nil {
+		b.Fatal(err)
+	}
+	st := up.Stats()
+	b.ReportMetric(float64(st.Published)/time.Since(start).Seconds(), "published/s")
+	b.ReportMetric(float64(st.Shed), "shed")
+}
