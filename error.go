@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 )
 
 // Code is one of a few stable error kinds. Clients branch on it; it never
@@ -127,13 +129,43 @@ func ErrorCode(err error) Code {
 }
 
 // ErrorMessage returns the caller-safe message of err. Errors that are not
-// *Error are internal and get a generic message.
+// *Error are internal and get a generic message; an *Error without a
+// message gets its code's.
 func ErrorMessage(err error) string {
 	var e *Error
-	if errors.As(err, &e) && e.Message != "" {
+	if !errors.As(err, &e) {
+		return defaultMessage[Internal]
+	}
+	if e.Message != "" {
 		return e.Message
 	}
-	return "internal error"
+	if e.Code == Unauthorized {
+		return UnauthorizedMessage
+	}
+	if m, ok := defaultMessage[e.Code]; ok {
+		return m
+	}
+	return defaultMessage[Internal]
+}
+
+var defaultMessage = map[Code]string{
+	Invalid:     "invalid request",
+	Forbidden:   "forbidden",
+	NotFound:    "not found",
+	Conflict:    "conflict",
+	RateLimited: "rate limit exceeded",
+	Unavailable: "service unavailable",
+	Internal:    "internal error",
+}
+
+// Quote quotes a caller-supplied value for an error message, unless it is
+// long or looks like a key: callers paste secrets into the wrong fields, and
+// an error must never send one back (or into a log).
+func Quote(s string) string {
+	if len(s) > 64 || strings.Contains(s, "_live_") || strings.Contains(s, "_test_") {
+		return "(value not shown)"
+	}
+	return strconv.Quote(s)
 }
 
 // HTTPStatus returns the HTTP status for err.

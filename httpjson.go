@@ -50,11 +50,17 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 		}
 		var pe *time.ParseError
 		if errors.As(err, &pe) {
-			return Errorf(Invalid, "times must be RFC 3339, e.g. 2026-12-31T23:59:59Z (got %s)", pe.Value)
+			return Errorf(Invalid, "times must be RFC 3339, e.g. 2026-12-31T23:59:59Z (got %s)", Quote(strings.Trim(pe.Value, `"`)))
 		}
 		return Errorf(Invalid, "cannot decode request body: %v", err)
 	}
-	if dec.More() {
+	// More() is false before a stray '}' or ']', so read a token instead:
+	// anything but EOF after the value is trailing data.
+	if _, err := dec.Token(); err != io.EOF {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return &Error{Code: Invalid, Reason: ReasonBodyTooLarge, Message: fmt.Sprintf("request body exceeds %d bytes", limit)}
+		}
 		return Errorf(Invalid, "request body must hold a single JSON object")
 	}
 	return nil

@@ -41,7 +41,7 @@ func ParseEnvironment(s string) (Environment, error) {
 	case "test":
 		return EnvTest, nil
 	}
-	return EnvUnknown, Errorf(Invalid, "environment must be \"live\" or \"test\", not %q", s)
+	return EnvUnknown, Errorf(Invalid, "environment must be \"live\" or \"test\", not %s", Quote(s))
 }
 
 // MarshalText implements encoding.TextMarshaler.

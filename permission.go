@@ -86,7 +86,7 @@ func (c *Catalog) Mask(names []string) (Permissions, error) {
 		}
 		b, ok := c.bit[n]
 		if !ok {
-			return 0, Errorf(Invalid, "unknown permission %q (the catalog has: all, %s)", n, strings.Join(c.names, ", "))
+			return 0, Errorf(Invalid, "unknown permission %s (the catalog has: all, %s)", Quote(n), strings.Join(c.names, ", "))
 		}
 		p |= b
 	}

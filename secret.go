@@ -130,11 +130,13 @@ func (f Format) Parse(s string) (Environment, bool) {
 		}
 	}
 	n := len(s) - ChecksumLen
-	var want uint32
+	// 62^6 > 2^32: accumulate in 64 bits, or several spellings of the
+	// checksum would wrap onto the same 32-bit value and all pass.
+	var want uint64
 	for i := n; i < len(s); i++ {
-		want = want*62 + uint32(digit62(s[i]))
+		want = want*62 + uint64(digit62(s[i]))
 	}
-	if crc32.ChecksumIEEE(bytesOf(s[:n])) != want {
+	if uint64(crc32.ChecksumIEEE(bytesOf(s[:n]))) != want {
 		return EnvUnknown, false
 	}
 	return env, true

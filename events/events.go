@@ -105,11 +105,11 @@ func NewID() string {
 
 // Encode returns the JSON form of an event.
 func Encode(ev Event) ([]byte, error) {
-	if ku, ok := ev.(*KeyUsed); ok {
-		return ku.AppendJSON(nil), nil
-	}
 	if err := Validate(ev); err != nil {
 		return nil, err
+	}
+	if ku, ok := ev.(*KeyUsed); ok {
+		return ku.AppendJSON(make([]byte, 0, 512)), nil
 	}
 	return json.Marshal(ev)
 }
@@ -165,6 +165,9 @@ func Validate(ev Event) error {
 	if h.At.IsZero() {
 		return keyledger.Errorf(keyledger.Invalid, "at is required")
 	}
+	if !encodable(h.At) {
+		return keyledger.Errorf(keyledger.Invalid, "at must be between years 1 and 9999 in UTC")
+	}
 	switch e := ev.(type) {
 	case *KeyCreated:
 		if h.Type != TypeKeyCreated {
@@ -181,6 +184,9 @@ func Validate(ev Event) error {
 		}
 		if len(e.Permissions) == 0 {
 			return keyledger.Errorf(keyledger.Invalid, "permissions must not be empty")
+		}
+		if e.ExpiresAt != nil && !encodable(*e.ExpiresAt) {
+			return keyledger.Errorf(keyledger.Invalid, "expires_at must be between years 1 and 9999 in UTC")
 		}
 		if e.RateLimit != nil {
 			if err := e.RateLimit.Validate(); err != nil {
@@ -201,6 +207,9 @@ func Validate(ev Event) error {
 		if e.Environment == keyledger.EnvUnknown {
 			return keyledger.Errorf(keyledger.Invalid, "environment is required")
 		}
+		if e.Outcome.String() == "invalid" {
+			return keyledger.Errorf(keyledger.Invalid, "unknown outcome")
+		}
 		if h.KeyID != "" {
 			if err := ValidKeyID(h.KeyID); err != nil {
 				return err
@@ -208,6 +217,12 @@ func Validate(ev Event) error {
 		}
 	}
 	return nil
+}
+
+// encodable reports whether t survives RFC 3339 in UTC: years 1–9999.
+func encodable(t time.Time) bool {
+	y := t.UTC().Year()
+	return y >= 1 && y <= 9999
 }
 
 // ValidKeyID checks that id can name a key and a subject token: 1–64

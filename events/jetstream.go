@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -164,11 +165,14 @@ func (l *Log) Append(ctx context.Context, ev Event, expect uint64) (uint64, erro
 			jetstream.WithMsgID(h.EventID),
 			jetstream.WithExpectStream(KeysStream),
 			jetstream.WithExpectLastSequencePerSubject(expect))
-		if err == nil {
+		if err == nil && !ack.Duplicate {
 			return ack.Sequence, nil
 		}
-		if isWrongLastSequence(err) {
-			if seq, ok := l.landed(ctx, subj, h.EventID); ok {
+		if err == nil || isWrongLastSequence(err) {
+			// A duplicate ack, or a conflict, may be our own earlier
+			// attempt — or another event that reused this event_id.
+			// Only the very same bytes on the same subject count as ours.
+			if seq, ok := l.landed(ctx, subj, data, h.EventID); ok {
 				return seq, nil
 			}
 			return 0, ErrConflict
@@ -185,17 +189,14 @@ func (l *Log) Append(ctx context.Context, ev Event, expect uint64) (uint64, erro
 	}
 }
 
-// landed reports whether the subject's last message is the event eventID.
-func (l *Log) landed(ctx context.Context, subj, eventID string) (uint64, bool) {
+// landed reports whether the subject's last message is exactly this event:
+// same Msg-Id and same bytes.
+func (l *Log) landed(ctx context.Context, subj string, data []byte, eventID string) (uint64, bool) {
 	m, err := l.stream.GetLastMsgForSubject(ctx, subj)
 	if err != nil {
 		return 0, false
 	}
-	if m.Header.Get(jetstream.MsgIDHeader) == eventID {
-		return m.Sequence, true
-	}
-	ev, err := Decode(m.Data)
-	if err == nil && ev.Head().EventID == eventID {
+	if m.Header.Get(jetstream.MsgIDHeader) == eventID && bytes.Equal(m.Data, data) {
 		return m.Sequence, true
 	}
 	return 0, false

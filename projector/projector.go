@@ -51,19 +51,19 @@ type Projector struct {
 	recMu   sync.RWMutex
 	records map[string]*keyledger.Key // nil unless Options.Records
 
-	lastSeq        atomic.Uint64
-	caughtUp       atomic.Bool
-	target         uint64
-	applied        atomic.Uint64
-	ignored        atomic.Uint64
-	poison         atomic.Uint64
-	lastDelivered  atomic.Int64 // unix nanos of the last message or heartbeat
-	waitMu         sync.Mutex
-	waitCh         chan struct{}
-	cancel         context.CancelFunc
-	done           chan struct{}
-	consumeErr     error
-	consumeErrOnce sync.Once
+	lastSeq  atomic.Uint64
+	caughtUp atomic.Bool
+	target   uint64 // stream's last sequence at Start
+	applied  atomic.Uint64
+	ignored  atomic.Uint64
+	poison   atomic.Uint64
+
+	// waitCh is closed and replaced each time lastSeq advances.
+	waitMu sync.Mutex
+	waitCh chan struct{}
+
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // New returns a projector over js. Call Start to follow the stream.
@@ -162,7 +162,6 @@ func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 			p.poison.Add(1)
 			continue
 		}
-		p.lastDelivered.Store(time.Now().UnixNano())
 		p.ApplyMsg(meta.Sequence.Stream, msg.Data())
 		if meta.NumPending == 0 || meta.Sequence.Stream >= p.target {
 			p.markCaughtUp()

@@ -1,0 +1,40 @@
+# keyledger — the two commands a new user needs:
+#   make run    run a node (embedded NATS + JetStream, ClickHouse for analytics)
+#   make test   run every check and test (installs and starts what it needs)
+
+GO ?= go
+DATA ?= ./data
+HTTP ?= 127.0.0.1:8080
+
+.PHONY: run run-no-analytics test check build bench fuzz clickhouse-start clickhouse-stop clean
+
+build:
+	$(GO) build -o bin/keyledger ./cmd/keyledger
+
+run: build
+	./scripts/run.sh --data $(DATA) --http $(HTTP)
+
+run-no-analytics: build
+	./bin/keyledger serve --data $(DATA) --http $(HTTP)
+
+test:
+	./scripts/test.sh
+
+check:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./verifier/ ./events/ ./projector/ .
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s .
+
+clickhouse-start:
+	./scripts/clickhouse.sh start
+
+clickhouse-stop:
+	./scripts/clickhouse.sh stop
+
+clean:
+	rm -rf bin

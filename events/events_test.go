@@ -1,0 +1,580 @@
+package events_test
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	mrand "math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// fixedAt is the clock of every test event.
+var fixedAt = time.Date(2026, 11, 26, 12, 0, 0, 123456789, time.UTC)
+
+// ids draws deterministic UUIDs (v4 layout) for event ids.
+type ids struct{ r io.Reader }
+
+func newIDs(seed byte) *ids { return &ids{mrand.NewChaCha8([32]byte{seed, 'e', 'v'})} }
+
+// MustID returns the next deterministic UUID.
+func (g *ids) MustID(tb testing.TB) string {
+	tb.Helper()
+	id, err := uuid.NewRandomFromReader(g.r)
+	if err != nil {
+		tb.Fatalf("uuid: %v", err)
+	}
+	return id.String()
+}
+
+func header(tb testing.TB, g *ids, t events.Type, keyID, actor string) events.Header {
+	tb.Helper()
+	return events.Header{Type: t, V: events.Version, EventID: g.MustID(tb), At: fixedAt, Actor: actor, KeyID: keyID}
+}
+
+func newCreated(tb testing.TB, g *ids, keyID string) *events.KeyCreated {
+	tb.Helper()
+	return &events.KeyCreated{
+		Header:      header(tb, g, events.TypeKeyCreated, keyID, "admin"),
+		Name:        "ci deploy",
+		Environment: keyledger.EnvLive,
+		Permissions: []string{"storage:read", "workflows:execute"},
+		Owner:       "acme",
+		Hash:        keyledger.HashSecret("fsk_live_" + keyID).String(),
+		Hint:        "mKUD",
+	}
+}
+
+func newRevoked(tb testing.TB, g *ids, keyID, reason string) *events.KeyRevoked {
+	tb.Helper()
+	return &events.KeyRevoked{Header: header(tb, g, events.TypeKeyRevoked, keyID, "admin"), Reason: reason}
+}
+
+func newUsed(tb testing.TB, g *ids, keyID string) *events.KeyUsed {
+	tb.Helper()
+	h := header(tb, g, events.TypeKeyUsed, keyID, "")
+	return &events.KeyUsed{
+		Header:      h,
+		Environment: keyledger.EnvTest,
+		Outcome:     keyledger.OutcomeForbidden,
+		OutcomeName: keyledger.OutcomeForbidden.String(),
+		Permission:  "storage:write",
+		IP:          "2001:db8::1",
+		UserAgent:   "curl/8.5.0",
+		Method:      "POST",
+		Path:        "/v1/verify",
+		Node:        "verifier-1",
+		LatencyUS:   87,
+	}
+}
+
+// normalized returns a deep copy of ev with times in UTC without monotonic
+// readings, so that decoded and original events compare with DeepEqual.
+func normalized(tb testing.TB, ev events.Event) events.Event {
+	tb.Helper()
+	utc := func(t *time.Time) *time.Time {
+		if t == nil {
+			return nil
+		}
+		u := t.UTC()
+		return &u
+	}
+	switch e := ev.(type) {
+	case *events.KeyCreated:
+		c := *e
+		c.At = c.At.UTC()
+		c.ExpiresAt = utc(c.ExpiresAt)
+		c.Permissions = append([]string(nil), c.Permissions...)
+		if c.RateLimit != nil {
+			rl := *c.RateLimit
+			c.RateLimit = &rl
+		}
+		return &c
+	case *events.KeyRevoked:
+		c := *e
+		c.At = c.At.UTC()
+		return &c
+	case *events.KeyUsed:
+		c := *e
+		c.At = c.At.UTC()
+		return &c
+	}
+	tb.Fatalf("unknown event %T", ev)
+	return nil
+}
+
+func assertSameEvent(tb testing.TB, got, want events.Event) {
+	tb.Helper()
+	g, w := normalized(tb, got), normalized(tb, want)
+	if !reflect.DeepEqual(g, w) {
+		tb.Fatalf("event mismatch:\n got  %#v\n want %#v", g, w)
+	}
+}
+
+// MustEncode encodes ev.
+func MustEncode(tb testing.TB, ev events.Event) []byte {
+	tb.Helper()
+	b, err := events.Encode(ev)
+	if err != nil {
+		tb.Fatalf("Encode(%T): %v", ev, err)
+	}
+	return b
+}
+
+// MustDecode decodes data.
+func MustDecode(tb testing.TB, data []byte) events.Event {
+	tb.Helper()
+	ev, err := events.Decode(data)
+	if err != nil {
+		tb.Fatalf("Decode(%s): %v", data, err)
+	}
+	return ev
+}
+
+func TestEncode_RoundTrip(t *testing.T) {
+	g := newIDs(1)
+	exp := time.Date(2027, 1, 1, 0, 0, 0, 0, time.FixedZone("CET", 3600))
+
+	withExpiry := newCreated(t, g, "key_exp")
+	withExpiry.ExpiresAt = &exp
+	withLimit := newCreated(t, g, "key_rl")
+	withLimit.RateLimit = &keyledger.RateLimit{PerSecond: 0.5, Burst: 3}
+	withBoth := newCreated(t, g, "key_both")
+	withBoth.ExpiresAt = &exp
+	withBoth.RateLimit = &keyledger.RateLimit{PerSecond: 1e9, Burst: 1}
+	withBoth.Environment = keyledger.EnvTest
+	withBoth.Permissions = []string{"all"}
+	nonUTC := newCreated(t, g, "key_tz")
+	nonUTC.At = fixedAt.In(time.FixedZone("X", -7*3600))
+	unknownKey := newUsed(t, g, "")
+	unknownKey.Outcome, unknownKey.OutcomeName = keyledger.OutcomeMalformed, "malformed"
+	valid := newUsed(t, g, "key_used")
+	valid.Outcome, valid.OutcomeName = keyledger.OutcomeValid, "valid"
+	valid.LatencyUS = 0
+
+	tests := []struct {
+		name string
+		ev   events.Event
+	}{
+		{"KeyCreated plain", newCreated(t, g, "key_plain")},
+		{"KeyCreated expires_at", withExpiry},
+		{"KeyCreated rate_limit", withLimit},
+		{"KeyCreated both", withBoth},
+		{"KeyCreated non-UTC at", nonUTC},
+		{"KeyRevoked", newRevoked(t, g, "key_plain", "leaked in CI logs")},
+		{"KeyRevoked without reason", newRevoked(t, g, "key_plain", "")},
+		{"KeyUsed", newUsed(t, g, "key_used")},
+		{"KeyUsed unknown key", unknownKey},
+		{"KeyUsed valid", valid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := MustEncode(t, tt.ev)
+			if !json.Valid(b) {
+				t.Fatalf("Encode produced invalid JSON: %s", b)
+			}
+			got := MustDecode(t, b)
+			if reflect.TypeOf(got) != reflect.TypeOf(tt.ev) {
+				t.Fatalf("decoded %T, want %T", got, tt.ev)
+			}
+			assertSameEvent(t, got, tt.ev)
+			if !got.Head().At.Equal(tt.ev.Head().At) {
+				t.Errorf("decoded at %v, want %v", got.Head().At, tt.ev.Head().At)
+			}
+			// Every field the schema documents is present, null or not.
+			var m map[string]any
+			if err := json.Unmarshal(b, &m); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{"type", "v", "event_id", "at", "key_id"} {
+				if _, ok := m[f]; !ok {
+					t.Errorf("field %q missing from %s", f, b)
+				}
+			}
+			if m["v"] != float64(1) || m["type"] != string(tt.ev.Head().Type) {
+				t.Errorf("type/v of %s", b)
+			}
+			if c, ok := tt.ev.(*events.KeyCreated); ok {
+				for _, f := range []string{"expires_at", "rate_limit", "permissions", "hash", "hint", "environment"} {
+					if _, ok := m[f]; !ok {
+						t.Errorf("field %q missing from %s", f, b)
+					}
+				}
+				if (c.ExpiresAt == nil) != (m["expires_at"] == nil) || (c.RateLimit == nil) != (m["rate_limit"] == nil) {
+					t.Errorf("null-ness of expires_at/rate_limit differs in %s", b)
+				}
+			}
+		})
+	}
+}
+
+func TestEncode_Invalid(t *testing.T) {
+	g := newIDs(2)
+	badID := newCreated(t, g, "key.with.dots")
+	noEnv := newCreated(t, g, "key_1")
+	noEnv.Environment = keyledger.EnvUnknown
+	wrongType := newRevoked(t, g, "key_1", "")
+	wrongType.Type = events.TypeKeyCreated
+	for name, ev := range map[string]events.Event{"bad key id": badID, "no environment": noEnv, "type mismatch": wrongType} {
+		if b, err := events.Encode(ev); !errors.Is(err, keyledger.ErrInvalid) || b != nil {
+			t.Errorf("%s: Encode = %s, %v; want ErrInvalid", name, b, err)
+		}
+	}
+}
+
+func TestDecode_Rejects(t *testing.T) {
+	g := newIDs(3)
+	// base returns a valid event of each type as a JSON object to mutate.
+	base := func(tb testing.TB, typ events.Type) map[string]any {
+		tb.Helper()
+		var ev events.Event
+		switch typ {
+		case events.TypeKeyCreated:
+			ev = newCreated(tb, g, "key_1")
+		case events.TypeKeyRevoked:
+			ev = newRevoked(tb, g, "key_1", "r")
+		default:
+			ev = newUsed(tb, g, "key_1")
+		}
+		var m map[string]any
+		if err := json.Unmarshal(MustEncode(tb, ev), &m); err != nil {
+			tb.Fatal(err)
+		}
+		return m
+	}
+	for _, ty := range []events.Type{events.TypeKeyCreated, events.TypeKeyRevoked, events.TypeKeyUsed} {
+		b, _ := json.Marshal(base(t, ty))
+		MustDecode(t, b) // the bases themselves are valid
+	}
+
+	type mut struct {
+		field string
+		value any // deleteField removes it
+	}
+	tests := []struct {
+		name string
+		typ  events.Type
+		set  []mut
+		raw  string // used instead of typ/set when non-empty
+	}{
+		{name: "not JSON", raw: `KeyCreated`},
+		{name: "empty", raw: " "},
+		{name: "truncated", raw: `{"type":"KeyCreated","v":1`},
+		{name: "array", raw: `[{"type":"KeyCreated","v":1}]`},
+		{name: "null", raw: `null`},
+		{name: "string", raw: `"KeyCreated"`},
+		{name: "v 0", typ: events.TypeKeyCreated, set: []mut{{"v", 0}}},
+		{name: "v 2", typ: events.TypeKeyCreated, set: []mut{{"v", 2}}},
+		{name: "v missing", typ: events.TypeKeyRevoked, set: []mut{{"v", deleteField}}},
+		{name: "v as string", typ: events.TypeKeyCreated, set: []mut{{"v", "1"}}},
+		{name: "v fractional", typ: events.TypeKeyCreated, set: []mut{{"v", 1.5}}},
+		{name: "unknown type", typ: events.TypeKeyCreated, set: []mut{{"type", "KeyDeleted"}}},
+		{name: "type lower-case", typ: events.TypeKeyCreated, set: []mut{{"type", "keycreated"}}},
+		{name: "type missing", typ: events.TypeKeyRevoked, set: []mut{{"type", deleteField}}},
+		{name: "bad event_id", typ: events.TypeKeyCreated, set: []mut{{"event_id", "not-a-uuid"}}},
+		{name: "empty event_id", typ: events.TypeKeyRevoked, set: []mut{{"event_id", ""}}},
+		{name: "event_id missing", typ: events.TypeKeyUsed, set: []mut{{"event_id", deleteField}}},
+		{name: "event_id number", typ: events.TypeKeyCreated, set: []mut{{"event_id", 7}}},
+		{name: "at missing", typ: events.TypeKeyCreated, set: []mut{{"at", deleteField}}},
+		{name: "at missing (revoke)", typ: events.TypeKeyRevoked, set: []mut{{"at", deleteField}}},
+		{name: "at missing (used)", typ: events.TypeKeyUsed, set: []mut{{"at", deleteField}}},
+		{name: "at zero", typ: events.TypeKeyCreated, set: []mut{{"at", "0001-01-01T00:00:00Z"}}},
+		{name: "at not RFC 3339", typ: events.TypeKeyCreated, set: []mut{{"at", "26/11/2026"}}},
+		{name: "key_id missing", typ: events.TypeKeyCreated, set: []mut{{"key_id", deleteField}}},
+		{name: "key_id dot", typ: events.TypeKeyCreated, set: []mut{{"key_id", "key.1"}}},
+		{name: "key_id wildcard", typ: events.TypeKeyRevoked, set: []mut{{"key_id", "*"}}},
+		{name: "key_id gt", typ: events.TypeKeyRevoked, set: []mut{{"key_id", ">"}}},
+		{name: "key_id space", typ: events.TypeKeyCreated, set: []mut{{"key_id", "key 1"}}},
+		{name: "key_id unicode", typ: events.TypeKeyCreated, set: []mut{{"key_id", "ключ"}}},
+		{name: "key_id too long", typ: events.TypeKeyCreated, set: []mut{{"key_id", strings.Repeat("k", 65)}}},
+		{name: "key_id bad (used)", typ: events.TypeKeyUsed, set: []mut{{"key_id", "key.1"}}},
+		{name: "hash empty", typ: events.TypeKeyCreated, set: []mut{{"hash", ""}}},
+		{name: "hash short", typ: events.TypeKeyCreated, set: []mut{{"hash", strings.Repeat("a", 63)}}},
+		{name: "hash not hex", typ: events.TypeKeyCreated, set: []mut{{"hash", strings.Repeat("z", 64)}}},
+		{name: "hash missing", typ: events.TypeKeyCreated, set: []mut{{"hash", deleteField}}},
+		{name: "permissions empty", typ: events.TypeKeyCreated, set: []mut{{"permissions", []string{}}}},
+		{name: "permissions null", typ: events.TypeKeyCreated, set: []mut{{"permissions", nil}}},
+		{name: "permissions missing", typ: events.TypeKeyCreated, set: []mut{{"permissions", deleteField}}},
+		{name: "permissions string", typ: events.TypeKeyCreated, set: []mut{{"permissions", "all"}}},
+		{name: "environment prod", typ: events.TypeKeyCreated, set: []mut{{"environment", "prod"}}},
+		{name: "environment empty", typ: events.TypeKeyCreated, set: []mut{{"environment", ""}}},
+		{name: "environment missing", typ: events.TypeKeyCreated, set: []mut{{"environment", deleteField}}},
+		{name: "environment prod (used)", typ: events.TypeKeyUsed, set: []mut{{"environment", "prod"}}},
+		{name: "environment missing (used)", typ: events.TypeKeyUsed, set: []mut{{"environment", deleteField}}},
+		{name: "rate_limit zero rate", typ: events.TypeKeyCreated, set: []mut{{"rate_limit", map[string]any{"per_second": 0, "burst": 1}}}},
+		{name: "rate_limit zero burst", typ: events.TypeKeyCreated, set: []mut{{"rate_limit", map[string]any{"per_second": 1, "burst": 0}}}},
+		{name: "expires_at garbage", typ: events.TypeKeyCreated, set: []mut{{"expires_at", "soon"}}},
+		{name: "unknown outcome", typ: events.TypeKeyUsed, set: []mut{{"outcome", "bogus"}}},
+		{name: "outcome invalid", typ: events.TypeKeyUsed, set: []mut{{"outcome", "invalid"}}},
+		{name: "outcome missing", typ: events.TypeKeyUsed, set: []mut{{"outcome", deleteField}}},
+		{name: "outcome number", typ: events.TypeKeyUsed, set: []mut{{"outcome", 0}}},
+		{name: "latency string", typ: events.TypeKeyUsed, set: []mut{{"latency_us", "87"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := []byte(tt.raw)
+			if tt.raw == "" {
+				m := base(t, tt.typ)
+				for _, s := range tt.set {
+					if s.value == deleteField {
+						delete(m, s.field)
+					} else {
+						m[s.field] = s.value
+					}
+				}
+				data, _ = json.Marshal(m)
+			}
+			ev, err := events.Decode(data)
+			if err == nil {
+				t.Fatalf("Decode(%s) accepted %#v", data, ev)
+			}
+			if ev != nil || !errors.Is(err, keyledger.ErrInvalid) {
+				t.Fatalf("Decode(%s) = %v, %v; want nil, ErrInvalid", data, ev, err)
+			}
+		})
+	}
+}
+
+// deleteField marks a field to remove in TestDecode_Rejects.
+var deleteField = &struct{ x int }{}
+
+func TestDecode_Accepts(t *testing.T) {
+	g := newIDs(4)
+	t.Run("unknown fields are ignored", func(t *testing.T) {
+		b := MustEncode(t, newRevoked(t, g, "key_1", "r"))
+		b = append([]byte(`{"added_in_v1_7":{"x":[1,2]},`), b[1:]...)
+		ev := MustDecode(t, b)
+		if r, ok := ev.(*events.KeyRevoked); !ok || r.Reason != "r" {
+			t.Fatalf("decoded %#v", ev)
+		}
+	})
+	t.Run("KeyUsed without key_id", func(t *testing.T) {
+		ev := MustDecode(t, MustEncode(t, newUsed(t, g, "")))
+		if ev.Head().KeyID != "" {
+			t.Fatalf("key id %q", ev.Head().KeyID)
+		}
+	})
+	t.Run("KeyUsed sets Outcome from its name", func(t *testing.T) {
+		for _, o := range keyledger.Outcomes() {
+			u := newUsed(t, g, "key_1")
+			u.Outcome = o
+			ev := MustDecode(t, MustEncode(t, u)).(*events.KeyUsed)
+			if ev.Outcome != o || ev.OutcomeName != o.String() {
+				t.Fatalf("outcome %v decoded as %v/%q", o, ev.Outcome, ev.OutcomeName)
+			}
+		}
+	})
+	t.Run("event_id forms uuid accepts", func(t *testing.T) {
+		r := newRevoked(t, g, "key_1", "")
+		r.EventID = strings.ToUpper(r.EventID)
+		MustDecode(t, MustEncode(t, r))
+	})
+}
+
+// TestDecode_ExtremeTimesRoundTrip: an event Decode accepts must survive
+// Encode and Decode again. Times whose offset pushes them across year 0 or
+// 9999 in UTC are valid RFC 3339 with their own offset, but not in UTC.
+func TestDecode_ExtremeTimesRoundTrip(t *testing.T) {
+	const id = "0193a5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b"
+	hash := keyledger.HashSecret("x").String()
+	for _, at := range []string{"0000-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z"} {
+		for _, doc := range []string{
+			`{"type":"KeyCreated","v":1,"event_id":"` + id + `","at":"` + at + `","key_id":"k","environment":"live","permissions":["all"],"hash":"` + hash + `","expires_at":"` + at + `"}`,
+			`{"type":"KeyRevoked","v":1,"event_id":"` + id + `","at":"` + at + `","key_id":"k"}`,
+			`{"type":"KeyUsed","v":1,"event_id":"` + id + `","at":"` + at + `","environment":"live","outcome":"valid"}`,
+		} {
+			ev, err := events.Decode([]byte(doc))
+			if err != nil {
+				continue // refusing is fine
+			}
+			b, err := events.Encode(ev)
+			if err != nil {
+				t.Errorf("%s at %s: Decode accepted it but Encode fails: %v", ev.Head().Type, at, err)
+				continue
+			}
+			ev2, err := events.Decode(b)
+			if err != nil {
+				t.Errorf("%s at %s: Decode accepted it, but not its re-encoding %s: %v", ev.Head().Type, at, b, err)
+				continue
+			}
+			assertSameEvent(t, ev2, ev)
+		}
+	}
+}
+
+func TestValidKeyID(t *testing.T) {
+	valid := []string{"k", "key_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b", "A-z_9", strings.Repeat("x", 64), "-", "_"}
+	for _, id := range valid {
+		if err := events.ValidKeyID(id); err != nil {
+			t.Errorf("ValidKeyID(%q) = %v", id, err)
+		}
+	}
+	invalid := []string{"", strings.Repeat("x", 65), "a.b", ".", "*", ">", "a b", " ", "key/1", "key:1", "é", "key\x00", "key\n", "ключ"}
+	for _, id := range invalid {
+		if err := events.ValidKeyID(id); !errors.Is(err, keyledger.ErrInvalid) {
+			t.Errorf("ValidKeyID(%q) = %v; want ErrInvalid", id, err)
+		}
+	}
+}
+
+func TestNewKeyID(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := events.NewKeyID()
+		if err := events.ValidKeyID(id); err != nil {
+			t.Fatalf("NewKeyID() = %q: %v", id, err)
+		}
+		if !strings.HasPrefix(id, "key_") || len(id) != len("key_")+32 {
+			t.Fatalf("NewKeyID() = %q: want key_ and 32 hex digits", id)
+		}
+		if seen[id] {
+			t.Fatalf("NewKeyID() repeated %q", id)
+		}
+		seen[id] = true
+	}
+}
+
+func TestNewHeader(t *testing.T) {
+	at := time.Date(2026, 11, 26, 13, 0, 0, 0, time.FixedZone("CET", 3600))
+	h := events.NewHeader(events.TypeKeyRevoked, "key_1", "alice", at)
+	if h.Type != events.TypeKeyRevoked || h.V != events.Version || h.KeyID != "key_1" || h.Actor != "alice" {
+		t.Fatalf("NewHeader = %+v", h)
+	}
+	if !h.At.Equal(at) || h.At.Location() != time.UTC {
+		t.Fatalf("At = %v, want %v in UTC", h.At, at)
+	}
+	u, err := uuid.Parse(h.EventID)
+	if err != nil || u.Version() != 7 {
+		t.Fatalf("EventID %q: version %v, %v; want a UUIDv7", h.EventID, u.Version(), err)
+	}
+	// UUIDv7 ids sort by creation.
+	prev := events.NewID()
+	for range 1000 {
+		id := events.NewID()
+		if id <= prev {
+			t.Fatalf("NewID() = %q after %q: not increasing", id, prev)
+		}
+		prev = id
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	tests := []struct{ got, want string }{
+		{events.KeySubject("key_1"), "keyledger.keys.key_1"},
+		{events.UsageSubject(keyledger.EnvLive, "key_1"), "keyledger.usage.live.key_1"},
+		{events.UsageSubject(keyledger.EnvTest, "key_1"), "keyledger.usage.test.key_1"},
+		{events.UsageSubject(keyledger.EnvLive, ""), "keyledger.usage.live.unknown"},
+		{events.UsageSubject(keyledger.EnvTest, ""), "keyledger.usage.test.unknown"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("subject %q, want %q", tt.got, tt.want)
+		}
+	}
+}
+
+func TestKeysStreamConfig(t *testing.T) {
+	tests := []struct {
+		in       events.StreamConfig
+		dup      time.Duration
+		replicas int
+	}{
+		{events.StreamConfig{}, 2 * time.Minute, 1},
+		{events.StreamConfig{Duplicates: time.Second}, 2 * time.Minute, 1},
+		{events.StreamConfig{Duplicates: 2*time.Minute - 1}, 2 * time.Minute, 1},
+		{events.StreamConfig{Duplicates: 10 * time.Minute, Replicas: 3}, 10 * time.Minute, 3},
+		{events.StreamConfig{Replicas: -1}, 2 * time.Minute, 1},
+	}
+	for _, tt := range tests {
+		c := events.KeysStreamConfig(tt.in)
+		if c.Name != "KEYS" || events.KeysStream != "KEYS" {
+			t.Errorf("Name %q", c.Name)
+		}
+		if !c.DenyDelete || !c.DenyPurge {
+			t.Errorf("%+v: DenyDelete %v DenyPurge %v; the ledger must refuse both", tt.in, c.DenyDelete, c.DenyPurge)
+		}
+		if c.Duplicates != tt.dup || c.Replicas != tt.replicas {
+			t.Errorf("%+v: Duplicates %v Replicas %d, want %v %d", tt.in, c.Duplicates, c.Replicas, tt.dup, tt.replicas)
+		}
+		if c.MaxMsgs > 0 || c.MaxBytes > 0 || c.MaxAge != 0 || c.MaxMsgsPerSubject > 0 || c.MaxMsgSize > 0 {
+			t.Errorf("KEYS has limits: msgs %d bytes %d age %v per-subject %d size %d", c.MaxMsgs, c.MaxBytes, c.MaxAge, c.MaxMsgsPerSubject, c.MaxMsgSize)
+		}
+		if c.Storage != jetstream.FileStorage || c.Retention != jetstream.LimitsPolicy {
+			t.Errorf("storage %v retention %v", c.Storage, c.Retention)
+		}
+		if len(c.Subjects) != 1 || c.Subjects[0] != "keyledger.keys.*" {
+			t.Errorf("subjects %q", c.Subjects)
+		}
+	}
+}
+
+func TestUsageStreamConfig(t *testing.T) {
+	c := events.UsageStreamConfig(events.StreamConfig{})
+	if c.Name != "USAGE" || c.MaxAge != 7*24*time.Hour || c.MaxBytes != 10<<30 || c.Discard != jetstream.DiscardOld {
+		t.Errorf("defaults: %+v", c)
+	}
+	if len(c.Subjects) != 1 || c.Subjects[0] != "keyledger.usage.>" {
+		t.Errorf("subjects %q", c.Subjects)
+	}
+	c = events.UsageStreamConfig(events.StreamConfig{UsageMaxAge: time.Hour, UsageMaxBytes: 1 << 20, Replicas: 3})
+	if c.MaxAge != time.Hour || c.MaxBytes != 1<<20 || c.Replicas != 3 {
+		t.Errorf("overrides: %+v", c)
+	}
+	if c.DenyDelete || c.DenyPurge {
+		t.Errorf("USAGE is a buffer; analytics may purge it")
+	}
+}
+
+// FuzzDecode: Decode never panics, refuses with invalid_request, and what
+// it accepts re-encodes into an event that decodes equal.
+func FuzzDecode(f *testing.F) {
+	g := newIDs(5)
+	exp := fixedAt.Add(24 * time.Hour)
+	c := newCreated(f, g, "key_1")
+	c.ExpiresAt = &exp
+	c.RateLimit = &keyledger.RateLimit{PerSecond: 2.5, Burst: 10}
+	hostile := newUsed(f, g, "")
+	hostile.UserAgent = "\"><script>\u2028\x00\xff"
+	for _, ev := range []events.Event{newCreated(f, g, "key_2"), c, newRevoked(f, g, "key_1", "leaked \"x\""), newUsed(f, g, "key_1"), hostile} {
+		b, err := events.Encode(ev)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(`{"type":"KeyUsed","v":1}`))
+	f.Add([]byte(`{"type":"KeyRevoked","v":1,"event_id":"00000000-0000-0000-0000-000000000000","at":"2026-01-01T00:00:00+05:00","key_id":"k"}`))
+	f.Add([]byte(`null`))
+	f.Add([]byte(`{"v":1e400}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ev, err := events.Decode(data)
+		if err != nil {
+			if ev != nil || keyledger.ErrorCode(err) != keyledger.Invalid {
+				t.Fatalf("Decode(%q) = %v, %v; want nil and invalid_request", data, ev, err)
+			}
+			return
+		}
+		b, err := events.Encode(ev)
+		if err != nil {
+			t.Fatalf("Decode(%q) accepted an event that does not encode: %v", data, err)
+		}
+		ev2, err := events.Decode(b)
+		if err != nil {
+			t.Fatalf("re-encoded event %q does not decode: %v (input %q)", b, err, data)
+		}
+		if u, ok := ev.(*events.KeyUsed); ok {
+			// KeyUsed has no actor (see Header); AppendJSON does not write one.
+			u.Actor = ""
+		}
+		if !reflect.DeepEqual(normalized(t, ev2), normalized(t, ev)) {
+			t.Fatalf("round trip changed the event:\n in  %q\n out %q\n %#v\n %#v", data, b, normalized(t, ev), normalized(t, ev2))
+		}
+	})
+}

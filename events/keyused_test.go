@@ -1,0 +1,249 @@
+package events_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+)
+
+// keyUsedDoc is the wire form of KeyUsed read back with encoding/json,
+// independently of the package's own decoding.
+type keyUsedDoc struct {
+	Type        string `json:"type"`
+	V           int    `json:"v"`
+	EventID     string `json:"event_id"`
+	At          string `json:"at"`
+	KeyID       string `json:"key_id"`
+	Environment string `json:"environment"`
+	Outcome     string `json:"outcome"`
+	Permission  string `json:"permission"`
+	IP          string `json:"ip"`
+	UserAgent   string `json:"user_agent"`
+	Method      string `json:"method"`
+	Path        string `json:"path"`
+	Node        string `json:"node"`
+	LatencyUS   int64  `json:"latency_us"`
+}
+
+// asJSONString is what a Go string becomes after a trip through a JSON
+// string: each invalid UTF-8 byte turns into U+FFFD.
+func asJSONString(s string) string { return string([]rune(s)) }
+
+// checkAppendJSON encodes e after prefix and checks the output with
+// encoding/json: strict JSON, HTML-safe, every string field intact.
+func checkAppendJSON(tb testing.TB, e *events.KeyUsed) {
+	tb.Helper()
+	prefix := []byte("prefix:")
+	out := e.AppendJSON(append([]byte(nil), prefix...))
+	if !bytes.HasPrefix(out, prefix) {
+		tb.Fatalf("AppendJSON overwrote its destination: %q", out)
+	}
+	b := out[len(prefix):]
+	if !json.Valid(b) {
+		tb.Fatalf("AppendJSON produced invalid JSON: %q", b)
+	}
+	if !utf8.Valid(b) {
+		tb.Fatalf("AppendJSON produced invalid UTF-8: %q", b)
+	}
+	for _, c := range b {
+		if c < 0x20 || c == '<' || c == '>' || c == '&' {
+			tb.Fatalf("AppendJSON left %q unescaped: %q", c, b)
+		}
+	}
+	if bytes.Contains(b, []byte("\u2028")) || bytes.Contains(b, []byte("\u2029")) {
+		tb.Fatalf("AppendJSON left U+2028/U+2029 unescaped: %q", b)
+	}
+	var d keyUsedDoc
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d); err != nil {
+		tb.Fatalf("encoding/json cannot read %q: %v", b, err)
+	}
+	want := keyUsedDoc{
+		Type: "KeyUsed", V: 1,
+		EventID:     asJSONString(e.EventID),
+		At:          e.At.UTC().Format(time.RFC3339Nano),
+		KeyID:       asJSONString(e.KeyID),
+		Environment: e.Environment.String(),
+		Outcome:     e.Outcome.String(),
+		Permission:  asJSONString(e.Permission),
+		IP:          asJSONString(e.IP),
+		UserAgent:   asJSONString(e.UserAgent),
+		Method:      asJSONString(e.Method),
+		Path:        asJSONString(e.Path),
+		Node:        asJSONString(e.Node),
+		LatencyUS:   e.LatencyUS,
+	}
+	if d != want {
+		tb.Fatalf("AppendJSON(%#v) read back as\n %#v\nwant\n %#v", e, d, want)
+	}
+	at, err := time.Parse(time.RFC3339Nano, d.At)
+	if err != nil || !at.Equal(e.At) {
+		tb.Fatalf("at %q = %v, %v; want %v", d.At, at, err, e.At)
+	}
+
+	// Same document as encoding/json makes of the struct (OutcomeName
+	// aside, which AppendJSON derives from Outcome).
+	if e.Environment == keyledger.EnvUnknown {
+		return // encoding/json refuses to encode an unknown environment
+	}
+	c := *e
+	c.OutcomeName = e.Outcome.String()
+	c.Actor = ""
+	c.At = e.At.UTC()
+	std, err := json.Marshal(&c)
+	if err != nil {
+		tb.Fatalf("json.Marshal: %v", err)
+	}
+	var m1, m2 map[string]any
+	if err := json.Unmarshal(b, &m1); err != nil {
+		tb.Fatal(err)
+	}
+	if err := json.Unmarshal(std, &m2); err != nil {
+		tb.Fatal(err)
+	}
+	if !reflect.DeepEqual(m1, m2) {
+		tb.Fatalf("AppendJSON and json.Marshal disagree:\n %q\n %q", b, std)
+	}
+}
+
+func TestKeyUsed_AppendJSON(t *testing.T) {
+	g := newIDs(6)
+	hostile := []struct{ name, s string }{
+		{"empty", ""},
+		{"quotes", `say "hi"`},
+		{"backslashes", `C:\path\to\"x"\\`},
+		{"JSON injection", `","outcome":"valid","x":"`},
+		{"newline tab CR", "a\nb\tc\rd"},
+		{"every control character", func() string {
+			var b strings.Builder
+			for c := 0; c < 0x20; c++ {
+				b.WriteByte(byte(c))
+			}
+			return b.String() + "\x7f"
+		}()},
+		{"NUL", "\x00"},
+		{"invalid UTF-8 byte", "ab\xffcd"},
+		{"truncated UTF-8", "é"[:1] + "x"},
+		{"truncated at end", "x" + "€"[:2]},
+		{"UTF-16 surrogate as UTF-8", "\xed\xa0\x80"},
+		{"overlong encoding", "\xc0\xaf"},
+		{"U+2028 and U+2029", "a\u2028b\u2029c"},
+		{"HTML", `<script>alert("&amp;")</script>`},
+		{"U+FFFD itself", "\ufffd"},
+		{"emoji and CJK", "🔑 鍵 ключ"},
+		{"long", strings.Repeat("Mozilla/5.0 \"\\ <>&\u2028\xff ", 20000)},
+	}
+	for _, h := range hostile {
+		t.Run(h.name, func(t *testing.T) {
+			e := newUsed(t, g, "")
+			e.EventID, e.KeyID, e.Permission, e.IP = h.s, h.s, h.s, h.s
+			e.UserAgent, e.Method, e.Path, e.Node = h.s, h.s, h.s, h.s
+			checkAppendJSON(t, e)
+		})
+	}
+	t.Run("every outcome and environment", func(t *testing.T) {
+		for _, o := range keyledger.Outcomes() {
+			for _, env := range []keyledger.Environment{keyledger.EnvLive, keyledger.EnvTest} {
+				e := newUsed(t, g, "key_1")
+				e.Outcome, e.Environment = o, env
+				checkAppendJSON(t, e)
+				ev := MustDecode(t, e.AppendJSON(nil))
+				assertSameEvent(t, ev, &events.KeyUsed{Header: e.Header, Environment: env, Outcome: o, OutcomeName: o.String(),
+					Permission: e.Permission, IP: e.IP, UserAgent: e.UserAgent, Method: e.Method, Path: e.Path, Node: e.Node, LatencyUS: e.LatencyUS})
+			}
+		}
+	})
+	t.Run("times and latencies", func(t *testing.T) {
+		for _, at := range []time.Time{
+			fixedAt,
+			time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+			time.Date(2026, 1, 2, 3, 4, 5, 100, time.FixedZone("X", 5*3600+1800)),
+			time.Unix(0, 0),
+			time.Now(), // has a monotonic reading
+		} {
+			for _, lat := range []int64{0, 1, -1, 1<<63 - 1, -1 << 63} {
+				e := newUsed(t, g, "key_1")
+				e.At, e.LatencyUS = at, lat
+				checkAppendJSON(t, e)
+			}
+		}
+	})
+	t.Run("golden", func(t *testing.T) {
+		e := &events.KeyUsed{
+			Header:      events.Header{Type: events.TypeKeyUsed, V: 1, EventID: "0193a5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b", At: time.Date(2026, 11, 26, 12, 0, 0, 5000, time.UTC), KeyID: "key_1"},
+			Environment: keyledger.EnvLive, Outcome: keyledger.OutcomeRevoked,
+			Permission: "", IP: "192.0.2.1", UserAgent: "ua \"1\"", Method: "GET", Path: "/a?b=<c>", Node: "n1", LatencyUS: 42,
+		}
+		const want = `{"type":"KeyUsed","v":1,"event_id":"0193a5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b","at":"2026-11-26T12:00:00.000005Z","key_id":"key_1","environment":"live","outcome":"revoked","permission":"","ip":"192.0.2.1","user_agent":"ua \"1\"","method":"GET","path":"/a?b=\u003cc\u003e","node":"n1","latency_us":42}`
+		if got := string(e.AppendJSON(nil)); got != want {
+			t.Fatalf("AppendJSON =\n %s\nwant\n %s", got, want)
+		}
+		if got, _ := events.Encode(e); string(got) != want {
+			t.Fatalf("Encode =\n %s\nwant\n %s", got, want)
+		}
+	})
+}
+
+func TestKeyUsed_AppendJSONAllocs(t *testing.T) {
+	e := newUsed(t, newIDs(7), "key_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b")
+	e.UserAgent = "Mozilla/5.0 (X11; Linux x86_64) \"quoted\" <tag> \xff \u2028"
+	buf := make([]byte, 0, 1024)
+	n := testing.AllocsPerRun(200, func() { buf = e.AppendJSON(buf[:0]) })
+	if n != 0 {
+		t.Fatalf("AppendJSON into a large enough buffer makes %v allocations, want 0", n)
+	}
+}
+
+func FuzzKeyUsedJSON(f *testing.F) {
+	f.Add("0193a5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b", "key_1", "storage:read", "192.0.2.1", "curl/8", "POST", "/v1/verify", "n1", int64(87), fixedAt.UnixNano(), uint8(0), uint8(1))
+	f.Add("", "", "", "", "\"\\\x00\x1f<>&\u2028\u2029\xff", "\xed\xa0\x80", "\xc0", "🔑", int64(-1), int64(0), uint8(9), uint8(0))
+	f.Add(`","x":"`, "\t\n\r", "\\u0000", "<!--", "\x7f\x80", "é"[:1], "\ufffd", "a\u2028", int64(1<<62), int64(-1<<62), uint8(255), uint8(2))
+	f.Fuzz(func(t *testing.T, eventID, keyID, perm, ip, ua, method, path, node string, latency, atNanos int64, outcome, env uint8) {
+		e := &events.KeyUsed{
+			Header:      events.Header{Type: events.TypeKeyUsed, V: 1, EventID: eventID, At: time.Unix(0, atNanos), KeyID: keyID},
+			Environment: keyledger.Environment(env % 3),
+			Outcome:     keyledger.Outcome(outcome),
+			Permission:  perm, IP: ip, UserAgent: ua, Method: method, Path: path, Node: node,
+			LatencyUS: latency,
+		}
+		checkAppendJSON(t, e)
+	})
+}
+
+func BenchmarkKeyUsedAppendJSON(b *testing.B) {
+	e := newUsed(b, newIDs(8), "key_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b")
+	e.UserAgent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+	b.Run("AppendJSON", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 1024)
+		for b.Loop() {
+			buf = e.AppendJSON(buf[:0])
+		}
+		b.SetBytes(int64(len(buf)))
+	})
+	b.Run("AppendJSON_nil", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			e.AppendJSON(nil)
+		}
+	})
+	b.Run("json.Marshal", func(b *testing.B) {
+		b.ReportAllocs()
+		var out []byte
+		for b.Loop() {
+			var err error
+			if out, err = json.Marshal(e); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.SetBytes(int64(len(out)))
+	})
+}
