@@ -24,6 +24,12 @@ type Options struct {
 	Records bool
 	// Logger receives warnings about events that could not be applied.
 	Logger *slog.Logger
+	// MaxStaleness is how long the node may go without confirming it
+	// has the stream's latest events (connection down, consumer stalled)
+	// before Fresh turns false (default 5s).
+	MaxStaleness time.Duration
+	// Now is the clock of the staleness checks (default time.Now).
+	Now func() time.Time
 }
 
 // Stats counts what the projector has seen.
@@ -32,8 +38,10 @@ type Stats struct {
 	Ignored  uint64 // duplicates and out-of-order events, safely skipped
 	Poison   uint64 // undecodable events, skipped
 	LastSeq  uint64 // last applied stream sequence
+	Lag      uint64 // stream events not yet applied, as of the last check
 	Keys     int    // entries in the table
 	CaughtUp bool
+	Fresh    bool
 }
 
 // Projector follows KEYS and maintains a Table (and optionally the full key
@@ -58,6 +66,14 @@ type Projector struct {
 	ignored  atomic.Uint64
 	poison   atomic.Uint64
 
+	// Staleness: the monitor records when it last confirmed that this
+	// node had every event in the stream.
+	maxStale    time.Duration
+	now         func() time.Time
+	lastFresh   atomic.Int64 // unix nanos
+	streamLast  atomic.Uint64
+	lastChecked uint64 // applied sequence at the previous check (monitor only)
+
 	// waitCh is closed and replaced each time lastSeq advances.
 	waitMu sync.Mutex
 	waitCh chan struct{}
@@ -74,7 +90,15 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.MaxStaleness <= 0 {
+		opts.MaxStaleness = 5 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	p := &Projector{
+		maxStale: opts.MaxStaleness,
+		now:      opts.Now,
 		js:      js,
 		catalog: opts.Catalog,
 		log:     opts.Logger,
@@ -100,10 +124,63 @@ func (p *Projector) CaughtUp() bool { return p.caughtUp.Load() }
 
 // Stats returns counters.
 func (p *Projector) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Applied: p.applied.Load(), Ignored: p.ignored.Load(), Poison: p.poison.Load(),
-		LastSeq: p.lastSeq.Load(), Keys: p.table.Len(), CaughtUp: p.caughtUp.Load(),
+		LastSeq: p.lastSeq.Load(), Keys: p.table.Len(), CaughtUp: p.caughtUp.Load(), Fresh: p.Fresh(),
 	}
+	if sl := p.streamLast.Load(); sl > st.LastSeq {
+		st.Lag = sl - st.LastSeq
+	}
+	return st
+}
+
+// Fresh reports whether the node has confirmed, within MaxStaleness, that
+// it holds every event in the stream. A node that is not fresh may be
+// missing a revocation.
+func (p *Projector) Fresh() bool {
+	return p.now().UnixNano()-p.lastFresh.Load() <= int64(p.maxStale)
+}
+
+// Ready reports whether the node may answer verifications: caught up with
+// the stream and fresh.
+func (p *Projector) Ready() bool { return p.caughtUp.Load() && p.Fresh() }
+
+// monitor checks, several times per MaxStaleness, that the connection is up
+// and that the projector has applied everything the stream holds (or is
+// still making progress towards it).
+func (p *Projector) monitor(ctx context.Context, stream jetstream.Stream) {
+	interval := p.maxStale / 5
+	interval = min(max(interval, 50*time.Millisecond), time.Second)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.check(ctx, stream, interval)
+	}
+}
+
+func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval time.Duration) {
+	if nc := p.js.Conn(); nc == nil || !nc.IsConnected() {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, interval)
+	info, err := stream.Info(cctx)
+	cancel()
+	if err != nil {
+		return
+	}
+	last, applied := info.State.LastSeq, p.lastSeq.Load()
+	p.streamLast.Store(last)
+	// Fresh when nothing is pending, or when the backlog is shrinking:
+	// a node replaying a burst is not stale, a stalled consumer is.
+	if applied >= last || applied > p.lastChecked {
+		p.lastFresh.Store(p.now().UnixNano())
+	}
+	p.lastChecked = applied
 }
 
 // Start begins following KEYS from its first message. It returns once the
@@ -126,6 +203,8 @@ func (p *Projector) Start(ctx context.Context) error {
 	if err != nil {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot follow KEYS stream")
 	}
+	p.streamLast.Store(p.target)
+	p.lastFresh.Store(p.now().UnixNano())
 	if p.lastSeq.Load() >= p.target {
 		p.markCaughtUp()
 	}
@@ -136,12 +215,20 @@ func (p *Projector) Start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	p.done = make(chan struct{})
-	go p.run(runCtx, it)
+	monitorDone := make(chan struct{})
+	go func() {
+		defer close(monitorDone)
+		p.monitor(runCtx, stream)
+	}()
+	go func() {
+		p.run(runCtx, it)
+		<-monitorDone
+		close(p.done)
+	}()
 	return nil
 }
 
 func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
-	defer close(p.done)
 	go func() {
 		<-ctx.Done()
 		it.Stop()

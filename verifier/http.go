@@ -50,12 +50,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// start reads the clock only when the time will be recorded.
+func (h *Handler) start() time.Time {
+	if h.v.cfg.Usage == nil {
+		return time.Time{}
+	}
+	return h.v.cfg.Now()
+}
+
 var errNotReady = keyledger.Errorf(keyledger.Unavailable, "this node cannot vouch for its key table yet (catching up with the ledger, or cut off from it)")
 
 // authz is the forward-auth endpoint. Any method is accepted because
 // gateways forward the client's method.
 func (h *Handler) authz(w http.ResponseWriter, r *http.Request) {
 	req := Request{
+		Start:      h.start(),
 		Key:        bearer(r.Header.Get("Authorization")),
 		Permission: r.Header.Get("X-Required-Permission"),
 		IP:         clientIP(r),
@@ -96,12 +105,14 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) {
 		keyledger.WriteError(w, &keyledger.Error{Code: keyledger.Invalid, Reason: keyledger.ReasonMethodNotAllowed, Message: "use POST /v1/verify"})
 		return
 	}
+	start := h.start()
 	var body verifyRequest
 	if err := keyledger.DecodeJSON(w, r, MaxVerifyBody, &body); err != nil {
 		keyledger.WriteError(w, err)
 		return
 	}
 	req := Request{
+		Start:      start,
 		Key:        body.Key,
 		Permission: body.Permission,
 		IP:         clientIP(r),

@@ -90,6 +90,9 @@ type Request struct {
 	UserAgent  string
 	Method     string
 	Path       string
+	// Start is when the request arrived, for the recorded latency
+	// (default: when Verify is called).
+	Start time.Time
 }
 
 // Result is the outcome of a verification.
@@ -112,7 +115,10 @@ func (v *Verifier) Verify(req *Request) Result {
 	// some machines, so it is read only when something needs it.
 	var now time.Time
 	if v.cfg.Usage != nil {
-		now = v.cfg.Now()
+		now = req.Start
+		if now.IsZero() {
+			now = v.cfg.Now()
+		}
 	}
 	res := v.check(req, &now)
 	if v.cfg.Usage != nil {

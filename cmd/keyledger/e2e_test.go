@@ -196,6 +196,15 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Prometheus metrics count the outcomes this test produced.
+	code, _, body = c.call("GET", "/metrics", "", "")
+	for _, want := range []string{`keyledger_verify_total{outcome="valid"} 2`, `keyledger_verify_total{outcome="forbidden"} 1`,
+		`keyledger_verify_total{outcome="revoked"} 1`, "keyledger_projector_last_sequence 2", "keyledger_verify_latency_seconds_bucket"} {
+		if code != 200 || !strings.Contains(string(body), want) {
+			t.Fatalf("metrics lack %q:\n%s", want, body)
+		}
+	}
+
 	// Restart on the same data dir: the key is still revoked.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -23,6 +23,8 @@ import (
 	"github.com/keyledger/keyledger/verifier"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // nodeConfig is everything `serve` is told.
@@ -38,6 +40,8 @@ type nodeConfig struct {
 	TestRateLimit   keyledger.RateLimit
 	Name            string
 	UsageMaxAge     time.Duration
+	MaxStaleness    time.Duration
+	FailOpen        bool
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
 }
@@ -59,6 +63,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.TestRateLimit.Burst, "test-burst", verifier.DefaultTestRateLimit.Burst, "burst per test key")
 	fs.StringVar(&cfg.Name, "node", host, "name of this node in usage events")
 	fs.DurationVar(&cfg.UsageMaxAge, "usage-max-age", 7*24*time.Hour, "how long USAGE keeps events")
+	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 5*time.Second, "refuse verifications (503) when the node cannot confirm it is current for this long")
+	fs.BoolVar(&cfg.FailOpen, "fail-open", false, "keep verifying from a stale table instead of answering 503 (unsafe: a revoked key may pass)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a clean shutdown may take")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	if pos, err := parseArgs(fs, args); err != nil {
@@ -111,6 +117,7 @@ type node struct {
 	projector *projector.Projector
 	usage     *verifier.UsagePublisher
 	verifier  *verifier.Verifier
+	metrics   *prometheus.Registry
 	http      *http.Server
 	httpLn    net.Listener
 	served    chan error
@@ -175,19 +182,31 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.projector = projector.New(n.js, projector.Options{Catalog: catalog, Records: true, Logger: n.log})
+	n.projector = projector.New(n.js, projector.Options{Catalog: catalog, Records: true, Logger: n.log, MaxStaleness: cfg.MaxStaleness})
 	if err := n.projector.Start(ctx); err != nil {
 		return nil, err
 	}
 	n.usage = verifier.NewUsagePublisher(n.js, verifier.UsageOptions{Logger: n.log})
 	n.usage.Start(ctx)
+	ready := n.projector.Ready
+	if cfg.FailOpen {
+		n.log.Warn("--fail-open: this node keeps verifying from a stale table when cut off from the ledger; a revoked key may be accepted")
+		ready = n.projector.CaughtUp
+	}
+	n.metrics = newRegistry()
+	registerNodeMetrics(n.metrics, n.projector, n.usage)
 	n.verifier = verifier.New(n.projector.Table(), verifier.Config{
 		Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
-		Ready: n.projector.CaughtUp, Node: cfg.Name, Usage: n.usage,
+		Ready: ready, Node: cfg.Name, Usage: verifier.NewMetrics(n.metrics, n.usage),
 	})
 	svc := admin.New(admin.Config{Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Logger: n.log})
+	public := http.NewServeMux()
+	for _, path := range verifier.Paths {
+		public.Handle(path, verifier.NewHandler(n.verifier))
+	}
+	public.Handle("/metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
 	handler := admin.NewHandler(admin.HandlerOptions{
-		Service: svc, Token: token, Public: verifier.NewHandler(n.verifier), PublicPaths: verifier.Paths, Logger: n.log,
+		Service: svc, Token: token, Public: public, PublicPaths: append(verifier.Paths, "/metrics"), Logger: n.log,
 	})
 	n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
