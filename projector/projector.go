@@ -99,12 +99,12 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 	p := &Projector{
 		maxStale: opts.MaxStaleness,
 		now:      opts.Now,
-		js:      js,
-		catalog: opts.Catalog,
-		log:     opts.Logger,
-		table:   NewTable(),
-		byID:    make(map[string]keyledger.Hash),
-		waitCh:  make(chan struct{}),
+		js:       js,
+		catalog:  opts.Catalog,
+		log:      opts.Logger,
+		table:    NewTable(),
+		byID:     make(map[string]keyledger.Hash),
+		waitCh:   make(chan struct{}),
 	}
 	if opts.Records {
 		p.records = make(map[string]*keyledger.Key)
