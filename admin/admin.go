@@ -29,7 +29,67 @@ type Config struct {
 	// ApplyTimeout bounds how long a write waits for this node to apply
 	// its own event before answering (default 5s).
 	ApplyTimeout time.Duration
-	Logger       *slog.Logger
+	// Fleet, if set, lets writes wait until every live node applied them.
+	Fleet  Fleet
+	Logger *slog.Logger
+}
+
+// Fleet is the set of live nodes (events.Registry).
+type Fleet interface {
+	// WaitApplied waits until every live node applied seq, or ctx ends.
+	WaitApplied(ctx context.Context, seq uint64) events.Applied
+	// Live lists the nodes heard from recently.
+	Live() []events.NodeStatus
+}
+
+// NodeView is a live node with its lag behind the ledger.
+type NodeView struct {
+	events.NodeStatus
+	// Lag is how many ledger events the node had not applied when it
+	// last reported, against the newest sequence this node knows.
+	Lag uint64 `json:"lag"`
+	// LastSeen is how long ago the node's last heartbeat arrived, in ms.
+	AgeMS int64 `json:"age_ms"`
+}
+
+// Nodes lists the live nodes.
+func (s *Service) Nodes() []NodeView {
+	if s.cfg.Fleet == nil {
+		return nil
+	}
+	st := s.cfg.Projector.Stats()
+	head := st.LastSeq + st.Lag
+	now := s.cfg.Now()
+	live := s.cfg.Fleet.Live()
+	out := make([]NodeView, len(live))
+	for i, n := range live {
+		head = max(head, n.LastSeq)
+		out[i] = NodeView{NodeStatus: n, AgeMS: now.Sub(n.At).Milliseconds()}
+	}
+	for i := range out {
+		out[i].Lag = head - out[i].LastSeq
+	}
+	return out
+}
+
+// Wait says how long a write waits before answering.
+type Wait string
+
+// Wait modes. Every write waits at least until the node that served it has
+// applied it; WaitAll also waits (bounded) for every live node.
+const (
+	WaitNone Wait = "none"
+	WaitAll  Wait = "all"
+)
+
+// DefaultWaitTimeout bounds WaitAll.
+const DefaultWaitTimeout = 2 * time.Second
+
+// Write describes who makes a write and how long it waits.
+type Write struct {
+	Actor   string
+	Wait    Wait
+	Timeout time.Duration // for WaitAll; default DefaultWaitTimeout
 }
 
 // Service issues, revokes and reads keys.
@@ -80,7 +140,22 @@ type KeyView struct {
 type Created struct {
 	Secret string `json:"key"`
 	KeyView
+	Propagation
 	Warning string `json:"warning"`
+}
+
+// Propagation says how far a write has spread, when the caller waited.
+type Propagation struct {
+	// AppliedBy is "n/m": n of the m live nodes applied the write.
+	AppliedBy string `json:"applied_by,omitempty"`
+	// PendingNodes had not applied it when the wait timed out.
+	PendingNodes []string `json:"pending_nodes,omitempty"`
+}
+
+// Revoked is the answer to a revoke.
+type Revoked struct {
+	KeyView
+	Propagation
 }
 
 const (
@@ -106,7 +181,8 @@ func checkText(field, s string, max int, required bool) error {
 
 // Create issues a key. The secret is in the result and nowhere else: the
 // event carries only its SHA-256.
-func (s *Service) Create(ctx context.Context, req CreateRequest, actor string) (*Created, error) {
+func (s *Service) Create(ctx context.Context, req CreateRequest, w Write) (*Created, error) {
+	actor := w.Actor
 	now := s.cfg.Now()
 	if err := checkText("name", req.Name, maxNameLen, true); err != nil {
 		return nil, err
@@ -158,33 +234,50 @@ func (s *Service) Create(ctx context.Context, req CreateRequest, actor string) (
 		}
 		return nil, err
 	}
-	s.waitApplied(ctx, seq)
+	prop := s.propagate(ctx, seq, w)
 	s.cfg.Logger.Info("key created", "key_id", id, "environment", req.Environment.String(), "owner", req.Owner, "actor", actor, "seq", seq)
 	k := keyledger.Key{
 		ID: id, Name: req.Name, Environment: req.Environment, Permissions: perms, Owner: req.Owner,
 		Hint: ev.Hint, ExpiresAt: req.ExpiresAt, RateLimit: req.RateLimit, CreatedAt: ev.At, CreatedBy: actor, Revision: seq,
 	}
 	return &Created{
-		Secret:  secret,
-		KeyView: KeyView{Key: k, Status: k.StatusAt(now)},
-		Warning: "Store this key now: it will not be shown again.",
+		Secret:      secret,
+		KeyView:     KeyView{Key: k, Status: k.StatusAt(now)},
+		Propagation: prop,
+		Warning:     "Store this key now: it will not be shown again.",
 	}, nil
 }
 
-// waitApplied waits, bounded, until this node's table holds event seq, so
-// the caller's very next request to this node sees the change. The event is
-// durable either way; a timeout only means this node lags.
-func (s *Service) waitApplied(ctx context.Context, seq uint64) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+// propagate waits, bounded, until this node's table holds event seq, so
+// the caller's very next request to this node sees the change; with
+// WaitAll, until every live node has it. The event is durable either way:
+// a timeout only means some node lags, and the answer names it.
+func (s *Service) propagate(ctx context.Context, seq uint64, w Write) Propagation {
+	lctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
 	defer cancel()
-	if err := s.cfg.Projector.WaitApplied(ctx, seq); err != nil {
+	if err := s.cfg.Projector.WaitApplied(lctx, seq); err != nil {
 		s.cfg.Logger.Warn("write recorded but not yet applied on this node", "seq", seq, "err", err)
 	}
+	if w.Wait != WaitAll || s.cfg.Fleet == nil {
+		return Propagation{}
+	}
+	timeout := w.Timeout
+	if timeout <= 0 {
+		timeout = DefaultWaitTimeout
+	}
+	fctx, fcancel := context.WithTimeout(ctx, timeout)
+	defer fcancel()
+	a := s.cfg.Fleet.WaitApplied(fctx, seq)
+	if len(a.Pending) > 0 {
+		s.cfg.Logger.Warn("write not applied by every live node in time", "seq", seq, "applied_by", a.String(), "pending", a.Pending)
+	}
+	return Propagation{AppliedBy: a.String(), PendingNodes: a.Pending}
 }
 
 // Revoke revokes a key for good. Revoking a revoked key is a conflict
 // (reason already_revoked); an unknown id is not found.
-func (s *Service) Revoke(ctx context.Context, id, reason, actor string) (*KeyView, error) {
+func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revoked, error) {
+	actor := w.Actor
 	if err := checkText("reason", reason, maxReasonLen, false); err != nil {
 		return nil, err
 	}
@@ -209,9 +302,13 @@ func (s *Service) Revoke(ctx context.Context, id, reason, actor string) (*KeyVie
 		if err != nil {
 			return nil, err
 		}
-		s.waitApplied(ctx, seq)
-		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", actor, "seq", seq)
-		return s.Get(id)
+		prop := s.propagate(ctx, seq, w)
+		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", actor, "seq", seq, "applied_by", prop.AppliedBy)
+		k, err := s.Get(id)
+		if err != nil {
+			return nil, err
+		}
+		return &Revoked{KeyView: *k, Propagation: prop}, nil
 	}
 	return nil, keyledger.Errorf(keyledger.Conflict, "key %s is being changed concurrently; try again", id)
 }

@@ -42,7 +42,7 @@ func TestService_Create(t *testing.T) {
 	defer cancel()
 
 	t.Run("defaults to full access and returns the secret once", func(t *testing.T) {
-		c, err := svc.Create(ctx, admin.CreateRequest{Name: "ci", Environment: keyledger.EnvTest, Owner: "acme"}, "tester")
+		c, err := svc.Create(ctx, admin.CreateRequest{Name: "ci", Environment: keyledger.EnvTest, Owner: "acme"}, admin.Write{Actor: "tester"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +81,7 @@ func TestService_Create(t *testing.T) {
 		{"huge owner", admin.CreateRequest{Name: "x", Environment: keyledger.EnvLive, Owner: strings.Repeat("o", 500)}, "owner must be at most"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := svc.Create(ctx, tc.req, "tester")
+			_, err := svc.Create(ctx, tc.req, admin.Write{Actor: "tester"})
 			if !errors.Is(err, keyledger.ErrInvalid) || !strings.Contains(keyledger.ErrorMessage(err), tc.msg) {
 				t.Fatalf("err %v, want invalid_request containing %q", err, tc.msg)
 			}
@@ -95,11 +95,11 @@ func TestService_Revoke(t *testing.T) {
 	svc, p := MustOpenService(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := svc.Create(ctx, admin.CreateRequest{Name: "k", Environment: keyledger.EnvLive}, "tester")
+	c, err := svc.Create(ctx, admin.CreateRequest{Name: "k", Environment: keyledger.EnvLive}, admin.Write{Actor: "tester"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := svc.Revoke(ctx, c.ID, "leaked in a log", "tester")
+	k, err := svc.Revoke(ctx, c.ID, "leaked in a log", admin.Write{Actor: "tester"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,13 +110,13 @@ func TestService_Revoke(t *testing.T) {
 	if e := p.Table().Lookup(&h); !e.Revoked {
 		t.Fatal("revoke returned before this node applied it")
 	}
-	if _, err := svc.Revoke(ctx, c.ID, "", "tester"); !errors.Is(err, keyledger.ErrAlreadyRevoked) {
+	if _, err := svc.Revoke(ctx, c.ID, "", admin.Write{Actor: "tester"}); !errors.Is(err, keyledger.ErrAlreadyRevoked) {
 		t.Fatalf("second revoke: %v, want already_revoked", err)
 	}
-	if _, err := svc.Revoke(ctx, "key_nope", "", "tester"); !errors.Is(err, keyledger.ErrNotFound) {
+	if _, err := svc.Revoke(ctx, "key_nope", "", admin.Write{Actor: "tester"}); !errors.Is(err, keyledger.ErrNotFound) {
 		t.Fatalf("unknown key: %v, want not_found", err)
 	}
-	if _, err := svc.Revoke(ctx, "../../etc", "", "tester"); !errors.Is(err, keyledger.ErrNotFound) {
+	if _, err := svc.Revoke(ctx, "../../etc", "", admin.Write{Actor: "tester"}); !errors.Is(err, keyledger.ErrNotFound) {
 		t.Fatalf("bad id: %v, want not_found", err)
 	}
 	hist, err := svc.History(ctx, c.ID)
@@ -132,7 +132,7 @@ func TestService_Revoke_race(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for round := 0; round < 10; round++ {
-		c, err := svc.Create(ctx, admin.CreateRequest{Name: "k", Environment: keyledger.EnvLive}, "tester")
+		c, err := svc.Create(ctx, admin.CreateRequest{Name: "k", Environment: keyledger.EnvLive}, admin.Write{Actor: "tester"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,7 +145,7 @@ func TestService_Revoke_race(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				_, errs[i] = svc.Revoke(ctx, c.ID, "race", "tester")
+				_, errs[i] = svc.Revoke(ctx, c.ID, "race", admin.Write{Actor: "tester"})
 			}()
 		}
 		close(start)
@@ -178,7 +178,7 @@ func TestService_List(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	mk := func(owner string, env keyledger.Environment) string {
-		c, err := svc.Create(ctx, admin.CreateRequest{Name: "k", Environment: env, Owner: owner}, "t")
+		c, err := svc.Create(ctx, admin.CreateRequest{Name: "k", Environment: env, Owner: owner}, admin.Write{Actor: "t"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +187,7 @@ func TestService_List(t *testing.T) {
 	a1 := mk("a", keyledger.EnvLive)
 	mk("a", keyledger.EnvTest)
 	mk("b", keyledger.EnvLive)
-	if _, err := svc.Revoke(ctx, a1, "", "t"); err != nil {
+	if _, err := svc.Revoke(ctx, a1, "", admin.Write{Actor: "t"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {

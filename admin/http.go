@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/projector"
@@ -54,6 +55,7 @@ func NewHandler(o HandlerOptions) http.Handler {
 		mux.Handle("/v1/keys/{id}", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.get})))
 		mux.Handle("/v1/keys/{id}/revoke", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.revoke})))
 		mux.Handle("/v1/keys/{id}/events", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.events})))
+		mux.Handle("/v1/nodes", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.nodes})))
 	}
 	for p, h := range o.Protected {
 		mux.Handle(p, a.auth(h))
@@ -138,13 +140,39 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	res, err := a.svc.Create(r.Context(), req, BootstrapActor)
+	w8, err := writeOptions(r, WaitNone)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	res, err := a.svc.Create(r.Context(), req, w8)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/v1/keys/"+res.ID)
 	keyledger.WriteJSON(w, http.StatusCreated, res)
+}
+
+// writeOptions reads ?wait=all|none and ?timeout=DURATION.
+func writeOptions(r *http.Request, def Wait) (Write, error) {
+	w := Write{Actor: BootstrapActor, Wait: def}
+	q := r.URL.Query()
+	switch v := q.Get("wait"); v {
+	case "":
+	case string(WaitAll), string(WaitNone):
+		w.Wait = Wait(v)
+	default:
+		return w, keyledger.Errorf(keyledger.Invalid, "wait must be all or none, not %s", keyledger.Quote(v))
+	}
+	if v := q.Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > time.Minute {
+			return w, keyledger.Errorf(keyledger.Invalid, "timeout must be a duration between 1ms and 1m, e.g. 500ms")
+		}
+		w.Timeout = d
+	}
+	return w, nil
 }
 
 type revokeRequest struct {
@@ -160,7 +188,12 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	k, err := a.svc.Revoke(r.Context(), r.PathValue("id"), req.Reason, BootstrapActor)
+	w8, err := writeOptions(r, WaitAll)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	k, err := a.svc.Revoke(r.Context(), r.PathValue("id"), req.Reason, w8)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -206,6 +239,14 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		f.Status = st
 	}
 	keyledger.WriteJSON(w, http.StatusOK, map[string]any{"keys": a.svc.List(f)})
+}
+
+func (a *api) nodes(w http.ResponseWriter, r *http.Request) {
+	nodes := a.svc.Nodes()
+	if nodes == nil {
+		nodes = []NodeView{}
+	}
+	keyledger.WriteJSON(w, http.StatusOK, map[string]any{"nodes": nodes})
 }
 
 // HistoryEntry is one event of a key's audit trail with its ledger position.

@@ -85,10 +85,19 @@ func KeysStreamConfig(c StreamConfig) jetstream.StreamConfig {
 }
 
 // UsageStreamConfig returns the configuration of USAGE: a buffer between
-// verifiers and analytics, bounded by age and size, oldest dropped first.
+// verifiers and analytics, bounded by age and size, oldest dropped first. A
+// single-replica USAGE flushes asynchronously even when the server syncs
+// every write: losing the last usage events in a power failure is an
+// acceptable price for not paying an fsync per verification. Replicated
+// streams are backed by a synced Raft log instead.
 func UsageStreamConfig(c StreamConfig) jetstream.StreamConfig {
 	c = c.withDefaults()
+	persist := jetstream.DefaultPersistMode
+	if c.Replicas == 1 {
+		persist = jetstream.AsyncPersistMode
+	}
 	return jetstream.StreamConfig{
+		PersistMode: persist,
 		Name:        UsageStream,
 		Description: "keyledger KeyUsed events",
 		Subjects:    []string{UsageSubjectPrefix + ">"},
@@ -104,11 +113,36 @@ func UsageStreamConfig(c StreamConfig) jetstream.StreamConfig {
 }
 
 // EnsureStreams creates or updates both streams. It is idempotent, so every
-// node may call it at start.
+// node may call it at start. In a cluster that is still electing its
+// JetStream meta leader it retries until ctx ends.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) error {
 	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c)} {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return keyledger.Wrap(keyledger.Unavailable, err, fmt.Sprintf("cannot create stream %s", cfg.Name))
+		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+			// Each attempt gets its own deadline: a request sent before
+			// the cluster has a meta leader gets no answer at all.
+			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			if s, err := js.Stream(actx, cfg.Name); err == nil && s.CachedInfo().Config.PersistMode != cfg.PersistMode {
+				// The persist mode of a stream cannot change; keep the
+				// existing one rather than refuse to start.
+				cfg.PersistMode = s.CachedInfo().Config.PersistMode
+			}
+			_, err := js.CreateOrUpdateStream(actx, cfg)
+			cancel()
+			if err == nil {
+				break
+			}
+			var apiErr *jetstream.APIError
+			// A configuration the server refuses is final; a cluster
+			// without quorum, peers or a leader yet (503s, no peers
+			// 10005, insufficient resources 10023) is worth waiting for.
+			if errors.As(err, &apiErr) && apiErr.Code == 400 && apiErr.ErrorCode != 10005 && apiErr.ErrorCode != 10023 {
+				return keyledger.Wrap(keyledger.Invalid, err, fmt.Sprintf("cannot create stream %s: %s", cfg.Name, apiErr.Description))
+			}
+			select {
+			case <-ctx.Done():
+				return keyledger.Wrap(keyledger.Unavailable, err, fmt.Sprintf("cannot create stream %s (no JetStream quorum?)", cfg.Name))
+			case <-time.After(wait):
+			}
 		}
 	}
 	return nil

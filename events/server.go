@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -21,8 +22,31 @@ type ServerConfig struct {
 	// Listen is host:port for clients and other nodes; "" accepts only
 	// in-process connections; port 0 picks a free port.
 	Listen string
-	// SyncAlways fsyncs every write before acknowledging it.
+	// SyncAlways fsyncs every write before acknowledging it. Without it
+	// JetStream acknowledges before it syncs (every SyncInterval, 2 min by
+	// default), and a power failure loses acknowledged writes. USAGE opts
+	// out per stream (async persist mode), so this costs only KEYS writes.
 	SyncAlways bool
+	// SyncInterval, when SyncAlways is off, overrides the default 2 min.
+	SyncInterval time.Duration
+	// Cluster is host:port for routes from other servers of a cluster
+	// ("" = standalone). ClusterName names the cluster (default
+	// "keyledger"); Routes are the other members' nats-route:// URLs.
+	Cluster     string
+	ClusterName string
+	Routes      []string
+}
+
+func splitHostPort(what, hp string) (string, int, error) {
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, keyledger.Errorf(keyledger.Invalid, "%s %q: want host:port", what, hp)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return "", 0, keyledger.Errorf(keyledger.Invalid, "%s %q: bad port", what, hp)
+	}
+	return host, p, nil
 }
 
 // Server is a running embedded NATS server.
@@ -37,31 +61,47 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		ServerName: cfg.Name,
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
-		SyncAlways: cfg.SyncAlways,
-		NoSigs:     true, // keyledger handles signals itself
-		NoLog:      true,
+		SyncAlways:   cfg.SyncAlways,
+		SyncInterval: cfg.SyncInterval,
+		NoSigs:       true, // keyledger handles signals itself
+		NoLog:        true,
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
 	} else {
-		host, port, err := net.SplitHostPort(cfg.Listen)
+		host, p, err := splitHostPort("--nats-listen", cfg.Listen)
 		if err != nil {
-			return nil, keyledger.Errorf(keyledger.Invalid, "--nats-listen %q: want host:port", cfg.Listen)
-		}
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return nil, keyledger.Errorf(keyledger.Invalid, "--nats-listen %q: bad port", cfg.Listen)
+			return nil, err
 		}
 		if p == 0 {
 			p = server.RANDOM_PORT
 		}
 		opts.Host, opts.Port = host, p
 	}
+	if cfg.Cluster != "" {
+		host, p, err := splitHostPort("--cluster", cfg.Cluster)
+		if err != nil {
+			return nil, err
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		name := cfg.ClusterName
+		if name == "" {
+			name = "keyledger"
+		}
+		opts.Cluster = server.ClusterOpts{Name: name, Host: host, Port: p}
+		if len(cfg.Routes) > 0 {
+			opts.Routes = server.RoutesFromStr(strings.Join(cfg.Routes, ","))
+		}
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Internal, err, "cannot configure the embedded NATS server")
 	}
 	go s.Start()
+	// A cluster member is ready for clients before its peers are up;
+	// callers wait for a JetStream meta leader through EnsureStreams.
 	if !s.ReadyForConnections(10 * time.Second) {
 		s.Shutdown()
 		return nil, keyledger.Errorf(keyledger.Unavailable, "embedded NATS server did not start (is %s in use?)", cfg.Listen)

@@ -30,6 +30,9 @@ type Options struct {
 	MaxStaleness time.Duration
 	// Now is the clock of the staleness checks (default time.Now).
 	Now func() time.Time
+	// OnAdvance, if set, is called after each applied sequence, on the
+	// apply goroutine: it must not block (e.g. Announcer.Notify).
+	OnAdvance func(seq uint64)
 }
 
 // Stats counts what the projector has seen.
@@ -78,6 +81,8 @@ type Projector struct {
 	waitMu sync.Mutex
 	waitCh chan struct{}
 
+	onAdvance func(seq uint64)
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -97,7 +102,8 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		opts.Now = time.Now
 	}
 	p := &Projector{
-		maxStale: opts.MaxStaleness,
+		maxStale:  opts.MaxStaleness,
+		onAdvance: opts.OnAdvance,
 		now:      opts.Now,
 		js:       js,
 		catalog:  opts.Catalog,
@@ -301,6 +307,9 @@ func (p *Projector) advance(seq uint64) {
 	close(p.waitCh)
 	p.waitCh = make(chan struct{})
 	p.waitMu.Unlock()
+	if p.onAdvance != nil {
+		p.onAdvance(seq)
+	}
 }
 
 // ApplyMsg applies the raw event at stream sequence seq. Sequences at or

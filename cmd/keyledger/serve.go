@@ -29,11 +29,17 @@ import (
 
 // nodeConfig is everything `serve` is told.
 type nodeConfig struct {
+	Role            string // "admin" (admin API + verifier) or "verifier"
 	DataDir         string
 	HTTPAddr        string
 	Environment     keyledger.Environment
 	NATSURL         string
 	NATSListen      string
+	Cluster         string
+	ClusterName     string
+	Routes          []string
+	Replicas        int
+	Sync            string // "always" or a duration
 	AdminToken      string
 	Prefix          string
 	Permissions     []string
@@ -46,22 +52,33 @@ type nodeConfig struct {
 	Logger          *slog.Logger
 }
 
+const (
+	roleAdmin    = "admin"
+	roleVerifier = "verifier"
+)
+
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfg := nodeConfig{}
-	var env, perms, logFormat string
+	var env, perms, routes, logFormat string
 	host, _ := os.Hostname()
+	fs.StringVar(&cfg.Role, "role", envOr("KEYLEDGER_ROLE", roleAdmin), "admin (admin API + verifier) or verifier (verifier only; needs --nats)")
 	fs.StringVar(&cfg.DataDir, "data", envOr("KEYLEDGER_DATA", "./data"), "data directory (JetStream files, admin-token)")
 	fs.StringVar(&cfg.HTTPAddr, "http", envOr("KEYLEDGER_HTTP", "127.0.0.1:8080"), "HTTP listen address")
 	fs.StringVar(&env, "environment", envOr("KEYLEDGER_ENVIRONMENT", "live"), "environment this node verifies: live or test")
-	fs.StringVar(&cfg.NATSURL, "nats", os.Getenv("KEYLEDGER_NATS"), "URL of an existing NATS deployment (default: run an embedded server)")
+	fs.StringVar(&cfg.NATSURL, "nats", os.Getenv("KEYLEDGER_NATS"), "URL(s) of an existing NATS deployment, comma-separated (default: run an embedded server)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens for other nodes and tools (\"\" = in-process only)")
+	fs.StringVar(&cfg.Cluster, "cluster", "", "host:port for routes from other embedded servers: makes this node a NATS cluster member")
+	fs.StringVar(&cfg.ClusterName, "cluster-name", "keyledger", "NATS cluster name")
+	fs.StringVar(&routes, "routes", "", "the other cluster members, comma-separated nats-route://host:port URLs")
+	fs.IntVar(&cfg.Replicas, "replicas", 1, "replicas of each stream (3 in a 3-node cluster)")
+	fs.StringVar(&cfg.Sync, "sync", "always", "embedded JetStream fsync: always (every write before its ack) or an interval such as 2m")
 	fs.StringVar(&cfg.AdminToken, "admin-token", os.Getenv("KEYLEDGER_ADMIN_TOKEN"), "admin bearer token (default: generated into DATA/admin-token)")
 	fs.StringVar(&cfg.Prefix, "prefix", keyledger.DefaultPrefix, "product prefix of keys")
 	fs.StringVar(&perms, "permissions", strings.Join(keyledger.DefaultPermissions, ","), "permission catalog, comma-separated")
 	fs.Float64Var(&cfg.TestRateLimit.PerSecond, "test-rate", verifier.DefaultTestRateLimit.PerSecond, "requests/s per test key")
 	fs.IntVar(&cfg.TestRateLimit.Burst, "test-burst", verifier.DefaultTestRateLimit.Burst, "burst per test key")
-	fs.StringVar(&cfg.Name, "node", host, "name of this node in usage events")
+	fs.StringVar(&cfg.Name, "node", host, "name of this node (unique): NATS server name, heartbeats, usage events")
 	fs.DurationVar(&cfg.UsageMaxAge, "usage-max-age", 7*24*time.Hour, "how long USAGE keeps events")
 	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 5*time.Second, "refuse verifications (503) when the node cannot confirm it is current for this long")
 	fs.BoolVar(&cfg.FailOpen, "fail-open", false, "keep verifying from a stale table instead of answering 503 (unsafe: a revoked key may pass)")
@@ -77,6 +94,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return usageErr("--environment: %s", keyledger.ErrorMessage(err))
 	}
 	cfg.Permissions = splitList(perms)
+	cfg.Routes = splitList(routes)
 	switch logFormat {
 	case "json":
 		cfg.Logger = slog.New(slog.NewJSONHandler(stderr, nil))
@@ -107,7 +125,8 @@ func splitList(s string) []string {
 }
 
 // node is one running keyledger process: NATS (embedded or remote), the
-// projector, the usage publisher, the verifier and the HTTP API.
+// projector, the usage publisher, the verifier, the fleet heartbeats and
+// the HTTP API.
 type node struct {
 	cfg       nodeConfig
 	log       *slog.Logger
@@ -117,14 +136,53 @@ type node struct {
 	projector *projector.Projector
 	usage     *verifier.UsagePublisher
 	verifier  *verifier.Verifier
+	announcer *events.Announcer
+	registry  *events.Registry // admin role only
 	metrics   *prometheus.Registry
 	http      *http.Server
 	httpLn    net.Listener
-	served    chan error
+}
+
+func (cfg *nodeConfig) check() error {
+	switch cfg.Role {
+	case roleAdmin, roleVerifier:
+	default:
+		return usageErr("--role must be admin or verifier")
+	}
+	if cfg.Role == roleVerifier && cfg.NATSURL == "" {
+		return usageErr("--role verifier follows an existing NATS deployment: give --nats URL")
+	}
+	if cfg.Cluster != "" && cfg.NATSURL != "" {
+		return usageErr("--cluster makes the embedded server a cluster member; it does not combine with --nats")
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.Replicas < 1 || cfg.Replicas > 5 {
+		return usageErr("--replicas must be 1 to 5")
+	}
+	if cfg.Name == "" || strings.ContainsAny(cfg.Name, " .*>\t") {
+		return usageErr("--node must be a name without spaces, dots or wildcards")
+	}
+	if cfg.Sync == "" {
+		cfg.Sync = "always"
+	}
+	if cfg.Sync != "always" {
+		if d, err := time.ParseDuration(cfg.Sync); err != nil || d <= 0 {
+			return usageErr("--sync must be always or a positive duration such as 2m")
+		}
+	}
+	return nil
 }
 
 func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
-	n := &node{cfg: cfg, log: cfg.Logger, served: make(chan error, 1)}
+	if cfg.Role == "" {
+		cfg.Role = roleAdmin
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	n := &node{cfg: cfg, log: cfg.Logger}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
@@ -146,46 +204,30 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, keyledger.Wrap(keyledger.Internal, err, "cannot create data directory")
 	}
-	token, err := adminToken(cfg, n.log)
-	if err != nil {
+	admin_ := cfg.Role == roleAdmin
+	var token string
+	if admin_ {
+		if token, err = adminToken(cfg, n.log); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := n.connect(); err != nil {
+		return nil, err
+	}
+	if err := events.EnsureStreams(ctx, n.js, events.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge}); err != nil {
 		return nil, err
 	}
 
-	if cfg.NATSURL == "" {
-		n.nats, err = events.StartServer(events.ServerConfig{
-			Name: cfg.Name, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSListen,
-		})
-		if err != nil {
-			return nil, err
-		}
-		n.nc, err = n.nats.Connect("keyledger " + cfg.Name)
-		if err != nil {
-			return nil, err
-		}
-		if cfg.NATSListen != "" {
-			n.log.Info("embedded NATS server", "listen", n.nats.ClientURL(), "store", filepath.Join(cfg.DataDir, "jetstream"))
-		}
-	} else {
-		n.nc, err = nats.Connect(cfg.NATSURL, nats.Name("keyledger "+cfg.Name), nats.MaxReconnects(-1),
-			nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(false))
-		if err != nil {
-			return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to NATS at "+cfg.NATSURL)
-		}
-	}
-	if n.js, err = jetstream.New(n.nc); err != nil {
-		return nil, keyledger.Wrap(keyledger.Internal, err, "jetstream")
-	}
-	if err := events.EnsureStreams(ctx, n.js, events.StreamConfig{UsageMaxAge: cfg.UsageMaxAge}); err != nil {
-		return nil, err
-	}
-	ledger, err := events.OpenLog(ctx, n.js)
-	if err != nil {
-		return nil, err
-	}
-	n.projector = projector.New(n.js, projector.Options{Catalog: catalog, Records: true, Logger: n.log, MaxStaleness: cfg.MaxStaleness})
+	n.announcer = events.NewAnnouncer(n.nc, n.status, n.log)
+	n.projector = projector.New(n.js, projector.Options{
+		Catalog: catalog, Records: admin_, Logger: n.log, MaxStaleness: cfg.MaxStaleness,
+		OnAdvance: func(uint64) { n.announcer.Notify() },
+	})
 	if err := n.projector.Start(ctx); err != nil {
 		return nil, err
 	}
+	n.announcer.Start(ctx)
 	n.usage = verifier.NewUsagePublisher(n.js, verifier.UsageOptions{Logger: n.log})
 	n.usage.Start(ctx)
 	ready := n.projector.Ready
@@ -199,36 +241,89 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 		Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
 		Ready: ready, Node: cfg.Name, Usage: verifier.NewMetrics(n.metrics, n.usage),
 	})
-	svc := admin.New(admin.Config{Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Logger: n.log})
+
 	public := http.NewServeMux()
 	for _, path := range verifier.Paths {
 		public.Handle(path, verifier.NewHandler(n.verifier))
 	}
 	public.Handle("/metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
-	handler := admin.NewHandler(admin.HandlerOptions{
-		Service: svc, Token: token, Public: public, PublicPaths: append(verifier.Paths, "/metrics"), Logger: n.log,
-	})
+	opts := admin.HandlerOptions{Token: token, Public: public, PublicPaths: append([]string{"/metrics"}, verifier.Paths...), Logger: n.log}
+	if admin_ {
+		ledger, err := events.OpenLog(ctx, n.js)
+		if err != nil {
+			return nil, err
+		}
+		if n.registry, err = events.NewRegistry(n.nc); err != nil {
+			return nil, err
+		}
+		opts.Service = admin.New(admin.Config{
+			Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Fleet: n.registry, Logger: n.log,
+		})
+	}
 	n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot listen on "+cfg.HTTPAddr)
 	}
 	n.http = &http.Server{
-		Handler:           handler,
+		Handler:           admin.NewHandler(opts),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
 	}
-	go func() { n.served <- n.http.Serve(n.httpLn) }()
-	n.log.Info("keyledger serving", "http", n.httpLn.Addr().String(), "environment", cfg.Environment.String(), "node", cfg.Name)
+	go n.http.Serve(n.httpLn)
+	n.log.Info("keyledger serving", "http", n.httpLn.Addr().String(), "role", cfg.Role,
+		"environment", cfg.Environment.String(), "node", cfg.Name)
 	return n, nil
+}
+
+// connect starts the embedded NATS server (unless --nats) and connects.
+func (n *node) connect() error {
+	cfg := n.cfg
+	var err error
+	if cfg.NATSURL != "" {
+		n.nc, err = nats.Connect(cfg.NATSURL, nats.Name("keyledger "+cfg.Name), nats.MaxReconnects(-1),
+			nats.ReconnectWait(250*time.Millisecond))
+		if err != nil {
+			return keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to NATS at "+cfg.NATSURL)
+		}
+	} else {
+		sc := events.ServerConfig{
+			Name: cfg.Name, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSListen,
+			Cluster: cfg.Cluster, ClusterName: cfg.ClusterName, Routes: cfg.Routes, SyncAlways: cfg.Sync == "always",
+		}
+		if !sc.SyncAlways {
+			sc.SyncInterval, _ = time.ParseDuration(cfg.Sync)
+		}
+		if n.nats, err = events.StartServer(sc); err != nil {
+			return err
+		}
+		if n.nc, err = n.nats.Connect("keyledger "+cfg.Name, nats.MaxReconnects(-1)); err != nil {
+			return err
+		}
+		n.log.Info("embedded NATS server", "listen", cfg.NATSListen, "cluster", cfg.Cluster,
+			"store", sc.StoreDir, "sync", cfg.Sync)
+	}
+	if n.js, err = jetstream.New(n.nc); err != nil {
+		return keyledger.Wrap(keyledger.Internal, err, "jetstream")
+	}
+	return nil
+}
+
+// status is this node's heartbeat.
+func (n *node) status() events.NodeStatus {
+	st := n.projector.Stats()
+	return events.NodeStatus{
+		Name: n.cfg.Name, Role: n.cfg.Role, Environment: n.cfg.Environment, LastSeq: st.LastSeq,
+		CaughtUp: st.CaughtUp, Fresh: st.Fresh, Keys: st.Keys, At: time.Now().UTC(),
+	}
 }
 
 // URL is the node's HTTP base URL.
 func (n *node) URL() string { return "http://" + n.httpLn.Addr().String() }
 
-// Close stops taking requests, flushes usage events, stops following the
-// stream and shuts NATS down, in that order, within ctx.
+// Close stops taking requests, flushes usage events, stops heartbeats and
+// following the stream, and shuts NATS down, in that order, within ctx.
 func (n *node) Close(ctx context.Context) error {
 	var errs []error
 	if n.http != nil {
@@ -243,10 +338,16 @@ func (n *node) Close(ctx context.Context) error {
 		st := n.usage.Stats()
 		n.log.Info("usage events flushed", "published", st.Published, "shed", st.Shed, "failed", st.Failed)
 	}
+	if n.announcer != nil {
+		n.announcer.Close(ctx)
+	}
 	if n.projector != nil {
 		if err := n.projector.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("projector: %w", err))
 		}
+	}
+	if n.registry != nil {
+		n.registry.Close()
 	}
 	if n.nc != nil {
 		n.nc.Close()

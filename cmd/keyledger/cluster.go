@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/verifier"
+)
+
+// localCluster is n admin nodes on loopback, each with an embedded NATS
+// server in one JetStream cluster (R = min(n, 3), sync always): what
+// `bench revoke` and the fault tests run against.
+type localCluster struct {
+	cfgs  []nodeConfig
+	nodes []*node
+}
+
+// freePorts returns n loopback ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// clusterConfigs returns the configurations of an n-node cluster in dir.
+func clusterConfigs(n int, dir, token string, log *slog.Logger) ([]nodeConfig, error) {
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	replicas := min(n, 3)
+	cfgs := make([]nodeConfig, n)
+	for i := range n {
+		var routes []string
+		for j := range n {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[n+j]))
+			}
+		}
+		name := fmt.Sprintf("n%d", i+1)
+		cfgs[i] = nodeConfig{
+			Role: roleAdmin, DataDir: filepath.Join(dir, name), HTTPAddr: "127.0.0.1:0", Environment: keyledger.EnvLive,
+			NATSListen: fmt.Sprintf("127.0.0.1:%d", ports[i]), Cluster: fmt.Sprintf("127.0.0.1:%d", ports[n+i]),
+			ClusterName: "keyledger", Routes: routes, Replicas: replicas, Sync: "always", AdminToken: token,
+			Prefix: keyledger.DefaultPrefix, Permissions: keyledger.DefaultPermissions, TestRateLimit: verifier.DefaultTestRateLimit,
+			Name: name, Logger: log.With("node", name),
+		}
+	}
+	return cfgs, nil
+}
+
+// startCluster starts every node at once: each waits in EnsureStreams for
+// the JetStream quorum that only the others can give it.
+func startCluster(ctx context.Context, cfgs []nodeConfig) (*localCluster, error) {
+	c := &localCluster{cfgs: cfgs, nodes: make([]*node, len(cfgs))}
+	errs := make([]error, len(cfgs))
+	var wg sync.WaitGroup
+	for i := range cfgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.nodes[i], errs[i] = openNode(ctx, cfgs[i])
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			c.Close(context.Background())
+			return nil, fmt.Errorf("node %s: %w", cfgs[i].Name, err)
+		}
+	}
+	return c, nil
+}
+
+// restart starts node i again on its own data dir and ports.
+func (c *localCluster) restart(ctx context.Context, i int) error {
+	n, err := openNode(ctx, c.cfgs[i])
+	if err != nil {
+		return err
+	}
+	c.nodes[i] = n
+	return nil
+}
+
+// Close stops every node that is running.
+func (c *localCluster) Close(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, n := range c.nodes {
+		if n != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n.Close(ctx)
+			}()
+		}
+	}
+	wg.Wait()
+}

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const clusterToken = "cluster-test-token-0123456789"
+
+// MustStartCluster starts n admin nodes, each with an embedded NATS server,
+// as one JetStream cluster with R3 streams and sync-always, on loopback.
+func MustStartCluster(tb testing.TB, n int) *localCluster {
+	tb.Helper()
+	cfgs, err := clusterConfigs(n, tb.TempDir(), clusterToken, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := startCluster(ctx, cfgs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c.Close(ctx)
+	})
+	return c
+}
+
+func (c *localCluster) client(t *testing.T, i int) *client {
+	return &client{t: t, base: c.nodes[i].URL(), token: clusterToken}
+}
+
+// stop closes node i and forgets it, so cleanup does not close it twice.
+func (c *localCluster) stop(t *testing.T, i int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.nodes[i].Close(ctx); err != nil {
+		t.Logf("closing node %d: %v", i, err)
+	}
+	c.nodes[i] = nil
+}
+
+type createdKey struct {
+	Key, ID   string
+	AppliedBy string `json:"applied_by"`
+}
+
+func TestCluster_faults(t *testing.T) {
+	c := MustStartCluster(t, 3)
+	for i := range c.nodes {
+		waitReady(t, c.client(t, i))
+	}
+	// Every node must have heard every other before wait=all means "all".
+	waitFor(t, 10*time.Second, "three live nodes in the registry", func() bool {
+		return len(c.nodes[0].registry.Live()) == 3
+	})
+
+	t.Run("wait=all reports every node", func(t *testing.T) {
+		a := c.client(t, 0)
+		code, _, body := a.call("POST", "/v1/keys?wait=all", a.token, `{"name":"w","environment":"live"}`)
+		var k createdKey
+		if code != 201 || json.Unmarshal(body, &k) != nil || k.AppliedBy != "3/3" {
+			t.Fatalf("create wait=all: %d %s", code, body)
+		}
+		for i := range c.nodes {
+			if code, _, _ := c.client(t, i).call("GET", "/v1/authz", k.Key, ""); code != 200 {
+				t.Fatalf("node %d: %d right after wait=all create", i, code)
+			}
+		}
+		code, _, body = a.call("POST", "/v1/keys/"+k.ID+"/revoke", a.token, `{"reason":"r"}`)
+		if code != 200 || !strings.Contains(string(body), `"applied_by":"3/3"`) {
+			t.Fatalf("revoke (default wait=all): %d %s", code, body)
+		}
+		for i := range c.nodes {
+			if code, _, _ := c.client(t, i).call("GET", "/v1/authz", k.Key, ""); code != 401 {
+				t.Fatalf("node %d: %d right after the revoke returned, want 401", i, code)
+			}
+		}
+		code, _, body = a.call("GET", "/v1/nodes", a.token, "")
+		if code != 200 || strings.Count(string(body), `"name":"n`) != 3 {
+			t.Fatalf("nodes: %d %s", code, body)
+		}
+	})
+
+	t.Run("writes flow while a node is killed and restarted; tables end identical", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		var mu sync.Mutex
+		acked := map[string]string{} // key id -> "active" or "revoked", as acknowledged
+		var wg sync.WaitGroup
+		stopWriters := make(chan struct{})
+		for w := 0; w < 2; w++ { // writers on the nodes that stay up
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				a := c.client(t, w)
+				for i := 0; ; i++ {
+					select {
+					case <-stopWriters:
+						return
+					default:
+					}
+					code, _, body := a.call("POST", "/v1/keys?wait=none", a.token, `{"name":"f","environment":"live"}`)
+					if code != 201 {
+						continue // e.g. 503 during a leader election: not acknowledged
+					}
+					var k createdKey
+					json.Unmarshal(body, &k)
+					mu.Lock()
+					acked[k.ID] = "active"
+					mu.Unlock()
+					if i%2 == 0 {
+						if code, _, _ := a.call("POST", "/v1/keys/"+k.ID+"/revoke?wait=none", a.token, ""); code == 200 {
+							mu.Lock()
+							acked[k.ID] = "revoked"
+							mu.Unlock()
+						}
+					}
+				}
+			}(w)
+		}
+		time.Sleep(300 * time.Millisecond)
+		c.stop(t, 2)
+		time.Sleep(500 * time.Millisecond)
+		if err := c.restart(ctx, 2); err != nil {
+			t.Fatalf("restart: %v", err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		close(stopWriters)
+		wg.Wait()
+		if len(acked) < 10 {
+			t.Fatalf("only %d acknowledged creates: the test did not exercise much", len(acked))
+		}
+
+		// Every node converges on the same table, which holds every
+		// acknowledged event.
+		last := c.nodes[0].projector.Stats().LastSeq
+		for i := range c.nodes {
+			if err := c.nodes[i].projector.WaitApplied(ctx, last); err != nil {
+				t.Fatalf("node %d never applied seq %d: %v", i, last, err)
+			}
+		}
+		waitFor(t, 10*time.Second, "identical tables", func() bool {
+			d := c.nodes[0].projector.Table().Digest()
+			return c.nodes[1].projector.Table().Digest() == d && c.nodes[2].projector.Table().Digest() == d
+		})
+		for id, state := range acked {
+			for i, n := range c.nodes {
+				k, ok := n.projector.Key(id)
+				if !ok {
+					t.Fatalf("node %d lost acknowledged key %s", i, id)
+				}
+				if state == "revoked" && k.RevokedAt == nil {
+					t.Fatalf("node %d lost the acknowledged revocation of %s", i, id)
+				}
+			}
+		}
+		t.Logf("%d acknowledged keys, ledger at seq %d", len(acked), last)
+	})
+
+	t.Run("wait=all with a node stopped returns after the timeout and names it", func(t *testing.T) {
+		c.stop(t, 2)
+		a := c.client(t, 0)
+		start := time.Now()
+		code, _, body := a.call("POST", "/v1/keys?wait=all&timeout=500ms", a.token, `{"name":"t","environment":"live"}`)
+		elapsed := time.Since(start)
+		if code != 201 || !strings.Contains(string(body), `"applied_by":"2/3"`) || !strings.Contains(string(body), `"pending_nodes":["n3"]`) {
+			t.Fatalf("create with n3 down: %d %s", code, body)
+		}
+		if elapsed < 500*time.Millisecond {
+			t.Fatalf("returned after %v, before the timeout", elapsed)
+		}
+		// After a few heartbeat intervals n3 drops off and all = 2.
+		waitFor(t, 10*time.Second, "n3 to drop off", func() bool { return len(c.nodes[0].registry.Live()) == 2 })
+		code, _, body = a.call("POST", "/v1/keys?wait=all", a.token, `{"name":"t","environment":"live"}`)
+		if code != 201 || !strings.Contains(string(body), `"applied_by":"2/2"`) {
+			t.Fatalf("create after n3 dropped off: %d %s", code, body)
+		}
+	})
+
+	t.Run("a node restarted cold never accepts a revoked key while catching up", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		a := c.client(t, 0)
+		// A revoked key the restarted node must refuse from its first answer.
+		code, _, body := a.call("POST", "/v1/keys?wait=none", a.token, `{"name":"r","environment":"live"}`)
+		var k createdKey
+		if code != 201 || json.Unmarshal(body, &k) != nil {
+			t.Fatalf("create: %d %s", code, body)
+		}
+		if code, _, _ := a.call("POST", "/v1/keys/"+k.ID+"/revoke?wait=none", a.token, ""); code != 200 {
+			t.Fatalf("revoke: %d", code)
+		}
+		if err := c.restart(ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+		n3 := c.client(t, 2)
+		seen := map[int]int{}
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			code, _, _ := n3.call("GET", "/v1/authz", k.Key, "")
+			seen[code]++
+			if code == 200 {
+				t.Fatal("a catching-up node accepted a revoked key")
+			}
+			if code == 401 {
+				break
+			}
+		}
+		if seen[401] == 0 {
+			t.Fatalf("restarted node never answered 401 for the revoked key: %v", seen)
+		}
+		if code, _, _ := n3.call("GET", "/readyz", "", ""); code != 200 {
+			t.Fatalf("readyz after catching up: %d", code)
+		}
+		t.Logf("answers while catching up: %v", fmt.Sprint(seen))
+	})
+}
