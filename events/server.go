@@ -58,9 +58,9 @@ type Server struct {
 // connections.
 func StartServer(cfg ServerConfig) (*Server, error) {
 	opts := &server.Options{
-		ServerName: cfg.Name,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
+		ServerName:   cfg.Name,
+		JetStream:    true,
+		StoreDir:     cfg.StoreDir,
 		SyncAlways:   cfg.SyncAlways,
 		SyncInterval: cfg.SyncInterval,
 		NoSigs:       true, // keyledger handles signals itself

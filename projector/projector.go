@@ -104,13 +104,13 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 	p := &Projector{
 		maxStale:  opts.MaxStaleness,
 		onAdvance: opts.OnAdvance,
-		now:      opts.Now,
-		js:       js,
-		catalog:  opts.Catalog,
-		log:      opts.Logger,
-		table:    NewTable(),
-		byID:     make(map[string]keyledger.Hash),
-		waitCh:   make(chan struct{}),
+		now:       opts.Now,
+		js:        js,
+		catalog:   opts.Catalog,
+		log:       opts.Logger,
+		table:     NewTable(),
+		byID:      make(map[string]keyledger.Hash),
+		waitCh:    make(chan struct{}),
 	}
 	if opts.Records {
 		p.records = make(map[string]*keyledger.Key)

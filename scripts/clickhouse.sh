@@ -61,8 +61,8 @@ write_config() {
 		-e "s#<format_schema_path>.*</format_schema_path>#<format_schema_path>$dir/format_schemas/</format_schema_path>#" \
 		-e "s#<mark_cache_size>[0-9]*</mark_cache_size>#<mark_cache_size>268435456</mark_cache_size>#" \
 		-e "s#<uncompressed_cache_size>[0-9]*</uncompressed_cache_size>#<uncompressed_cache_size>268435456</uncompressed_cache_size>#" \
-		-e "/<listen_host>::1<\/listen_host>/d" \
-		-e "s#</yandex>#    <interserver_http_host>127.0.0.1</interserver_http_host>\n    <timezone>UTC</timezone>\n    <max_table_size_to_drop>0</max_table_size_to_drop>\n    <max_partition_size_to_drop>0</max_partition_size_to_drop>\n</yandex>#" \
+		-e "/^ *<listen_host>[^<]*<\/listen_host> *$/d" \
+		-e "s#</yandex>#    <listen_host>127.0.0.1</listen_host>\n    <interserver_http_host>127.0.0.1</interserver_http_host>\n    <timezone>UTC</timezone>\n    <max_table_size_to_drop>0</max_table_size_to_drop>\n    <max_partition_size_to_drop>0</max_partition_size_to_drop>\n</yandex>#" \
 		"$src/config.xml" >"$conf.new"
 	grep -q "<tcp_port>$port</tcp_port>" "$conf.new" || { log "could not rewrite $src/config.xml"; exit 1; }
 	mv "$conf.new" "$conf"
