@@ -281,21 +281,32 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 	if err := checkText("reason", reason, maxReasonLen, false); err != nil {
 		return nil, err
 	}
-	// Optimistic concurrency: read the key's last event from the ledger
-	// itself (not this node's table, which may lag), then append expecting
-	// that sequence. A racing writer makes the append fail; re-read and
-	// decide again.
+	alreadyRevoked := &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked,
+		Message: "key " + id + " is already revoked"}
+	// Optimistic concurrency: append expecting the sequence of the key's
+	// last event. The first try takes it from this node's records, which
+	// saves a round trip; they may lag, but then the append fails and
+	// every further try reads the ledger itself. (A revocation seen here
+	// is final, so a lagging record can never wrongly say "revoked".)
 	for attempt := 0; attempt < 5; attempt++ {
-		last, err := s.cfg.Log.Last(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if _, revoked := last.Event.(*events.KeyRevoked); revoked {
-			return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked,
-				Message: "key " + id + " is already revoked"}
+		var expect uint64
+		if k, ok := s.cfg.Projector.Key(id); ok && attempt == 0 {
+			if k.RevokedAt != nil {
+				return nil, alreadyRevoked
+			}
+			expect = k.Revision
+		} else {
+			last, err := s.cfg.Log.Last(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			if _, revoked := last.Event.(*events.KeyRevoked); revoked {
+				return nil, alreadyRevoked
+			}
+			expect = last.Seq
 		}
 		ev := &events.KeyRevoked{Header: events.NewHeader(events.TypeKeyRevoked, id, actor, s.cfg.Now()), Reason: reason}
-		seq, err := s.cfg.Log.Append(ctx, ev, last.Seq)
+		seq, err := s.cfg.Log.Append(ctx, ev, expect)
 		if errors.Is(err, events.ErrConflict) {
 			continue
 		}
