@@ -274,6 +274,10 @@ func TestCLI(t *testing.T) {
 	if code, _, errOut := cli("keys", "list", "--token", "not-the-token-at-all"); code != 1 || !strings.Contains(errOut, "unauthorized") {
 		t.Fatalf("bad token: %d %s", code, errOut)
 	}
+	waitFor(t, 5*time.Second, "the node in its own registry", func() bool {
+		code, out, _ := cli("nodes")
+		return code == 0 && strings.Contains(out, "e2e") && strings.Contains(out, "admin")
+	})
 	var out2, err2 bytes.Buffer
 	if code := run(ctx, []string{"bogus"}, &out2, &err2); code != 2 {
 		t.Fatalf("unknown command exit %d", code)

@@ -252,3 +252,30 @@ func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		v.KeyID, v.Environment, orDash(v.Owner), strings.Join(v.Permissions, ","), fmtTime(v.ExpiresAt))
 	return nil
 }
+
+func nodesCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("nodes", flag.ContinueOnError)
+	c := addClientFlags(fs)
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, "GET", "/v1/nodes", true, nil, &raw); err != nil {
+		return err
+	}
+	if c.json {
+		return printJSON(stdout, raw)
+	}
+	var out struct {
+		Nodes []admin.NodeView `json:"nodes"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return err
+	}
+	rows := make([][]string, 0, len(out.Nodes))
+	for _, n := range out.Nodes {
+		rows = append(rows, []string{n.Name, n.Role, n.Environment.String(), fmt.Sprint(n.LastSeq), fmt.Sprint(n.Lag),
+			fmt.Sprint(n.CaughtUp), fmt.Sprint(n.Fresh), fmt.Sprint(n.Keys), fmt.Sprintf("%dms", n.AgeMS)})
+	}
+	return printTable(stdout, []string{"NODE", "ROLE", "ENV", "LAST_SEQ", "LAG", "CAUGHT_UP", "FRESH", "KEYS", "SEEN"}, rows)
+}

@@ -25,6 +25,7 @@ Usage:
   keyledger keys revoke ID [--reason R]
   keyledger keys events ID                a key's audit trail from the ledger
   keyledger verify KEY [--permission P]   ask a node whether KEY is valid
+  keyledger nodes                         live nodes and how far each has applied the ledger
   keyledger bench NAME [--json]           benchmarks on this machine (revoke)
 
 Run "keyledger COMMAND -h" for a command's flags.
@@ -55,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = keysCmd(ctx, args[1:], stdout)
 	case "verify":
 		err = verifyCmd(ctx, args[1:], stdout)
+	case "nodes":
+		err = nodesCmd(ctx, args[1:], stdout)
 	case "bench":
 		err = benchCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
