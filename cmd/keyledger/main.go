@@ -25,6 +25,10 @@ Usage:
   keyledger keys revoke ID [--reason R]
   keyledger keys events ID                a key's audit trail from the ledger
   keyledger verify KEY [--permission P]   ask a node whether KEY is valid
+  keyledger usage  (--key ID | --owner O) [--from T] [--to T] [--interval minute|hour|day]
+  keyledger quota  --owner O [--month YYYY-MM]     valid verifications of O's live keys
+  keyledger audit  [--key ID] [--actor A] [--type T] [--from T] [--to T]
+  keyledger alerts [--rule R] [--key ID] [--from T] [--to T]
   keyledger nodes                         live nodes and how far each has applied the ledger
   keyledger bench NAME [--json]           benchmarks on this machine (revoke)
 
@@ -56,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = keysCmd(ctx, args[1:], stdout)
 	case "verify":
 		err = verifyCmd(ctx, args[1:], stdout)
+	case "usage", "quota", "audit", "alerts":
+		err = analyticsCmd(ctx, args[0], args[1:], stdout)
 	case "nodes":
 		err = nodesCmd(ctx, args[1:], stdout)
 	case "bench":

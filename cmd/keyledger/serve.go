@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
+	"github.com/keyledger/keyledger/analytics"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
@@ -50,6 +52,12 @@ type nodeConfig struct {
 	FailOpen        bool
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
+
+	// Analytics (admin role, with ClickHouse).
+	ClickHouse      string
+	DetectInterval  time.Duration
+	AlertWebhook    string
+	RetentionMonths int
 }
 
 const (
@@ -84,6 +92,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.FailOpen, "fail-open", false, "keep verifying from a stale table instead of answering 503 (unsafe: a revoked key may pass)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a clean shutdown may take")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&cfg.ClickHouse, "clickhouse", os.Getenv("KEYLEDGER_CLICKHOUSE_DSN"), "turn analytics on: clickhouse://HOST:PORT/DB (native protocol)")
+	fs.DurationVar(&cfg.DetectInterval, "detect-interval", 30*time.Second, "how often the anomaly detector runs")
+	fs.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "POST every alert as JSON to this URL")
+	fs.IntVar(&cfg.RetentionMonths, "retention-months", 13, "months of raw usage rows kept in ClickHouse (rollups are kept)")
 	if pos, err := parseArgs(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -137,7 +149,8 @@ type node struct {
 	usage     *verifier.UsagePublisher
 	verifier  *verifier.Verifier
 	announcer *events.Announcer
-	registry  *events.Registry // admin role only
+	registry  *events.Registry     // admin role only
+	analytics *analytics.Analytics // admin role with --clickhouse
 	metrics   *prometheus.Registry
 	http      *http.Server
 	httpLn    net.Listener
@@ -151,6 +164,9 @@ func (cfg *nodeConfig) check() error {
 	}
 	if cfg.Role == roleVerifier && cfg.NATSURL == "" {
 		return usageErr("--role verifier follows an existing NATS deployment: give --nats URL")
+	}
+	if cfg.ClickHouse != "" && cfg.Role != roleAdmin {
+		return usageErr("--clickhouse runs analytics, which belongs on admin nodes")
 	}
 	if cfg.Cluster != "" && cfg.NATSURL != "" {
 		return usageErr("--cluster makes the embedded server a cluster member; it does not combine with --nats")
@@ -259,6 +275,9 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 		opts.Service = admin.New(admin.Config{
 			Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Fleet: n.registry, Logger: n.log,
 		})
+		if opts.Protected, err = n.openAnalytics(ctx); err != nil {
+			return nil, err
+		}
 	}
 	n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -275,6 +294,48 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	n.log.Info("keyledger serving", "http", n.httpLn.Addr().String(), "role", cfg.Role,
 		"environment", cfg.Environment.String(), "node", cfg.Name)
 	return n, nil
+}
+
+// analyticsPaths are the endpoints of package analytics.
+var analyticsPaths = []string{"/v1/usage", "/v1/quota", "/v1/audit", "/v1/alerts"}
+
+// openAnalytics starts analytics when --clickhouse is given and returns its
+// endpoints; without it the endpoints answer 503 saying analytics is off.
+func (n *node) openAnalytics(ctx context.Context) (map[string]http.Handler, error) {
+	var h http.Handler
+	if n.cfg.ClickHouse == "" {
+		n.log.Info("analytics off (no --clickhouse): usage, audit and alerts endpoints answer 503")
+		off := keyledger.Errorf(keyledger.Unavailable, "analytics is off on this node: start it with --clickhouse clickhouse://HOST:PORT/DB")
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { keyledger.WriteError(w, off) })
+	} else {
+		a, err := analytics.Open(ctx, analytics.Config{
+			DSN: n.cfg.ClickHouse, JetStream: n.js, NATS: n.nc, DetectInterval: n.cfg.DetectInterval,
+			WebhookURL: n.cfg.AlertWebhook, RetentionMonths: n.cfg.RetentionMonths, Logger: n.log, Registerer: n.metrics,
+		})
+		if err != nil {
+			return nil, err
+		}
+		n.analytics = a
+		if err := a.Start(ctx); err != nil {
+			return nil, err
+		}
+		n.log.Info("analytics on", "clickhouse", redactDSN(n.cfg.ClickHouse), "detect_interval", n.cfg.DetectInterval)
+		h = a.Handler()
+	}
+	m := make(map[string]http.Handler, len(analyticsPaths))
+	for _, p := range analyticsPaths {
+		m[p] = h
+	}
+	return m, nil
+}
+
+// redactDSN drops a password from a DSN before it is logged.
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return u.Redacted()
 }
 
 // connect starts the embedded NATS server (unless --nats) and connects.
@@ -337,6 +398,11 @@ func (n *node) Close(ctx context.Context) error {
 		}
 		st := n.usage.Stats()
 		n.log.Info("usage events flushed", "published", st.Published, "shed", st.Shed, "failed", st.Failed)
+	}
+	if n.analytics != nil {
+		if err := n.analytics.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("analytics: %w", err))
+		}
 	}
 	if n.announcer != nil {
 		n.announcer.Close(ctx)

@@ -1,0 +1,501 @@
+package analytics
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func TestIngestExactCounts(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	reg := prometheus.NewRegistry()
+	a := MustOpen(t, Config{JetStream: tj.js, BatchSize: 1000, Registerer: reg})
+	MustStart(t, a)
+
+	base := time.Date(2026, 1, 31, 23, 58, 0, 0, time.UTC) // batches straddle a month
+	var evs []*events.KeyUsed
+	want := map[string]map[string]uint64{} // key → outcome → count
+	outcomes := []keyledger.Outcome{keyledger.OutcomeValid, keyledger.OutcomeValid, keyledger.OutcomeForbidden, keyledger.OutcomeRateLimited}
+	for i := range 6000 {
+		key := fmt.Sprintf("key_%d", i%3)
+		o := outcomes[i%len(outcomes)]
+		evs = append(evs, used(key, keyledger.EnvLive, o, "10.0.0.1", base.Add(time.Duration(i)*50*time.Millisecond)))
+		if want[key] == nil {
+			want[key] = map[string]uint64{}
+		}
+		want[key][o.String()]++
+	}
+	publishUsage(t, tj.js, evs...)
+	waitIngested(t, a, 6000, 60*time.Second)
+
+	ctx := context.Background()
+	for key, byOutcome := range want {
+		pts, err := a.Usage(ctx, UsageQuery{KeyID: key, From: base.Add(-time.Hour), To: base.Add(time.Hour), Interval: Day})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]uint64{}
+		for _, p := range pts {
+			got[p.Outcome] += p.Count
+		}
+		for o, n := range byOutcome {
+			if got[o] != n {
+				t.Errorf("%s %s: usage %d, want %d (points %+v)", key, o, got[o], n, pts)
+			}
+		}
+		if len(pts) != 2*len(byOutcome) { // two days
+			t.Errorf("%s: %d points, want %d: %+v", key, len(pts), 2*len(byOutcome), pts)
+		}
+	}
+	// A range cutting through minutes is still exact (raw rows at the edges).
+	from, to := base.Add(30*time.Second+25*time.Millisecond), base.Add(3*time.Minute+10*time.Second)
+	var wantN uint64
+	for _, ev := range evs {
+		if ev.KeyID == "key_0" && !ev.At.Before(from) && ev.At.Before(to) {
+			wantN++
+		}
+	}
+	pts, err := a.Usage(ctx, UsageQuery{KeyID: "key_0", From: from, To: to, Interval: Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotN uint64
+	for _, p := range pts {
+		gotN += p.Count
+	}
+	if gotN != wantN {
+		t.Errorf("partial-minute range: %d, want %d", gotN, wantN)
+	}
+	if n := metricValue(a.metrics.rows.WithLabelValues(events.UsageStream)); n != 6000 {
+		t.Errorf("ingested rows metric = %v, want 6000", n)
+	}
+	if n := metricValue(a.metrics.batches.WithLabelValues(events.UsageStream, "ok")); n < 6 {
+		t.Errorf("batches metric = %v, want >= 6", n)
+	}
+}
+
+func TestRedeliveredBatchNotDoubleCounted(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	reg := prometheus.NewRegistry()
+	a := MustOpen(t, Config{JetStream: tj.js, BatchSize: 500, AckWait: time.Second, Registerer: reg})
+	// The first two batches are stored but their acknowledgements are
+	// lost, as if the node crashed between INSERT and ack.
+	var batches, dropped atomic.Int32
+	a.ingesters[0].testAfterWrite = func(n int) bool {
+		if batches.Add(1) > 2 {
+			return true
+		}
+		dropped.Add(int32(n))
+		return false
+	}
+	MustStart(t, a)
+
+	now := time.Now().UTC()
+	var evs []*events.KeyUsed
+	for i := range 2000 {
+		evs = append(evs, used("key_r", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.2", now.Add(-time.Duration(i)*time.Second)))
+	}
+	publishUsage(t, tj.js, evs...)
+	waitIngested(t, a, 2000, 60*time.Second)
+	// Redeliveries happen after AckWait; wait until they are all acked.
+	waitFor(t, 30*time.Second, "no unacknowledged messages", func() (bool, string) {
+		ci, err := a.ingesters[0].consumer().Info(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return ci.NumAckPending == 0 && ci.NumPending == 0 && ci.NumRedelivered == 0, fmt.Sprintf("%+v", ci)
+	})
+	if c := usageCounts(t, a.conn); c != (counts{2000, 2000, 2000}) {
+		t.Fatalf("after redelivery counts = %+v, want 2000 each", c)
+	}
+	if n, want := metricValue(a.metrics.duplicates.WithLabelValues(events.UsageStream)), float64(dropped.Load()); n != want || want == 0 {
+		t.Errorf("duplicates skipped = %v, want %v (the two batches whose acks were lost)", n, want)
+	}
+	q, err := a.Usage(context.Background(), UsageQuery{KeyID: "key_r", From: now.Add(-time.Hour), To: now.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, p := range q {
+		total += p.Count
+	}
+	if total != 2000 {
+		t.Errorf("usage total = %d, want 2000", total)
+	}
+}
+
+func TestPoisonEventDeadLettered(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	reg := prometheus.NewRegistry()
+	dl := make(chan *nats.Msg, 10)
+	sub, err := tj.nc.ChanSubscribe(DeadLetterSubject(events.UsageStream), dl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	a := MustOpen(t, Config{JetStream: tj.js, BatchSize: 100, Registerer: reg})
+	MustStart(t, a)
+
+	now := time.Now().UTC()
+	publishUsage(t, tj.js, used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now))
+	publishRaw(t, tj.js, "keyledger.usage.live.key_p", []byte("this is not JSON"))
+	bad := used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now)
+	publishRaw(t, tj.js, "keyledger.usage.live.key_p",
+		[]byte(`{"type":"KeyUsed","v":1,"event_id":"`+bad.EventID+`","at":"2026-01-01T00:00:00Z","key_id":"key_p","environment":"live","outcome":"teleported"}`))
+	var evs []*events.KeyUsed
+	for range 300 {
+		evs = append(evs, used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now))
+	}
+	publishUsage(t, tj.js, evs...)
+	waitIngested(t, a, 301, 60*time.Second)
+
+	reasons := map[string]bool{}
+	for range 2 {
+		select {
+		case m := <-dl:
+			r := m.Header.Get(HeaderDeadLetterReason)
+			if r == "" || m.Header.Get(HeaderDeadLetterStream) != events.UsageStream || m.Header.Get(HeaderDeadLetterSeq) == "" {
+				t.Errorf("dead letter headers: %v", m.Header)
+			}
+			reasons[r] = true
+		case <-time.After(10 * time.Second):
+			t.Fatal("dead letter not received")
+		}
+	}
+	if len(reasons) != 2 {
+		t.Errorf("reasons = %v", reasons)
+	}
+	if n := metricValue(a.metrics.deadLetters.WithLabelValues(events.UsageStream)); n != 2 {
+		t.Errorf("dead letters metric = %v, want 2", n)
+	}
+	// Terminated, not waiting for redelivery.
+	waitFor(t, 10*time.Second, "no unacknowledged messages", func() (bool, string) {
+		ci, err := a.ingesters[0].consumer().Info(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return ci.NumAckPending == 0 && ci.NumPending == 0, fmt.Sprintf("ack pending %d pending %d", ci.NumAckPending, ci.NumPending)
+	})
+}
+
+// TestClickHouseDownThenBack stops a private ClickHouse (own ports and
+// directory, so the shared instance and parallel tests are untouched) while
+// events flow, starts it again and checks every event landed exactly once.
+func TestClickHouseDownThenBack(t *testing.T) {
+	port := envOr("KEYLEDGER_CH_PRIVATE_PORT", "19100")
+	env := []string{
+		"KEYLEDGER_CH_DIR=" + t.TempDir(),
+		"KEYLEDGER_CH_PORT=" + port,
+		"KEYLEDGER_CH_HTTP_PORT=" + envOr("KEYLEDGER_CH_PRIVATE_HTTP_PORT", "18223"),
+		"KEYLEDGER_CH_INTERSERVER_PORT=" + envOr("KEYLEDGER_CH_PRIVATE_INTERSERVER_PORT", "19109"),
+	}
+	script := func(arg string) {
+		t.Helper()
+		if out, err := runScript(2*time.Minute, env, arg); err != nil {
+			t.Fatalf("clickhouse.sh %s: %v\n%s", arg, err, out)
+		}
+	}
+	script("start")
+	t.Cleanup(func() { runScript(time.Minute, env, "stop") })
+	addr := "127.0.0.1:" + port
+
+	tj := MustStartJetStream(t)
+	reg := prometheus.NewRegistry()
+	a := MustOpen(t, Config{DSN: newDatabase(t, addr), JetStream: tj.js, BatchSize: 500,
+		InsertTimeout: 2 * time.Second, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: time.Second, Registerer: reg})
+	MustStart(t, a)
+
+	now := time.Now().UTC()
+	batch := func(n int) []*events.KeyUsed {
+		var evs []*events.KeyUsed
+		for i := range n {
+			evs = append(evs, used("key_d", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.4", now.Add(time.Duration(i)*time.Millisecond)))
+		}
+		return evs
+	}
+	publishUsage(t, tj.js, batch(3000)...)
+	waitIngested(t, a, 3000, 60*time.Second)
+
+	// Down mid-stream: publish while it stops, and while it is stopped.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 10 {
+			publishUsage(t, tj.js, batch(300)...)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	script("stop")
+	<-done
+	waitFor(t, 30*time.Second, "failed inserts", func() (bool, string) {
+		n := metricValue(a.metrics.batches.WithLabelValues(events.UsageStream, "error"))
+		return n >= 1, fmt.Sprint(n)
+	})
+	publishUsage(t, tj.js, batch(1000)...)
+	script("start")
+	waitIngested(t, a, 7000, 90*time.Second)
+	waitFor(t, 30*time.Second, "no unacknowledged messages", func() (bool, string) {
+		ci, err := a.ingesters[0].consumer().Info(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return ci.NumAckPending == 0 && ci.NumPending == 0, fmt.Sprintf("ack pending %d pending %d", ci.NumAckPending, ci.NumPending)
+	})
+	if c := usageCounts(t, a.conn); c != (counts{7000, 7000, 7000}) {
+		t.Fatalf("counts = %+v, want 7000 each", c)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func TestKeyEventsAndAudit(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	a := MustOpen(t, Config{JetStream: tj.js})
+	MustStart(t, a)
+
+	t0 := time.Date(2026, 2, 1, 10, 0, 0, 123e6, time.UTC)
+	c1 := created("key_a1", "acme", keyledger.EnvLive, t0)
+	exp := t0.Add(90 * 24 * time.Hour)
+	c1.ExpiresAt = &exp
+	c2 := created("key_a2", "acme", keyledger.EnvTest, t0.Add(time.Minute))
+	r1 := revoked("key_a1", "bob@example.com", "leaked in a public repo", t0.Add(time.Hour))
+	for _, ev := range []events.Event{c1, c2, r1} {
+		publishKeyEvent(t, tj.js, ev)
+	}
+	// The same event again (a producer retry): shown once.
+	publishKeyEvent(t, tj.js, r1)
+
+	ctx := context.Background()
+	waitFor(t, 30*time.Second, "3 audit events", func() (bool, string) {
+		evs, err := a.Audit(ctx, AuditQuery{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(evs) == 3, fmt.Sprint(len(evs))
+	})
+	evs, err := a.Audit(ctx, AuditQuery{KeyID: "key_a1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 {
+		t.Fatalf("audit key_a1 = %+v", evs)
+	}
+	c, r := evs[0], evs[1]
+	if c.Type != "KeyCreated" || c.Actor != "alice@example.com" || !c.At.Equal(t0) || c.Owner != "acme" ||
+		c.Environment != "live" || len(c.Permissions) != 2 || c.Name != "name of key_a1" || c.ExpiresAt == nil || !c.ExpiresAt.Equal(exp) ||
+		c.EventID != c1.EventID {
+		t.Errorf("created = %+v", c)
+	}
+	if r.Type != "KeyRevoked" || r.Actor != "bob@example.com" || r.Reason != "leaked in a public repo" || !r.At.Equal(r1.At) || r.Permissions != nil {
+		t.Errorf("revoked = %+v", r)
+	}
+	for _, tc := range []struct {
+		q    AuditQuery
+		want int
+	}{
+		{AuditQuery{Actor: "bob@example.com"}, 1},
+		{AuditQuery{Type: "created"}, 2},
+		{AuditQuery{Type: "KeyRevoked"}, 1},
+		{AuditQuery{From: t0.Add(time.Minute)}, 2},
+		{AuditQuery{From: t0, To: t0.Add(time.Minute)}, 1},
+		{AuditQuery{From: t0.Add(time.Millisecond)}, 2},
+		{AuditQuery{Limit: 1}, 1},
+	} {
+		evs, err := a.Audit(ctx, tc.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != tc.want {
+			t.Errorf("Audit(%+v) = %d events, want %d", tc.q, len(evs), tc.want)
+		}
+	}
+	// A KeyUsed event on KEYS is not applied but dead-lettered.
+	ku := used("key_a1", keyledger.EnvLive, keyledger.OutcomeValid, "1.1.1.1", t0)
+	publishRaw(t, tj.js, events.KeySubject("key_a1"), ku.AppendJSON(nil))
+	waitFor(t, 10*time.Second, "dead letter", func() (bool, string) {
+		n := metricValue(a.metrics.deadLetters.WithLabelValues(events.KeysStream))
+		return n == 1, fmt.Sprint(n)
+	})
+}
+
+func TestQuotaIgnoresTestKeys(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	march := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	a := MustOpen(t, Config{JetStream: tj.js, Now: func() time.Time { return march.AddDate(0, 0, 15) }})
+	MustStart(t, a)
+
+	march = time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	publishKeyEvent(t, tj.js, created("key_live", "acme", keyledger.EnvLive, march.AddDate(0, -2, 0)))
+	publishKeyEvent(t, tj.js, created("key_live2", "acme", keyledger.EnvLive, march.AddDate(0, -2, 0)))
+	publishKeyEvent(t, tj.js, created("key_test", "acme", keyledger.EnvTest, march.AddDate(0, -2, 0)))
+	publishKeyEvent(t, tj.js, created("key_other", "globex", keyledger.EnvLive, march.AddDate(0, -2, 0)))
+	var evs []*events.KeyUsed
+	add := func(n int, key string, env keyledger.Environment, o keyledger.Outcome, at time.Time) {
+		for i := range n {
+			evs = append(evs, used(key, env, o, "10.1.1.1", at.Add(time.Duration(i)*time.Second)))
+		}
+	}
+	add(40, "key_live", keyledger.EnvLive, keyledger.OutcomeValid, march.Add(time.Hour))
+	add(2, "key_live", keyledger.EnvLive, keyledger.OutcomeValid, march.Add(-10*time.Second))                 // February
+	add(3, "key_live", keyledger.EnvLive, keyledger.OutcomeValid, march.AddDate(0, 1, 0))                     // April
+	add(7, "key_live2", keyledger.EnvLive, keyledger.OutcomeValid, march.AddDate(0, 0, 30).Add(23*time.Hour)) // March 31
+	add(5, "key_live", keyledger.EnvLive, keyledger.OutcomeRateLimited, march.Add(time.Hour))
+	add(4, "key_live", keyledger.EnvLive, keyledger.OutcomeForbidden, march.Add(time.Hour))
+	add(30, "key_test", keyledger.EnvTest, keyledger.OutcomeValid, march.Add(time.Hour))
+	add(11, "key_other", keyledger.EnvLive, keyledger.OutcomeValid, march.Add(time.Hour))
+	publishUsage(t, tj.js, evs...)
+	waitIngested(t, a, uint64(len(evs)), 60*time.Second)
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "key events", func() (bool, string) {
+		evs, _ := a.Audit(ctx, AuditQuery{})
+		return len(evs) == 4, fmt.Sprint(len(evs))
+	})
+	for _, tc := range []struct {
+		owner, month string
+		want         uint64
+	}{
+		{"acme", "2026-03", 47},
+		{"acme", "2026-02", 2},
+		{"acme", "2026-04", 3},
+		{"globex", "2026-03", 11},
+		{"nobody", "2026-03", 0},
+	} {
+		q, err := a.Quota(ctx, tc.owner, tc.month)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.Used != tc.want || q.Owner != tc.owner || q.Month != tc.month {
+			t.Errorf("Quota(%s, %s) = %+v, want used %d", tc.owner, tc.month, q, tc.want)
+		}
+	}
+	// Usage by owner covers all the owner's keys, test ones included.
+	pts, err := a.Usage(ctx, UsageQuery{Owner: "acme", From: march, To: march.AddDate(0, 1, 0), Interval: Day})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, p := range pts {
+		total += p.Count
+	}
+	if total != 40+7+5+4+30 {
+		t.Errorf("owner usage = %d, want 86", total)
+	}
+	// LastUsed: valid uses only.
+	lu, err := a.LastUsed(ctx, []string{"key_live", "key_other", "key_none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := lu["key_live"]; !u.LastUsedAt.Equal(march.AddDate(0, 1, 0).Add(2*time.Second)) || u.Uses30d != 42 {
+		t.Errorf("LastUsed key_live = %+v", u)
+	}
+	if _, ok := lu["key_none"]; ok || len(lu) != 2 {
+		t.Errorf("LastUsed = %+v", lu)
+	}
+}
+
+// metricValue reads a counter or gauge.
+func metricValue(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		panic(err)
+	}
+	if c := d.GetCounter(); c != nil {
+		return c.GetValue()
+	}
+	return d.GetGauge().GetValue()
+}
+
+// TestRecreatedConsumerNoDoubleCount: a durable consumer deleted and
+// created again delivers the whole stream anew, as first deliveries; what
+// is already stored is recognized and not counted twice.
+func TestRecreatedConsumerNoDoubleCount(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	dsn := newDatabase(t, chAddr)
+	a := MustOpen(t, Config{DSN: dsn, JetStream: tj.js, BatchSize: 400, Registerer: prometheus.NewRegistry()})
+	MustStart(t, a)
+	now := time.Now().UTC()
+	var evs []*events.KeyUsed
+	for i := range 1000 {
+		evs = append(evs, used("key_rc", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.9", now.Add(time.Duration(i)*time.Millisecond)))
+	}
+	publishUsage(t, tj.js, evs...)
+	waitIngested(t, a, 1000, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tj.js.DeleteConsumer(ctx, events.UsageStream, "analytics-usage"); err != nil {
+		t.Fatal(err)
+	}
+	b := MustOpen(t, Config{DSN: dsn, JetStream: tj.js, BatchSize: 400, Registerer: prometheus.NewRegistry()})
+	MustStart(t, b)
+	publishUsage(t, tj.js, used("key_rc", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.9", now))
+	waitIngested(t, b, 1001, 30*time.Second)
+	waitFor(t, 30*time.Second, "all acknowledged", func() (bool, string) {
+		ci, err := b.ingesters[0].consumer().Info(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return ci.NumAckPending == 0 && ci.NumPending == 0, fmt.Sprintf("%d/%d", ci.NumAckPending, ci.NumPending)
+	})
+	if c := usageCounts(t, b.conn); c != (counts{1001, 1001, 1001}) {
+		t.Fatalf("counts = %+v, want 1001 each", c)
+	}
+	if n := metricValue(b.metrics.duplicates.WithLabelValues(events.UsageStream)); n != 1000 {
+		t.Errorf("duplicates skipped = %v, want 1000", n)
+	}
+}
+
+// TestConsumerDeletedWhileRunning: the consumer is recreated and the
+// replayed events are recognized.
+func TestConsumerDeletedWhileRunning(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	a := MustOpen(t, Config{JetStream: tj.js, BatchSize: 400, RetryDelay: 100 * time.Millisecond, Registerer: prometheus.NewRegistry()})
+	MustStart(t, a)
+	now := time.Now().UTC()
+	batch := func(n int) []*events.KeyUsed {
+		var evs []*events.KeyUsed
+		for i := range n {
+			evs = append(evs, used("key_cd", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.8", now.Add(time.Duration(i)*time.Millisecond)))
+		}
+		return evs
+	}
+	publishUsage(t, tj.js, batch(700)...)
+	waitIngested(t, a, 700, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tj.js.DeleteConsumer(ctx, events.UsageStream, "analytics-usage"); err != nil {
+		t.Fatal(err)
+	}
+	publishUsage(t, tj.js, batch(300)...)
+	waitIngested(t, a, 1000, 30*time.Second)
+	waitFor(t, 30*time.Second, "replay recognized", func() (bool, string) {
+		n := metricValue(a.metrics.duplicates.WithLabelValues(events.UsageStream))
+		return n == 700, fmt.Sprint(n)
+	})
+	if c := usageCounts(t, a.conn); c != (counts{1000, 1000, 1000}) {
+		t.Fatalf("counts = %+v, want 1000 each", c)
+	}
+}

@@ -1,0 +1,318 @@
+package analytics
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// chAddr is the host:port of the ClickHouse the tests use.
+var chAddr string
+
+// TestMain makes sure a ClickHouse runs: KEYLEDGER_CLICKHOUSE (host:port)
+// if set, else the project's instance, started (and installed if needed)
+// by scripts/clickhouse.sh on 127.0.0.1:19000.
+func TestMain(m *testing.M) {
+	chAddr = os.Getenv("KEYLEDGER_CLICKHOUSE")
+	if chAddr == "" {
+		out, err := runScript(5*time.Minute, nil, "start")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "analytics tests: scripts/clickhouse.sh start: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		chAddr = "127.0.0.1:19000"
+		if p := os.Getenv("KEYLEDGER_CH_PORT"); p != "" {
+			chAddr = "127.0.0.1:" + p
+		}
+	}
+	os.Exit(m.Run())
+}
+
+// runScript runs scripts/clickhouse.sh with extra environment.
+func runScript(timeout time.Duration, env []string, args ...string) (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	script := filepath.Join(filepath.Dir(file), "..", "scripts", "clickhouse.sh")
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, script, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func randomName(prefix string) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// newDatabase returns the DSN of a fresh database on addr, dropped when
+// the test ends.
+func newDatabase(tb testing.TB, addr string) string {
+	tb.Helper()
+	db := randomName("kltest_")
+	tb.Cleanup(func() {
+		conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
+	})
+	return "clickhouse://" + addr + "/" + db
+}
+
+// testJetStream is an embedded JetStream in a temp dir with both streams.
+type testJetStream struct {
+	srv *events.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+}
+
+func MustStartJetStream(tb testing.TB) *testJetStream {
+	tb.Helper()
+	srv, err := events.StartServer(events.ServerConfig{Name: randomName("n"), StoreDir: tb.TempDir()})
+	if err != nil {
+		tb.Fatalf("start NATS: %v", err)
+	}
+	nc, err := srv.Connect("analytics-test")
+	if err != nil {
+		srv.Stop()
+		tb.Fatalf("connect NATS: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := events.EnsureStreams(ctx, js, events.StreamConfig{}); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		nc.Close()
+		srv.Stop()
+	})
+	return &testJetStream{srv: srv, nc: nc, js: js}
+}
+
+// testLogger discards below warnings unless -v.
+func testLogger(tb testing.TB) *slog.Logger {
+	if os.Getenv("KEYLEDGER_TEST_DEBUG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// MustOpen opens Analytics on a fresh database of the shared ClickHouse
+// (unless cfg.DSN is set) and closes it when the test ends. Detection and
+// retention tickers are off unless cfg asks for them.
+func MustOpen(tb testing.TB, cfg Config) *Analytics {
+	tb.Helper()
+	if cfg.DSN == "" {
+		cfg.DSN = newDatabase(tb, chAddr)
+	}
+	if cfg.DetectInterval == 0 {
+		cfg.DetectInterval = -1
+	}
+	if cfg.RetentionMonths == 0 {
+		cfg.RetentionMonths = -1
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(tb)
+	}
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 100 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := Open(ctx, cfg)
+	if err != nil {
+		tb.Fatalf("Open: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := a.Close(ctx); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return a
+}
+
+// MustStart starts a's goroutines.
+func MustStart(tb testing.TB, a *Analytics) {
+	tb.Helper()
+	if err := a.Start(context.Background()); err != nil {
+		tb.Fatalf("Start: %v", err)
+	}
+}
+
+// used builds a KeyUsed event.
+func used(keyID string, env keyledger.Environment, outcome keyledger.Outcome, ip string, at time.Time) *events.KeyUsed {
+	return &events.KeyUsed{
+		Header:      events.NewHeader(events.TypeKeyUsed, keyID, "", at),
+		Environment: env,
+		Outcome:     outcome,
+		OutcomeName: outcome.String(),
+		Permission:  "keys:read",
+		IP:          ip,
+		UserAgent:   "curl/8.5",
+		Method:      "GET",
+		Path:        "/v1/things",
+		Node:        "node-1",
+		LatencyUS:   42,
+	}
+}
+
+// publishUsage publishes KeyUsed events to USAGE (async, then waits).
+func publishUsage(tb testing.TB, js jetstream.JetStream, evs ...*events.KeyUsed) {
+	tb.Helper()
+	var buf []byte
+	futures := make([]jetstream.PubAckFuture, 0, 4096)
+	flush := func() {
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(30 * time.Second):
+			tb.Fatal("publish: timed out")
+		}
+		for _, f := range futures {
+			select {
+			case err := <-f.Err():
+				tb.Fatalf("publish: %v", err)
+			default:
+			}
+		}
+		futures = futures[:0]
+	}
+	for _, ev := range evs {
+		buf = ev.AppendJSON(buf[:0])
+		data := append([]byte(nil), buf...)
+		f, err := js.PublishAsync(events.UsageSubject(ev.Environment, ev.KeyID), data)
+		if err != nil {
+			tb.Fatalf("publish: %v", err)
+		}
+		futures = append(futures, f)
+		if len(futures) == cap(futures) {
+			flush()
+		}
+	}
+	flush()
+}
+
+// publishRaw publishes arbitrary bytes on a USAGE subject.
+func publishRaw(tb testing.TB, js jetstream.JetStream, subject string, data []byte) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Publish(ctx, subject, data); err != nil {
+		tb.Fatalf("publish: %v", err)
+	}
+}
+
+// publishKeyEvent publishes a key lifecycle event on KEYS.
+func publishKeyEvent(tb testing.TB, js jetstream.JetStream, ev events.Event) {
+	tb.Helper()
+	data, err := events.Encode(ev)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Publish(ctx, events.KeySubject(ev.Head().KeyID), data); err != nil {
+		tb.Fatalf("publish: %v", err)
+	}
+}
+
+func created(keyID, owner string, env keyledger.Environment, at time.Time) *events.KeyCreated {
+	return &events.KeyCreated{
+		Header:      events.NewHeader(events.TypeKeyCreated, keyID, "alice@example.com", at),
+		Name:        "name of " + keyID,
+		Environment: env,
+		Permissions: []string{"keys:read", "keys:write"},
+		Owner:       owner,
+		Hash:        strings.Repeat("ab", 32),
+		Hint:        "x1y2",
+	}
+}
+
+func revoked(keyID, actor, reason string, at time.Time) *events.KeyRevoked {
+	return &events.KeyRevoked{Header: events.NewHeader(events.TypeKeyRevoked, keyID, actor, at), Reason: reason}
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s (last: %s)", timeout, what, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// counts are the usage totals as three different readers see them.
+type counts struct {
+	Distinct uint64 // uniqExact(event_id) of raw rows
+	Rows     uint64 // raw rows (before merges; duplicates would show)
+	Rollup   uint64 // sum of the per-minute rollup
+}
+
+func usageCounts(tb testing.TB, conn driver.Conn) counts {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var c counts
+	if err := conn.QueryRow(ctx, `SELECT uniqExact(event_id), count() FROM usage_events`).Scan(&c.Distinct, &c.Rows); err != nil {
+		tb.Fatalf("count: %v", err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT toUInt64(sum(count)) FROM usage_minute`).Scan(&c.Rollup); err != nil {
+		tb.Fatalf("count: %v", err)
+	}
+	return c
+}
+
+// waitIngested waits until n distinct events are stored, then checks raw
+// rows and rollups agree exactly.
+func waitIngested(tb testing.TB, a *Analytics, n uint64, timeout time.Duration) {
+	tb.Helper()
+	waitFor(tb, timeout, fmt.Sprintf("%d events in ClickHouse", n), func() (bool, string) {
+		c := usageCounts(tb, a.conn)
+		// The materialized views are written just after the raw part.
+		return c.Distinct >= n && c.Rollup >= n, fmt.Sprintf("%+v", c)
+	})
+	time.Sleep(100 * time.Millisecond) // anything more in flight would overshoot
+	c := usageCounts(tb, a.conn)
+	if c != (counts{n, n, n}) {
+		tb.Fatalf("counts = %+v, want all %d", c, n)
+	}
+}
