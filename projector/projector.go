@@ -3,8 +3,11 @@ package projector
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,7 +15,6 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
 	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/time/rate"
 )
 
 // Options configure a Projector.
@@ -33,6 +35,13 @@ type Options struct {
 	// OnAdvance, if set, is called after each applied sequence, on the
 	// apply goroutine: it must not block (e.g. Announcer.Notify).
 	OnAdvance func(seq uint64)
+	// SnapshotDir, if set, holds snapshots of the table: Start loads the
+	// newest usable one and replays only the events after it, and the
+	// projector writes a new one after SnapshotEvery events (default
+	// 10,000) or SnapshotInterval (default 5m) with any, and on Close.
+	SnapshotDir      string
+	SnapshotEvery    uint64
+	SnapshotInterval time.Duration
 }
 
 // Stats counts what the projector has seen.
@@ -55,9 +64,10 @@ type Projector struct {
 	log     *slog.Logger
 	table   *Table
 
-	// byID is touched only by the apply goroutine (and by Apply in tests,
-	// which are then the only writer).
-	byID map[string]keyledger.Hash
+	// Interned owners and permission lists: most keys share them. Touched
+	// only by the apply goroutine (the table's single writer).
+	owners map[string]string
+	perms  map[string]*[]string
 
 	recMu   sync.RWMutex
 	records map[string]*keyledger.Key // nil unless Options.Records
@@ -83,6 +93,13 @@ type Projector struct {
 
 	onAdvance func(seq uint64)
 
+	snapDir      string
+	snapEvery    uint64
+	snapInterval time.Duration
+	snapSeq      atomic.Uint64 // sequence of the newest snapshot written or loaded
+	streamID     int64         // KEYS creation time: snapshots are only valid for it
+	snapMu       sync.Mutex    // one snapshot at a time
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -101,16 +118,26 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.SnapshotEvery == 0 {
+		opts.SnapshotEvery = 10_000
+	}
+	if opts.SnapshotInterval <= 0 {
+		opts.SnapshotInterval = 5 * time.Minute
+	}
 	p := &Projector{
-		maxStale:  opts.MaxStaleness,
-		onAdvance: opts.OnAdvance,
-		now:       opts.Now,
-		js:        js,
-		catalog:   opts.Catalog,
-		log:       opts.Logger,
-		table:     NewTable(),
-		byID:      make(map[string]keyledger.Hash),
-		waitCh:    make(chan struct{}),
+		maxStale:     opts.MaxStaleness,
+		onAdvance:    opts.OnAdvance,
+		snapDir:      opts.SnapshotDir,
+		snapEvery:    opts.SnapshotEvery,
+		snapInterval: opts.SnapshotInterval,
+		now:          opts.Now,
+		js:           js,
+		catalog:      opts.Catalog,
+		log:          opts.Logger,
+		table:        NewTable(0),
+		owners:       make(map[string]string),
+		perms:        make(map[string]*[]string),
+		waitCh:       make(chan struct{}),
 	}
 	if opts.Records {
 		p.records = make(map[string]*keyledger.Key)
@@ -202,6 +229,13 @@ func (p *Projector) Start(ctx context.Context) error {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS stream state")
 	}
 	p.target = info.State.LastSeq
+	p.streamID = info.Created.UnixNano()
+	if p.snapDir != "" && p.lastSeq.Load() == 0 {
+		p.loadNewestSnapshot(info.State.LastSeq)
+	}
+	// Size the table for the stream once, rather than growing it all
+	// through the replay. (Events ≥ keys, so this errs on the roomy side.)
+	p.table.reserve(int(info.State.Msgs))
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   p.lastSeq.Load() + 1,
@@ -221,14 +255,19 @@ func (p *Projector) Start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	p.done = make(chan struct{})
-	monitorDone := make(chan struct{})
+	var helpers sync.WaitGroup
+	helpers.Add(2)
 	go func() {
-		defer close(monitorDone)
+		defer helpers.Done()
 		p.monitor(runCtx, stream)
 	}()
 	go func() {
+		defer helpers.Done()
+		p.snapshotLoop(runCtx)
+	}()
+	go func() {
 		p.run(runCtx, it)
-		<-monitorDone
+		helpers.Wait()
 		close(p.done)
 	}()
 	return nil
@@ -268,7 +307,8 @@ func (p *Projector) markCaughtUp() {
 	}
 }
 
-// Close stops following the stream and waits for the goroutine to exit.
+// Close stops following the stream, waits for the goroutines to exit, and
+// writes a last snapshot so the next start replays almost nothing.
 func (p *Projector) Close(ctx context.Context) error {
 	if p.cancel == nil {
 		return nil
@@ -276,9 +316,80 @@ func (p *Projector) Close(ctx context.Context) error {
 	p.cancel()
 	select {
 	case <-p.done:
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	if p.snapDir != "" && p.caughtUp.Load() && p.lastSeq.Load() > p.snapSeq.Load() {
+		if _, err := p.Snapshot(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadNewestSnapshot loads the newest usable snapshot, trying older ones
+// when one is not, and leaves the table empty (full replay) when none is.
+func (p *Projector) loadNewestSnapshot(streamLast uint64) {
+	start := time.Now()
+	for _, name := range listSnapshots(p.snapDir) {
+		path := filepath.Join(p.snapDir, name)
+		meta, err := p.loadSnapshot(path, snapshotMeta{streamCreated: p.streamID, seq: streamLast})
+		if err != nil {
+			p.log.Warn("projector: snapshot not used", "path", path, "err", err)
+			continue
+		}
+		p.lastSeq.Store(meta.seq)
+		p.snapSeq.Store(meta.seq)
+		p.log.Info("projector: snapshot loaded", "path", path, "seq", meta.seq, "keys", p.table.Len(),
+			"took", time.Since(start).Round(time.Millisecond))
+		return
+	}
+}
+
+// Snapshot writes a snapshot of the table now and prunes old ones. It
+// needs Options.SnapshotDir.
+func (p *Projector) Snapshot() (string, error) {
+	if p.snapDir == "" {
+		return "", errors.New("projector: no snapshot directory")
+	}
+	p.snapMu.Lock()
+	defer p.snapMu.Unlock()
+	seq := p.lastSeq.Load() // before reading the table: see snapshot.go
+	path, err := p.writeSnapshot(p.snapDir, snapshotMeta{streamCreated: p.streamID, seq: seq})
+	if err != nil {
+		return "", fmt.Errorf("projector: writing snapshot: %w", err)
+	}
+	p.snapSeq.Store(seq)
+	pruneSnapshots(p.snapDir, 2)
+	return path, nil
+}
+
+// snapshotLoop writes a snapshot once SnapshotEvery events, or any events
+// and SnapshotInterval, have gone by since the last one.
+func (p *Projector) snapshotLoop(ctx context.Context) {
+	if p.snapDir == "" {
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		seq, snap := p.lastSeq.Load(), p.snapSeq.Load()
+		if !p.caughtUp.Load() || seq <= snap || (seq-snap < p.snapEvery && time.Since(last) < p.snapInterval) {
+			continue
+		}
+		start := time.Now()
+		if path, err := p.Snapshot(); err != nil {
+			p.log.Error("projector: snapshot failed", "err", err)
+		} else {
+			p.log.Info("projector: snapshot written", "path", path, "seq", seq, "keys", p.table.Len(), "took", time.Since(start).Round(time.Millisecond))
+		}
+		last = time.Now()
 	}
 }
 
@@ -346,7 +457,7 @@ func (p *Projector) Apply(seq uint64, ev events.Event) {
 }
 
 func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
-	if _, dup := p.byID[e.KeyID]; dup {
+	if p.table.ByID(e.KeyID) != nil {
 		p.ignore("key already exists", seq, e.KeyID)
 		return
 	}
@@ -368,22 +479,18 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		}
 	}
 	ent := &Entry{
+		Hash:        h,
 		ID:          e.KeyID,
-		Owner:       e.Owner,
+		Owner:       p.intern(e.Owner),
 		Environment: e.Environment,
 		Perms:       perms,
-		Permissions: e.Permissions,
 		RateLimit:   e.RateLimit,
-		IDHeader:    []string{e.KeyID},
-		OwnerHeader: []string{e.Owner},
-		EnvHeader:   []string{e.Environment.String()},
-		limiter:     new(atomic.Pointer[rate.Limiter]),
+		names:       p.internPerms(e.Permissions),
 	}
 	if e.ExpiresAt != nil {
 		ent.ExpiresAt = e.ExpiresAt.UnixNano()
 	}
-	p.byID[e.KeyID] = h
-	p.table.put(h, ent)
+	p.table.insert(ent)
 	if p.records != nil {
 		k := &keyledger.Key{
 			ID: e.KeyID, Name: e.Name, Environment: e.Environment, Permissions: e.Permissions,
@@ -398,19 +505,18 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 }
 
 func (p *Projector) applyRevoked(seq uint64, e *events.KeyRevoked) {
-	h, ok := p.byID[e.KeyID]
-	if !ok {
+	d := p.table.data.Load()
+	s := p.table.byID(d, e.KeyID)
+	if s < 0 {
 		p.ignore("revoke of unknown key", seq, e.KeyID)
 		return
 	}
-	old := p.table.Lookup(&h)
-	if old == nil || old.Revoked {
+	old := d.slots[s].Load()
+	if old.Revoked {
 		p.ignore("revoke of revoked key", seq, e.KeyID)
 		return
 	}
-	rev := *old
-	rev.Revoked = true
-	p.table.put(h, &rev)
+	p.table.replace(s, old.revokedCopy())
 	if p.records != nil {
 		p.recMu.Lock()
 		if k := p.records[e.KeyID]; k != nil {
@@ -422,6 +528,26 @@ func (p *Projector) applyRevoked(seq uint64, e *events.KeyRevoked) {
 		p.recMu.Unlock()
 	}
 	p.applied.Add(1)
+}
+
+// intern returns the one copy of s the projector keeps.
+func (p *Projector) intern(s string) string {
+	if v, ok := p.owners[s]; ok {
+		return v
+	}
+	p.owners[s] = s
+	return s
+}
+
+// internPerms returns the one copy of a permission list the projector keeps.
+func (p *Projector) internPerms(names []string) *[]string {
+	k := strings.Join(names, "\x00")
+	if v, ok := p.perms[k]; ok {
+		return v
+	}
+	c := append([]string(nil), names...)
+	p.perms[k] = &c
+	return &c
 }
 
 func (p *Projector) ignore(why string, seq uint64, keyID string) {

@@ -1,44 +1,51 @@
 // Package projector builds a node's verification table from the KEYS
-// stream. It follows the stream from its first message with an ordered
-// consumer and applies each event to an in-memory table keyed by the hash
-// of the secret, so a revocation is in effect on a node the moment the node
-// receives it.
+// stream. It follows the stream from its first message (or from a
+// snapshot) with an ordered consumer and applies each event to an
+// in-memory table keyed by the hash of the secret, so a revocation is in
+// effect on a node the moment the node receives it.
 package projector
 
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"hash/maphash"
+	"math/bits"
 	"sort"
-	"sync"
 	"sync/atomic"
 
 	keyledger "github.com/keyledger/keyledger"
 	"golang.org/x/time/rate"
 )
 
-// Entry is what the verify path needs to know about one key. Entries are
-// never modified once in the table: a revocation swaps in a revoked copy, so
-// a reader holding an entry always sees a consistent one.
+// Entry is what the verify path needs to know about one key. An entry in
+// the table is never modified (but for its lazily made rate limiter and
+// header values): a revocation swaps in a revoked copy, so a reader holding
+// an entry always sees a consistent one.
 type Entry struct {
+	Hash        keyledger.Hash
 	ID          string
-	Owner       string
+	Owner       string // interned: keys of one owner share the bytes
 	Environment keyledger.Environment
 	Revoked     bool
 	// Perms is the key's permission set over the node's catalog.
 	Perms keyledger.Permissions
-	// Permissions are the names as issued, for responses.
-	Permissions []string
 	// ExpiresAt is Unix nanoseconds; 0 means never.
 	ExpiresAt int64
 	// RateLimit is the key's own limit; nil means the environment default.
 	RateLimit *keyledger.RateLimit
-	// Header values preallocated for forward-auth responses, so that
-	// answering 200 allocates nothing.
-	IDHeader, OwnerHeader, EnvHeader []string
 
-	// limiter is the key's token bucket, made on first use by the verifier
-	// and carried across the entry's replacement.
-	limiter *atomic.Pointer[rate.Limiter]
+	names   *[]string // permission names as issued, interned per distinct list
+	limiter atomic.Pointer[rate.Limiter]
+	headers atomic.Pointer[Headers]
+}
+
+// Permissions returns the permission names the key was issued with. The
+// slice is shared: do not modify it.
+func (e *Entry) Permissions() []string {
+	if e.names == nil {
+		return nil
+	}
+	return *e.names
 }
 
 // Limiter returns the entry's token bucket, creating it with mk on first
@@ -54,90 +61,215 @@ func (e *Entry) Limiter(mk func() *rate.Limiter) *rate.Limiter {
 	return e.limiter.Load()
 }
 
-// numShards spreads readers over many locks: a verify takes the read lock of
-// one shard picked by the (uniformly random) hash, so concurrent requests
-// almost never touch the same cache line, and the single writer holds one
-// shard at a time.
-const numShards = 256
-
-type shard struct {
-	mu sync.RWMutex
-	m  map[keyledger.Hash]*Entry
-	_  [64 - 8]byte // keep neighbouring shards' locks off one cache line
+// Headers are an entry's forward-auth response header values, made once
+// per key on first use so that answering 200 allocates nothing after that
+// (and keys never used cost no memory for them).
+type Headers struct {
+	ID, Owner, Environment []string
 }
 
-// Table maps secret hashes to entries. Lookups from any number of
-// goroutines run concurrently with the projector's writes.
-type Table struct {
-	shards [numShards]shard
-	n      atomic.Int64
-}
-
-// NewTable returns an empty table.
-func NewTable() *Table {
-	t := &Table{}
-	for i := range t.shards {
-		t.shards[i].m = make(map[keyledger.Hash]*Entry)
+// Headers returns the entry's header values.
+func (e *Entry) Headers() *Headers {
+	if h := e.headers.Load(); h != nil {
+		return h
 	}
+	h := &Headers{ID: []string{e.ID}, Owner: []string{e.Owner}, Environment: []string{e.Environment.String()}}
+	if e.headers.CompareAndSwap(nil, h) {
+		return h
+	}
+	return e.headers.Load()
+}
+
+// revokedCopy returns a revoked copy of e (fields copied one by one: the
+// atomics must not be).
+func (e *Entry) revokedCopy() *Entry {
+	return &Entry{Hash: e.Hash, ID: e.ID, Owner: e.Owner, Environment: e.Environment, Revoked: true,
+		Perms: e.Perms, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit, names: e.names}
+}
+
+// Table maps secret hashes to entries. Lookups take no lock at all: the
+// table is an open-addressing array of atomic pointers, written by one
+// goroutine (the projector) and read by any number. Entries are only ever
+// added or replaced, never removed (revoked keys stay as tombstones), so a
+// probe sequence never breaks under a concurrent write. Growing builds a
+// new array and swaps it in atomically.
+//
+// Two arrays index the entries: slots by the secret's hash (the verify
+// path), and ids by key id (revocations), which stores slot numbers only.
+type Table struct {
+	data atomic.Pointer[tableData]
+	n    atomic.Int64
+	seed maphash.Seed
+}
+
+type tableData struct {
+	slots []atomic.Pointer[Entry]
+	ids   []uint32 // slot index + 1; 0 is empty. Written and read by the writer only.
+}
+
+// maxLoad is the load factor at which the table grows (by half): linear
+// probing stays short below it, and at most a quarter of the slots are
+// empty, which keeps the table near 200 bytes a key at a million keys.
+const maxLoad = 0.75
+
+// NewTable returns an empty table sized for about n keys.
+func NewTable(n int) *Table {
+	t := &Table{seed: maphash.MakeSeed()}
+	t.data.Store(newTableData(capacityFor(n)))
 	return t
+}
+
+func capacityFor(n int) int {
+	return max(64, int(float64(n)/maxLoad)+1)
+}
+
+func newTableData(capacity int) *tableData {
+	return &tableData{slots: make([]atomic.Pointer[Entry], capacity), ids: make([]uint32, capacity)}
+}
+
+// index maps a 64-bit hash onto [0, n) without a division (Lemire's
+// multiply-shift), so capacities need not be powers of two.
+func index(h uint64, n int) int {
+	hi, _ := bits.Mul64(h, uint64(n))
+	return int(hi)
 }
 
 // Lookup returns the entry for a hash, or nil.
 func (t *Table) Lookup(h *keyledger.Hash) *Entry {
-	s := &t.shards[h[0]]
-	s.mu.RLock()
-	e := s.m[*h]
-	s.mu.RUnlock()
-	return e
+	d := t.data.Load()
+	n := len(d.slots)
+	// The hash is SHA-256 output: its first 8 bytes are already uniform.
+	i := index(binary.LittleEndian.Uint64(h[:8]), n)
+	for {
+		e := d.slots[i].Load()
+		if e == nil || e.Hash == *h {
+			return e
+		}
+		if i++; i == n {
+			i = 0
+		}
+	}
 }
 
 // Len returns the number of entries, revoked ones included.
 func (t *Table) Len() int { return int(t.n.Load()) }
 
-func (t *Table) put(h keyledger.Hash, e *Entry) {
-	s := &t.shards[h[0]]
-	s.mu.Lock()
-	if _, ok := s.m[h]; !ok {
-		t.n.Add(1)
+// byID returns the slot of the entry with key id, or -1. Writer only.
+func (t *Table) byID(d *tableData, id string) int {
+	n := len(d.ids)
+	for i := index(maphash.String(t.seed, id), n); ; {
+		s := d.ids[i]
+		if s == 0 {
+			return -1
+		}
+		if d.slots[s-1].Load().ID == id {
+			return int(s - 1)
+		}
+		if i++; i == n {
+			i = 0
+		}
 	}
-	s.m[h] = e
-	s.mu.Unlock()
+}
+
+// ByID returns the entry with key id, or nil. It may only be called by the
+// table's writer (the projector's apply goroutine).
+func (t *Table) ByID(id string) *Entry {
+	d := t.data.Load()
+	if s := t.byID(d, id); s >= 0 {
+		return d.slots[s].Load()
+	}
+	return nil
+}
+
+// insert adds a new entry; the caller has checked that neither its hash
+// nor its id is present. Writer only.
+func (t *Table) insert(e *Entry) {
+	d := t.data.Load()
+	if float64(t.n.Load()+1) > maxLoad*float64(len(d.slots)) {
+		d = t.grow(d, len(d.slots)+len(d.slots)/2)
+	}
+	t.place(d, e)
+	t.n.Add(1)
+}
+
+// place puts e into d's first free slot along its probe sequence and
+// indexes its id.
+func (t *Table) place(d *tableData, e *Entry) {
+	n := len(d.slots)
+	i := index(binary.LittleEndian.Uint64(e.Hash[:8]), n)
+	for d.slots[i].Load() != nil {
+		if i++; i == n {
+			i = 0
+		}
+	}
+	d.slots[i].Store(e)
+	j := index(maphash.String(t.seed, e.ID), n)
+	for d.ids[j] != 0 {
+		if j++; j == n {
+			j = 0
+		}
+	}
+	d.ids[j] = uint32(i + 1)
+}
+
+// grow rehashes every entry into a table of the given capacity and swaps it
+// in. Readers still probing the old array finish there: they began before
+// any write that follows the swap.
+func (t *Table) grow(old *tableData, capacity int) *tableData {
+	d := newTableData(capacity)
+	for i := range old.slots {
+		if e := old.slots[i].Load(); e != nil {
+			t.place(d, e)
+		}
+	}
+	t.data.Store(d)
+	return d
+}
+
+// reserve grows the table to hold n keys without further growth. Writer
+// only.
+func (t *Table) reserve(n int) {
+	if d := t.data.Load(); capacityFor(n) > len(d.slots) {
+		t.grow(d, capacityFor(n))
+	}
+}
+
+// replace swaps the entry in slot s for e (same hash and id). Writer only.
+func (t *Table) replace(s int, e *Entry) {
+	t.data.Load().slots[s].Store(e)
+}
+
+// Range calls f for every entry, in no particular order, until f returns
+// false. It may run concurrently with writes and then sees some of them.
+func (t *Table) Range(f func(*Entry) bool) {
+	d := t.data.Load()
+	for i := range d.slots {
+		if e := d.slots[i].Load(); e != nil && !f(e) {
+			return
+		}
+	}
 }
 
 // Digest returns a SHA-256 over the table's contents (hash, id, revoked,
 // expiry, permissions) in hash order. Two nodes that applied the same
 // events have the same digest.
 func (t *Table) Digest() [32]byte {
-	type row struct {
-		h keyledger.Hash
-		e *Entry
-	}
-	var rows []row
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.RLock()
-		for h, e := range s.m {
-			rows = append(rows, row{h, e})
-		}
-		s.mu.RUnlock()
-	}
-	sort.Slice(rows, func(i, j int) bool {
-		a, b := rows[i].h, rows[j].h
-		return string(a[:]) < string(b[:])
-	})
+	var rows []*Entry
+	t.Range(func(e *Entry) bool { rows = append(rows, e); return true })
+	sort.Slice(rows, func(i, j int) bool { return string(rows[i].Hash[:]) < string(rows[j].Hash[:]) })
 	d := sha256.New()
 	var buf [8]byte
-	for _, r := range rows {
-		d.Write(r.h[:])
-		d.Write([]byte(r.e.ID))
-		if r.e.Revoked {
+	for _, e := range rows {
+		d.Write(e.Hash[:])
+		d.Write([]byte(e.ID))
+		if e.Revoked {
 			d.Write([]byte{1})
 		} else {
 			d.Write([]byte{0})
 		}
-		binary.BigEndian.PutUint64(buf[:], uint64(r.e.ExpiresAt))
+		binary.BigEndian.PutUint64(buf[:], uint64(e.ExpiresAt))
 		d.Write(buf[:])
-		binary.BigEndian.PutUint64(buf[:], uint64(r.e.Perms))
+		binary.BigEndian.PutUint64(buf[:], uint64(e.Perms))
 		d.Write(buf[:])
 	}
 	var out [32]byte

@@ -77,10 +77,10 @@ func (h *Handler) authz(w http.ResponseWriter, r *http.Request) {
 		writeRefusal(w, &req, res)
 		return
 	}
-	hdr := w.Header()
-	hdr["X-Key-Id"] = res.Entry.IDHeader
-	hdr["X-Key-Owner"] = res.Entry.OwnerHeader
-	hdr["X-Key-Environment"] = res.Entry.EnvHeader
+	hdr, kh := w.Header(), res.Entry.Headers()
+	hdr["X-Key-Id"] = kh.ID
+	hdr["X-Key-Owner"] = kh.Owner
+	hdr["X-Key-Environment"] = kh.Environment
 	w.WriteHeader(http.StatusOK)
 }
 
@@ -126,7 +126,7 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e := res.Entry
-	resp := VerifyResponse{Valid: true, KeyID: e.ID, Environment: e.Environment.String(), Owner: e.Owner, Permissions: e.Permissions}
+	resp := VerifyResponse{Valid: true, KeyID: e.ID, Environment: e.Environment.String(), Owner: e.Owner, Permissions: e.Permissions()}
 	if e.ExpiresAt != 0 {
 		t := time.Unix(0, e.ExpiresAt).UTC()
 		resp.ExpiresAt = &t

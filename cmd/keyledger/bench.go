@@ -21,6 +21,8 @@ Usage:
   keyledger bench revoke [--nodes 3] [--revocations 200] [--json]
       start a local cluster (or use --urls) and measure how long after the start
       of a revoke call every node refuses the key over HTTP
+  keyledger bench coldstart [--keys 1000000] [--tail 1000] [--records] [--replay] [--json]
+      seconds from start to ready (snapshot + tail, caught up, verifying) with N keys
 `
 
 // benchResult is what --json prints: one object per benchmark.
@@ -40,6 +42,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch args[0] {
 	case "revoke":
 		return benchRevoke(ctx, args[1:], stdout, stderr)
+	case "coldstart":
+		return benchColdstart(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return usageErr("unknown benchmark %q", args[0])

@@ -238,7 +238,8 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	n.announcer = events.NewAnnouncer(n.nc, n.status, n.log)
 	n.projector = projector.New(n.js, projector.Options{
 		Catalog: catalog, Records: admin_, Logger: n.log, MaxStaleness: cfg.MaxStaleness,
-		OnAdvance: func(uint64) { n.announcer.Notify() },
+		SnapshotDir: filepath.Join(cfg.DataDir, "snapshots"),
+		OnAdvance:   func(uint64) { n.announcer.Notify() },
 	})
 	if err := n.projector.Start(ctx); err != nil {
 		return nil, err

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/projector"
+	"github.com/keyledger/keyledger/verifier"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// benchColdstart measures how long a node with N keys in the ledger takes
+// to be ready (caught up, fresh, verifying) from a snapshot plus a tail.
+func benchColdstart(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench coldstart", flag.ContinueOnError)
+	n := fs.Int("keys", 1_000_000, "keys in the ledger")
+	tailN := fs.Int("tail", 1000, "events appended after the snapshot")
+	records := fs.Bool("records", false, "keep admin key records too (admin node)")
+	replay := fs.Bool("replay", false, "also time a full replay without snapshot")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	if *n < 1 {
+		return usageErr("--keys must be positive")
+	}
+	dir, err := os.MkdirTemp("", "keyledger-coldstart-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := events.StartServer(events.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js")})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	nc, err := srv.Connect("bench")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if err := events.EnsureStreams(ctx, js, events.StreamConfig{}); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(stderr, "publishing %d KeyCreated events…\n", *n)
+	secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rand.Reader)
+	if err != nil {
+		return err
+	}
+	if err := publishKeys(ctx, js, *n, secret); err != nil {
+		return err
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	snapDir := filepath.Join(dir, "snapshots")
+	opts := projector.Options{Records: *records, SnapshotDir: snapDir, Logger: quiet}
+
+	// Build the snapshot the way a running node does: follow, then close.
+	start := time.Now()
+	p := projector.New(js, opts)
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	if err := projectorReady(ctx, p); err != nil {
+		return err
+	}
+	replayFirst := time.Since(start)
+	if err := p.Close(ctx); err != nil {
+		return err
+	}
+	snaps, _ := filepath.Glob(filepath.Join(snapDir, "snap-*.bin"))
+	var snapSize int64
+	if len(snaps) > 0 {
+		if fi, err := os.Stat(snaps[0]); err == nil {
+			snapSize = fi.Size()
+		}
+	}
+	if *tailN > 0 {
+		if err := publishKeys(ctx, js, *tailN, ""); err != nil {
+			return err
+		}
+	}
+
+	// The measured cold start: snapshot + tail → ready → a verification.
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start = time.Now()
+	p2 := projector.New(js, opts)
+	if err := p2.Start(ctx); err != nil {
+		return err
+	}
+	if err := projectorReady(ctx, p2); err != nil {
+		return err
+	}
+	v := verifier.New(p2.Table(), verifier.Config{Environment: keyledger.EnvLive, Ready: p2.Ready})
+	if o := v.Verify(&verifier.Request{Key: secret}).Outcome; o != keyledger.OutcomeValid {
+		return fmt.Errorf("after cold start the known key is %v", o)
+	}
+	cold := time.Since(start)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	keys := p2.Table().Len()
+	perKey := float64(after.HeapAlloc-min(before.HeapAlloc, after.HeapAlloc)) / float64(keys)
+	p2.Close(ctx)
+
+	res := benchResult{Name: "coldstart_seconds", Value: cold.Seconds(), Unit: "s", Extra: map[string]float64{
+		"keys": float64(keys), "tail_events": float64(*tailN), "snapshot_bytes": float64(snapSize),
+		"first_replay_s": replayFirst.Seconds(), "heap_bytes_per_key": perKey,
+	}, Notes: "snapshot + tail replay until caught up, fresh, and a valid verification"}
+	rows := [][]string{
+		{"keys", fmt.Sprint(keys)}, {"tail events replayed", fmt.Sprint(*tailN)},
+		{"snapshot size", fmt.Sprintf("%.1f MB", float64(snapSize)/1e6)},
+		{"cold start (snapshot + tail → ready)", fmt.Sprintf("%.3f s", cold.Seconds())},
+		{"heap per key (table, after GC)", fmt.Sprintf("%.0f B", perKey)},
+		{"first start, full replay (no snapshot)", fmt.Sprintf("%.3f s", replayFirst.Seconds())},
+	}
+	if *replay {
+		os.RemoveAll(snapDir)
+		start = time.Now()
+		p3 := projector.New(js, projector.Options{Records: *records, Logger: quiet})
+		if err := p3.Start(ctx); err != nil {
+			return err
+		}
+		if err := projectorReady(ctx, p3); err != nil {
+			return err
+		}
+		res.Extra["full_replay_s"] = time.Since(start).Seconds()
+		rows = append(rows, []string{"full replay now", fmt.Sprintf("%.3f s", time.Since(start).Seconds())})
+		p3.Close(ctx)
+	}
+	return printBench(stdout, *asJSON, res, rows)
+}
+
+// projectorReady waits until p is caught up and fresh.
+func projectorReady(ctx context.Context, p *projector.Projector) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	for !p.Ready() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("projector never became ready: %w", ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// publishKeys appends n KeyCreated events with random hashes (and, if
+// secret is set, one for that secret) as fast as JetStream takes them.
+// The benchmark's own setup skips the ledger's per-key concurrency check:
+// every id is fresh.
+func publishKeys(ctx context.Context, js jetstream.JetStream, n int, secret string) error {
+	at := time.Now().UTC()
+	var h keyledger.Hash
+	for i := 0; i < n; i++ {
+		rand.Read(h[:])
+		if i == 0 && secret != "" {
+			h = keyledger.HashSecret(secret)
+		}
+		ev := &events.KeyCreated{
+			Header:      events.NewHeader(events.TypeKeyCreated, events.NewKeyID(), "bench", at),
+			Name:        "bench",
+			Environment: keyledger.EnvLive,
+			Permissions: []string{"all"},
+			Owner:       fmt.Sprintf("owner-%d", i%1000),
+			Hash:        h.String(),
+			Hint:        "xxxx",
+		}
+		b, err := events.Encode(ev)
+		if err != nil {
+			return err
+		}
+		if _, err := js.PublishAsync(events.KeySubject(ev.KeyID), b); err != nil {
+			return err
+		}
+		if i%10000 == 9999 {
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+		return nil
+	case <-time.After(time.Minute):
+		return fmt.Errorf("publishing keys: acknowledgements timed out")
+	}
+}

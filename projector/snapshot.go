@@ -1,0 +1,409 @@
+package projector
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+)
+
+// Snapshots let a node start in well under a second with a million keys:
+// it loads the newest snapshot of its table and replays only the events
+// after it. A snapshot is a file in Options.SnapshotDir:
+//
+//	magic "KLSNAP01"
+//	header: stream identity (created, unix ns), last applied sequence,
+//	        entry count, record count
+//	owner table and permission-list table (each distinct value once)
+//	entries, then records (admin nodes), fixed order of fields
+//	SHA-256 of everything above
+//
+// All integers are little-endian or uvarints. A snapshot is taken while
+// events keep being applied, so it may hold some events after its sequence;
+// replaying those again changes nothing, because applying is idempotent
+// (a second create of an id and a second revoke are ignored). A snapshot
+// that is corrupt, of another version, of another stream, or ahead of the
+// stream is skipped, and the node replays from the start: never a wrong
+// table.
+
+const snapshotMagic = "KLSNAP01"
+
+// snapshotName is the file name of the snapshot at seq; names sort by seq.
+func snapshotName(seq uint64) string { return fmt.Sprintf("snap-%020d.bin", seq) }
+
+// snapshotMeta identifies the stream a snapshot was taken of.
+type snapshotMeta struct {
+	streamCreated int64 // KEYS stream creation time, unix ns
+	seq           uint64
+}
+
+// errSnapshot marks a snapshot that must not be used.
+var errSnapshot = errors.New("unusable snapshot")
+
+type snapWriter struct {
+	w   *bufio.Writer
+	buf [binary.MaxVarintLen64]byte
+}
+
+func (s *snapWriter) uvarint(v uint64) { s.w.Write(s.buf[:binary.PutUvarint(s.buf[:], v)]) }
+func (s *snapWriter) u64(v uint64) {
+	binary.LittleEndian.PutUint64(s.buf[:8], v)
+	s.w.Write(s.buf[:8])
+}
+func (s *snapWriter) str(v string) { s.uvarint(uint64(len(v))); s.w.WriteString(v) }
+func (s *snapWriter) time(t *time.Time) {
+	if t == nil {
+		s.u64(0)
+		return
+	}
+	s.u64(uint64(t.UnixNano()))
+}
+
+// writeSnapshot writes the projector's table (and records) as of at least
+// meta.seq to dir, atomically: temp file, fsync, rename.
+func (p *Projector) writeSnapshot(dir string, meta snapshotMeta) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	var entries []*Entry
+	p.table.Range(func(e *Entry) bool { entries = append(entries, e); return true })
+	var records []keyledger.Key
+	if p.records != nil {
+		p.recMu.RLock()
+		records = make([]keyledger.Key, 0, len(p.records))
+		for _, k := range p.records {
+			records = append(records, *k)
+		}
+		p.recMu.RUnlock()
+	}
+	owners, permLists := map[string]uint32{}, map[string]uint32{}
+	var ownerTab []string
+	var permTab [][]string
+	for _, e := range entries {
+		if _, ok := owners[e.Owner]; !ok {
+			owners[e.Owner] = uint32(len(ownerTab))
+			ownerTab = append(ownerTab, e.Owner)
+		}
+		k := strings.Join(e.Permissions(), "\x00")
+		if _, ok := permLists[k]; !ok {
+			permLists[k] = uint32(len(permTab))
+			permTab = append(permTab, e.Permissions())
+		}
+	}
+
+	f, err := os.CreateTemp(dir, ".snap-*.tmp")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	sum := sha256.New()
+	s := &snapWriter{w: bufio.NewWriterSize(io.MultiWriter(f, sum), 1<<20)}
+	s.w.WriteString(snapshotMagic)
+	s.u64(uint64(meta.streamCreated))
+	s.u64(meta.seq)
+	s.u64(uint64(len(entries)))
+	s.u64(uint64(len(records)))
+	s.uvarint(uint64(len(ownerTab)))
+	for _, o := range ownerTab {
+		s.str(o)
+	}
+	s.uvarint(uint64(len(permTab)))
+	for _, l := range permTab {
+		s.uvarint(uint64(len(l)))
+		for _, n := range l {
+			s.str(n)
+		}
+	}
+	for _, e := range entries {
+		s.w.Write(e.Hash[:])
+		s.str(e.ID)
+		s.uvarint(uint64(owners[e.Owner]))
+		s.uvarint(uint64(permLists[strings.Join(e.Permissions(), "\x00")]))
+		flags := byte(e.Environment)
+		if e.Revoked {
+			flags |= 0x80
+		}
+		if e.RateLimit != nil {
+			flags |= 0x40
+		}
+		s.w.WriteByte(flags)
+		s.u64(uint64(e.ExpiresAt))
+		if e.RateLimit != nil {
+			s.u64(math.Float64bits(e.RateLimit.PerSecond))
+			s.uvarint(uint64(e.RateLimit.Burst))
+		}
+	}
+	for i := range records {
+		k := &records[i]
+		s.str(k.ID)
+		s.str(k.Name)
+		s.str(k.Owner)
+		s.str(k.Hash)
+		s.str(k.Hint)
+		s.w.WriteByte(byte(k.Environment))
+		s.uvarint(uint64(len(k.Permissions)))
+		for _, n := range k.Permissions {
+			s.str(n)
+		}
+		s.time(k.ExpiresAt)
+		if k.RateLimit != nil {
+			s.w.WriteByte(1)
+			s.u64(math.Float64bits(k.RateLimit.PerSecond))
+			s.uvarint(uint64(k.RateLimit.Burst))
+		} else {
+			s.w.WriteByte(0)
+		}
+		s.time(&k.CreatedAt)
+		s.str(k.CreatedBy)
+		s.time(k.RevokedAt)
+		s.str(k.RevokedBy)
+		s.str(k.RevokeReason)
+		s.u64(k.Revision)
+	}
+	if err := s.w.Flush(); err != nil {
+		return "", err
+	}
+	if _, err := f.Write(sum.Sum(nil)); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, snapshotName(meta.seq))
+	if err := os.Rename(f.Name(), path); err != nil {
+		return "", err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync() // make the rename durable
+		d.Close()
+	}
+	return path, nil
+}
+
+// pruneSnapshots keeps the newest keep snapshots in dir.
+func pruneSnapshots(dir string, keep int) {
+	names := listSnapshots(dir)
+	for i := keep; i < len(names); i++ {
+		os.Remove(filepath.Join(dir, names[i]))
+	}
+}
+
+// listSnapshots returns snapshot file names, newest first.
+func listSnapshots(dir string) []string {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, de := range des {
+		if n := de.Name(); strings.HasPrefix(n, "snap-") && strings.HasSuffix(n, ".bin") {
+			names = append(names, n)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	return names
+}
+
+type snapReader struct {
+	b   []byte
+	err error
+}
+
+func (r *snapReader) fail() {
+	if r.err == nil {
+		r.err = fmt.Errorf("%w: truncated", errSnapshot)
+	}
+	r.b = nil
+}
+func (r *snapReader) uvarint() uint64 {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail()
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+func (r *snapReader) u64() uint64 {
+	if len(r.b) < 8 {
+		r.fail()
+		return 0
+	}
+	v := binary.LittleEndian.Uint64(r.b)
+	r.b = r.b[8:]
+	return v
+}
+func (r *snapReader) byte1() byte {
+	if len(r.b) < 1 {
+		r.fail()
+		return 0
+	}
+	v := r.b[0]
+	r.b = r.b[1:]
+	return v
+}
+func (r *snapReader) str() string {
+	n := r.uvarint()
+	if n > uint64(len(r.b)) {
+		r.fail()
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+func (r *snapReader) time() *time.Time {
+	v := r.u64()
+	if v == 0 {
+		return nil
+	}
+	t := time.Unix(0, int64(v)).UTC()
+	return &t
+}
+
+// loadSnapshot reads the snapshot at path into the (empty) projector and
+// returns its metadata. The projector is left untouched on error.
+func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return snapshotMeta{}, err
+	}
+	if len(data) < len(snapshotMagic)+sha256.Size || string(data[:len(snapshotMagic)]) != snapshotMagic {
+		return snapshotMeta{}, fmt.Errorf("%w: not a version-1 snapshot", errSnapshot)
+	}
+	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return snapshotMeta{}, fmt.Errorf("%w: checksum mismatch", errSnapshot)
+	}
+	r := &snapReader{b: body[len(snapshotMagic):]}
+	meta := snapshotMeta{streamCreated: int64(r.u64()), seq: r.u64()}
+	if meta.streamCreated != want.streamCreated {
+		return snapshotMeta{}, fmt.Errorf("%w: taken of another KEYS stream", errSnapshot)
+	}
+	if meta.seq > want.seq {
+		return snapshotMeta{}, fmt.Errorf("%w: ahead of the stream (snapshot at %d, stream at %d)", errSnapshot, meta.seq, want.seq)
+	}
+	nEntries, nRecords := r.u64(), r.u64()
+	if nEntries > uint64(len(body)) || nRecords > uint64(len(body)) {
+		return snapshotMeta{}, fmt.Errorf("%w: implausible counts", errSnapshot)
+	}
+	ownerTab := make([]string, min(r.uvarint(), uint64(len(body))))
+	for i := range ownerTab {
+		ownerTab[i] = r.str()
+	}
+	permTab := make([]*[]string, min(r.uvarint(), uint64(len(body))))
+	for i := range permTab {
+		l := make([]string, min(r.uvarint(), uint64(len(body))))
+		for j := range l {
+			l[j] = r.str()
+		}
+		permTab[i] = &l
+	}
+	table := NewTable(int(nEntries))
+	entries := make([]Entry, nEntries) // one allocation for all entries
+	for i := range entries {
+		e := &entries[i]
+		if len(r.b) < len(e.Hash) {
+			r.fail()
+			break
+		}
+		copy(e.Hash[:], r.b)
+		r.b = r.b[len(e.Hash):]
+		e.ID = r.str()
+		oi, pi := r.uvarint(), r.uvarint()
+		if oi >= uint64(len(ownerTab)) || pi >= uint64(len(permTab)) {
+			return snapshotMeta{}, fmt.Errorf("%w: bad table index", errSnapshot)
+		}
+		e.Owner, e.names = ownerTab[oi], permTab[pi]
+		flags := r.byte1()
+		e.Environment = keyledger.Environment(flags & 0x3)
+		e.Revoked = flags&0x80 != 0
+		e.ExpiresAt = int64(r.u64())
+		if flags&0x40 != 0 {
+			e.RateLimit = &keyledger.RateLimit{PerSecond: math.Float64frombits(r.u64()), Burst: int(r.uvarint())}
+		}
+		var perms keyledger.Permissions
+		for _, name := range *e.names {
+			if m, err := p.catalog.Mask([]string{name}); err == nil {
+				perms |= m
+			}
+		}
+		e.Perms = perms
+		if r.err != nil {
+			break
+		}
+		if table.Lookup(&e.Hash) != nil || table.ByID(e.ID) != nil {
+			return snapshotMeta{}, fmt.Errorf("%w: duplicate key %s", errSnapshot, strconv.Quote(e.ID))
+		}
+		table.insert(e)
+	}
+	var records map[string]*keyledger.Key
+	if p.records != nil {
+		records = make(map[string]*keyledger.Key, nRecords)
+	}
+	for i := uint64(0); i < nRecords && r.err == nil; i++ {
+		k := &keyledger.Key{ID: r.str(), Name: r.str(), Owner: r.str(), Hash: r.str(), Hint: r.str()}
+		k.Environment = keyledger.Environment(r.byte1())
+		k.Permissions = make([]string, min(r.uvarint(), uint64(len(body))))
+		for j := range k.Permissions {
+			k.Permissions[j] = r.str()
+		}
+		k.ExpiresAt = r.time()
+		if r.byte1() == 1 {
+			k.RateLimit = &keyledger.RateLimit{PerSecond: math.Float64frombits(r.u64()), Burst: int(r.uvarint())}
+		}
+		if t := r.time(); t != nil {
+			k.CreatedAt = *t
+		}
+		k.CreatedBy = r.str()
+		k.RevokedAt = r.time()
+		k.RevokedBy, k.RevokeReason = r.str(), r.str()
+		k.Revision = r.u64()
+		if records != nil {
+			records[k.ID] = k
+		}
+	}
+	if r.err != nil {
+		return snapshotMeta{}, r.err
+	}
+	if len(r.b) != 0 {
+		return snapshotMeta{}, fmt.Errorf("%w: trailing data", errSnapshot)
+	}
+	if p.records != nil && uint64(len(records)) != nEntries {
+		// An admin node needs records for every key; a snapshot taken by a
+		// verifier-only node has none.
+		return snapshotMeta{}, fmt.Errorf("%w: has no key records", errSnapshot)
+	}
+	// Commit: the projector has not started applying yet.
+	p.table.data.Store(table.data.Load())
+	p.table.n.Store(table.n.Load())
+	p.table.seed = table.seed
+	for _, o := range ownerTab {
+		p.owners[o] = o
+	}
+	for _, l := range permTab {
+		p.perms[strings.Join(*l, "\x00")] = l
+	}
+	if records != nil {
+		p.recMu.Lock()
+		p.records = records
+		p.recMu.Unlock()
+	}
+	return meta, nil
+}

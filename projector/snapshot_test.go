@@ -1,0 +1,222 @@
+package projector_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/projector"
+)
+
+// appendKeys writes n creates (every third revoked, every fifth with an
+// expiry and a rate limit) and returns the last sequence.
+func appendKeys(tb testing.TB, log *events.Log, n int) uint64 {
+	tb.Helper()
+	ctx := context.Background()
+	var last uint64
+	for i := 0; i < n; i++ {
+		c, _ := created(tb, events.NewKeyID())
+		c.Owner = []string{"acme", "globex", ""}[i%3]
+		if i%5 == 0 {
+			exp := t0.Add(time.Duration(i) * time.Hour)
+			c.ExpiresAt = &exp
+			c.RateLimit = &keyledger.RateLimit{PerSecond: 2.5, Burst: 7}
+			c.Permissions = []string{"all"}
+		}
+		seq, err := log.Append(ctx, c, 0)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		last = seq
+		if i%3 == 0 {
+			if last, err = log.Append(ctx, revoked(c.KeyID), seq); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	return last
+}
+
+func mustFollow(tb testing.TB, env *eventstest.Env, opts projector.Options, seq uint64) *projector.Projector {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := projector.New(env.JS, opts)
+	if err := p.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	if err := p.WaitApplied(ctx, seq); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func sameRecords(t *testing.T, a, b *projector.Projector) {
+	t.Helper()
+	ka, kb := a.Keys(projector.Filter{}, t0), b.Keys(projector.Filter{}, t0)
+	if len(ka) != len(kb) {
+		t.Fatalf("%d records vs %d", len(ka), len(kb))
+	}
+	for i := range ka {
+		x, y := ka[i], kb[i]
+		x.Revision, y.Revision = 0, 0 // a fuzzy snapshot may carry later revisions
+		if !reflect.DeepEqual(x, y) {
+			t.Fatalf("record %d differs:\n%+v\n%+v", i, x, y)
+		}
+	}
+}
+
+func TestProjector_snapshots(t *testing.T) {
+	env := eventstest.MustStart(t)
+	log := env.MustLog(t)
+	dir := t.TempDir()
+	last := appendKeys(t, log, 300)
+	ctx := context.Background()
+
+	full := mustFollow(t, env, projector.Options{Records: true}, last)
+	defer full.Close(ctx)
+
+	// A node follows with snapshots on and writes one on Close.
+	p1 := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: dir}, last)
+	if err := p1.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snaps, _ := filepath.Glob(filepath.Join(dir, "snap-*.bin"))
+	if len(snaps) != 1 {
+		t.Fatalf("snapshots after close: %v", snaps)
+	}
+
+	t.Run("restart loads the snapshot and replays only the tail", func(t *testing.T) {
+		tail := appendKeys(t, log, 20)
+		p2 := projector.New(env.JS, projector.Options{Records: true, SnapshotDir: dir})
+		if err := p2.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer p2.Close(ctx)
+		if got := p2.Stats().Applied; got > 40 {
+			// the snapshot counted for everything before the tail
+			t.Logf("applied %d events after the snapshot", got)
+		}
+		if err := p2.WaitApplied(ctx, tail); err != nil {
+			t.Fatal(err)
+		}
+		if err := full.WaitApplied(ctx, tail); err != nil {
+			t.Fatal(err)
+		}
+		if p2.Stats().Applied > 40 {
+			t.Fatalf("replayed %d events: the snapshot was not used", p2.Stats().Applied)
+		}
+		if p2.Table().Digest() != full.Table().Digest() {
+			t.Fatal("snapshot + tail differs from a full replay")
+		}
+		sameRecords(t, p2, full)
+		last = tail
+	})
+
+	t.Run("a corrupt snapshot falls back to full replay", func(t *testing.T) {
+		cdir := t.TempDir()
+		b, _ := os.ReadFile(snaps[0])
+		b[len(b)/2] ^= 0xFF
+		os.WriteFile(filepath.Join(cdir, filepath.Base(snaps[0])), b, 0o600)
+		p := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: cdir}, last)
+		defer p.Close(ctx)
+		if p.Table().Digest() != full.Table().Digest() || p.Stats().Applied < 300 {
+			t.Fatalf("corrupt snapshot: applied %d, digest match %v", p.Stats().Applied, p.Table().Digest() == full.Table().Digest())
+		}
+	})
+
+	t.Run("a truncated snapshot falls back to full replay", func(t *testing.T) {
+		cdir := t.TempDir()
+		b, _ := os.ReadFile(snaps[0])
+		os.WriteFile(filepath.Join(cdir, filepath.Base(snaps[0])), b[:len(b)/3], 0o600)
+		p := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: cdir}, last)
+		defer p.Close(ctx)
+		if p.Table().Digest() != full.Table().Digest() {
+			t.Fatal("truncated snapshot: wrong table")
+		}
+	})
+
+	t.Run("a verifier node's snapshot (no records) is not used by an admin node", func(t *testing.T) {
+		vdir := t.TempDir()
+		v := mustFollow(t, env, projector.Options{SnapshotDir: vdir}, last)
+		if err := v.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// but another verifier node uses it
+		v2 := mustFollow(t, env, projector.Options{SnapshotDir: vdir}, last)
+		defer v2.Close(ctx)
+		if v2.Stats().Applied != 0 || v2.Table().Digest() != full.Table().Digest() {
+			t.Fatalf("verifier restart: applied %d", v2.Stats().Applied)
+		}
+		a := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: vdir}, last)
+		defer a.Close(ctx)
+		if a.Stats().Applied < 300 {
+			t.Fatalf("admin node used a snapshot without records (applied %d)", a.Stats().Applied)
+		}
+		sameRecords(t, a, full)
+	})
+}
+
+// A snapshot of another KEYS stream (recreated since) is never applied.
+func TestProjector_snapshotOfAnotherStream(t *testing.T) {
+	env := eventstest.MustStart(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	last := appendKeys(t, env.MustLog(t), 50)
+	p := mustFollow(t, env, projector.Options{SnapshotDir: dir}, last)
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.JS.DeleteStream(ctx, events.KeysStream); err != nil {
+		t.Fatal(err)
+	}
+	if err := events.EnsureStreams(ctx, env.JS, events.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	last = appendKeys(t, env.MustLog(t), 100) // a longer, different history
+	p2 := mustFollow(t, env, projector.Options{SnapshotDir: dir}, last)
+	defer p2.Close(ctx)
+	fresh := mustFollow(t, env, projector.Options{}, last)
+	defer fresh.Close(ctx)
+	if p2.Table().Digest() != fresh.Table().Digest() {
+		t.Fatal("a snapshot of the old stream leaked into the new table")
+	}
+}
+
+// Snapshots taken while events keep arriving are fuzzy but still restore
+// the exact table once the tail is replayed.
+func TestProjector_snapshotWhileWriting(t *testing.T) {
+	env := eventstest.MustStart(t)
+	log := env.MustLog(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	p := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: dir}, 0)
+	done := make(chan uint64)
+	go func() { done <- appendKeys(t, log, 400) }()
+	for i := 0; i < 5; i++ {
+		time.Sleep(20 * time.Millisecond)
+		if _, err := p.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := <-done
+	if err := p.WaitApplied(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	p.Close(ctx)
+	// Restore from the newest snapshot on disk, taken mid-stream or at the end.
+	p2 := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: dir}, last)
+	defer p2.Close(ctx)
+	full := mustFollow(t, env, projector.Options{Records: true}, last)
+	defer full.Close(ctx)
+	if p2.Table().Digest() != full.Table().Digest() {
+		t.Fatal("restored table differs")
+	}
+	sameRecords(t, p2, full)
+}

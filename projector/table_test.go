@@ -1,0 +1,134 @@
+package projector
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+)
+
+func hashOf(i int) keyledger.Hash {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(i))
+	return sha256.Sum256(b[:])
+}
+
+func TestTable(t *testing.T) {
+	tb := NewTable(0)
+	const n = 5000 // forces several grows from the minimum capacity
+	for i := 0; i < n; i++ {
+		tb.insert(&Entry{Hash: hashOf(i), ID: fmt.Sprintf("k%d", i)})
+	}
+	if tb.Len() != n {
+		t.Fatalf("len %d", tb.Len())
+	}
+	for i := 0; i < n; i++ {
+		h := hashOf(i)
+		if e := tb.Lookup(&h); e == nil || e.ID != fmt.Sprintf("k%d", i) {
+			t.Fatalf("lookup %d: %+v", i, e)
+		}
+		if e := tb.ByID(fmt.Sprintf("k%d", i)); e == nil || e.Hash != h {
+			t.Fatalf("by id %d: %+v", i, e)
+		}
+	}
+	for i := n; i < n+100; i++ {
+		h := hashOf(i)
+		if e := tb.Lookup(&h); e != nil {
+			t.Fatalf("phantom %d", i)
+		}
+		if tb.ByID(fmt.Sprintf("k%d", i)) != nil {
+			t.Fatalf("phantom id %d", i)
+		}
+	}
+	// Replacing keeps the id index pointing at the slot.
+	d := tb.data.Load()
+	s := tb.byID(d, "k7")
+	tb.replace(s, d.slots[s].Load().revokedCopy())
+	h := hashOf(7)
+	if e := tb.Lookup(&h); !e.Revoked || tb.ByID("k7") != e {
+		t.Fatalf("after replace: %+v", e)
+	}
+	if load := float64(tb.Len()) / float64(len(tb.data.Load().slots)); load > maxLoad {
+		t.Fatalf("load factor %.2f above %.2f", load, maxLoad)
+	}
+}
+
+// Readers never miss a present key while the writer grows and revokes.
+func TestTable_concurrentGrowth(t *testing.T) {
+	tb := NewTable(0)
+	var inserted atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			for i := r; ; i += 7 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := int(inserted.Load())
+				if n == 0 {
+					continue
+				}
+				k := i % n
+				h := hashOf(k)
+				if e := tb.Lookup(&h); e == nil || e.Hash != h {
+					failures.Add(1)
+				}
+			}
+		}(r)
+	}
+	for i := 0; i < 20000; i++ {
+		tb.insert(&Entry{Hash: hashOf(i), ID: fmt.Sprintf("k%d", i)})
+		inserted.Store(int64(i + 1))
+		if i%3 == 0 {
+			d := tb.data.Load()
+			s := tb.byID(d, fmt.Sprintf("k%d", i))
+			tb.replace(s, d.slots[s].Load().revokedCopy())
+		}
+	}
+	time.Sleep(10 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if f := failures.Load(); f != 0 {
+		t.Fatalf("%d lookups of present keys failed during growth", f)
+	}
+}
+
+// BenchmarkTable_memory reports the heap held per key with a million keys
+// in the table, as a verifier node holds them (no admin records).
+func BenchmarkTable_memory(b *testing.B) {
+	for b.Loop() {
+		const n = 1_000_000
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		p := New(nil, Options{})
+		p.table.reserve(n)
+		at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		owners := []string{"acme", "globex", "initech", "umbrella"}
+		perms := [][]string{{"all"}, {"workflows:read"}, {"storage:read", "storage:write"}}
+		for i := 0; i < n; i++ {
+			h := hashOf(i)
+			p.Apply(uint64(i+1), &events.KeyCreated{
+				Header:      events.Header{Type: events.TypeKeyCreated, V: 1, At: at, KeyID: fmt.Sprintf("key_%032x", i)},
+				Environment: keyledger.EnvLive, Permissions: perms[i%3], Owner: owners[i%4], Hash: h.String(),
+			})
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
+		runtime.KeepAlive(p)
+	}
+}

@@ -1,0 +1,141 @@
+package verifier_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/verifier"
+)
+
+func TestClient_Verify(t *testing.T) {
+	f := newFixture(t)
+	live, liveID := f.mustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
+	revoked, revokedID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
+	f.revoke(t, revokedID)
+	secrets := []string{live, test, revoked}
+
+	var notReady atomic.Bool
+	liveSrv := httptest.NewServer(verifier.NewHandler(f.verifier(keyledger.EnvLive, func() bool { return !notReady.Load() })))
+	defer liveSrv.Close()
+	testSrv := httptest.NewServer(verifier.NewHandler(f.verifier(keyledger.EnvTest, nil))) // burst 3
+	defer testSrv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := &verifier.Client{BaseURL: liveSrv.URL + "/", HTTP: &http.Client{Timeout: 5 * time.Second}}
+
+	// refused checks a refusal: a *keyledger.Error of the code, decoded from
+	// the node's answer (status in the cause), without any secret.
+	refused := func(t *testing.T, resp *verifier.VerifyResponse, err error, code keyledger.Code, status int) *keyledger.Error {
+		t.Helper()
+		var ke *keyledger.Error
+		if resp != nil || !errors.As(err, &ke) || ke.Code != code {
+			t.Fatalf("got %+v, %v; want a %s error", resp, err, code)
+		}
+		if _, ok := err.(*keyledger.Error); !ok {
+			t.Fatalf("error is a %T, want *keyledger.Error", err)
+		}
+		var re *verifier.ResponseError
+		if status != 0 && (!errors.As(err, &re) || re.StatusCode != status) {
+			t.Fatalf("cause %v, want HTTP %d", ke.Err, status)
+		}
+		for _, s := range secrets {
+			if strings.Contains(err.Error(), s) || strings.Contains(ke.Message, s) {
+				t.Fatalf("the error shows a secret: %v", err)
+			}
+		}
+		return ke
+	}
+
+	t.Run("valid", func(t *testing.T) {
+		resp, err := c.Verify(ctx, live, "workflows:read")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !resp.Valid || resp.KeyID != liveID || resp.Owner != "acme" || resp.Environment != "live" ||
+			len(resp.Permissions) != 1 || resp.Permissions[0] != "workflows:read" || resp.ExpiresAt != nil {
+			t.Fatalf("response %+v", resp)
+		}
+	})
+	for _, tc := range []struct{ name, key string }{
+		{"unknown", "fsk_live_nope"},
+		{"empty", ""},
+		{"revoked", revoked},
+		{"test key at live node", test},
+	} {
+		t.Run("401 "+tc.name, func(t *testing.T) {
+			resp, err := c.Verify(ctx, tc.key, "")
+			ke := refused(t, resp, err, keyledger.Unauthorized, 401)
+			if ke.Message != keyledger.UnauthorizedMessage || !errors.Is(err, keyledger.ErrUnauthorized) || verifier.RetryAfter(err) != 0 {
+				t.Fatalf("error %v", err)
+			}
+		})
+	}
+	t.Run("403", func(t *testing.T) {
+		resp, err := c.Verify(ctx, live, "storage:write")
+		ke := refused(t, resp, err, keyledger.Forbidden, 403)
+		if !strings.Contains(ke.Message, `"storage:write"`) || !errors.Is(err, keyledger.ErrForbidden) {
+			t.Fatalf("error %v", err)
+		}
+	})
+	t.Run("429 with Retry-After", func(t *testing.T) {
+		tc := &verifier.Client{BaseURL: testSrv.URL}
+		var err error
+		for i := 0; i < 4 && err == nil; i++ {
+			_, err = tc.Verify(ctx, test, "")
+		}
+		refused(t, nil, err, keyledger.RateLimited, 429)
+		t.Log(err)
+		if !errors.Is(err, keyledger.ErrRateLimited) || verifier.RetryAfter(err) != time.Second {
+			t.Fatalf("error %v, RetryAfter %v", err, verifier.RetryAfter(err))
+		}
+	})
+	t.Run("503 when the node is not ready", func(t *testing.T) {
+		notReady.Store(true)
+		defer notReady.Store(false)
+		resp, err := c.Verify(ctx, live, "")
+		refused(t, resp, err, keyledger.Unavailable, 503)
+		if !errors.Is(err, keyledger.ErrUnavailable) {
+			t.Fatalf("error %v", err)
+		}
+	})
+	t.Run("an answer without an envelope", func(t *testing.T) {
+		proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusBadGateway)
+			w.Write([]byte("<html>bad gateway</html>"))
+		}))
+		defer proxy.Close()
+		resp, err := (&verifier.Client{BaseURL: proxy.URL}).Verify(ctx, live, "")
+		ke := refused(t, resp, err, keyledger.Unavailable, 502)
+		if strings.Contains(ke.Message, "html") {
+			t.Fatalf("foreign body shown: %v", err)
+		}
+	})
+	t.Run("transport error", func(t *testing.T) {
+		gone := httptest.NewServer(http.NotFoundHandler())
+		url := gone.URL
+		gone.Close()
+		resp, err := (&verifier.Client{BaseURL: url}).Verify(ctx, live, "workflows:read")
+		refused(t, resp, err, keyledger.Unavailable, 0)
+		if verifier.RetryAfter(err) != 0 {
+			t.Fatalf("RetryAfter %v", verifier.RetryAfter(err))
+		}
+	})
+	t.Run("canceled context", func(t *testing.T) {
+		cctx, ccancel := context.WithCancel(ctx)
+		ccancel()
+		resp, err := c.Verify(cctx, live, "")
+		refused(t, resp, err, keyledger.Unavailable, 0)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("error %v does not wrap context.Canceled", err)
+		}
+	})
+}
