@@ -470,14 +470,7 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		p.ignore("hash already belongs to another key", seq, e.KeyID)
 		return
 	}
-	// Names the catalog does not know (it may have shrunk since) grant
-	// nothing; "all" still grants everything.
-	var perms keyledger.Permissions
-	for _, name := range e.Permissions {
-		if m, err := p.catalog.Mask([]string{name}); err == nil {
-			perms |= m
-		}
-	}
+	perms := p.permMask(e.Permissions)
 	ent := &Entry{
 		Hash:        h,
 		ID:          e.KeyID,
@@ -528,6 +521,19 @@ func (p *Projector) applyRevoked(seq uint64, e *events.KeyRevoked) {
 		p.recMu.Unlock()
 	}
 	p.applied.Add(1)
+}
+
+// permMask turns permission names into a set over this node's catalog.
+// Names the catalog does not know (it may have shrunk since) grant nothing;
+// "all" still grants everything.
+func (p *Projector) permMask(names []string) keyledger.Permissions {
+	var perms keyledger.Permissions
+	for _, name := range names {
+		if m, err := p.catalog.Mask([]string{name}); err == nil {
+			perms |= m
+		}
+	}
+	return perms
 }
 
 // intern returns the one copy of s the projector keeps.

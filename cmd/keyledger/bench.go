@@ -21,6 +21,10 @@ Usage:
   keyledger bench revoke [--nodes 3] [--revocations 200] [--json]
       start a local cluster (or use --urls) and measure how long after the start
       of a revoke call every node refuses the key over HTTP
+  keyledger bench verify [--keys 100000] [--json]
+      in-process verification, ns/op for a valid key and a bad checksum
+  keyledger bench ingest [--events 500000] [--clickhouse HOST:PORT] [--json]
+      events/s from USAGE into ClickHouse (scripts/clickhouse.sh start runs one)
   keyledger bench coldstart [--keys 1000000] [--tail 1000] [--records] [--replay] [--json]
       seconds from start to ready (snapshot + tail, caught up, verifying) with N keys
 `
@@ -44,6 +48,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchRevoke(ctx, args[1:], stdout, stderr)
 	case "coldstart":
 		return benchColdstart(ctx, args[1:], stdout, stderr)
+	case "verify":
+		return benchVerify(ctx, args[1:], stdout)
+	case "ingest":
+		return benchIngest(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return usageErr("unknown benchmark %q", args[0])

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -99,6 +100,14 @@ func benchColdstart(ctx context.Context, args []string, stdout, stderr io.Writer
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	start = time.Now()
 	p2 := projector.New(js, opts)
 	if err := p2.Start(ctx); err != nil {
