@@ -92,7 +92,6 @@ func TestClient_Verify(t *testing.T) {
 			_, err = tc.Verify(ctx, test, "")
 		}
 		refused(t, nil, err, keyledger.RateLimited, 429)
-		t.Log(err)
 		if !errors.Is(err, keyledger.ErrRateLimited) || verifier.RetryAfter(err) != time.Second {
 			t.Fatalf("error %v, RetryAfter %v", err, verifier.RetryAfter(err))
 		}

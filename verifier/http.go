@@ -28,7 +28,7 @@ type Handler struct {
 func NewHandler(v *Verifier) *Handler { return &Handler{v: v} }
 
 // Paths lists the paths Handler serves, for muxes that mount it.
-var Paths = []string{"/v1/verify", "/v1/authz", "/healthz", "/readyz"}
+var Paths = []string{"/v1/verify", "/v1/authz", "/v1/authz/", "/healthz", "/readyz"}
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -46,6 +46,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		keyledger.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	default:
+		if strings.HasPrefix(r.URL.Path, "/v1/authz/") {
+			// Envoy's HTTP ext_authz appends the client's path to the
+			// authorization service's path prefix.
+			h.authz(w, r)
+			return
+		}
 		keyledger.WriteError(w, keyledger.Errorf(keyledger.NotFound, "no such endpoint: %s", r.URL.Path))
 	}
 }
@@ -70,7 +76,7 @@ func (h *Handler) authz(w http.ResponseWriter, r *http.Request) {
 		IP:         clientIP(r),
 		UserAgent:  r.Header.Get("User-Agent"),
 		Method:     firstHeader(r, "X-Forwarded-Method", "X-Original-Method", r.Method),
-		Path:       firstHeader(r, "X-Forwarded-Uri", "X-Original-Uri", r.URL.RequestURI()),
+		Path:       firstHeader(r, "X-Forwarded-Uri", "X-Original-Uri", clientPath(r)),
 	}
 	res := h.v.Verify(&req)
 	if !res.Valid() {
@@ -192,6 +198,15 @@ func clientIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// clientPath is the path being authorized when no gateway header names it:
+// the part after /v1/authz (Envoy), else the request's own.
+func clientPath(r *http.Request) string {
+	if p, ok := strings.CutPrefix(r.URL.RequestURI(), "/v1/authz/"); ok {
+		return "/" + p
+	}
+	return r.URL.RequestURI()
 }
 
 func firstHeader(r *http.Request, a, b, def string) string {

@@ -196,3 +196,20 @@ func TestHandler_readyz(t *testing.T) {
 		t.Fatalf("ready: %d", resp.StatusCode)
 	}
 }
+
+// Envoy's ext_authz calls /v1/authz + the client's path.
+func TestHandler_authzEnvoyPrefix(t *testing.T) {
+	f := newFixture(t)
+	live, liveID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
+	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, nil))
+	r := httptest.NewRequest("POST", "/v1/authz/workflows/42?run=1", nil)
+	r.Header.Set("Authorization", "Bearer "+live)
+	f.used = nil
+	resp, _ := do(t, h, r)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Key-Id") != liveID {
+		t.Fatalf("status %d headers %v", resp.StatusCode, resp.Header)
+	}
+	if u := f.used[0]; u.Path != "/workflows/42?run=1" || u.Method != "POST" {
+		t.Fatalf("usage %+v", u)
+	}
+}

@@ -23,6 +23,9 @@ import (
 // does for its test mode: test traffic is for development, not load.
 var DefaultTestRateLimit = keyledger.RateLimit{PerSecond: 25, Burst: 50}
 
+// minForeignKeyLen is the shortest imported (foreign-format) key looked up.
+const minForeignKeyLen = 16
+
 // Recorder receives a KeyUsed event for every verification. It must not
 // block: the verifier calls it on the request path.
 type Recorder interface {
@@ -141,12 +144,22 @@ func (v *Verifier) check(req *Request, now *time.Time) Result {
 	if len(req.Key) > keyledger.MaxSecretLen {
 		return Result{Outcome: keyledger.OutcomeMalformed}
 	}
+	foreign := false
 	if _, ok := v.cfg.Format.Parse(req.Key); !ok {
-		return Result{Outcome: keyledger.OutcomeMalformed}
+		// A key of keyledger's shape with a bad checksum is refused
+		// before any work. A key of another shape can only be valid if
+		// it was imported from another system, so it is looked up only
+		// when the table holds imported keys.
+		if !v.table.HasImported() || len(req.Key) < minForeignKeyLen || v.cfg.Format.Prefix(req.Key) != "" {
+			return Result{Outcome: keyledger.OutcomeMalformed}
+		}
+		foreign = true
 	}
 	h := keyledger.HashSecret(req.Key)
 	e := v.table.Lookup(&h)
 	switch {
+	case e == nil && foreign:
+		return Result{Outcome: keyledger.OutcomeMalformed}
 	case e == nil:
 		return Result{Outcome: keyledger.OutcomeUnknown}
 	case e.Revoked:
