@@ -118,6 +118,12 @@ type Key struct {
 	RevokedBy   string      `json:"revoked_by,omitempty"`
 	// RevokeReason is the free-text reason given at revocation.
 	RevokeReason string `json:"revoke_reason,omitempty"`
+	// RolledFrom is the key this one replaced; RolledTo the key that
+	// replaced this one (which then expires at ExpiresAt).
+	RolledFrom string `json:"rolled_from,omitempty"`
+	RolledTo   string `json:"rolled_to,omitempty"`
+	// Imported keys were issued elsewhere; only their hash came in.
+	Imported bool `json:"imported,omitempty"`
 	// Revision is the KEYS stream sequence of the last event applied to
 	// this key; a writer passes it back to get optimistic concurrency.
 	Revision uint64 `json:"revision"`

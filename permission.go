@@ -5,8 +5,13 @@ import (
 	"strings"
 )
 
-// PermissionAll grants every permission.
+// PermissionAll grants every permission of the product catalog.
 const PermissionAll = "all"
+
+// PermissionAdmin lets a ledger key use the admin API. It is reserved: no
+// catalog may define it, and "all" does not grant it, so full product
+// access never implies the power to issue and revoke keys.
+const PermissionAdmin = "admin"
 
 // DefaultPermissions is the product's default permission catalog.
 var DefaultPermissions = []string{"workflows:read", "workflows:execute", "storage:read", "storage:write"}
@@ -15,23 +20,32 @@ var DefaultPermissions = []string{"workflows:read", "workflows:execute", "storag
 // verify path checks a permission with one AND.
 type Permissions uint64
 
-// allBit marks a key holding "all"; it passes every check.
+// allBit marks a key holding "all"; it passes every check but admin.
 const allBit Permissions = 1 << 63
 
+// adminBit marks a key holding the reserved "admin" permission.
+const adminBit Permissions = 1 << 62
+
 // MaxPermissions is how many named permissions a catalog may hold.
-const MaxPermissions = 63
+const MaxPermissions = 62
 
 // Has reports whether p holds the permission bit b. A zero b (no permission
-// required) always passes.
+// required) always passes; "all" passes everything but "admin".
 func (p Permissions) Has(b Permissions) bool {
+	if b&adminBit != 0 {
+		return p&adminBit != 0
+	}
 	return b == 0 || p&allBit != 0 || p&b == b
 }
+
+// Admin reports whether p holds the reserved admin permission.
+func (p Permissions) Admin() bool { return p&adminBit != 0 }
 
 // All reports whether p is full access.
 func (p Permissions) All() bool { return p&allBit != 0 }
 
 // Count returns the number of named permissions in p.
-func (p Permissions) Count() int { return bits.OnesCount64(uint64(p &^ allBit)) }
+func (p Permissions) Count() int { return bits.OnesCount64(uint64(p &^ (allBit | adminBit))) }
 
 // Catalog is the set of permissions keys may be granted.
 type Catalog struct {
@@ -47,7 +61,7 @@ func NewCatalog(names []string) (*Catalog, error) {
 	}
 	c := &Catalog{bit: make(map[string]Permissions, len(names))}
 	for i, n := range names {
-		if n == "" || n == PermissionAll || strings.ContainsAny(n, " ,\t\r\n") || len(n) > 64 {
+		if n == "" || n == PermissionAll || n == PermissionAdmin || strings.ContainsAny(n, " ,\t\r\n") || len(n) > 64 {
 			return nil, Errorf(Invalid, "invalid permission name %q", n)
 		}
 		if _, dup := c.bit[n]; dup {
@@ -66,8 +80,12 @@ var DefaultCatalog, _ = NewCatalog(DefaultPermissions)
 func (c *Catalog) Names() []string { return append([]string(nil), c.names...) }
 
 // Bit returns the bit of a permission name. Unknown names return 0, false;
-// "all" is not a requirable permission and also returns false.
+// "all" is not a requirable permission and also returns false; "admin"
+// returns its reserved bit.
 func (c *Catalog) Bit(name string) (Permissions, bool) {
+	if name == PermissionAdmin {
+		return adminBit, true
+	}
 	b, ok := c.bit[name]
 	return b, ok
 }
@@ -84,9 +102,13 @@ func (c *Catalog) Mask(names []string) (Permissions, error) {
 			p |= allBit
 			continue
 		}
+		if n == PermissionAdmin {
+			p |= adminBit
+			continue
+		}
 		b, ok := c.bit[n]
 		if !ok {
-			return 0, Errorf(Invalid, "unknown permission %s (the catalog has: all, %s)", Quote(n), strings.Join(c.names, ", "))
+			return 0, Errorf(Invalid, "unknown permission %s (the catalog has: all, admin, %s)", Quote(n), strings.Join(c.names, ", "))
 		}
 		p |= b
 	}

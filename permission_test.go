@@ -209,7 +209,11 @@ func TestPermissions_Has(t *testing.T) {
 		{a, a | b, false},
 		{a | c, a | b, false},
 		{all, a | b | c, true},
-		{all, 1 << 62, true},
+		{all, 1 << 61, true},
+		// "all" never grants the reserved admin permission.
+		{all, MustMask(t, keyledger.DefaultCatalog, "admin"), false},
+		{MustMask(t, keyledger.DefaultCatalog, "admin"), MustMask(t, keyledger.DefaultCatalog, "admin"), true},
+		{MustMask(t, keyledger.DefaultCatalog, "admin"), a, false},
 	}
 	for _, tt := range tests {
 		if got := tt.p.Has(tt.req); got != tt.want {

@@ -30,8 +30,50 @@ type Config struct {
 	// its own event before answering (default 5s).
 	ApplyTimeout time.Duration
 	// Fleet, if set, lets writes wait until every live node applied them.
-	Fleet  Fleet
+	Fleet Fleet
+	// Usage, if set (analytics on), adds last_used_at and uses_30d to
+	// key listings.
+	Usage  UsageSource
 	Logger *slog.Logger
+}
+
+// KeyUse is when a key was last verified successfully and how often in
+// the last 30 days.
+type KeyUse struct {
+	LastUsedAt time.Time
+	Uses30d    uint64
+}
+
+// UsageSource tells when keys were last used.
+type UsageSource interface {
+	LastUsed(ctx context.Context, keyIDs []string) (map[string]KeyUse, error)
+}
+
+// WithUsage fills LastUsedAt and Uses30d of views from the usage source,
+// when there is one. Listings never fail for want of usage figures: an
+// error is logged and the fields stay empty.
+func (s *Service) WithUsage(ctx context.Context, views []KeyView) {
+	if s.cfg.Usage == nil || len(views) == 0 {
+		return
+	}
+	ids := make([]string, len(views))
+	for i := range views {
+		ids[i] = views[i].ID
+	}
+	m, err := s.cfg.Usage.LastUsed(ctx, ids)
+	if err != nil {
+		s.cfg.Logger.Warn("usage figures unavailable for key listing", "err", err)
+		return
+	}
+	for i := range views {
+		u := m[views[i].ID]
+		n := u.Uses30d
+		views[i].Uses30d = &n
+		if !u.LastUsedAt.IsZero() {
+			t := u.LastUsedAt.UTC()
+			views[i].LastUsedAt = &t
+		}
+	}
 }
 
 // Fleet is the set of live nodes (events.Registry).
@@ -88,6 +130,7 @@ const DefaultWaitTimeout = 2 * time.Second
 // Write describes who makes a write and how long it waits.
 type Write struct {
 	Actor   string
+	ActorIP string
 	Wait    Wait
 	Timeout time.Duration // for WaitAll; default DefaultWaitTimeout
 }
@@ -134,6 +177,10 @@ type CreateRequest struct {
 type KeyView struct {
 	keyledger.Key
 	Status keyledger.Status `json:"status"`
+	// LastUsedAt and Uses30d come from analytics, when it is on: the last
+	// valid verification and the number of them in the last 30 days.
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	Uses30d    *uint64    `json:"uses_30d,omitempty"`
 }
 
 // Created is the answer to a create: the record and, this once, the secret.
@@ -182,8 +229,29 @@ func checkText(field, s string, max int, required bool) error {
 // Create issues a key. The secret is in the result and nowhere else: the
 // event carries only its SHA-256.
 func (s *Service) Create(ctx context.Context, req CreateRequest, w Write) (*Created, error) {
-	actor := w.Actor
-	now := s.cfg.Now()
+	perms, err := s.validate(&req)
+	if err != nil {
+		return nil, err
+	}
+	secret, err := s.cfg.Format.New(req.Environment, s.cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	ev := s.createdEvent(req, perms, keyledger.HashSecret(secret).String(), keyledger.Hint(secret), w)
+	k, prop, err := s.appendCreated(ctx, ev, w)
+	if err != nil {
+		return nil, err
+	}
+	return &Created{
+		Secret:      secret,
+		KeyView:     KeyView{Key: k, Status: k.StatusAt(s.cfg.Now())},
+		Propagation: prop,
+		Warning:     "Store this key now: it will not be shown again.",
+	}, nil
+}
+
+// validate checks a key's metadata and returns its normalized permissions.
+func (s *Service) validate(req *CreateRequest) ([]string, error) {
 	if err := checkText("name", req.Name, maxNameLen, true); err != nil {
 		return nil, err
 	}
@@ -199,7 +267,7 @@ func (s *Service) Create(ctx context.Context, req CreateRequest, w Write) (*Crea
 	}
 	if req.ExpiresAt != nil {
 		t := req.ExpiresAt.UTC()
-		if !t.After(now) {
+		if !t.After(s.cfg.Now()) {
 			return nil, keyledger.Errorf(keyledger.Invalid, "expires_at must be in the future")
 		}
 		req.ExpiresAt = &t
@@ -209,42 +277,172 @@ func (s *Service) Create(ctx context.Context, req CreateRequest, w Write) (*Crea
 			return nil, err
 		}
 	}
-	secret, err := s.cfg.Format.New(req.Environment, s.cfg.Rand)
-	if err != nil {
-		return nil, err
-	}
-	id := events.NewKeyID()
-	ev := &events.KeyCreated{
-		Header:      events.NewHeader(events.TypeKeyCreated, id, actor, now),
+	return perms, nil
+}
+
+func (s *Service) header(t events.Type, id string, w Write) events.Header {
+	h := events.NewHeader(t, id, w.Actor, s.cfg.Now())
+	h.ActorIP = w.ActorIP
+	return h
+}
+
+func (s *Service) createdEvent(req CreateRequest, perms []string, hash, hint string, w Write) *events.KeyCreated {
+	return &events.KeyCreated{
+		Header:      s.header(events.TypeKeyCreated, events.NewKeyID(), w),
 		Name:        req.Name,
 		Environment: req.Environment,
 		Permissions: perms,
 		Owner:       req.Owner,
-		Hash:        keyledger.HashSecret(secret).String(),
-		Hint:        keyledger.Hint(secret),
+		Hash:        hash,
+		Hint:        hint,
 		ExpiresAt:   req.ExpiresAt,
 		RateLimit:   req.RateLimit,
 	}
+}
+
+// appendCreated appends a create (expecting an empty subject) and waits as
+// w asks.
+func (s *Service) appendCreated(ctx context.Context, ev *events.KeyCreated, w Write) (keyledger.Key, Propagation, error) {
 	seq, err := s.cfg.Log.Append(ctx, ev, 0)
 	if err != nil {
 		if errors.Is(err, keyledger.ErrConflict) {
 			// A fresh UUIDv7 id cannot exist already; a conflict here
 			// means the ledger is not what we think it is.
-			return nil, keyledger.Wrap(keyledger.Internal, err, "key id collision")
+			return keyledger.Key{}, Propagation{}, keyledger.Wrap(keyledger.Internal, err, "key id collision")
+		}
+		return keyledger.Key{}, Propagation{}, err
+	}
+	prop := s.propagate(ctx, seq, w)
+	s.cfg.Logger.Info("key created", "key_id", ev.KeyID, "environment", ev.Environment.String(), "owner", ev.Owner,
+		"actor", w.Actor, "actor_ip", w.ActorIP, "seq", seq, "rolled_from", ev.RolledFrom, "imported", ev.Imported)
+	return keyledger.Key{
+		ID: ev.KeyID, Name: ev.Name, Environment: ev.Environment, Permissions: ev.Permissions, Owner: ev.Owner,
+		Hint: ev.Hint, ExpiresAt: ev.ExpiresAt, RateLimit: ev.RateLimit, CreatedAt: ev.At, CreatedBy: w.Actor,
+		Revision: seq, RolledFrom: ev.RolledFrom, Imported: ev.Imported,
+	}, prop, nil
+}
+
+// ImportRequest is the body of POST /v1/keys/import: a key issued by
+// another system, as the SHA-256 of its secret.
+type ImportRequest struct {
+	CreateRequest
+	// Hash is the hex SHA-256 of the whole secret as clients send it.
+	Hash string `json:"hash"`
+	// Hint is optional: the secret's last four characters, for listings.
+	Hint string `json:"hint"`
+}
+
+// Import brings in a key issued elsewhere. The secret never passes
+// through: the caller hashes it. The key may have any format; verifiers
+// accept it as it is. Importing a hash that is already in the ledger is a
+// conflict.
+func (s *Service) Import(ctx context.Context, req ImportRequest, w Write) (*KeyView, error) {
+	perms, err := s.validate(&req.CreateRequest)
+	if err != nil {
+		return nil, err
+	}
+	h, err := keyledger.ParseHash(strings.ToLower(req.Hash))
+	if err != nil {
+		return nil, keyledger.Errorf(keyledger.Invalid, "hash must be the 64-character hex SHA-256 of the secret")
+	}
+	if err := checkText("hint", req.Hint, 8, false); err != nil {
+		return nil, err
+	}
+	if s.cfg.Projector.Table().Lookup(&h) != nil {
+		return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyExists,
+			Message: "a key with this hash is already in the ledger"}
+	}
+	ev := s.createdEvent(req.CreateRequest, perms, h.String(), req.Hint, w)
+	ev.Imported = true
+	k, _, err := s.appendCreated(ctx, ev, w)
+	if err != nil {
+		return nil, err
+	}
+	return &KeyView{Key: k, Status: k.StatusAt(s.cfg.Now())}, nil
+}
+
+// Rolled is the answer to a roll: the new key (its secret this once) and
+// what became of the old one.
+type Rolled struct {
+	Created
+	Old KeyView `json:"old_key"`
+}
+
+// Roll replaces key id with a new key of the same name, owner,
+// environment, permissions, rate limit and expiry. The old key keeps
+// working for grace, but never past its own expiry; a zero grace revokes
+// it now. A revoked or expired key cannot be rolled (conflict).
+func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Write) (*Rolled, error) {
+	if grace < 0 || grace > 365*24*time.Hour {
+		return nil, keyledger.Errorf(keyledger.Invalid, "expire_old_in must be between 0s and 8760h")
+	}
+	old, ok := s.cfg.Projector.Key(id)
+	if !ok {
+		return nil, keyledger.Errorf(keyledger.NotFound, "no key %q", id)
+	}
+	now := s.cfg.Now()
+	switch old.StatusAt(now) {
+	case keyledger.StatusRevoked:
+		return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked, Message: "key " + id + " is revoked"}
+	case keyledger.StatusExpired:
+		return nil, keyledger.Errorf(keyledger.Conflict, "key %s has expired; create a new key instead", id)
+	}
+	last, err := s.cfg.Log.Last(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if _, revoked := last.Event.(*events.KeyRevoked); revoked {
+		return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked, Message: "key " + id + " is revoked"}
+	}
+	// The new key inherits the old one's expiry: rolling must not turn a
+	// trial key into a permanent one.
+	req := CreateRequest{Name: old.Name, Environment: old.Environment, Permissions: old.Permissions,
+		Owner: old.Owner, ExpiresAt: old.ExpiresAt, RateLimit: old.RateLimit}
+	secret, err := s.cfg.Format.New(req.Environment, s.cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	ev := s.createdEvent(req, old.Permissions, keyledger.HashSecret(secret).String(), keyledger.Hint(secret), Write{Actor: w.Actor, ActorIP: w.ActorIP})
+	ev.RolledFrom = id
+	k, _, err := s.appendCreated(ctx, ev, Write{Actor: w.Actor, ActorIP: w.ActorIP, Wait: WaitNone})
+	if err != nil {
+		return nil, err
+	}
+	// Then retire the old key, expecting the sequence read above: if it
+	// was revoked meanwhile, the new key must not outlive the refusal.
+	var oldEv events.Event
+	if grace == 0 {
+		oldEv = &events.KeyRevoked{Header: s.header(events.TypeKeyRevoked, id, w), Reason: "rolled to " + k.ID}
+	} else {
+		until := now.Add(grace).UTC()
+		if old.ExpiresAt != nil && old.ExpiresAt.Before(until) {
+			until = *old.ExpiresAt
+		}
+		oldEv = &events.KeyRolled{Header: s.header(events.TypeKeyRolled, id, w), RolledTo: k.ID, ExpiresAt: until}
+	}
+	seq, err := s.cfg.Log.Append(ctx, oldEv, last.Seq)
+	if err != nil {
+		// Undo the new key: a roll happens whole or not at all, as far
+		// as anyone can use it.
+		undo := &events.KeyRevoked{Header: s.header(events.TypeKeyRevoked, k.ID, w), Reason: "roll of " + id + " failed"}
+		if _, uerr := s.cfg.Log.Append(context.WithoutCancel(ctx), undo, k.Revision); uerr != nil {
+			s.cfg.Logger.Error("roll failed and its new key could not be revoked", "old", id, "new", k.ID, "err", uerr)
+		}
+		if errors.Is(err, events.ErrConflict) {
+			return nil, keyledger.Errorf(keyledger.Conflict, "key %s changed while it was being rolled; try again", id)
 		}
 		return nil, err
 	}
 	prop := s.propagate(ctx, seq, w)
-	s.cfg.Logger.Info("key created", "key_id", id, "environment", req.Environment.String(), "owner", req.Owner, "actor", actor, "seq", seq)
-	k := keyledger.Key{
-		ID: id, Name: req.Name, Environment: req.Environment, Permissions: perms, Owner: req.Owner,
-		Hint: ev.Hint, ExpiresAt: req.ExpiresAt, RateLimit: req.RateLimit, CreatedAt: ev.At, CreatedBy: actor, Revision: seq,
+	oldView, err := s.Get(id)
+	if err != nil {
+		return nil, err
 	}
-	return &Created{
-		Secret:      secret,
-		KeyView:     KeyView{Key: k, Status: k.StatusAt(now)},
-		Propagation: prop,
-		Warning:     "Store this key now: it will not be shown again.",
+	s.cfg.Logger.Info("key rolled", "old", id, "new", k.ID, "grace", grace, "actor", w.Actor)
+	return &Rolled{
+		Created: Created{Secret: secret, KeyView: KeyView{Key: k, Status: k.StatusAt(now)}, Propagation: prop,
+			Warning: "Store this key now: it will not be shown again."},
+		Old: *oldView,
 	}, nil
 }
 
@@ -277,7 +475,6 @@ func (s *Service) propagate(ctx context.Context, seq uint64, w Write) Propagatio
 // Revoke revokes a key for good. Revoking a revoked key is a conflict
 // (reason already_revoked); an unknown id is not found.
 func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revoked, error) {
-	actor := w.Actor
 	if err := checkText("reason", reason, maxReasonLen, false); err != nil {
 		return nil, err
 	}
@@ -305,7 +502,7 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 			}
 			expect = last.Seq
 		}
-		ev := &events.KeyRevoked{Header: events.NewHeader(events.TypeKeyRevoked, id, actor, s.cfg.Now()), Reason: reason}
+		ev := &events.KeyRevoked{Header: s.header(events.TypeKeyRevoked, id, w), Reason: reason}
 		seq, err := s.cfg.Log.Append(ctx, ev, expect)
 		if errors.Is(err, events.ErrConflict) {
 			continue
@@ -314,7 +511,7 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 			return nil, err
 		}
 		prop := s.propagate(ctx, seq, w)
-		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", actor, "seq", seq, "applied_by", prop.AppliedBy)
+		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", w.Actor, "actor_ip", w.ActorIP, "seq", seq, "applied_by", prop.AppliedBy)
 		k, err := s.Get(id)
 		if err != nil {
 			return nil, err

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/projector"
+	"github.com/keyledger/keyledger/verifier"
 )
 
 // MaxBody bounds admin request bodies.
@@ -31,7 +33,10 @@ type HandlerOptions struct {
 	// Protected are further handlers behind the admin token, by path
 	// (e.g. analytics' /v1/usage).
 	Protected map[string]http.Handler
-	Logger    *slog.Logger
+	// Verifier, if set, lets ledger keys holding the reserved "admin"
+	// permission use the admin API besides the bootstrap token.
+	Verifier *verifier.Verifier
+	Logger   *slog.Logger
 }
 
 // NewHandler returns the HTTP API of a node: the admin endpoints behind the
@@ -40,7 +45,7 @@ func NewHandler(o HandlerOptions) http.Handler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	a := &api{svc: o.Service, log: o.Logger}
+	a := &api{svc: o.Service, log: o.Logger, verifier: o.Verifier}
 	sum := sha256.Sum256([]byte(o.Token))
 	a.tokenSum = sum[:]
 
@@ -55,6 +60,8 @@ func NewHandler(o HandlerOptions) http.Handler {
 		mux.Handle("/v1/keys/{id}", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.get})))
 		mux.Handle("/v1/keys/{id}/revoke", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.revoke})))
 		mux.Handle("/v1/keys/{id}/events", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.events})))
+		mux.Handle("/v1/keys/{id}/roll", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.roll})))
+		mux.Handle("/v1/keys/import", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.importKey})))
 		mux.Handle("/v1/nodes", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.nodes})))
 	}
 	for p, h := range o.Protected {
@@ -70,6 +77,19 @@ type api struct {
 	svc      *Service
 	log      *slog.Logger
 	tokenSum []byte
+	verifier *verifier.Verifier
+}
+
+type actorKey struct{}
+
+// caller is who made an admin request.
+type caller struct {
+	actor, ip string
+}
+
+func callerOf(r *http.Request) caller {
+	c, _ := r.Context().Value(actorKey{}).(caller)
+	return c
 }
 
 // fail writes err; internal errors, and only those, are logged as faults.
@@ -97,8 +117,12 @@ func (a *api) recover(next http.Handler) http.Handler {
 	})
 }
 
-// auth requires "Authorization: Bearer <admin token>". Comparing SHA-256
-// sums in constant time leaks neither content nor length.
+// auth requires "Authorization: Bearer <admin token>" or a ledger key
+// holding the reserved "admin" permission. The bootstrap token is compared
+// as a SHA-256 sum in constant time, which leaks neither content nor
+// length; an admin key is verified like any key, so revoking it locks it
+// out at once. The caller (actor and IP) goes into the request's context
+// for the events it causes.
 func (a *api) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := r.Header.Get("Authorization")
@@ -107,12 +131,28 @@ func (a *api) auth(next http.Handler) http.Handler {
 			keyledger.WriteError(w, keyledger.ErrUnauthorized)
 			return
 		}
-		sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
+		tok := strings.TrimSpace(h[len(scheme):])
+		ip := verifier.ClientIP(r)
+		c := caller{actor: BootstrapActor, ip: ip}
+		sum := sha256.Sum256([]byte(tok))
 		if subtle.ConstantTimeCompare(sum[:], a.tokenSum) != 1 {
-			keyledger.WriteError(w, keyledger.ErrUnauthorized)
-			return
+			if a.verifier == nil {
+				keyledger.WriteError(w, keyledger.ErrUnauthorized)
+				return
+			}
+			res := a.verifier.Verify(&verifier.Request{Key: tok, Permission: keyledger.PermissionAdmin, IP: ip,
+				UserAgent: r.Header.Get("User-Agent"), Method: r.Method, Path: r.URL.Path})
+			if !res.Valid() {
+				if res.Outcome == keyledger.OutcomeForbidden {
+					keyledger.WriteError(w, keyledger.Errorf(keyledger.Forbidden, "this key lacks the admin permission"))
+					return
+				}
+				keyledger.WriteError(w, verifier.OutcomeError(res.Outcome, keyledger.PermissionAdmin, res.RetryAfter))
+				return
+			}
+			c.actor = res.Entry.ID
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, c)))
 	})
 }
 
@@ -156,7 +196,8 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) {
 
 // writeOptions reads ?wait=all|none and ?timeout=DURATION.
 func writeOptions(r *http.Request, def Wait) (Write, error) {
-	w := Write{Actor: BootstrapActor, Wait: def}
+	c := callerOf(r)
+	w := Write{Actor: c.actor, ActorIP: c.ip, Wait: def}
 	q := r.URL.Query()
 	switch v := q.Get("wait"); v {
 	case "":
@@ -173,6 +214,61 @@ func writeOptions(r *http.Request, def Wait) (Write, error) {
 		w.Timeout = d
 	}
 	return w, nil
+}
+
+type rollRequest struct {
+	ExpireOldIn string `json:"expire_old_in"`
+}
+
+func (a *api) roll(w http.ResponseWriter, r *http.Request) {
+	var req rollRequest
+	if r.ContentLength != 0 {
+		if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	grace := 24 * time.Hour
+	if req.ExpireOldIn != "" {
+		d, err := time.ParseDuration(req.ExpireOldIn)
+		if err != nil {
+			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "expire_old_in must be a duration such as 1h, 30m or 0s"))
+			return
+		}
+		grace = d
+	}
+	w8, err := writeOptions(r, WaitAll)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	res, err := a.svc.Roll(r.Context(), r.PathValue("id"), grace, w8)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/keys/"+res.ID)
+	keyledger.WriteJSON(w, http.StatusCreated, res)
+}
+
+func (a *api) importKey(w http.ResponseWriter, r *http.Request) {
+	var req ImportRequest
+	if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w8, err := writeOptions(r, WaitNone)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	k, err := a.svc.Import(r.Context(), req, w8)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/keys/"+k.ID)
+	keyledger.WriteJSON(w, http.StatusCreated, k)
 }
 
 type revokeRequest struct {
@@ -207,7 +303,9 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	keyledger.WriteJSON(w, http.StatusOK, k)
+	views := []KeyView{*k}
+	a.svc.WithUsage(r.Context(), views)
+	keyledger.WriteJSON(w, http.StatusOK, views[0])
 }
 
 func (a *api) list(w http.ResponseWriter, r *http.Request) {
@@ -238,7 +336,9 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Status = st
 	}
-	keyledger.WriteJSON(w, http.StatusOK, map[string]any{"keys": a.svc.List(f)})
+	keys := a.svc.List(f)
+	a.svc.WithUsage(r.Context(), keys)
+	keyledger.WriteJSON(w, http.StatusOK, map[string]any{"keys": keys})
 }
 
 func (a *api) nodes(w http.ResponseWriter, r *http.Request) {

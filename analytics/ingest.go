@@ -743,6 +743,9 @@ func (s *keysSink) add(data []byte, seq uint64, _ bool) error {
 		}
 	case *events.KeyRevoked:
 		r.reason = e.Reason
+	case *events.KeyRolled:
+		r.reason = "rolled to " + e.RolledTo
+		r.expiresMS = uint64(max(e.ExpiresAt.UnixMilli(), 0))
 	default:
 		return fmt.Errorf("a %s event does not belong on the %s stream", h.Type, events.KeysStream)
 	}

@@ -28,6 +28,7 @@ type Type string
 const (
 	TypeKeyCreated Type = "KeyCreated"
 	TypeKeyRevoked Type = "KeyRevoked"
+	TypeKeyRolled  Type = "KeyRolled"
 	TypeKeyUsed    Type = "KeyUsed"
 )
 
@@ -45,7 +46,9 @@ type Header struct {
 	EventID string    `json:"event_id"`
 	At      time.Time `json:"at"`
 	Actor   string    `json:"actor,omitempty"`
-	KeyID   string    `json:"key_id"`
+	// ActorIP is the address the actor's request came from, when known.
+	ActorIP string `json:"actor_ip,omitempty"`
+	KeyID   string `json:"key_id"`
 }
 
 // Head implements Event.
@@ -63,6 +66,19 @@ type KeyCreated struct {
 	Hint        string                `json:"hint"`
 	ExpiresAt   *time.Time            `json:"expires_at"`
 	RateLimit   *keyledger.RateLimit  `json:"rate_limit"`
+	// RolledFrom names the key this one replaces, when it was rolled.
+	RolledFrom string `json:"rolled_from,omitempty"`
+	// Imported marks a key whose secret was issued elsewhere: only its
+	// hash was brought in, and it need not have keyledger's format.
+	Imported bool `json:"imported,omitempty"`
+}
+
+// KeyRolled records that a key was replaced by RolledTo and now expires at
+// ExpiresAt, which is never later than its expiry before.
+type KeyRolled struct {
+	Header
+	RolledTo  string    `json:"rolled_to"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // KeyRevoked records the revocation of a key. It is final.
@@ -132,6 +148,8 @@ func Decode(data []byte) (Event, error) {
 		ev = new(KeyCreated)
 	case TypeKeyRevoked:
 		ev = new(KeyRevoked)
+	case TypeKeyRolled:
+		ev = new(KeyRolled)
 	case TypeKeyUsed:
 		ev = new(KeyUsed)
 	default:
@@ -192,6 +210,19 @@ func Validate(ev Event) error {
 			if err := e.RateLimit.Validate(); err != nil {
 				return err
 			}
+		}
+	case *KeyRolled:
+		if h.Type != TypeKeyRolled {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyRolled)
+		}
+		if err := ValidKeyID(h.KeyID); err != nil {
+			return err
+		}
+		if err := ValidKeyID(e.RolledTo); err != nil {
+			return keyledger.Errorf(keyledger.Invalid, "rolled_to: %s", keyledger.ErrorMessage(err))
+		}
+		if e.ExpiresAt.IsZero() || !encodable(e.ExpiresAt) {
+			return keyledger.Errorf(keyledger.Invalid, "expires_at is required (years 1 to 9999)")
 		}
 	case *KeyRevoked:
 		if h.Type != TypeKeyRevoked {

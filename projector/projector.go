@@ -451,6 +451,8 @@ func (p *Projector) Apply(seq uint64, ev events.Event) {
 		p.applyCreated(seq, e)
 	case *events.KeyRevoked:
 		p.applyRevoked(seq, e)
+	case *events.KeyRolled:
+		p.applyRolled(seq, e)
 	default:
 		p.ignored.Add(1)
 	}
@@ -478,6 +480,7 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		Environment: e.Environment,
 		Perms:       perms,
 		RateLimit:   e.RateLimit,
+		Imported:    e.Imported,
 		names:       p.internPerms(e.Permissions),
 	}
 	if e.ExpiresAt != nil {
@@ -488,7 +491,7 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		k := &keyledger.Key{
 			ID: e.KeyID, Name: e.Name, Environment: e.Environment, Permissions: e.Permissions,
 			Owner: e.Owner, Hash: e.Hash, Hint: e.Hint, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit,
-			CreatedAt: e.At, CreatedBy: e.Actor, Revision: seq,
+			CreatedAt: e.At, CreatedBy: e.Actor, Revision: seq, RolledFrom: e.RolledFrom, Imported: e.Imported,
 		}
 		p.recMu.Lock()
 		p.records[e.KeyID] = k
@@ -510,17 +513,52 @@ func (p *Projector) applyRevoked(seq uint64, e *events.KeyRevoked) {
 		return
 	}
 	p.table.replace(s, old.revokedCopy())
-	if p.records != nil {
-		p.recMu.Lock()
-		if k := p.records[e.KeyID]; k != nil {
-			c := *k
-			at := e.At
-			c.RevokedAt, c.RevokedBy, c.RevokeReason, c.Revision = &at, e.Actor, e.Reason, seq
-			p.records[e.KeyID] = &c
-		}
-		p.recMu.Unlock()
-	}
+	p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) {
+		at := e.At
+		k.RevokedAt, k.RevokedBy, k.RevokeReason = &at, e.Actor, e.Reason
+	})
 	p.applied.Add(1)
+}
+
+// applyRolled shortens a key's life to the roll's expiry. It never
+// lengthens it, and a revoked key stays revoked.
+func (p *Projector) applyRolled(seq uint64, e *events.KeyRolled) {
+	d := p.table.data.Load()
+	s := p.table.byID(d, e.KeyID)
+	if s < 0 {
+		p.ignore("roll of unknown key", seq, e.KeyID)
+		return
+	}
+	old := d.slots[s].Load()
+	exp := e.ExpiresAt.UnixNano()
+	if old.Revoked || (old.ExpiresAt != 0 && old.ExpiresAt <= exp) {
+		p.ignore("roll would not shorten the key's life", seq, e.KeyID)
+		p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) { k.RolledTo = e.RolledTo })
+		return
+	}
+	c := old.clone()
+	c.ExpiresAt = exp
+	p.table.replace(s, c)
+	p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) {
+		at := e.ExpiresAt.UTC()
+		k.ExpiresAt, k.RolledTo = &at, e.RolledTo
+	})
+	p.applied.Add(1)
+}
+
+// updateRecord applies f to a copy of a key's record (admin nodes).
+func (p *Projector) updateRecord(id string, seq uint64, f func(*keyledger.Key)) {
+	if p.records == nil {
+		return
+	}
+	p.recMu.Lock()
+	defer p.recMu.Unlock()
+	if k := p.records[id]; k != nil {
+		c := *k
+		f(&c)
+		c.Revision = seq
+		p.records[id] = &c
+	}
 }
 
 // permMask turns permission names into a set over this node's catalog.

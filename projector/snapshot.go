@@ -138,6 +138,9 @@ func (p *Projector) writeSnapshot(dir string, meta snapshotMeta) (string, error)
 		if e.RateLimit != nil {
 			flags |= 0x40
 		}
+		if e.Imported {
+			flags |= 0x20
+		}
 		s.w.WriteByte(flags)
 		s.u64(uint64(e.ExpiresAt))
 		if e.RateLimit != nil {
@@ -171,6 +174,13 @@ func (p *Projector) writeSnapshot(dir string, meta snapshotMeta) (string, error)
 		s.str(k.RevokedBy)
 		s.str(k.RevokeReason)
 		s.u64(k.Revision)
+		s.str(k.RolledFrom)
+		s.str(k.RolledTo)
+		if k.Imported {
+			s.w.WriteByte(1)
+		} else {
+			s.w.WriteByte(0)
+		}
 	}
 	if err := s.w.Flush(); err != nil {
 		return "", err
@@ -339,6 +349,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		flags := r.byte1()
 		e.Environment = keyledger.Environment(flags & 0x3)
 		e.Revoked = flags&0x80 != 0
+		e.Imported = flags&0x20 != 0
 		e.ExpiresAt = int64(r.u64())
 		if flags&0x40 != 0 {
 			e.RateLimit = &keyledger.RateLimit{PerSecond: math.Float64frombits(r.u64()), Burst: int(r.uvarint())}
@@ -374,6 +385,8 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		k.RevokedAt = r.time()
 		k.RevokedBy, k.RevokeReason = r.str(), r.str()
 		k.Revision = r.u64()
+		k.RolledFrom, k.RolledTo = r.str(), r.str()
+		k.Imported = r.byte1() == 1
 		if records != nil {
 			records[k.ID] = k
 		}
@@ -392,6 +405,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	// Commit: the projector has not started applying yet.
 	p.table.data.Store(table.data.Load())
 	p.table.n.Store(table.n.Load())
+	p.table.imported.Store(table.imported.Load())
 	p.table.seed = table.seed
 	for _, o := range ownerTab {
 		p.owners[o] = o

@@ -27,6 +27,9 @@ type Entry struct {
 	Owner       string // interned: keys of one owner share the bytes
 	Environment keyledger.Environment
 	Revoked     bool
+	// Imported keys were issued elsewhere and may not have keyledger's
+	// format.
+	Imported bool
 	// Perms is the key's permission set over the node's catalog.
 	Perms keyledger.Permissions
 	// ExpiresAt is Unix nanoseconds; 0 means never.
@@ -83,8 +86,15 @@ func (e *Entry) Headers() *Headers {
 // revokedCopy returns a revoked copy of e (fields copied one by one: the
 // atomics must not be).
 func (e *Entry) revokedCopy() *Entry {
-	return &Entry{Hash: e.Hash, ID: e.ID, Owner: e.Owner, Environment: e.Environment, Revoked: true,
-		Perms: e.Perms, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit, names: e.names}
+	c := e.clone()
+	c.Revoked = true
+	return c
+}
+
+// clone copies e but for its lazily made state.
+func (e *Entry) clone() *Entry {
+	return &Entry{Hash: e.Hash, ID: e.ID, Owner: e.Owner, Environment: e.Environment, Revoked: e.Revoked,
+		Imported: e.Imported, Perms: e.Perms, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit, names: e.names}
 }
 
 // Table maps secret hashes to entries. Lookups take no lock at all: the
@@ -97,10 +107,15 @@ func (e *Entry) revokedCopy() *Entry {
 // Two arrays index the entries: slots by the secret's hash (the verify
 // path), and ids by key id (revocations), which stores slot numbers only.
 type Table struct {
-	data atomic.Pointer[tableData]
-	n    atomic.Int64
-	seed maphash.Seed
+	data     atomic.Pointer[tableData]
+	n        atomic.Int64
+	imported atomic.Int64 // entries with Imported set
+	seed     maphash.Seed
 }
+
+// HasImported reports whether any key was imported: only then must a
+// verifier look up keys that do not have keyledger's format.
+func (t *Table) HasImported() bool { return t.imported.Load() > 0 }
 
 type tableData struct {
 	slots []atomic.Pointer[Entry]
@@ -190,6 +205,9 @@ func (t *Table) insert(e *Entry) {
 	}
 	t.place(d, e)
 	t.n.Add(1)
+	if e.Imported {
+		t.imported.Add(1)
+	}
 }
 
 // place puts e into d's first free slot along its probe sequence and

@@ -180,6 +180,9 @@ func bearer(h string) string {
 	return ""
 }
 
+// ClientIP is the caller of r as the gateway saw it (see clientIP).
+func ClientIP(r *http.Request) string { return clientIP(r) }
+
 // clientIP is the caller as the gateway saw it: the first X-Forwarded-For
 // hop, else X-Real-IP, else the connection's peer. Only gateways should be
 // able to reach a verifier, since these headers are the client's word.

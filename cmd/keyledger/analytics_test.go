@@ -154,6 +154,12 @@ func TestEndToEnd_analytics(t *testing.T) {
 		return code == 200 && strings.Contains(string(body), live.ID) && strings.Contains(string(body), "198.51.100.7")
 	})
 
+	// Key listings carry last use from analytics.
+	waitFor(t, 10*time.Second, "last_used_at and uses_30d on the key", func() bool {
+		code, _, body := c.call("GET", "/v1/keys?owner=acme", token, "")
+		return code == 200 && strings.Contains(string(body), `"uses_30d":3`) && strings.Contains(string(body), `"last_used_at":"`)
+	})
+
 	// The CLI reads the same endpoints.
 	var out bytes.Buffer
 	if code := run(ctx, []string{"quota", "--owner", "acme", "--url", n.URL(), "--token", token}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "3") {

@@ -17,7 +17,7 @@ import (
 
 func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageErr("keys needs a subcommand: create, list, show, revoke, events")
+		return usageErr("keys needs a subcommand: create, list, show, revoke, roll, events")
 	}
 	fs := flag.NewFlagSet("keys "+args[0], flag.ContinueOnError)
 	c := addClientFlags(fs)
@@ -26,6 +26,8 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return keysCreate(ctx, fs, c, args[1:], stdout)
 	case "list":
 		return keysList(ctx, fs, c, args[1:], stdout)
+	case "roll":
+		return keysRoll(ctx, fs, c, args[1:], stdout)
 	case "show", "revoke", "events":
 		var reason *string
 		if args[0] == "revoke" {
@@ -64,9 +66,41 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if args[0] == "revoke" {
 			fmt.Fprintf(stdout, "Revoked %s. Every node refuses it from now on; this cannot be undone.\n\n", k.ID)
 		}
+		if args[0] == "show" && k.Uses30d != nil {
+			defer fmt.Fprintf(stdout, "%-14s %s\n%-14s %d\n", "last_used_at", fmtTime(k.LastUsedAt), "uses_30d", *k.Uses30d)
+		}
 		return printKey(stdout, &k)
 	}
 	return usageErr("unknown keys subcommand %q", args[0])
+}
+
+func keysRoll(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {
+	grace := fs.Duration("grace", 24*time.Hour, "how long the old key keeps working (never past its own expiry); 0s revokes it now")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageErr("keys roll takes one key id")
+	}
+	var raw json.RawMessage
+	if err := c.do(ctx, "POST", "/v1/keys/"+url.PathEscape(pos[0])+"/roll", true, map[string]string{"expire_old_in": grace.String()}, &raw); err != nil {
+		return err
+	}
+	if c.json {
+		return printJSON(stdout, raw)
+	}
+	var r admin.Rolled
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Rolled %s to %s\n\n    %s\n\nStore this key now: it will not be shown again.\n", r.Old.ID, r.ID, r.Secret)
+	if r.Old.Status == keyledger.StatusRevoked {
+		fmt.Fprintf(stdout, "The old key is revoked.\n\n")
+	} else {
+		fmt.Fprintf(stdout, "The old key keeps working until %s.\n\n", fmtTime(r.Old.ExpiresAt))
+	}
+	return printKey(stdout, &r.KeyView)
 }
 
 func keysCreate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {

@@ -23,6 +23,7 @@ Usage:
   keyledger keys list [--owner O] [--environment E] [--status S]
   keyledger keys show ID
   keyledger keys revoke ID [--reason R]
+  keyledger keys roll ID [--grace 24h]   replace a key; the old one works for the grace (0s: revoke now)
   keyledger keys events ID                a key's audit trail from the ledger
   keyledger verify KEY [--permission P]   ask a node whether KEY is valid
   keyledger usage  (--key ID | --owner O) [--from T] [--to T] [--interval minute|hour|day]

@@ -273,12 +273,17 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 		if n.registry, err = events.NewRegistry(n.nc); err != nil {
 			return nil, err
 		}
-		opts.Service = admin.New(admin.Config{
-			Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Fleet: n.registry, Logger: n.log,
-		})
 		if opts.Protected, err = n.openAnalytics(ctx); err != nil {
 			return nil, err
 		}
+		var usage admin.UsageSource
+		if n.analytics != nil {
+			usage = lastUsed{n.analytics}
+		}
+		opts.Service = admin.New(admin.Config{
+			Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Fleet: n.registry, Usage: usage, Logger: n.log,
+		})
+		opts.Verifier = n.verifier
 	}
 	n.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -295,6 +300,21 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	n.log.Info("keyledger serving", "http", n.httpLn.Addr().String(), "role", cfg.Role,
 		"environment", cfg.Environment.String(), "node", cfg.Name)
 	return n, nil
+}
+
+// lastUsed adapts analytics to the admin API's usage source.
+type lastUsed struct{ a *analytics.Analytics }
+
+func (u lastUsed) LastUsed(ctx context.Context, ids []string) (map[string]admin.KeyUse, error) {
+	m, err := u.a.LastUsed(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]admin.KeyUse, len(m))
+	for id, k := range m {
+		out[id] = admin.KeyUse{LastUsedAt: k.LastUsedAt, Uses30d: k.Uses30d}
+	}
+	return out, nil
 }
 
 // analyticsPaths are the endpoints of package analytics.
