@@ -23,6 +23,9 @@ Usage:
       of a revoke call every node refuses the key over HTTP
   keyledger bench verify [--keys 100000] [--json]
       in-process verification, ns/op for a valid key and a bad checksum
+  keyledger bench authz [--duration 10s] [--connections 32] [--threads 1] [--json]
+      GET /v1/authz with a valid key against nginx "return 200", same wrk settings
+      (scripts/bench-deps.sh installs wrk and nginx)
   keyledger bench ingest [--events 500000] [--clickhouse HOST:PORT] [--json]
       events/s from USAGE into ClickHouse (scripts/clickhouse.sh start runs one)
   keyledger bench coldstart [--keys 1000000] [--tail 1000] [--records] [--replay] [--json]
@@ -50,6 +53,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchColdstart(ctx, args[1:], stdout, stderr)
 	case "verify":
 		return benchVerify(ctx, args[1:], stdout)
+	case "authz":
+		return benchAuthz(ctx, args[1:], stdout, stderr)
 	case "ingest":
 		return benchIngest(ctx, args[1:], stdout, stderr)
 	}

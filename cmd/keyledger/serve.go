@@ -52,6 +52,9 @@ type nodeConfig struct {
 	FailOpen        bool
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
+	// noUsage records no KeyUsed events (benchmarks only: it shows what
+	// usage publishing costs).
+	noUsage bool
 
 	// Analytics (admin role, with ClickHouse).
 	ClickHouse      string
@@ -258,10 +261,17 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 		Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
 		Ready: ready, Node: cfg.Name, Usage: verifier.NewMetrics(n.metrics, n.usage),
 	})
+	if cfg.noUsage {
+		n.verifier = verifier.New(n.projector.Table(), verifier.Config{
+			Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
+			Ready: ready, Node: cfg.Name,
+		})
+	}
 
+	vh := verifier.NewHandler(n.verifier)
 	public := http.NewServeMux()
 	for _, path := range verifier.Paths {
-		public.Handle(path, verifier.NewHandler(n.verifier))
+		public.Handle(path, vh)
 	}
 	public.Handle("/metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
 	opts := admin.HandlerOptions{Token: token, Public: public, PublicPaths: append([]string{"/metrics"}, verifier.Paths...), Logger: n.log}
@@ -290,7 +300,7 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot listen on "+cfg.HTTPAddr)
 	}
 	n.http = &http.Server{
-		Handler:           admin.NewHandler(opts),
+		Handler:           authzFirst{authz: vh, rest: admin.NewHandler(opts)},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       120 * time.Second,
@@ -300,6 +310,21 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	n.log.Info("keyledger serving", "http", n.httpLn.Addr().String(), "role", cfg.Role,
 		"environment", cfg.Environment.String(), "node", cfg.Name)
 	return n, nil
+}
+
+// authzFirst sends the forward-auth path, which is most of a node's
+// traffic, straight to the verifier's handler, past the route matching and
+// middleware of the admin API.
+type authzFirst struct {
+	authz, rest http.Handler
+}
+
+func (h authzFirst) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1/authz" {
+		h.authz.ServeHTTP(w, r)
+		return
+	}
+	h.rest.ServeHTTP(w, r)
 }
 
 // lastUsed adapts analytics to the admin API's usage source.
