@@ -121,10 +121,15 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 			// Each attempt gets its own deadline: a request sent before
 			// the cluster has a meta leader gets no answer at all.
 			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			if s, err := js.Stream(actx, cfg.Name); err == nil && s.CachedInfo().Config.PersistMode != cfg.PersistMode {
+			if s, err := js.Stream(actx, cfg.Name); err == nil {
+				old := s.CachedInfo().Config
 				// The persist mode of a stream cannot change; keep the
 				// existing one rather than refuse to start.
-				cfg.PersistMode = s.CachedInfo().Config.PersistMode
+				cfg.PersistMode = old.PersistMode
+				// Never lower replication from a node's start-up flags:
+				// one node started with the default --replicas 1 must
+				// not strip a cluster's ledger down to one copy.
+				cfg.Replicas = max(cfg.Replicas, old.Replicas)
 			}
 			_, err := js.CreateOrUpdateStream(actx, cfg)
 			cancel()
@@ -141,6 +146,27 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 			select {
 			case <-ctx.Done():
 				return keyledger.Wrap(keyledger.Unavailable, err, fmt.Sprintf("cannot create stream %s (no JetStream quorum?)", cfg.Name))
+			case <-time.After(wait):
+			}
+		}
+	}
+	return nil
+}
+
+// WaitStreams waits until both streams exist, without creating or changing
+// them: what nodes that do not own the streams (verifiers) do at start.
+func WaitStreams(ctx context.Context, js jetstream.JetStream) error {
+	for _, name := range []string{KeysStream, UsageStream} {
+		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err := js.Stream(actx, name)
+			cancel()
+			if err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return keyledger.Wrap(keyledger.Unavailable, err, fmt.Sprintf("stream %s is not available (are the admin nodes up?)", name))
 			case <-time.After(wait):
 			}
 		}

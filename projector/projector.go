@@ -206,6 +206,12 @@ func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval
 	if err != nil {
 		return
 	}
+	// A replica that has lost its cluster's majority still answers, but
+	// names no leader: it cannot know what was written since, so its
+	// answer proves nothing about freshness.
+	if info.Cluster != nil && info.Cluster.Leader == "" {
+		return
+	}
 	last, applied := info.State.LastSeq, p.lastSeq.Load()
 	p.streamLast.Store(last)
 	// Fresh when nothing is pending, or when the backlog is shrinking:

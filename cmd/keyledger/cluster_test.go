@@ -226,4 +226,61 @@ func TestCluster_faults(t *testing.T) {
 		}
 		t.Logf("answers while catching up: %v", fmt.Sprint(seen))
 	})
+
+	t.Run("a verifier node follows the cluster and never lowers its replication", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		a := c.client(t, 0)
+		code, _, body := a.call("POST", "/v1/keys?wait=all", a.token, `{"name":"v","environment":"live"}`)
+		var k createdKey
+		if code != 201 || json.Unmarshal(body, &k) != nil {
+			t.Fatalf("create: %d %s", code, body)
+		}
+		v, err := openNode(ctx, nodeConfig{
+			Role: roleVerifier, DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", Environment: c.cfgs[0].Environment,
+			NATSURL: "nats://" + c.cfgs[0].NATSListen, Prefix: c.cfgs[0].Prefix, Permissions: c.cfgs[0].Permissions,
+			TestRateLimit: c.cfgs[0].TestRateLimit, Name: "v1", Logger: c.cfgs[0].Logger, // Replicas left at the default 1
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Close(context.Background())
+		vc := &client{t: t, base: v.URL()}
+		waitReady(t, vc)
+		if code, _, _ := vc.call("GET", "/v1/authz", k.Key, ""); code != 200 {
+			t.Fatalf("verifier node: %d", code)
+		}
+		if code, _, _ := vc.call("GET", "/v1/keys", clusterToken, ""); code != 404 {
+			t.Fatalf("a verifier node serves no admin API, got %d", code)
+		}
+		for _, name := range []string{"KEYS", "USAGE"} {
+			s, err := c.nodes[0].js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := s.CachedInfo().Config.Replicas; r != 3 {
+				t.Fatalf("%s has %d replicas after a verifier started, want 3", name, r)
+			}
+		}
+	})
+
+	t.Run("a node that lost the majority fails closed", func(t *testing.T) {
+		a := c.client(t, 0)
+		code, _, body := a.call("POST", "/v1/keys?wait=all", a.token, `{"name":"m","environment":"live"}`)
+		var k createdKey
+		if code != 201 || json.Unmarshal(body, &k) != nil {
+			t.Fatalf("create: %d %s", code, body)
+		}
+		c.stop(t, 1)
+		c.stop(t, 2)
+		// The stream's Raft group notices the lost quorum within a few
+		// election timeouts, then the node is stale after --max-staleness.
+		waitFor(t, 60*time.Second, "503 on the survivor", func() bool {
+			code, _, _ := a.call("GET", "/v1/authz", k.Key, "")
+			return code == 503
+		})
+		if code, _, _ := a.call("GET", "/readyz", "", ""); code != 503 {
+			t.Fatalf("readyz without a majority: %d", code)
+		}
+	})
 }

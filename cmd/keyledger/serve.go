@@ -234,7 +234,13 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	if err := n.connect(); err != nil {
 		return nil, err
 	}
-	if err := events.EnsureStreams(ctx, n.js, events.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge}); err != nil {
+	// Admin nodes own the streams; verifier nodes only follow them.
+	if admin_ {
+		err = events.EnsureStreams(ctx, n.js, events.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge})
+	} else {
+		err = events.WaitStreams(ctx, n.js)
+	}
+	if err != nil {
 		return nil, err
 	}
 
@@ -375,6 +381,15 @@ func (n *node) openAnalytics(ctx context.Context) (map[string]http.Handler, erro
 	return m, nil
 }
 
+// redactURLs drops passwords from a comma-separated list of URLs.
+func redactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = redactDSN(strings.TrimSpace(p))
+	}
+	return strings.Join(parts, ",")
+}
+
 // redactDSN drops a password from a DSN before it is logged.
 func redactDSN(dsn string) string {
 	u, err := url.Parse(dsn)
@@ -392,7 +407,7 @@ func (n *node) connect() error {
 		n.nc, err = nats.Connect(cfg.NATSURL, nats.Name("keyledger "+cfg.Name), nats.MaxReconnects(-1),
 			nats.ReconnectWait(250*time.Millisecond))
 		if err != nil {
-			return keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to NATS at "+cfg.NATSURL)
+			return keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to NATS at "+redactURLs(cfg.NATSURL))
 		}
 	} else {
 		sc := events.ServerConfig{
