@@ -174,24 +174,43 @@ func (a *api) methods(m map[string]http.HandlerFunc) http.Handler {
 	})
 }
 
+// handleWrite is the shape of every write endpoint: decode the JSON body
+// into a Req (an empty body is allowed when optional), read ?wait= and
+// ?timeout=, call do, and answer status with its result (and a Location
+// for the key it names).
+func handleWrite[Req, Res any](a *api, w http.ResponseWriter, r *http.Request, def Wait, optional bool, status int,
+	do func(ctx context.Context, req Req, w8 Write) (Res, string, error)) {
+	var req Req
+	if !optional || r.ContentLength != 0 {
+		if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	w8, err := writeOptions(r, def)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	res, id, err := do(r.Context(), req, w8)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if id != "" && status == http.StatusCreated {
+		w.Header().Set("Location", "/v1/keys/"+id)
+	}
+	keyledger.WriteJSON(w, status, res)
+}
+
 func (a *api) create(w http.ResponseWriter, r *http.Request) {
-	var req CreateRequest
-	if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w8, err := writeOptions(r, WaitNone)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	res, err := a.svc.Create(r.Context(), req, w8)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/keys/"+res.ID)
-	keyledger.WriteJSON(w, http.StatusCreated, res)
+	handleWrite(a, w, r, WaitNone, false, http.StatusCreated, func(ctx context.Context, req CreateRequest, w8 Write) (*Created, string, error) {
+		res, err := a.svc.Create(ctx, req, w8)
+		if err != nil {
+			return nil, "", err
+		}
+		return res, res.ID, nil
+	})
 }
 
 // writeOptions reads ?wait=all|none and ?timeout=DURATION.
@@ -221,54 +240,31 @@ type rollRequest struct {
 }
 
 func (a *api) roll(w http.ResponseWriter, r *http.Request) {
-	var req rollRequest
-	if r.ContentLength != 0 {
-		if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
-			a.fail(w, r, err)
-			return
+	handleWrite(a, w, r, WaitAll, true, http.StatusCreated, func(ctx context.Context, req rollRequest, w8 Write) (*Rolled, string, error) {
+		grace := 24 * time.Hour
+		if req.ExpireOldIn != "" {
+			d, err := time.ParseDuration(req.ExpireOldIn)
+			if err != nil {
+				return nil, "", keyledger.Errorf(keyledger.Invalid, "expire_old_in must be a duration such as 1h, 30m or 0s")
+			}
+			grace = d
 		}
-	}
-	grace := 24 * time.Hour
-	if req.ExpireOldIn != "" {
-		d, err := time.ParseDuration(req.ExpireOldIn)
+		res, err := a.svc.Roll(ctx, r.PathValue("id"), grace, w8)
 		if err != nil {
-			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "expire_old_in must be a duration such as 1h, 30m or 0s"))
-			return
+			return nil, "", err
 		}
-		grace = d
-	}
-	w8, err := writeOptions(r, WaitAll)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	res, err := a.svc.Roll(r.Context(), r.PathValue("id"), grace, w8)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/keys/"+res.ID)
-	keyledger.WriteJSON(w, http.StatusCreated, res)
+		return res, res.ID, nil
+	})
 }
 
 func (a *api) importKey(w http.ResponseWriter, r *http.Request) {
-	var req ImportRequest
-	if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w8, err := writeOptions(r, WaitNone)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	k, err := a.svc.Import(r.Context(), req, w8)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	w.Header().Set("Location", "/v1/keys/"+k.ID)
-	keyledger.WriteJSON(w, http.StatusCreated, k)
+	handleWrite(a, w, r, WaitNone, false, http.StatusCreated, func(ctx context.Context, req ImportRequest, w8 Write) (*KeyView, string, error) {
+		k, err := a.svc.Import(ctx, req, w8)
+		if err != nil {
+			return nil, "", err
+		}
+		return k, k.ID, nil
+	})
 }
 
 type revokeRequest struct {
@@ -276,25 +272,11 @@ type revokeRequest struct {
 }
 
 func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
-	var req revokeRequest
 	// An empty body is a revoke without a reason.
-	if r.ContentLength != 0 {
-		if err := keyledger.DecodeJSON(w, r, MaxBody, &req); err != nil {
-			a.fail(w, r, err)
-			return
-		}
-	}
-	w8, err := writeOptions(r, WaitAll)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	k, err := a.svc.Revoke(r.Context(), r.PathValue("id"), req.Reason, w8)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	keyledger.WriteJSON(w, http.StatusOK, k)
+	handleWrite(a, w, r, WaitAll, true, http.StatusOK, func(ctx context.Context, req revokeRequest, w8 Write) (*Revoked, string, error) {
+		k, err := a.svc.Revoke(ctx, r.PathValue("id"), req.Reason, w8)
+		return k, "", err
+	})
 }
 
 func (a *api) get(w http.ResponseWriter, r *http.Request) {

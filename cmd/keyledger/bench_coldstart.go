@@ -17,6 +17,7 @@ import (
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -35,28 +36,11 @@ func benchColdstart(ctx context.Context, args []string, stdout, stderr io.Writer
 	if *n < 1 {
 		return usageErr("--keys must be positive")
 	}
-	dir, err := os.MkdirTemp("", "keyledger-coldstart-")
+	dir, js, _, stop, err := benchJetStream(ctx, "keyledger-coldstart-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	srv, err := events.StartServer(events.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js")})
-	if err != nil {
-		return err
-	}
-	defer srv.Stop()
-	nc, err := srv.Connect("bench")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	if err := events.EnsureStreams(ctx, js, events.StreamConfig{}); err != nil {
-		return err
-	}
+	defer stop()
 
 	fmt.Fprintf(stderr, "publishing %d KeyCreated events…\n", *n)
 	secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rand.Reader)
@@ -153,6 +137,37 @@ func benchColdstart(ctx context.Context, args []string, stdout, stderr io.Writer
 		p3.Close(ctx)
 	}
 	return printBench(stdout, *asJSON, res, rows)
+}
+
+// benchJetStream starts an embedded JetStream (no listener) in a new temp
+// dir with both streams, and returns the dir, a client and a stop func that
+// removes it all.
+func benchJetStream(ctx context.Context, prefix string) (string, jetstream.JetStream, *nats.Conn, func(), error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, nil, nil, err
+	}
+	srv, err := events.StartServer(events.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js")})
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, nil, nil, err
+	}
+	stop := func() { srv.Stop(); os.RemoveAll(dir) }
+	nc, err := srv.Connect("bench")
+	if err != nil {
+		stop()
+		return "", nil, nil, nil, err
+	}
+	stop = func() { nc.Close(); srv.Stop(); os.RemoveAll(dir) }
+	js, err := jetstream.New(nc)
+	if err == nil {
+		err = events.EnsureStreams(ctx, js, events.StreamConfig{})
+	}
+	if err != nil {
+		stop()
+		return "", nil, nil, nil, err
+	}
+	return dir, js, nc, stop, nil
 }
 
 // projectorReady waits until p is caught up and fresh.

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -18,7 +16,6 @@ import (
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -97,28 +94,11 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "keyledger-ingest-")
+	_, js, nc, stop, err := benchJetStream(ctx, "keyledger-ingest-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	srv, err := events.StartServer(events.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js")})
-	if err != nil {
-		return err
-	}
-	defer srv.Stop()
-	nc, err := srv.Connect("bench")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	if err := events.EnsureStreams(ctx, js, events.StreamConfig{}); err != nil {
-		return err
-	}
+	defer stop()
 	fmt.Fprintf(stderr, "publishing %d KeyUsed events…\n", *n)
 	outcomes := keyledger.Outcomes()
 	now := time.Now().UTC()
