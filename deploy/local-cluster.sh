@@ -46,6 +46,12 @@ pid() {
 	echo "$p"
 }
 
+# sees_all: node $1's registry lists all three nodes, so wait=all writes on
+# it wait for every node (heartbeats need a moment after start).
+sees_all() {
+	[ "$(curl -s --max-time 2 -H "Authorization: Bearer $tok" "$(url "$1")/v1/nodes" 2>/dev/null | grep -o '"name"' | wc -l)" -ge 3 ]
+}
+
 ready() {
 	[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$(url "$1")/readyz" 2>/dev/null)" = 200 ]
 }
@@ -127,7 +133,7 @@ start() {
 				stop >/dev/null 2>&1 || true
 				return 1
 			fi
-			ready "$i" || pending="$pending n$i"
+			{ ready "$i" && sees_all "$i"; } || pending="$pending n$i"
 		done
 		[ -z "$pending" ] && break
 		if [ $SECONDS -ge $deadline ]; then

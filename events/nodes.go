@@ -16,6 +16,11 @@ import (
 // NodesSubjectPrefix + node name is where a node announces its state.
 const NodesSubjectPrefix = "keyledger.nodes."
 
+// NodesPingSubject asks every node to announce itself now: a registry
+// that starts sends it, so it knows the fleet at once instead of after a
+// heartbeat interval.
+const NodesPingSubject = "keyledger.ping.nodes"
+
 // HeartbeatInterval is how often a node announces itself when nothing
 // happens; it also announces at once after applying a KEYS event.
 const HeartbeatInterval = time.Second
@@ -42,6 +47,7 @@ type NodeStatus struct {
 // applied event within a round trip.
 type Announcer struct {
 	nc     *nats.Conn
+	ping   *nats.Subscription
 	status func() NodeStatus
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -65,8 +71,12 @@ func (a *Announcer) Notify() {
 	}
 }
 
-// Start runs the announcing goroutine until Close.
+// Start runs the announcing goroutine until Close. The node answers pings
+// from the moment Start returns, before its first heartbeat goes out.
 func (a *Announcer) Start(ctx context.Context) {
+	if sub, err := a.nc.Subscribe(NodesPingSubject, func(*nats.Msg) { a.Notify() }); err == nil {
+		a.ping = sub
+	}
 	ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	a.done = make(chan struct{})
 	go func() {
@@ -89,6 +99,7 @@ func (a *Announcer) announce() {
 	st := a.status()
 	b, err := json.Marshal(st)
 	if err != nil {
+		a.log.Error("heartbeat not encodable", "err", err)
 		return
 	}
 	if err := a.nc.Publish(NodesSubjectPrefix+st.Name, b); err != nil {
@@ -100,6 +111,9 @@ func (a *Announcer) announce() {
 func (a *Announcer) Close(ctx context.Context) error {
 	if a.cancel == nil {
 		return nil
+	}
+	if a.ping != nil {
+		a.ping.Unsubscribe()
 	}
 	a.cancel()
 	select {
@@ -135,6 +149,11 @@ func NewRegistry(nc *nats.Conn) (*Registry, error) {
 	// generous pending limit keeps a burst from being dropped.
 	sub.SetPendingLimits(1<<16, 64<<20)
 	r.sub = sub
+	// Subscribed first, then asked: no node's answer can be missed.
+	if err := nc.Publish(NodesPingSubject, nil); err != nil {
+		sub.Unsubscribe()
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot ask nodes to announce themselves")
+	}
 	return r, nil
 }
 
