@@ -1071,18 +1071,28 @@ func TestLocalClusterScript(t *testing.T) {
 		fmt.Sprintf("KEYLEDGER_CLUSTER_ROUTE_PORT=%d", bases[2]),
 		"KEYLEDGER_CLUSTER_WAIT=45",
 	)
-	run := func(arg string) (string, error) {
+	runCtx := func(ctx context.Context, arg string) (string, error) {
 		cmd := exec.CommandContext(ctx, "bash", "local-cluster.sh", arg)
 		cmd.Env = env
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
+	run := func(arg string) (string, error) { return runCtx(ctx, arg) }
 	var pids []int
 	stopped := false
 	t.Cleanup(func() {
-		if !stopped {
-			if out, err := run("stop"); err != nil {
-				t.Logf("stop: %v\n%s", err, out)
+		if stopped {
+			return
+		}
+		// The test's own context is cancelled by now: stop with a fresh
+		// one, and kill what is left if even that fails, so no node
+		// outlives the test.
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if out, err := runCtx(sctx, "stop"); err != nil {
+			t.Logf("stop: %v\n%s", err, out)
+			for _, p := range pids {
+				syscall.Kill(p, syscall.SIGKILL)
 			}
 		}
 	})
