@@ -170,8 +170,14 @@ func TestCluster_faults(t *testing.T) {
 	})
 
 	t.Run("wait=all with a node stopped returns after the timeout and names it", func(t *testing.T) {
-		c.stop(t, 2)
 		a := c.client(t, 0)
+		// Start from a settled cluster: after the restart above, a node's
+		// consumer may still be re-establishing itself for a moment.
+		waitFor(t, 20*time.Second, "a write applied by all three nodes", func() bool {
+			code, _, body := a.call("POST", "/v1/keys?wait=all&timeout=1s", a.token, `{"name":"settle","environment":"live"}`)
+			return code == 201 && strings.Contains(string(body), `"applied_by":"3/3"`)
+		})
+		c.stop(t, 2)
 		start := time.Now()
 		code, _, body := a.call("POST", "/v1/keys?wait=all&timeout=500ms", a.token, `{"name":"t","environment":"live"}`)
 		elapsed := time.Since(start)

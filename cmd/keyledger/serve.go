@@ -263,16 +263,14 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	}
 	n.metrics = newRegistry()
 	registerNodeMetrics(n.metrics, n.projector, n.usage)
+	var usage verifier.Recorder = verifier.NewMetrics(n.metrics, n.usage)
+	if cfg.noUsage {
+		usage = nil
+	}
 	n.verifier = verifier.New(n.projector.Table(), verifier.Config{
 		Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
-		Ready: ready, Node: cfg.Name, Usage: verifier.NewMetrics(n.metrics, n.usage),
+		Ready: ready, Node: cfg.Name, Usage: usage,
 	})
-	if cfg.noUsage {
-		n.verifier = verifier.New(n.projector.Table(), verifier.Config{
-			Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
-			Ready: ready, Node: cfg.Name,
-		})
-	}
 
 	vh := verifier.NewHandler(n.verifier)
 	public := http.NewServeMux()
