@@ -696,6 +696,7 @@ type keyRow struct {
 	typ         string
 	keyID       string
 	actor       string
+	actorIP     string
 	sec         int64
 	ms          uint16
 	reason      string
@@ -708,7 +709,7 @@ type keyRow struct {
 	seq         uint64
 }
 
-const keyColumns = "event_id, type, key_id, actor, ts, ms, reason, name, owner, environment, permissions, hint, expires_at_ms, stream_seq"
+const keyColumns = "event_id, type, key_id, actor, ts, ms, reason, name, owner, environment, permissions, hint, expires_at_ms, stream_seq, actor_ip"
 
 // keysSink buffers key lifecycle rows. Key events are few; every query of
 // key_events deduplicates (FINAL), so no redelivery check is needed.
@@ -732,7 +733,7 @@ func (s *keysSink) add(data []byte, seq uint64, _ bool) error {
 	if err != nil {
 		return fmt.Errorf("event_id must be a UUID")
 	}
-	r := keyRow{eventID: id, typ: string(h.Type), keyID: h.KeyID, actor: h.Actor,
+	r := keyRow{eventID: id, typ: string(h.Type), keyID: h.KeyID, actor: h.Actor, actorIP: h.ActorIP,
 		sec: at.Unix(), ms: uint16(at.Nanosecond() / 1e6), seq: seq}
 	switch e := ev.(type) {
 	case *events.KeyCreated:
@@ -772,7 +773,7 @@ func (s *keysSink) write(ctx context.Context) (int, int, error) {
 	defer b.Close()
 	for _, r := range s.rows {
 		if err := b.Append(r.eventID, r.typ, r.keyID, r.actor, time.Unix(r.sec, 0).UTC(), r.ms, r.reason,
-			r.name, r.owner, r.env, r.permissions, r.hint, r.expiresMS, r.seq); err != nil {
+			r.name, r.owner, r.env, r.permissions, r.hint, r.expiresMS, r.seq, r.actorIP); err != nil {
 			return 0, 0, err
 		}
 	}

@@ -113,6 +113,7 @@ type AuditEvent struct {
 	EventID     string     `json:"event_id"`
 	KeyID       string     `json:"key_id"`
 	Actor       string     `json:"actor"`
+	ActorIP     string     `json:"actor_ip,omitempty"`
 	At          time.Time  `json:"at"`
 	Reason      string     `json:"reason"`
 	Name        string     `json:"name,omitempty"`
@@ -366,7 +367,7 @@ func (a *Analytics) Audit(ctx context.Context, q AuditQuery) ([]AuditEvent, erro
 		conds = append(conds, c)
 	}
 	rows, err := a.conn.Query(ctx, fmt.Sprintf(`SELECT type, toString(event_id), key_id, actor, toUInt64(ts), ms, reason,
-		name, owner, environment, permissions, expires_at_ms
+		name, owner, environment, permissions, expires_at_ms, actor_ip
 		FROM key_events FINAL WHERE %s ORDER BY ts, ms, event_id LIMIT %d`, strings.Join(conds, " AND "), limit))
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot query the audit trail")
@@ -378,7 +379,7 @@ func (a *Analytics) Audit(ctx context.Context, q AuditQuery) ([]AuditEvent, erro
 		var sec, expires uint64
 		var ms uint16
 		if err := rows.Scan(&e.Type, &e.EventID, &e.KeyID, &e.Actor, &sec, &ms, &e.Reason,
-			&e.Name, &e.Owner, &e.Environment, &e.Permissions, &expires); err != nil {
+			&e.Name, &e.Owner, &e.Environment, &e.Permissions, &expires, &e.ActorIP); err != nil {
 			return nil, keyledger.Wrap(keyledger.Internal, err, "cannot read the audit trail")
 		}
 		e.At = time.UnixMilli(int64(sec)*1000 + int64(ms)).UTC()

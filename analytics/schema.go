@@ -107,6 +107,11 @@ var migrations = []migration{
 		PARTITION BY toYYYYMM(bucket)
 		ORDER BY (bucket, rule, key_id, ip)`,
 	}},
+	// 18.16 has no ADD COLUMN IF NOT EXISTS: execDDL takes "column
+	// already exists" (code 44) from a racing node as success.
+	{2, "actor_ip on key events", []string{
+		`ALTER TABLE key_events ADD COLUMN actor_ip String`,
+	}},
 }
 
 // schemaVersion is the version the code expects.
@@ -177,12 +182,12 @@ func (a *Analytics) appliedVersions(ctx context.Context) (map[uint32]bool, error
 }
 
 // execDDL runs one idempotent DDL statement. Two nodes racing on the same
-// CREATE … IF NOT EXISTS may see "already exists" (code 57): that is
-// success.
+// CREATE … IF NOT EXISTS may see "table already exists" (code 57), and on
+// the same ADD COLUMN "column already exists" (code 44): both are success.
 func (a *Analytics) execDDL(ctx context.Context, stmt string) error {
 	err := a.conn.Exec(ctx, stmt)
 	var ex *clickhouse.Exception
-	if errors.As(err, &ex) && ex.Code == 57 {
+	if errors.As(err, &ex) && (ex.Code == 57 || ex.Code == 44 && strings.Contains(stmt, "ADD COLUMN")) {
 		return nil
 	}
 	if err != nil {

@@ -147,7 +147,8 @@ func TestEndToEnd_analytics(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "audit trail", func() bool {
 		code, _, body := c.call("GET", "/v1/audit?key_id="+live.ID, token, "")
-		return code == 200 && strings.Contains(string(body), `"KeyCreated"`) && strings.Contains(string(body), `"reason":"rotated"`)
+		return code == 200 && strings.Contains(string(body), `"KeyCreated"`) && strings.Contains(string(body), `"reason":"rotated"`) &&
+			strings.Contains(string(body), `"actor_ip":"127.0.0.1"`)
 	})
 	waitFor(t, 20*time.Second, "a revoked_key_used alert", func() bool {
 		code, _, body := c.call("GET", "/v1/alerts?rule=revoked_key_used&from="+from+"&to="+to, token, "")

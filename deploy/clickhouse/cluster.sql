@@ -126,7 +126,8 @@ CREATE TABLE IF NOT EXISTS keyledger.key_events_local ON CLUSTER '{cluster}' (
 	permissions Array(String),
 	hint String,
 	expires_at_ms UInt64,
-	stream_seq UInt64
+	stream_seq UInt64,
+	actor_ip String
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/keyledger/key_events_local', '{replica}')
 PARTITION BY toYYYYMM(ts)
 ORDER BY (key_id, ts, event_id);
