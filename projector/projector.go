@@ -242,8 +242,9 @@ func (p *Projector) Start(ctx context.Context) error {
 		p.loadNewestSnapshot(info.State.LastSeq)
 	}
 	// Size the table for the stream once, rather than growing it all
-	// through the replay. (Events ≥ keys, so this errs on the roomy side.)
-	p.table.reserve(int(info.State.Msgs))
+	// through the replay: room for what is loaded plus every event still
+	// to apply (events ≥ keys, so this errs on the roomy side).
+	p.table.reserve(p.table.Len() + int(info.State.LastSeq-p.lastSeq.Load()))
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   p.lastSeq.Load() + 1,

@@ -330,7 +330,9 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	for i, l := range permTab {
 		permMasks[i] = p.permMask(*l)
 	}
-	table := NewTable(int(nEntries))
+	// Room for the keys and for the tail still to replay, so the replay
+	// after loading does not grow (copy) the table again.
+	table := NewTable(int(nEntries + (want.seq - meta.seq)))
 	entries := make([]Entry, nEntries) // one allocation for all entries
 	for i := range entries {
 		e := &entries[i]

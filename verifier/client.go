@@ -49,6 +49,7 @@ type ResponseError struct {
 	RetryAfter time.Duration
 }
 
+// Error implements error.
 func (e *ResponseError) Error() string {
 	if e.RetryAfter > 0 {
 		return fmt.Sprintf("HTTP %d, retry after %v", e.StatusCode, e.RetryAfter)
