@@ -6,7 +6,7 @@ GO ?= go
 DATA ?= ./data
 HTTP ?= 127.0.0.1:8080
 
-.PHONY: run run-no-analytics test check build bench fuzz clickhouse-start clickhouse-stop clean
+.PHONY: run run-no-analytics test check build bench bench-all fuzz clickhouse-start clickhouse-stop clean
 
 build:
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -26,6 +26,11 @@ check:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./verifier/ ./events/ ./projector/ .
+
+bench-all: build
+	./scripts/bench-deps.sh
+	./scripts/clickhouse.sh start
+	./bin/keyledger bench all
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s .

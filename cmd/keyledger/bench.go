@@ -28,6 +28,8 @@ Usage:
       (scripts/bench-deps.sh installs wrk and nginx)
   keyledger bench ingest [--events 500000] [--clickhouse HOST:PORT] [--json]
       events/s from USAGE into ClickHouse (scripts/clickhouse.sh start runs one)
+  keyledger bench all [--json]
+      every benchmark above with its defaults, one after the other
   keyledger bench coldstart [--keys 1000000] [--tail 1000] [--records] [--replay] [--json]
       seconds from start to ready (snapshot + tail, caught up, verifying) with N keys
 `
@@ -57,9 +59,49 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchAuthz(ctx, args[1:], stdout, stderr)
 	case "ingest":
 		return benchIngest(ctx, args[1:], stdout, stderr)
+	case "all":
+		return benchAll(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return usageErr("unknown benchmark %q", args[0])
+}
+
+// benchAll runs every benchmark with its defaults. With --json it prints
+// one object per line; a benchmark that cannot run here (no wrk, no
+// ClickHouse) is reported and the rest go on.
+func benchAll(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench all", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print one JSON object per benchmark")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	var extra []string
+	if *asJSON {
+		extra = []string{"--json"}
+	}
+	var failed []string
+	for _, b := range []struct {
+		name string
+		run  func([]string) error
+	}{
+		{"verify", func(a []string) error { return benchVerify(ctx, a, stdout) }},
+		{"authz", func(a []string) error { return benchAuthz(ctx, a, stdout, stderr) }},
+		{"revoke", func(a []string) error { return benchRevoke(ctx, a, stdout, stderr) }},
+		{"coldstart", func(a []string) error { return benchColdstart(ctx, a, stdout, stderr) }},
+		{"ingest", func(a []string) error { return benchIngest(ctx, a, stdout, stderr) }},
+	} {
+		if !*asJSON {
+			fmt.Fprintf(stdout, "\n== bench %s\n", b.name)
+		}
+		if err := b.run(extra); err != nil {
+			fmt.Fprintf(stderr, "bench %s: %s\n", b.name, describe(err))
+			failed = append(failed, b.name)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("benchmarks that did not run: %s", strings.Join(failed, ", "))
+	}
+	return nil
 }
 
 func printBench(w io.Writer, asJSON bool, r benchResult, rows [][]string) error {
