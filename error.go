@@ -205,6 +205,38 @@ func ErrorBody(err error) Envelope {
 	return Envelope{Error: EnvelopeError{Code: ErrorCode(err), Reason: reason, Message: ErrorMessage(err)}}
 }
 
+// ErrorFromResponse is the client side of WriteError: it turns an HTTP
+// error answer into an *Error with the envelope's code, reason and message.
+// An answer without an envelope (a proxy's error page) gets the code whose
+// status it has, by the same table, and a message naming the status; its
+// body is never shown, as it is not ours to vouch for.
+func ErrorFromResponse(status int, body []byte) *Error {
+	var env Envelope
+	if json.Unmarshal(body, &env) == nil && env.Error.Code != "" {
+		return &Error{Code: env.Error.Code, Reason: env.Error.Reason, Message: env.Error.Message}
+	}
+	return &Error{Code: codeForStatus(status), Message: fmt.Sprintf("HTTP %d %s without an error envelope", status, http.StatusText(status))}
+}
+
+// codeForStatus inverts httpStatus and reasonStatus. A 5xx it does not
+// name (502, 504: a proxy in between) means the service is unavailable.
+func codeForStatus(status int) Code {
+	for _, s := range reasonStatus {
+		if s == status {
+			return Invalid // every reason with its own status refines invalid_request
+		}
+	}
+	for c, s := range httpStatus {
+		if s == status && c != Internal {
+			return c
+		}
+	}
+	if status >= 500 && status != http.StatusInternalServerError {
+		return Unavailable
+	}
+	return Internal
+}
+
 // unauthorizedBody is precomputed: every 401 is byte-for-byte the same, so
 // responses reveal nothing about why a key was refused.
 var unauthorizedBody = []byte(`{"error":{"code":"unauthorized","message":"Invalid or missing API key"}}` + "\n")

@@ -125,15 +125,7 @@ func (c *Client) get(ctx context.Context, path string, v url.Values, out any) er
 		return keyledger.Wrap(keyledger.Unavailable, err, "reading the analytics response")
 	}
 	if resp.StatusCode/100 != 2 {
-		var env keyledger.Envelope
-		if json.Unmarshal(body, &env) == nil && env.Error.Code != "" {
-			return &keyledger.Error{Code: env.Error.Code, Reason: env.Error.Reason, Message: env.Error.Message}
-		}
-		code := keyledger.Internal
-		if resp.StatusCode >= 500 {
-			code = keyledger.Unavailable
-		}
-		return keyledger.Errorf(code, "analytics answered %s", resp.Status)
+		return keyledger.ErrorFromResponse(resp.StatusCode, body)
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return keyledger.Wrap(keyledger.Internal, err, "malformed analytics response")

@@ -110,32 +110,16 @@ func (c *Client) Verify(ctx context.Context, key, permission string) (*VerifyRes
 	return nil, decodeRefusal(resp, b)
 }
 
-// decodeRefusal turns an error answer into a *keyledger.Error. An answer
-// without an envelope (a proxy's error page) gets the code of its status.
+// decodeRefusal turns an error answer into a *keyledger.Error whose cause
+// carries the status and Retry-After.
 func decodeRefusal(resp *http.Response, b []byte) *keyledger.Error {
 	cause := &ResponseError{StatusCode: resp.StatusCode}
 	if resp.StatusCode == http.StatusTooManyRequests {
 		cause.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"))
 	}
-	var env keyledger.Envelope
-	if err := json.Unmarshal(b, &env); err == nil && env.Error.Code != "" {
-		return &keyledger.Error{Code: env.Error.Code, Reason: env.Error.Reason, Message: env.Error.Message, Err: cause}
-	}
-	code := keyledger.Unavailable
-	switch resp.StatusCode {
-	case http.StatusUnauthorized:
-		code = keyledger.Unauthorized
-	case http.StatusForbidden:
-		code = keyledger.Forbidden
-	case http.StatusTooManyRequests:
-		code = keyledger.RateLimited
-	case http.StatusBadRequest, http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusUnsupportedMediaType:
-		code = keyledger.Invalid
-	case http.StatusNotFound:
-		code = keyledger.NotFound
-	}
-	// The body of a foreign error page is not shown: it is not ours to vouch for.
-	return &keyledger.Error{Code: code, Message: fmt.Sprintf("the verifier answered %s without an error envelope", resp.Status), Err: cause}
+	e := keyledger.ErrorFromResponse(resp.StatusCode, b)
+	e.Err = cause
+	return e
 }
 
 // parseRetryAfter reads a Retry-After of delay-seconds or an HTTP date.

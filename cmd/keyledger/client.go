@@ -95,11 +95,7 @@ func (c *clientFlags) do(ctx context.Context, method, path string, auth bool, bo
 		return keyledger.Wrap(keyledger.Unavailable, err, "reading the answer")
 	}
 	if resp.StatusCode >= 300 {
-		var env keyledger.Envelope
-		if json.Unmarshal(b, &env) == nil && env.Error.Code != "" {
-			return &keyledger.Error{Code: env.Error.Code, Reason: env.Error.Reason, Message: env.Error.Message}
-		}
-		return keyledger.Errorf(keyledger.Internal, "HTTP %d from %s", resp.StatusCode, c.url)
+		return keyledger.ErrorFromResponse(resp.StatusCode, b)
 	}
 	if out == nil {
 		return nil
