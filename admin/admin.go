@@ -361,6 +361,11 @@ func (s *Service) Import(ctx context.Context, req ImportRequest, w Write) (*KeyV
 	return &KeyView{Key: k, Status: k.StatusAt(s.cfg.Now())}, nil
 }
 
+// errRevoked is the conflict of acting on a revoked key.
+func errRevoked(id string) *keyledger.Error {
+	return &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked, Message: "key " + id + " is already revoked"}
+}
+
 // Rolled is the answer to a roll: the new key (its secret this once) and
 // what became of the old one.
 type Rolled struct {
@@ -383,7 +388,7 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 	now := s.cfg.Now()
 	switch old.StatusAt(now) {
 	case keyledger.StatusRevoked:
-		return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked, Message: "key " + id + " is revoked"}
+		return nil, errRevoked(id)
 	case keyledger.StatusExpired:
 		return nil, keyledger.Errorf(keyledger.Conflict, "key %s has expired; create a new key instead", id)
 	}
@@ -392,7 +397,7 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 		return nil, err
 	}
 	if _, revoked := last.Event.(*events.KeyRevoked); revoked {
-		return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked, Message: "key " + id + " is revoked"}
+		return nil, errRevoked(id)
 	}
 	// The new key inherits the old one's expiry: rolling must not turn a
 	// trial key into a permanent one.
@@ -478,8 +483,7 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 	if err := checkText("reason", reason, maxReasonLen, false); err != nil {
 		return nil, err
 	}
-	alreadyRevoked := &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyRevoked,
-		Message: "key " + id + " is already revoked"}
+	alreadyRevoked := errRevoked(id)
 	// Optimistic concurrency: append expecting the sequence of the key's
 	// last event. The first try takes it from this node's records, which
 	// saves a round trip; they may lag, but then the append fails and

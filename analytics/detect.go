@@ -324,30 +324,14 @@ func (a *Analytics) dormantKey(ctx context.Context, d *detection) ([]Alert, erro
 	}
 	sort.Strings(keys)
 	in := quoteList(keys)
-	last := map[string]int64{}
-	if err := a.query(ctx, fmt.Sprintf(`SELECT key_id, toUInt64(max(minute)) FROM usage_minute
-		WHERE key_id IN (%s) AND minute < toDateTime(%d) GROUP BY key_id`, in, cut), func(scan func(...any) error) error {
-		var k string
-		var m uint64
-		if err := scan(&k, &m); err != nil {
-			return err
-		}
-		last[k] = int64(m)
-		return nil
-	}); err != nil {
+	last, err := a.keyTimes(ctx, fmt.Sprintf(`SELECT key_id, toUInt64(max(minute)) FROM usage_minute
+		WHERE key_id IN (%s) AND minute < toDateTime(%d) GROUP BY key_id`, in, cut))
+	if err != nil {
 		return nil, err
 	}
-	created := map[string]int64{}
-	if err := a.query(ctx, fmt.Sprintf(`SELECT key_id, toUInt64(min(ts)) FROM key_events
-		WHERE type = 'KeyCreated' AND key_id IN (%s) GROUP BY key_id`, in), func(scan func(...any) error) error {
-		var k string
-		var c uint64
-		if err := scan(&k, &c); err != nil {
-			return err
-		}
-		created[k] = int64(c)
-		return nil
-	}); err != nil {
+	created, err := a.keyTimes(ctx, fmt.Sprintf(`SELECT key_id, toUInt64(min(ts)) FROM key_events
+		WHERE type = 'KeyCreated' AND key_id IN (%s) GROUP BY key_id`, in))
+	if err != nil {
 		return nil, err
 	}
 	var out []Alert
@@ -537,4 +521,19 @@ func (a *Analytics) postWebhook(ctx context.Context, x Alert) error {
 		wait = min(2*wait, 5*time.Second)
 	}
 	return last
+}
+
+// keyTimes runs a query of (key_id, unix seconds) rows into a map.
+func (a *Analytics) keyTimes(ctx context.Context, sql string) (map[string]int64, error) {
+	out := map[string]int64{}
+	err := a.query(ctx, sql, func(scan func(...any) error) error {
+		var k string
+		var t uint64
+		if err := scan(&k, &t); err != nil {
+			return err
+		}
+		out[k] = int64(t)
+		return nil
+	})
+	return out, err
 }
