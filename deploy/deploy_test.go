@@ -1135,9 +1135,18 @@ func TestLocalClusterScript(t *testing.T) {
 		Key       string `json:"key"`
 		AppliedBy string `json:"applied_by"`
 	}
-	code := call(t, ctx, "POST", node(1)+"/v1/keys?wait=all", token, `{"name":"x","environment":"live"}`, &created)
-	if code != http.StatusCreated || created.ID == "" || created.Key == "" {
-		t.Fatalf("create on n1: %d %+v", code, created)
+	// A cluster that has just formed may still be settling its stream
+	// leaders, during which a node's consumer can lag for a moment; wait
+	// (bounded) for a create that every node applied before going on.
+	var code int
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		code = call(t, ctx, "POST", node(1)+"/v1/keys?wait=all", token, `{"name":"x","environment":"live"}`, &created)
+		if code != http.StatusCreated || created.ID == "" || created.Key == "" {
+			t.Fatalf("create on n1: %d %+v", code, created)
+		}
+		if created.AppliedBy == "3/3" || time.Now().After(deadline) {
+			break
+		}
 	}
 	for _, i := range []int{2, 3} {
 		if code := call(t, ctx, "GET", node(i)+"/v1/authz", created.Key, "", nil); code != http.StatusOK {

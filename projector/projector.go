@@ -258,7 +258,11 @@ func (p *Projector) Start(ctx context.Context) error {
 	if p.lastSeq.Load() >= p.target {
 		p.markCaughtUp()
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	// Short pulls with frequent idle heartbeats: the ordered consumer
+	// notices a lost consumer (a leader change, a server restart) after two
+	// missed heartbeats and recreates itself, so revocations resume within
+	// about a second instead of the ten of the defaults.
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(500*time.Millisecond))
 	if err != nil {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot follow KEYS stream")
 	}
