@@ -37,7 +37,7 @@ func BenchmarkIngest(b *testing.B) {
 		ev.UserAgent = "Mozilla/5.0 (X11; Linux x86_64) keyledger-bench/1.0"
 		evs = append(evs, ev)
 		if len(evs) == chunk || i == n-1 {
-			publishUsage(b, tj.js, evs...)
+			publishUsageBatches(b, tj.js, 1024, evs...) // as verifier nodes publish
 			evs = evs[:0]
 		}
 	}

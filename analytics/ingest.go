@@ -107,11 +107,14 @@ type ingester struct {
 	full    chan *batch // read batches, for the writer
 	written chan *batch // written (or failed) batches, for the acker
 
-	// testAfterWrite, if set, runs after a batch of n messages is stored
+	// testAfterWrite, if set, runs after a batch of n events is stored
 	// and before it is acknowledged; returning false drops the
 	// acknowledgements (a crash).
 	testAfterWrite func(n int) bool
 }
+
+// prefetchBytes bounds the messages a consumer pulls ahead of the batches.
+const prefetchBytes = 32 << 20
 
 // pipelineDepth is the number of batches alive at once.
 const pipelineDepth = 3
@@ -198,7 +201,9 @@ func (in *ingester) start(stopCtx, killCtx context.Context, wg *sync.WaitGroup) 
 func (in *ingester) read(stopCtx context.Context) {
 	cfg := in.a.cfg
 	log := in.a.log.With("stream", in.spec.stream)
-	prefetch := min(cfg.BatchSize, 20_000)
+	// Prefetch is bounded in bytes: a USAGE message may be one event or a
+	// batch of a thousand.
+	prefetch := jetstream.PullMaxBytes(prefetchBytes)
 	var (
 		it       jetstream.MessagesContext
 		b        *batch
@@ -221,7 +226,7 @@ func (in *ingester) read(stopCtx context.Context) {
 	for {
 		if it == nil {
 			var err error
-			it, err = in.consumer().Messages(jetstream.PullMaxMessages(prefetch))
+			it, err = in.consumer().Messages(prefetch)
 			if err != nil {
 				log.Warn("analytics: cannot pull messages", "err", err)
 				it = nil
@@ -377,7 +382,7 @@ func (in *ingester) ackLoop() {
 			for _, m := range b.msgs {
 				_ = m.NakWithDelay(b.retryIn)
 			}
-		case in.testAfterWrite != nil && !in.testAfterWrite(len(b.msgs)):
+		case in.testAfterWrite != nil && !in.testAfterWrite(b.sink.len()):
 			// acknowledgements lost
 		default:
 			var ackErr error
@@ -478,7 +483,38 @@ func newUsageSink(a *Analytics, checkUpTo *atomic.Uint64) *usageSink {
 	return &usageSink{a: a, seen: make(map[uuid.UUID]struct{}), checkUpTo: checkUpTo}
 }
 
+// add decodes one USAGE message: one KeyUsed event or a batch of them. A
+// message is the unit of acknowledgement, so one undecodable event sends
+// the whole message to the dead letters and none of its events is kept.
 func (s *usageSink) add(data []byte, seq uint64, redelivered bool) error {
+	rows, seqs, again, n, dups, maxSec := len(s.rows), len(s.seqs), len(s.again), s.n, s.dups, s.max
+	count := 0
+	var err error
+	for ev, rest := events.NextUsage(data); ev != nil; ev, rest = events.NextUsage(rest) {
+		if err = s.addEvent(ev, seq, redelivered); err != nil {
+			if count > 0 {
+				err = fmt.Errorf("event %d of the batch: %w", count+1, err)
+			}
+			break
+		}
+		count++
+	}
+	if err == nil && count == 0 {
+		err = errors.New("empty message: no KeyUsed event")
+	}
+	if err != nil {
+		for _, r := range s.rows[rows:] {
+			delete(s.seen, r.eventID)
+		}
+		clear(s.rows[rows:])
+		s.rows, s.seqs, s.again, s.n, s.dups, s.max = s.rows[:rows], s.seqs[:seqs], s.again[:again], n, dups, maxSec
+		return err
+	}
+	return nil
+}
+
+// addEvent decodes one event of a message.
+func (s *usageSink) addEvent(data []byte, seq uint64, redelivered bool) error {
 	s.rows = append(s.rows, usageRow{})
 	r := &s.rows[len(s.rows)-1]
 	if err := decodeKeyUsed(data, r); err != nil {

@@ -1,9 +1,11 @@
 package analytics
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,7 +37,8 @@ func TestIngestExactCounts(t *testing.T) {
 		}
 		want[key][o.String()]++
 	}
-	publishUsage(t, tj.js, evs...)
+	// Batches of 7 events: messages straddle ingest batches and months.
+	publishUsageBatches(t, tj.js, 7, evs...)
 	waitIngested(t, a, 6000, 60*time.Second)
 
 	ctx := context.Background()
@@ -106,7 +109,7 @@ func TestRedeliveredBatchNotDoubleCounted(t *testing.T) {
 	for i := range 2000 {
 		evs = append(evs, used("key_r", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.2", now.Add(-time.Duration(i)*time.Second)))
 	}
-	publishUsage(t, tj.js, evs...)
+	publishUsageBatches(t, tj.js, 3, evs...)
 	waitIngested(t, a, 2000, 60*time.Second)
 	// Redeliveries happen after AckWait; wait until they are all acked.
 	waitFor(t, 30*time.Second, "no unacknowledged messages", func() (bool, string) {
@@ -154,15 +157,23 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 	bad := used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now)
 	publishRaw(t, tj.js, "keyledger.usage.live.key_p",
 		[]byte(`{"type":"KeyUsed","v":1,"event_id":"`+bad.EventID+`","at":"2026-01-01T00:00:00Z","key_id":"key_p","environment":"live","outcome":"teleported"}`))
+	// A batch with one bad event goes to the dead letters whole: none of
+	// its events is stored, and the dead letter holds all of them.
+	good := used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now)
+	batch := events.AppendUsage(nil, good)
+	batch = append(batch, "{\"type\":\"KeyUsed\"}\n"...)
+	publishRaw(t, tj.js, events.UsageBatchSubject(keyledger.EnvLive, "node-1"), batch)
+	// An empty message is not an event.
+	publishRaw(t, tj.js, events.UsageBatchSubject(keyledger.EnvLive, "node-1"), []byte("\n\n"))
 	var evs []*events.KeyUsed
 	for range 300 {
 		evs = append(evs, used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now))
 	}
-	publishUsage(t, tj.js, evs...)
+	publishUsageBatches(t, tj.js, 10, evs...)
 	waitIngested(t, a, 301, 60*time.Second)
 
 	reasons := map[string]bool{}
-	for range 2 {
+	for range 4 {
 		select {
 		case m := <-dl:
 			r := m.Header.Get(HeaderDeadLetterReason)
@@ -170,15 +181,21 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 				t.Errorf("dead letter headers: %v", m.Header)
 			}
 			reasons[r] = true
+			if strings.Contains(r, "event 2 of the batch") && !bytes.Equal(m.Data, batch) {
+				t.Errorf("dead letter of a batch holds %q, want the whole batch", m.Data)
+			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("dead letter not received")
 		}
 	}
-	if len(reasons) != 2 {
+	if len(reasons) != 4 {
 		t.Errorf("reasons = %v", reasons)
 	}
-	if n := metricValue(a.metrics.deadLetters.WithLabelValues(events.UsageStream)); n != 2 {
-		t.Errorf("dead letters metric = %v, want 2", n)
+	if n := metricValue(a.metrics.deadLetters.WithLabelValues(events.UsageStream)); n != 4 {
+		t.Errorf("dead letters metric = %v, want 4", n)
+	}
+	if c := usageCounts(t, a.conn); c.Rows != 301 {
+		t.Errorf("stored rows %+v, want 301: none of the bad batch's events", c)
 	}
 	// Terminated, not waiting for redelivery.
 	waitFor(t, 10*time.Second, "no unacknowledged messages", func() (bool, string) {

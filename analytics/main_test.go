@@ -187,10 +187,17 @@ func used(keyID string, env keyledger.Environment, outcome keyledger.Outcome, ip
 	}
 }
 
-// publishUsage publishes KeyUsed events to USAGE (async, then waits).
+// publishUsage publishes KeyUsed events to USAGE, one per message, as
+// other publishers than keyledger's verifier nodes may.
 func publishUsage(tb testing.TB, js jetstream.JetStream, evs ...*events.KeyUsed) {
 	tb.Helper()
-	var buf []byte
+	publishUsageBatches(tb, js, 1, evs...)
+}
+
+// publishUsageBatches publishes KeyUsed events to USAGE in batches of per
+// events, as verifier nodes do (async, then waits).
+func publishUsageBatches(tb testing.TB, js jetstream.JetStream, per int, evs ...*events.KeyUsed) {
+	tb.Helper()
 	futures := make([]jetstream.PubAckFuture, 0, 4096)
 	flush := func() {
 		select {
@@ -207,10 +214,20 @@ func publishUsage(tb testing.TB, js jetstream.JetStream, evs ...*events.KeyUsed)
 		}
 		futures = futures[:0]
 	}
-	for _, ev := range evs {
-		buf = ev.AppendJSON(buf[:0])
-		data := append([]byte(nil), buf...)
-		f, err := js.PublishAsync(events.UsageSubject(ev.Environment, ev.KeyID), data)
+	for len(evs) > 0 {
+		n := min(per, len(evs))
+		var data []byte
+		subject := events.UsageSubject(evs[0].Environment, evs[0].KeyID)
+		if per == 1 {
+			data = evs[0].AppendJSON(nil)
+		} else {
+			subject = events.UsageBatchSubject(evs[0].Environment, evs[0].Node)
+			for _, ev := range evs[:n] {
+				data = events.AppendUsage(data, ev)
+			}
+		}
+		evs = evs[n:]
+		f, err := js.PublishAsync(subject, data)
 		if err != nil {
 			tb.Fatalf("publish: %v", err)
 		}

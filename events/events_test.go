@@ -472,6 +472,9 @@ func TestSubjects(t *testing.T) {
 		{events.UsageSubject(keyledger.EnvTest, "key_1"), "keyledger.usage.test.key_1"},
 		{events.UsageSubject(keyledger.EnvLive, ""), "keyledger.usage.live.unknown"},
 		{events.UsageSubject(keyledger.EnvTest, ""), "keyledger.usage.test.unknown"},
+		{events.UsageBatchSubject(keyledger.EnvLive, "node-a"), "keyledger.usage.live.batch.node-a"},
+		{events.UsageBatchSubject(keyledger.EnvTest, "a.b *>\x7f"), "keyledger.usage.test.batch.a_b____"},
+		{events.UsageBatchSubject(keyledger.EnvLive, ""), "keyledger.usage.live.batch.unnamed"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

@@ -21,7 +21,8 @@ const (
 	// UsageStream holds KeyUsed events until analytics has them.
 	UsageStream = "USAGE"
 	// UsageSubjectPrefix + "<environment>.<key id or unknown>" is the subject
-	// of a KeyUsed event.
+	// of a single KeyUsed event; UsageSubjectPrefix +
+	// "<environment>.batch.<node>" that of a batch (see UsageBatchSubject).
 	UsageSubjectPrefix = "keyledger.usage."
 )
 
@@ -34,6 +35,29 @@ func UsageSubject(env keyledger.Environment, keyID string) string {
 		keyID = "unknown"
 	}
 	return UsageSubjectPrefix + env.String() + "." + keyID
+}
+
+// UsageBatchSubject returns the subject of a batch of KeyUsed events of one
+// environment published by one node. Verifier nodes publish batches: one
+// stored message per verification would cost the stream more than the
+// verification itself. Characters that NATS gives a meaning to in subjects
+// are replaced in the node's name.
+func UsageBatchSubject(env keyledger.Environment, node string) string {
+	if node == "" {
+		node = "unnamed"
+	}
+	b := make([]byte, 0, len(UsageSubjectPrefix)+len("live.batch.")+len(node))
+	b = append(b, UsageSubjectPrefix...)
+	b = append(b, env.String()...)
+	b = append(b, ".batch."...)
+	for i := 0; i < len(node); i++ {
+		c := node[i]
+		if c <= ' ' || c == '.' || c == '*' || c == '>' || c >= 0x7f {
+			c = '_'
+		}
+		b = append(b, c)
+	}
+	return string(b)
 }
 
 // StreamConfig sizes the two streams.

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -35,6 +36,33 @@ func (e *KeyUsed) AppendJSON(b []byte) []byte {
 	b = append(b, `,"latency_us":`...)
 	b = strconv.AppendInt(b, e.LatencyUS, 10)
 	return append(b, '}')
+}
+
+// A USAGE message holds one KeyUsed event or a batch of them: events in
+// their JSON form, each followed by a newline. A newline cannot occur
+// inside an event (strings escape it), so it separates them unambiguously.
+
+// AppendUsage appends e to a batch being built in b.
+func AppendUsage(b []byte, e *KeyUsed) []byte {
+	return append(e.AppendJSON(b), '\n')
+}
+
+// NextUsage splits the first event off a USAGE message: it returns that
+// event's bytes and the rest of the message, empty after the last event.
+// Blank lines are skipped; a message without newlines is one event.
+func NextUsage(data []byte) (event, rest []byte) {
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			event, data = data, nil
+		} else {
+			event, data = data[:i], data[i+1:]
+		}
+		if len(bytes.TrimSpace(event)) > 0 {
+			return event, data
+		}
+	}
+	return nil, nil
 }
 
 const hexDigits = "0123456789abcdef"

@@ -247,3 +247,75 @@ func BenchmarkKeyUsedAppendJSON(b *testing.B) {
 		b.SetBytes(int64(len(out)))
 	})
 }
+
+func TestNextUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string
+	}{
+		{"empty", "", nil},
+		{"one event, no newline", `{"a":1}`, []string{`{"a":1}`}},
+		{"one event", "{\"a\":1}\n", []string{`{"a":1}`}},
+		{"batch", "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n", []string{`{"a":1}`, `{"a":2}`, `{"a":3}`}},
+		{"last without newline", "{\"a\":1}\n{\"a\":2}", []string{`{"a":1}`, `{"a":2}`}},
+		{"blank lines skipped", "\n \r\n{\"a\":1}\n\n\t\n{\"a\":2}\n\n", []string{`{"a":1}`, `{"a":2}`}},
+		{"only blank", "\n\n \n", nil},
+		{"garbage kept for the decoder", "x\ny", []string{"x", "y"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for ev, rest := events.NextUsage([]byte(tt.in)); ev != nil; ev, rest = events.NextUsage(rest) {
+				got = append(got, string(ev))
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("NextUsage(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestAppendUsage_roundTrip(t *testing.T) {
+	var b []byte
+	var want []events.KeyUsed
+	for i, ua := range []string{"plain", "line\nbreak", "cr\r\nlf", "\u2028sep"} {
+		ev := events.KeyUsed{Header: events.Header{Type: events.TypeKeyUsed, V: events.Version, EventID: events.NewID(),
+			At: time.Unix(1700000000+int64(i), 0).UTC(), KeyID: "key_1"}, Environment: keyledger.EnvLive,
+			Outcome: keyledger.OutcomeValid, UserAgent: ua, Node: "n"}
+		want = append(want, ev)
+		b = events.AppendUsage(b, &ev)
+	}
+	i := 0
+	for data, rest := events.NextUsage(b); data != nil; data, rest = events.NextUsage(rest) {
+		ev, err := events.Decode(data)
+		if err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		if got := ev.(*events.KeyUsed); got.UserAgent != want[i].UserAgent || got.EventID != want[i].EventID {
+			t.Fatalf("event %d = %+v, want %+v", i, got, want[i])
+		}
+		i++
+	}
+	if i != len(want) {
+		t.Fatalf("%d events read back, want %d", i, len(want))
+	}
+}
+
+func FuzzNextUsage(f *testing.F) {
+	f.Add([]byte("{\"a\":1}\n{\"a\":2}\n"))
+	f.Add([]byte("\n\n"))
+	f.Add([]byte("x"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		total := 0
+		for ev, rest := events.NextUsage(data); ev != nil; ev, rest = events.NextUsage(rest) {
+			if len(bytes.TrimSpace(ev)) == 0 || bytes.IndexByte(ev, '\n') >= 0 {
+				t.Fatalf("event %q: blank or holds a newline", ev)
+			}
+			total += len(ev) + 1
+			if total > len(data)+1 {
+				t.Fatalf("events longer than the message %q", data)
+			}
+		}
+	})
+}

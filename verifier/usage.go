@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -17,9 +18,15 @@ type UsageOptions struct {
 	// When it is full, events are shed and counted, never blocking a
 	// request.
 	Buffer int
-	// Batch is how many events are published before waiting for their
-	// acknowledgements (default 1024).
+	// Batch is the most events one USAGE message carries (default 1024).
 	Batch int
+	// MaxBytes is the most bytes one USAGE message carries (default 256 KiB,
+	// well under NATS's default 1 MiB max_payload).
+	MaxBytes int
+	// Linger is how long a batch waits for more events after its first
+	// (default 2ms; negative: not at all). Usage is not latency-critical,
+	// and fuller batches cost the stream less per event.
+	Linger time.Duration
 	// AckTimeout bounds the wait for a batch's acknowledgements (default 5s).
 	AckTimeout time.Duration
 	Logger     *slog.Logger
@@ -31,21 +38,36 @@ type UsageStats struct {
 	Shed      uint64 // refused because the buffer was full
 	Failed    uint64 // publish failed or was not acknowledged
 	Buffered  int    // waiting now
+	Messages  uint64 // USAGE messages acknowledged (each a batch of events)
 }
 
-// UsagePublisher publishes KeyUsed events to USAGE in batches, off the
-// request path: Record only copies the event into a buffered channel.
+// UsagePublisher publishes KeyUsed events to USAGE off the request path:
+// Record only copies the event into a buffered channel, and a goroutine
+// packs what has accumulated into one message per environment (see
+// events.AppendUsage), so the stream stores one message per batch rather
+// than one per verification.
 type UsagePublisher struct {
 	js     jetstream.JetStream
 	opts   UsageOptions
 	ch     chan events.KeyUsed
 	closed atomic.Bool
 
-	published, shed, failed atomic.Uint64
+	published, shed, failed, messages atomic.Uint64
+
+	// bufs holds each environment's batch; reused while acknowledgements
+	// come back in time.
+	bufs [3]usageBuf
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
 	done      chan struct{}
+}
+
+// usageBuf is one environment's batch being built.
+type usageBuf struct {
+	data []byte
+	n    int
+	node string
 }
 
 // NewUsagePublisher returns a publisher to js. Call Start.
@@ -55,6 +77,12 @@ func NewUsagePublisher(js jetstream.JetStream, opts UsageOptions) *UsagePublishe
 	}
 	if opts.Batch <= 0 {
 		opts.Batch = 1024
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 256 << 10
+	}
+	if opts.Linger == 0 {
+		opts.Linger = 2 * time.Millisecond
 	}
 	if opts.AckTimeout <= 0 {
 		opts.AckTimeout = 5 * time.Second
@@ -81,7 +109,8 @@ func (u *UsagePublisher) Record(ev events.KeyUsed) {
 
 // Stats returns the publisher's counters.
 func (u *UsagePublisher) Stats() UsageStats {
-	return UsageStats{Published: u.published.Load(), Shed: u.shed.Load(), Failed: u.failed.Load(), Buffered: len(u.ch)}
+	return UsageStats{Published: u.published.Load(), Shed: u.shed.Load(), Failed: u.failed.Load(),
+		Buffered: len(u.ch), Messages: u.messages.Load()}
 }
 
 // Start runs the publishing goroutine until Close.
@@ -110,72 +139,136 @@ func (u *UsagePublisher) Close(ctx context.Context) error {
 
 func (u *UsagePublisher) run(ctx context.Context) {
 	defer close(u.done)
-	batch := make([]events.KeyUsed, 0, u.opts.Batch)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		select {
 		case ev := <-u.ch:
-			u.publish(u.fill(append(batch[:0], ev)))
+			u.add(&ev)
+			u.collect(ctx, linger)
+			u.flush()
 		case <-ctx.Done():
 			// Publish what Record accepted before Close, then stop.
-			for {
-				b := u.fill(batch[:0])
-				if len(b) == 0 {
-					return
-				}
-				u.publish(b)
+			for len(u.ch) > 0 {
+				u.collect(ctx, nil)
+				u.flush()
 			}
-		}
-	}
-}
-
-// fill appends buffered events to batch up to its capacity, without waiting.
-func (u *UsagePublisher) fill(batch []events.KeyUsed) []events.KeyUsed {
-	for len(batch) < cap(batch) {
-		select {
-		case ev := <-u.ch:
-			batch = append(batch, ev)
-		default:
-			return batch
-		}
-	}
-	return batch
-}
-
-// publish sends a batch asynchronously and waits for the acknowledgements,
-// so at most one batch is in flight and the buffer absorbs bursts.
-func (u *UsagePublisher) publish(batch []events.KeyUsed) {
-	futures := make([]jetstream.PubAckFuture, 0, len(batch))
-	for i := range batch {
-		ev := &batch[i]
-		if ev.EventID == "" {
-			ev.EventID = events.NewID()
-		}
-		data := ev.AppendJSON(make([]byte, 0, 384))
-		f, err := u.js.PublishAsync(events.UsageSubject(ev.Environment, ev.KeyID), data)
-		if err != nil {
-			u.failed.Add(1)
-			continue
-		}
-		futures = append(futures, f)
-	}
-	timeout := time.NewTimer(u.opts.AckTimeout)
-	defer timeout.Stop()
-	var failed uint64
-	for i, f := range futures {
-		select {
-		case <-f.Ok():
-			u.published.Add(1)
-		case <-f.Err():
-			failed++
-		case <-timeout.C:
-			failed += uint64(len(futures) - i)
-			u.failed.Add(failed)
-			u.opts.Logger.Warn("usage: acknowledgements timed out", "lost", failed)
 			return
 		}
 	}
-	if failed > 0 {
-		u.failed.Add(failed)
-		u.opts.Logger.Warn("usage: events not stored", "count", failed)
+}
+
+// collect adds buffered events to the batches until one is full, waiting
+// up to the linger time for more when linger is not nil.
+func (u *UsagePublisher) collect(ctx context.Context, linger *time.Timer) {
+	if linger != nil && u.opts.Linger > 0 {
+		linger.Reset(u.opts.Linger)
+		defer linger.Stop()
+	} else {
+		linger = nil
+	}
+	for !u.full() {
+		select {
+		case ev := <-u.ch:
+			u.add(&ev)
+			continue
+		default:
+		}
+		if linger == nil {
+			return
+		}
+		select {
+		case ev := <-u.ch:
+			u.add(&ev)
+		case <-linger.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// add encodes ev into its environment's batch.
+func (u *UsagePublisher) add(ev *events.KeyUsed) {
+	if ev.EventID == "" {
+		ev.EventID = events.NewID()
+	}
+	b := &u.bufs[envIndex(ev.Environment)]
+	if b.n == 0 {
+		b.node = ev.Node
+	}
+	b.data = events.AppendUsage(b.data, ev)
+	b.n++
+}
+
+func envIndex(env keyledger.Environment) int {
+	if int(env) < 3 {
+		return int(env)
+	}
+	return 0
+}
+
+func (u *UsagePublisher) full() bool {
+	for i := range u.bufs {
+		if b := &u.bufs[i]; b.n >= u.opts.Batch || len(b.data) >= u.opts.MaxBytes {
+			return true
+		}
+	}
+	return false
+}
+
+// flush publishes each non-empty batch as one message and waits for the
+// acknowledgements, so one round is in flight at a time and the buffer
+// absorbs bursts meanwhile.
+func (u *UsagePublisher) flush() {
+	var (
+		futures [3]jetstream.PubAckFuture
+		counts  [3]int
+	)
+	for i := range u.bufs {
+		b := &u.bufs[i]
+		if b.n == 0 {
+			continue
+		}
+		counts[i] = b.n
+		f, err := u.js.PublishAsync(events.UsageBatchSubject(keyledger.Environment(i), b.node), b.data)
+		if err != nil {
+			u.failed.Add(uint64(b.n))
+			u.opts.Logger.Warn("usage: publish failed", "events", b.n, "err", err)
+			// The client may still hold the bytes: start a new buffer.
+			b.data, b.n = nil, 0
+			continue
+		}
+		futures[i] = f
+	}
+	timeout := time.NewTimer(u.opts.AckTimeout)
+	defer timeout.Stop()
+	timedOut := false
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		b := &u.bufs[i]
+		if timedOut {
+			u.failed.Add(uint64(counts[i]))
+			b.data, b.n = nil, 0
+			continue
+		}
+		select {
+		case <-f.Ok():
+			u.published.Add(uint64(counts[i]))
+			u.messages.Add(1)
+			b.data, b.n = b.data[:0], 0
+		case err := <-f.Err():
+			u.failed.Add(uint64(counts[i]))
+			u.opts.Logger.Warn("usage: events not stored", "events", counts[i], "err", err)
+			b.data, b.n = nil, 0
+		case <-timeout.C:
+			timedOut = true
+			u.failed.Add(uint64(counts[i]))
+			u.opts.Logger.Warn("usage: acknowledgement timed out", "events", counts[i])
+			// A late retry may still send these bytes: never reuse them.
+			b.data, b.n = nil, 0
+		}
 	}
 }

@@ -48,48 +48,58 @@ func TestUsagePublisher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != n {
-		t.Fatalf("USAGE holds %d messages, want %d", info.State.Msgs, n)
+	// Events travel in batches: fewer messages than events, and exactly
+	// as many as the publisher had acknowledged.
+	if info.State.Msgs != st.Messages || info.State.Msgs >= n {
+		t.Fatalf("USAGE holds %d messages for %d events, publisher counted %d", info.State.Msgs, n, st.Messages)
 	}
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+	batch, err := cons.Fetch(int(info.State.Msgs), jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var valid, malformed int
 	ids := map[string]bool{}
 	for m := range batch.Messages() {
-		ev, err := events.Decode(m.Data())
-		if err != nil {
-			t.Fatalf("undecodable usage event %s: %v", m.Data(), err)
-		}
-		u := ev.(*events.KeyUsed)
-		if ids[u.EventID] {
-			t.Fatalf("duplicate event id %s", u.EventID)
-		}
-		ids[u.EventID] = true
-		if u.Node != "node-a" || u.IP != "192.0.2.4" || u.Environment != keyledger.EnvLive || u.Permission != "workflows:read" || u.At.IsZero() {
-			t.Fatalf("event %+v", u)
+		if m.Subject() != "keyledger.usage.live.batch.node-a" {
+			t.Fatalf("subject %q", m.Subject())
 		}
 		if strings.Contains(string(m.Data()), live) || strings.Contains(string(m.Data()), "ZZZZ") {
 			t.Fatalf("usage event carries a presented key: %s", m.Data())
 		}
-		switch u.Outcome {
-		case keyledger.OutcomeValid:
-			valid++
-			if u.KeyID != liveID || m.Subject() != "keyledger.usage.live."+liveID {
-				t.Fatalf("valid event key %q subject %q", u.KeyID, m.Subject())
+		if c := strings.Count(string(m.Data()), "\n"); c > 64 {
+			t.Fatalf("a message holds %d events, more than the batch size", c)
+		}
+		for data, rest := events.NextUsage(m.Data()); data != nil; data, rest = events.NextUsage(rest) {
+			ev, err := events.Decode(data)
+			if err != nil {
+				t.Fatalf("undecodable usage event %s: %v", data, err)
 			}
-		case keyledger.OutcomeMalformed:
-			malformed++
-			if u.KeyID != "" || m.Subject() != "keyledger.usage.live.unknown" {
-				t.Fatalf("malformed event key %q subject %q", u.KeyID, m.Subject())
+			u := ev.(*events.KeyUsed)
+			if ids[u.EventID] {
+				t.Fatalf("duplicate event id %s", u.EventID)
 			}
-		default:
-			t.Fatalf("outcome %v", u.Outcome)
+			ids[u.EventID] = true
+			if u.Node != "node-a" || u.IP != "192.0.2.4" || u.Environment != keyledger.EnvLive || u.Permission != "workflows:read" || u.At.IsZero() {
+				t.Fatalf("event %+v", u)
+			}
+			switch u.Outcome {
+			case keyledger.OutcomeValid:
+				valid++
+				if u.KeyID != liveID {
+					t.Fatalf("valid event key %q", u.KeyID)
+				}
+			case keyledger.OutcomeMalformed:
+				malformed++
+				if u.KeyID != "" {
+					t.Fatalf("malformed event key %q", u.KeyID)
+				}
+			default:
+				t.Fatalf("outcome %v", u.Outcome)
+			}
 		}
 	}
 	if valid != 900 || malformed != 100 {

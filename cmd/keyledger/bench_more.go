@@ -100,22 +100,26 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer stop()
 	fmt.Fprintf(stderr, "publishing %d KeyUsed events…\n", *n)
+	// The events go through the verifier nodes' own publisher, so USAGE
+	// holds the batches it writes in production.
+	up := verifier.NewUsagePublisher(js, verifier.UsageOptions{Buffer: *n,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	outcomes := keyledger.Outcomes()
 	now := time.Now().UTC()
 	for i := 0; i < *n; i++ {
-		ev := events.KeyUsed{
+		up.Record(events.KeyUsed{
 			Header:      events.Header{Type: events.TypeKeyUsed, V: 1, EventID: events.NewID(), At: now.Add(-time.Duration(i) * time.Millisecond), KeyID: fmt.Sprintf("key_%d", i%1000)},
 			Environment: keyledger.EnvLive, Outcome: outcomes[i%len(outcomes)], IP: fmt.Sprintf("10.%d.%d.%d", i%7, i%251, i%13),
 			UserAgent: "keyledger-bench/1.0", Method: "GET", Path: "/v1/x", Node: "bench", LatencyUS: 12,
-		}
-		if _, err := js.PublishAsync(events.UsageSubject(ev.Environment, ev.KeyID), ev.AppendJSON(nil)); err != nil {
-			return err
-		}
-		if i%10000 == 9999 {
-			<-js.PublishAsyncComplete()
-		}
+		})
 	}
-	<-js.PublishAsyncComplete()
+	up.Start(ctx)
+	if err := up.Close(ctx); err != nil {
+		return err
+	}
+	if st := up.Stats(); st.Published != uint64(*n) {
+		return fmt.Errorf("bench ingest: %d of %d events stored in USAGE (%+v)", st.Published, *n, st)
+	}
 
 	var b [6]byte
 	rand.Read(b[:])
