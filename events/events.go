@@ -108,6 +108,13 @@ func NewHeader(t Type, keyID, actor string, at time.Time) Header {
 	return Header{Type: t, V: Version, EventID: NewID(), At: at.UTC(), Actor: actor, KeyID: keyID}
 }
 
+func init() {
+	// Event ids need uniqueness, not secrecy: drawing their random bits
+	// from a pooled buffer (filled from crypto/rand) saves a read of the
+	// system's random source per KeyUsed event.
+	uuid.EnableRandPool()
+}
+
 // NewID returns a new UUIDv7: time-ordered, so event ids sort by creation.
 func NewID() string {
 	id, err := uuid.NewV7()

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,6 +119,20 @@ http {
 	if err != nil {
 		return err
 	}
+	// The ceiling for any Go server on this machine: net/http answering
+	// 200 with nothing else to do.
+	bareLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	bare := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
+	go bare.Serve(bareLn)
+	fmt.Fprintln(stderr, "wrk → Go net/http return 200 …")
+	bareRPS, _, err := wrk("http://" + bareLn.Addr().String() + "/")
+	bare.Close()
+	if err != nil {
+		return err
+	}
 	fmt.Fprintln(stderr, "wrk → keyledger /v1/authz …")
 	before := n.usage.Stats()
 	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
@@ -143,7 +159,7 @@ http {
 	}
 	ratio := klRPS / nginxRPS
 	res := benchResult{Name: "authz_vs_nginx_ratio", Value: ratio, Unit: "ratio", Extra: map[string]float64{
-		"keyledger_rps": klRPS, "nginx_rps": nginxRPS,
+		"keyledger_rps": klRPS, "nginx_rps": nginxRPS, "go_net_http_rps": bareRPS, "go_net_http_ratio": bareRPS / nginxRPS,
 		"usage_published": float64(after.Published - before.Published), "usage_shed": float64(after.Shed - before.Shed),
 		"usage_failed": float64(after.Failed - before.Failed),
 	}, Notes: fmt.Sprintf("wrk -t%d -c%d -d%s; valid key with a required permission; usage events published: %v", *threads, *conns, *dur, !*noUsage)}
@@ -154,6 +170,7 @@ http {
 	}
 	return printTable(stdout, []string{"METRIC", "VALUE"}, [][]string{
 		{"nginx return 200", fmt.Sprintf("%.0f req/s", nginxRPS)},
+		{"Go net/http return 200 (ceiling)", fmt.Sprintf("%.0f req/s (%.2f × nginx)", bareRPS, bareRPS/nginxRPS)},
 		{"keyledger GET /v1/authz (valid key)", fmt.Sprintf("%.0f req/s (p99 %s)", klRPS, p99)},
 		{"ratio", fmt.Sprintf("%.2f", ratio)},
 		{"KeyUsed published / shed / failed", fmt.Sprintf("%d / %d / %d", after.Published-before.Published, after.Shed-before.Shed, after.Failed-before.Failed)},
