@@ -141,6 +141,7 @@ func (u *UsagePublisher) run(ctx context.Context) {
 	defer close(u.done)
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
+	defer linger.Stop()
 	for {
 		select {
 		case ev := <-u.ch:
@@ -158,31 +159,33 @@ func (u *UsagePublisher) run(ctx context.Context) {
 	}
 }
 
-// collect adds buffered events to the batches until one is full, waiting
-// up to the linger time for more when linger is not nil.
+// collect adds buffered events to the batches until one is full. When
+// linger is not nil and the batches are not full yet, it then waits the
+// linger time and takes what arrived meanwhile. It sleeps on the timer
+// rather than on the channel: waking up for every event would cost a
+// goroutine switch per verification.
 func (u *UsagePublisher) collect(ctx context.Context, linger *time.Timer) {
-	if linger != nil && u.opts.Linger > 0 {
-		linger.Reset(u.opts.Linger)
-		defer linger.Stop()
-	} else {
-		linger = nil
+	u.drain()
+	if linger == nil || u.opts.Linger <= 0 || u.full() {
+		return
 	}
+	linger.Reset(u.opts.Linger)
+	select {
+	case <-linger.C:
+	case <-ctx.Done():
+		linger.Stop()
+	}
+	u.drain()
+}
+
+// drain adds buffered events to the batches, without waiting, until one
+// is full or none is left.
+func (u *UsagePublisher) drain() {
 	for !u.full() {
 		select {
 		case ev := <-u.ch:
 			u.add(&ev)
-			continue
 		default:
-		}
-		if linger == nil {
-			return
-		}
-		select {
-		case ev := <-u.ch:
-			u.add(&ev)
-		case <-linger.C:
-			return
-		case <-ctx.Done():
 			return
 		}
 	}

@@ -59,6 +59,9 @@ type Config struct {
 type Verifier struct {
 	cfg   Config
 	table *projector.Table
+	// since is time.Since unless a clock is injected: it reads only the
+	// monotonic clock, half the cost of time.Now on the request path.
+	since func(time.Time) time.Duration
 }
 
 // New returns a verifier over table.
@@ -75,10 +78,14 @@ func New(table *projector.Table, cfg Config) *Verifier {
 	if cfg.TestRateLimit.PerSecond <= 0 {
 		cfg.TestRateLimit = DefaultTestRateLimit
 	}
+	v := &Verifier{cfg: cfg, table: table, since: time.Since}
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		v.cfg.Now = time.Now
+	} else {
+		now := cfg.Now
+		v.since = func(t time.Time) time.Duration { return now().Sub(t) }
 	}
-	return &Verifier{cfg: cfg, table: table}
+	return v
 }
 
 // Environment returns the environment this verifier serves.
@@ -216,7 +223,7 @@ func (v *Verifier) record(req *Request, res Result, now time.Time) {
 		Method:      req.Method,
 		Path:        req.Path,
 		Node:        v.cfg.Node,
-		LatencyUS:   int64(v.cfg.Now().Sub(now) / time.Microsecond),
+		LatencyUS:   int64(v.since(now) / time.Microsecond),
 	}
 	if res.Entry != nil {
 		ev.KeyID = res.Entry.ID

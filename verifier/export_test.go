@@ -1,0 +1,4 @@
+package verifier
+
+// HeaderKeys exposes headerKeys to the external tests.
+var HeaderKeys = headerKeys
