@@ -33,6 +33,7 @@ const (
 	ReasonMethodNotAllowed = "method_not_allowed"
 	ReasonBodyTooLarge     = "body_too_large"
 	ReasonUnsupportedMedia = "unsupported_media_type"
+	ReasonHeadersTooLarge  = "headers_too_large"
 )
 
 // httpStatus is the one table from error kinds to HTTP statuses. A reason
@@ -52,6 +53,7 @@ var reasonStatus = map[string]int{
 	ReasonMethodNotAllowed: http.StatusMethodNotAllowed,
 	ReasonBodyTooLarge:     http.StatusRequestEntityTooLarge,
 	ReasonUnsupportedMedia: http.StatusUnsupportedMediaType,
+	ReasonHeadersTooLarge:  http.StatusRequestHeaderFieldsTooLarge,
 }
 
 // Error is the one error type of keyledger. Message is safe to show to the

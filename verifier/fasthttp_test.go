@@ -1,0 +1,200 @@
+package verifier_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/verifier"
+	"github.com/valyala/fasthttp"
+)
+
+// MustServeFastHTTP serves h's forward-auth endpoint with fasthttp on a
+// loopback port, as keyledger serve does, until the test ends.
+func MustServeFastHTTP(tb testing.TB, h *verifier.Handler) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: h.AuthzFastHTTP, ErrorHandler: verifier.FastHTTPError,
+		ReadBufferSize: 8 << 10, MaxRequestBodySize: 1 << 10, ReadTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.ShutdownWithContext(ctx)
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// The fasthttp endpoint must answer exactly as the net/http one, and
+// record the same KeyUsed event.
+func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
+	f := newFixture(t)
+	live, _ := f.mustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
+	revoked, revokedID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
+	f.revoke(t, revokedID)
+	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, nil))
+	base := MustServeFastHTTP(t, h)
+	client := &http.Client{Timeout: 5 * time.Second}
+
+	cases := []struct {
+		name, method, path string
+		hdr                map[string]string
+	}{
+		{"valid with nginx headers", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + live,
+			"X-Required-Permission": "workflows:read", "X-Real-IP": "198.51.100.9", "X-Original-Method": "POST",
+			"X-Original-URI": "/v2/run?x=1", "User-Agent": "sdk/1.0"}},
+		{"valid with traefik headers", "PUT", "/v1/authz", map[string]string{"Authorization": "bearer " + live,
+			"X-Forwarded-For": "203.0.113.7, 10.0.0.1", "X-Forwarded-Method": "DELETE", "X-Forwarded-Uri": "/api/w/42",
+			"User-Agent": "sdk/2.0"}},
+		{"valid through envoy's path", "GET", "/v1/authz/api/things?id=3", map[string]string{"Authorization": "Bearer " + live,
+			"User-Agent": "envoy"}},
+		{"odd method", "PROPFIND", "/v1/authz", map[string]string{"Authorization": "Bearer " + live}},
+		{"missing key", "GET", "/v1/authz", nil},
+		{"basic scheme", "GET", "/v1/authz", map[string]string{"Authorization": "Basic " + live}},
+		{"malformed", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer fsk_live_nope"}},
+		{"revoked", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + revoked}},
+		{"test key at a live node", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + test}},
+		{"missing permission", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + live,
+			"X-Required-Permission": "storage:write"}},
+		{"unknown permission", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + live,
+			"X-Required-Permission": "nope:nope"}},
+	}
+	compared := []string{"Content-Type", "Cache-Control", "Www-Authenticate", "Retry-After",
+		"X-Key-Id", "X-Key-Owner", "X-Key-Environment"}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			// net/http, through the handler directly.
+			r := httptest.NewRequest(tc.method, tc.path, nil)
+			r.RemoteAddr = "127.0.0.1:40000"
+			for k, v := range tc.hdr {
+				r.Header.Set(k, v)
+			}
+			if _, ok := tc.hdr["User-Agent"]; !ok {
+				r.Header.Set("User-Agent", "Go-http-client/1.1")
+			}
+			f.used = nil
+			want, wantBody := do(t, h, r)
+			wantEv := f.used[0]
+
+			// fasthttp, over loopback.
+			req, err := http.NewRequest(tc.method, base+tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tc.hdr {
+				req.Header.Set(k, v)
+			}
+			f.used = nil
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != want.StatusCode || strings.TrimSpace(string(b)) != wantBody {
+				t.Fatalf("fasthttp %d %s, net/http %d %s", resp.StatusCode, b, want.StatusCode, wantBody)
+			}
+			for _, k := range compared {
+				if got, w := resp.Header.Get(k), want.Header.Get(k); got != w {
+					t.Errorf("header %s: fasthttp %q, net/http %q", k, got, w)
+				}
+			}
+			gotEv := f.used[0]
+			for _, ev := range []*events.KeyUsed{&gotEv, &wantEv} {
+				ev.EventID, ev.LatencyUS = "", 0
+			}
+			if gotEv != wantEv {
+				t.Fatalf("KeyUsed\nfasthttp %+v\nnet/http %+v", gotEv, wantEv)
+			}
+		})
+	}
+
+	t.Run("recorded strings survive the next request on the connection", func(t *testing.T) {
+		f.used = nil
+		for _, ua := range []string{"first-agent/1.0", "second/2"} {
+			req, _ := http.NewRequest("GET", base+"/v1/authz", nil)
+			req.Header.Set("Authorization", "Bearer "+live)
+			req.Header.Set("User-Agent", ua)
+			req.Header.Set("X-Original-URI", "/p/"+ua)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if len(f.used) != 2 || f.used[0].UserAgent != "first-agent/1.0" || f.used[0].Path != "/p/first-agent/1.0" {
+			t.Fatalf("events %+v", f.used)
+		}
+	})
+}
+
+func TestHandler_AuthzFastHTTP_rateLimited(t *testing.T) {
+	f := newFixture(t)
+	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
+	base := MustServeFastHTTP(t, verifier.NewHandler(f.verifier(keyledger.EnvTest, nil)))
+	client := &http.Client{Timeout: 5 * time.Second}
+	var last *http.Response
+	var body []byte
+	for range 4 { // burst 3
+		req, _ := http.NewRequest("GET", base+"/v1/authz", nil)
+		req.Header.Set("Authorization", "Bearer "+test)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = resp
+	}
+	if last.StatusCode != 429 || last.Header.Get("Retry-After") != "1" || !strings.Contains(string(body), `"code":"rate_limited"`) {
+		t.Fatalf("got %d retry-after %q %s", last.StatusCode, last.Header.Get("Retry-After"), body)
+	}
+}
+
+// Requests fasthttp cannot take get the product's error envelope, not
+// fasthttp's plain text.
+func TestFastHTTPError(t *testing.T) {
+	f := newFixture(t)
+	base := MustServeFastHTTP(t, verifier.NewHandler(f.verifier(keyledger.EnvLive, nil)))
+	client := &http.Client{Timeout: 5 * time.Second}
+	for _, tc := range []struct {
+		name   string
+		mod    func(*http.Request)
+		status int
+		reason string
+	}{
+		{"headers over the read buffer", func(r *http.Request) { r.Header.Set("Cookie", strings.Repeat("c", 16<<10)) },
+			http.StatusRequestHeaderFieldsTooLarge, keyledger.ReasonHeadersTooLarge},
+		{"body over the limit", func(r *http.Request) {
+			r.Body = io.NopCloser(strings.NewReader(strings.Repeat("b", 4<<10)))
+			r.ContentLength = 4 << 10
+		}, http.StatusRequestEntityTooLarge, keyledger.ReasonBodyTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", base+"/v1/authz", nil)
+			tc.mod(req)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(b), `"code":"invalid_request"`) ||
+				!strings.Contains(string(b), `"reason":"`+tc.reason+`"`) || resp.Header.Get("Content-Type") != "application/json" {
+				t.Fatalf("got %d %q %s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
+			}
+		})
+	}
+}
