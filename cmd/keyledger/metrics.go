@@ -46,6 +46,8 @@ func registerNodeMetrics(reg prometheus.Registerer, p *projector.Projector, u *v
 			func() float64 { return float64(u.Stats().Shed) }),
 		counter("keyledger_usage_failed_total", "KeyUsed events whose publish failed or was not acknowledged.",
 			func() float64 { return float64(u.Stats().Failed) }),
+		counter("keyledger_usage_messages_total", "USAGE messages acknowledged, each a batch of KeyUsed events.",
+			func() float64 { return float64(u.Stats().Messages) }),
 		gauge("keyledger_usage_buffered", "KeyUsed events waiting to be published.",
 			func() float64 { return float64(u.Stats().Buffered) }),
 	)
