@@ -51,6 +51,7 @@ type nodeConfig struct {
 	TestRateLimit   keyledger.RateLimit
 	Name            string
 	UsageMaxAge     time.Duration
+	UsageLinger     time.Duration
 	MaxStaleness    time.Duration
 	FailOpen        bool
 	ShutdownTimeout time.Duration
@@ -94,6 +95,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.TestRateLimit.Burst, "test-burst", verifier.DefaultTestRateLimit.Burst, "burst per test key")
 	fs.StringVar(&cfg.Name, "node", host, "name of this node (unique): NATS server name, heartbeats, usage events")
 	fs.DurationVar(&cfg.UsageMaxAge, "usage-max-age", 7*24*time.Hour, "how long USAGE keeps events")
+	fs.DurationVar(&cfg.UsageLinger, "usage-linger", verifier.DefaultUsageLinger, "how long a batch of KeyUsed events waits for more before it is published (negative: no wait)")
 	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 5*time.Second, "refuse verifications (503) when the node cannot confirm it is current for this long")
 	fs.BoolVar(&cfg.FailOpen, "fail-open", false, "keep verifying from a stale table instead of answering 503 (unsafe: a revoked key may pass)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a clean shutdown may take")
@@ -257,7 +259,7 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 		return nil, err
 	}
 	n.announcer.Start(ctx)
-	n.usage = verifier.NewUsagePublisher(n.js, verifier.UsageOptions{Logger: n.log})
+	n.usage = verifier.NewUsagePublisher(n.js, verifier.UsageOptions{Linger: cfg.UsageLinger, Logger: n.log})
 	n.usage.Start(ctx)
 	ready := n.projector.Ready
 	if cfg.FailOpen {
