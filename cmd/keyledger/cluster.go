@@ -63,6 +63,11 @@ func clusterConfigs(n int, dir, token string, log *slog.Logger) ([]nodeConfig, e
 			Prefix: keyledger.DefaultPrefix, Permissions: keyledger.DefaultPermissions, TestRateLimit: verifier.DefaultTestRateLimit,
 			Name: name, Logger: log.With("node", name),
 		}
+		if n == 1 {
+			// One node is a standalone server: a JetStream cluster of one
+			// never elects a meta leader without peers to route to.
+			cfgs[i].Cluster, cfgs[i].ClusterName = "", ""
+		}
 	}
 	return cfgs, nil
 }

@@ -31,7 +31,7 @@ Usage:
   keyledger audit  [--key ID] [--actor A] [--type T] [--from T] [--to T]
   keyledger alerts [--rule R] [--key ID] [--from T] [--to T]
   keyledger nodes                         live nodes and how far each has applied the ledger
-  keyledger bench NAME [--json]           benchmarks on this machine (revoke)
+  keyledger bench NAME [--json]           benchmarks on this machine: verify, authz, revoke, coldstart, ingest, all
 
 Run "keyledger COMMAND -h" for a command's flags.
 `

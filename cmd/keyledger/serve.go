@@ -176,6 +176,11 @@ func (cfg *nodeConfig) check() error {
 	if cfg.ClickHouse != "" && cfg.Role != roleAdmin {
 		return usageErr("--clickhouse runs analytics, which belongs on admin nodes")
 	}
+	if cfg.Cluster != "" && len(cfg.Routes) == 0 {
+		// A JetStream cluster member with no route never elects a meta
+		// leader: it would only time out at start.
+		return usageErr("--cluster makes this node a NATS cluster member: name the other members with --routes (a single node needs neither)")
+	}
 	if cfg.Cluster != "" && cfg.NATSURL != "" {
 		return usageErr("--cluster makes the embedded server a cluster member; it does not combine with --nats")
 	}
