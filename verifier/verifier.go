@@ -7,7 +7,9 @@
 // The package also serves the HTTP endpoints verifier nodes expose:
 // POST /v1/verify, the forward-auth endpoint /v1/authz for nginx
 // auth_request, Traefik ForwardAuth and Envoy ext_authz, /healthz and
-// /readyz.
+// /readyz, as a net/http Handler; and the forward-auth endpoint alone for
+// fasthttp (AuthzFastHTTP), which keyledger serve uses because forward
+// auth is nearly all of a node's traffic.
 package verifier
 
 import (
