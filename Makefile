@@ -34,6 +34,12 @@ bench-all: build
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s .
+	$(GO) test -run '^$$' -fuzz FuzzSum256 -fuzztime 30s ./internal/sha256x/
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./events/
+	$(GO) test -run '^$$' -fuzz FuzzKeyUsedJSON -fuzztime 30s ./events/
+	$(GO) test -run '^$$' -fuzz FuzzNextUsage -fuzztime 30s ./events/
+	$(GO) test -run '^$$' -fuzz FuzzAuthz -fuzztime 30s ./verifier/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyUsed -fuzztime 30s ./analytics/
 
 clickhouse-start:
 	./scripts/clickhouse.sh start

@@ -2,6 +2,7 @@ package verifier_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -197,4 +198,66 @@ func TestFastHTTPError(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzAuthz feeds both forward-auth implementations the same gateway
+// headers: neither may panic, both must reach the same outcome and record
+// the same event, and no recorded field may carry the presented key.
+func FuzzAuthz(f *testing.F) {
+	fx := newFixture(f)
+	live, _ := fx.mustCreate(f, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	h := verifier.NewHandler(fx.verifier(keyledger.EnvLive, nil))
+	f.Add("Bearer "+live, "workflows:read", "203.0.113.7, 10.0.0.1", "", "GET", "/a?b=c", "sdk/1")
+	f.Add("bearer "+live, "storage:write", "", "198.51.100.1", "", "", "")
+	f.Add("Basic x", "", "", "", "PROPFIND", "", "")
+	f.Add("Bearer fsk_live_"+strings.Repeat("A", 36), "nope", ",", " ", "x", "/", "\xff")
+	f.Fuzz(func(t *testing.T, auth, perm, xff, realIP, method, uri, ua string) {
+		// Only what an HTTP parser can hand over: no line breaks or NULs,
+		// no surrounding blanks, names of token characters.
+		for _, v := range []string{auth, perm, xff, realIP, method, uri, ua} {
+			if strings.ContainsAny(v, "\r\n\x00") || strings.TrimSpace(v) != v || strings.Trim(v, " \t") != v {
+				return
+			}
+		}
+		hdr := map[string]string{"Authorization": auth, "X-Required-Permission": perm, "X-Forwarded-For": xff,
+			"X-Real-Ip": realIP, "X-Original-Method": method, "X-Original-Uri": uri, "User-Agent": ua}
+
+		r := httptest.NewRequest("GET", "/v1/authz", nil)
+		r.RemoteAddr = "127.0.0.1:40000"
+		for k, v := range hdr {
+			if v != "" {
+				r.Header[k] = []string{v}
+			}
+		}
+		fx.used = nil
+		want, wantBody := do(t, h, r)
+		wantEv := fx.used[0]
+
+		var req fasthttp.Request
+		req.Header.SetMethod("GET")
+		req.SetRequestURI("/v1/authz")
+		for k, v := range hdr {
+			if v != "" {
+				req.Header.Set(k, v)
+			}
+		}
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
+		fx.used = nil
+		h.AuthzFastHTTP(&ctx)
+		gotEv := fx.used[0]
+
+		if ctx.Response.StatusCode() != want.StatusCode || strings.TrimSpace(string(ctx.Response.Body())) != wantBody {
+			t.Fatalf("fasthttp %d %s, net/http %d %s", ctx.Response.StatusCode(), ctx.Response.Body(), want.StatusCode, wantBody)
+		}
+		for _, ev := range []*events.KeyUsed{&gotEv, &wantEv} {
+			ev.EventID, ev.LatencyUS = "", 0
+		}
+		if gotEv != wantEv {
+			t.Fatalf("KeyUsed\nfasthttp %+v\nnet/http %+v", gotEv, wantEv)
+		}
+		if len(live) > 0 && strings.Contains(fmt.Sprintf("%+v", gotEv), live) {
+			t.Fatalf("event carries the key: %+v", gotEv)
+		}
+	})
 }
