@@ -38,6 +38,39 @@ func (e *KeyUsed) AppendJSON(b []byte) []byte {
 	return append(b, '}')
 }
 
+// Bounds, in bytes, of the fields of a KeyUsed event that come from the
+// client (through its gateway). Every verification is recorded: without
+// bounds, a 30 KB User-Agent would be stored 30 KB at a time in USAGE and
+// ClickHouse.
+const (
+	MaxUsedPermissionLen = 128
+	MaxUsedIPLen         = 64
+	MaxUsedUserAgentLen  = 512
+	MaxUsedMethodLen     = 16
+	MaxUsedPathLen       = 1024
+)
+
+// Clip cuts the client-supplied fields of e to their bounds, each at a
+// UTF-8 character boundary. Publishers call it before encoding.
+func (e *KeyUsed) Clip() {
+	e.Permission = Clip(e.Permission, MaxUsedPermissionLen)
+	e.IP = Clip(e.IP, MaxUsedIPLen)
+	e.UserAgent = Clip(e.UserAgent, MaxUsedUserAgentLen)
+	e.Method = Clip(e.Method, MaxUsedMethodLen)
+	e.Path = Clip(e.Path, MaxUsedPathLen)
+}
+
+// Clip returns s cut to at most n bytes, at a UTF-8 character boundary.
+func Clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
 // A USAGE message holds one KeyUsed event or a batch of them: events in
 // their JSON form, each followed by a newline. A newline cannot occur
 // inside an event (strings escape it), so it separates them unambiguously.

@@ -319,3 +319,27 @@ func FuzzNextUsage(f *testing.F) {
 		}
 	})
 }
+
+func TestKeyUsed_Clip(t *testing.T) {
+	long := strings.Repeat("é", 2000) // 2 bytes each
+	ev := events.KeyUsed{UserAgent: "x" + long, Path: "/" + long, IP: long, Method: long, Permission: long, Node: long}
+	ev.Clip()
+	for name, tc := range map[string]struct {
+		got string
+		max int
+	}{"user_agent": {ev.UserAgent, events.MaxUsedUserAgentLen}, "path": {ev.Path, events.MaxUsedPathLen},
+		"ip": {ev.IP, events.MaxUsedIPLen}, "method": {ev.Method, events.MaxUsedMethodLen},
+		"permission": {ev.Permission, events.MaxUsedPermissionLen}} {
+		if len(tc.got) > tc.max || len(tc.got) < tc.max-1 || !utf8.ValidString(tc.got) {
+			t.Errorf("%s clipped to %d bytes (valid UTF-8: %v), want at most %d, cut at a character", name, len(tc.got), utf8.ValidString(tc.got), tc.max)
+		}
+	}
+	if ev.UserAgent[:3] != "xé" || ev.Node != long {
+		t.Errorf("user agent starts %q; node changed: %v", ev.UserAgent[:3], ev.Node != long)
+	}
+	short := events.KeyUsed{UserAgent: "curl/8", Path: "/p"}
+	short.Clip()
+	if short.UserAgent != "curl/8" || short.Path != "/p" {
+		t.Errorf("short fields changed: %+v", short)
+	}
+}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"net/http"
+	"strings"
 	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
 	"github.com/valyala/fasthttp"
 )
 
@@ -34,9 +36,9 @@ func (h *Handler) AuthzFastHTTP(ctx *fasthttp.RequestCtx) {
 		Key:        bearer(unsafeString(hdr.Peek("Authorization"))),
 		Permission: string(hdr.Peek("X-Required-Permission")),
 		IP:         fastClientIP(ctx),
-		UserAgent:  string(hdr.UserAgent()),
+		UserAgent:  clipString(hdr.UserAgent(), events.MaxUsedUserAgentLen),
 		Method:     method(firstPeek(hdr, "X-Forwarded-Method", "X-Original-Method", ctx.Method())),
-		Path:       string(firstPeek(hdr, "X-Forwarded-Uri", "X-Original-Uri", nil)),
+		Path:       clipString(firstPeek(hdr, "X-Forwarded-Uri", "X-Original-Uri", nil), events.MaxUsedPathLen),
 	}
 	if req.Path == "" {
 		req.Path = fastClientPath(ctx)
@@ -65,6 +67,15 @@ func unsafeString(b []byte) string {
 		return ""
 	}
 	return unsafe.String(&b[0], len(b))
+}
+
+// clipString copies at most n bytes of b (see events.Clip), so that a
+// huge header is not copied whole only to be cut when it is published.
+func clipString(b []byte, n int) string {
+	if len(b) > n {
+		return strings.Clone(events.Clip(unsafeString(b), n))
+	}
+	return string(b)
 }
 
 // firstPeek returns the first of two headers that is set, else def.

@@ -201,6 +201,7 @@ func (u *UsagePublisher) add(ev *events.KeyUsed) {
 	if ev.EventID == "" {
 		ev.EventID = events.NewID()
 	}
+	ev.Clip()
 	b := &u.bufs[envIndex(ev.Environment)]
 	if b.n == 0 {
 		b.node = ev.Node
