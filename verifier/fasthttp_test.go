@@ -114,7 +114,7 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 			gotEv := f.used[0]
 			for _, ev := range []*events.KeyUsed{&gotEv, &wantEv} {
 				ev.EventID, ev.LatencyUS = "", 0
-			ev.Clip() // as published: the fasthttp endpoint clips long headers as it copies them
+				ev.Clip() // as published: the fasthttp endpoint clips long headers as it copies them
 			}
 			if gotEv != wantEv {
 				t.Fatalf("KeyUsed\nfasthttp %+v\nnet/http %+v", gotEv, wantEv)
