@@ -178,17 +178,20 @@ func FastHTTPError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.Is(err, fasthttp.ErrSmallReadBuffer) || errors.As(err, new(*fasthttp.ErrSmallBuffer)):
 		e.Reason, e.Message = keyledger.ReasonHeadersTooLarge, "request headers too large"
 	}
-	ctx.Response.Reset()
-	fw := fastWriter{ctx: ctx, h: make(http.Header, 2)}
-	keyledger.WriteError(&fw, e)
-	ctx.SetConnectionClose()
+	abort(ctx, e)
 }
 
 // FastHTTPInternalError answers with the internal error envelope, for a
 // fasthttp handler that failed (the cause is logged by the caller).
 func FastHTTPInternalError(ctx *fasthttp.RequestCtx) {
+	abort(ctx, keyledger.Errorf(keyledger.Internal, "internal error"))
+}
+
+// abort replaces whatever response was begun with err's envelope, and
+// closes the connection after it: the request's state is not trusted.
+func abort(ctx *fasthttp.RequestCtx, err error) {
 	ctx.Response.Reset()
 	fw := fastWriter{ctx: ctx, h: make(http.Header, 2)}
-	keyledger.WriteError(&fw, keyledger.Errorf(keyledger.Internal, "internal error"))
+	keyledger.WriteError(&fw, err)
 	ctx.SetConnectionClose()
 }
