@@ -191,13 +191,7 @@ func ClientIP(r *http.Request) string { return clientIP(r) }
 // hop, else X-Real-IP, else the connection's peer. Only gateways should be
 // able to reach a verifier, since these headers are the client's word.
 func clientIP(r *http.Request) string {
-	if xff := header(r, "X-Forwarded-For"); xff != "" {
-		if i := strings.IndexByte(xff, ','); i >= 0 {
-			xff = xff[:i]
-		}
-		return strings.TrimSpace(xff)
-	}
-	if ip := header(r, "X-Real-Ip"); ip != "" {
+	if ip := forwardedIP(header(r, "X-Forwarded-For"), header(r, "X-Real-Ip")); ip != "" {
 		return ip
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -207,13 +201,31 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// clientPath is the path being authorized when no gateway header names it:
-// the part after /v1/authz (Envoy), else the request's own.
-func clientPath(r *http.Request) string {
-	if p, ok := strings.CutPrefix(r.URL.RequestURI(), "/v1/authz/"); ok {
+// forwardedIP is the client a gateway names: the first X-Forwarded-For
+// hop, else X-Real-IP; "" when neither header is set. The result may be a
+// substring of its arguments.
+func forwardedIP(xff, realIP string) string {
+	if xff != "" {
+		if i := strings.IndexByte(xff, ','); i >= 0 {
+			xff = xff[:i]
+		}
+		return strings.TrimSpace(xff)
+	}
+	return realIP
+}
+
+// clientPath is the path being authorized when no gateway header names it
+// (see authzPath).
+func clientPath(r *http.Request) string { return authzPath(r.URL.RequestURI()) }
+
+// authzPath is the path being authorized, from the request URI of the
+// forward-auth request itself: the part after /v1/authz (Envoy), else the
+// URI. The result may be uri itself.
+func authzPath(uri string) string {
+	if p, ok := strings.CutPrefix(uri, "/v1/authz/"); ok {
 		return "/" + p
 	}
-	return r.URL.RequestURI()
+	return uri
 }
 
 // header returns the first value of a header given in canonical form
