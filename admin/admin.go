@@ -15,12 +15,13 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 )
 
 // Config configures a Service.
 type Config struct {
-	Log       *events.Log
+	Log       *nats.Log
 	Projector *projector.Projector // must keep records (Options.Records)
 	Catalog   *keyledger.Catalog   // default keyledger.DefaultCatalog
 	Format    keyledger.Format     // default keyledger.DefaultFormat
@@ -76,17 +77,17 @@ func (s *Service) WithUsage(ctx context.Context, views []KeyView) {
 	}
 }
 
-// Fleet is the set of live nodes (events.Registry).
+// Fleet is the set of live nodes (nats.Registry).
 type Fleet interface {
 	// WaitApplied waits until every live node applied seq, or ctx ends.
-	WaitApplied(ctx context.Context, seq uint64) events.Applied
+	WaitApplied(ctx context.Context, seq uint64) nats.Applied
 	// Live lists the nodes heard from recently.
-	Live() []events.NodeStatus
+	Live() []nats.NodeStatus
 }
 
 // NodeView is a live node with its lag behind the ledger.
 type NodeView struct {
-	events.NodeStatus
+	nats.NodeStatus
 	// Lag is how many ledger events the node had not applied when it
 	// last reported, against the newest sequence this node knows.
 	Lag uint64 `json:"lag"`
@@ -433,7 +434,7 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 		if _, uerr := s.cfg.Log.Append(context.WithoutCancel(ctx), undo, k.Revision); uerr != nil {
 			s.cfg.Logger.Error("roll failed and its new key could not be revoked", "old", id, "new", k.ID, "err", uerr)
 		}
-		if errors.Is(err, events.ErrConflict) {
+		if errors.Is(err, nats.ErrConflict) {
 			return nil, keyledger.Errorf(keyledger.Conflict, "key %s changed while it was being rolled; try again", id)
 		}
 		return nil, err
@@ -508,7 +509,7 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 		}
 		ev := &events.KeyRevoked{Header: s.header(events.TypeKeyRevoked, id, w), Reason: reason}
 		seq, err := s.cfg.Log.Append(ctx, ev, expect)
-		if errors.Is(err, events.ErrConflict) {
+		if errors.Is(err, nats.ErrConflict) {
 			continue
 		}
 		if err != nil {
@@ -546,6 +547,6 @@ func (s *Service) List(f projector.Filter) []KeyView {
 }
 
 // History returns a key's events from the ledger: its audit trail.
-func (s *Service) History(ctx context.Context, id string) ([]events.Record, error) {
+func (s *Service) History(ctx context.Context, id string) ([]nats.Record, error) {
 	return s.cfg.Log.History(ctx, id)
 }

@@ -12,7 +12,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/events"
-	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats/natstest"
 	"github.com/keyledger/keyledger/projector"
 )
 
@@ -22,7 +22,7 @@ var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 // running projector, a fixed clock and deterministic secrets.
 func MustOpenService(tb testing.TB) (*admin.Service, *projector.Projector) {
 	tb.Helper()
-	env := eventstest.MustStart(tb)
+	env := natstest.MustStart(tb)
 	ctx := context.Background()
 	p := projector.New(env.JS, projector.Options{Records: true})
 	if err := p.Start(ctx); err != nil {

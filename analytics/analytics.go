@@ -39,7 +39,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	keyledger "github.com/keyledger/keyledger"
-	"github.com/nats-io/nats.go"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -58,7 +58,7 @@ type Config struct {
 	// without ingest (queries and detection only).
 	JetStream jetstream.JetStream
 	// NATS publishes alerts and dead letters. Nil: JetStream's connection.
-	NATS *nats.Conn
+	NATS *natsgo.Conn
 	// ConsumerPrefix names the durable consumers: <prefix>-usage on USAGE
 	// and <prefix>-keys on KEYS. Default "analytics". Every analytics node
 	// of a deployment shares them, so each event is ingested by one node.

@@ -11,6 +11,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -63,7 +64,7 @@ func BenchmarkIngest(b *testing.B) {
 		deadline := time.Now().Add(10 * time.Minute)
 		var t10, t90 time.Time
 		for {
-			got := metricValue(a.metrics.rows.WithLabelValues(events.UsageStream))
+			got := metricValue(a.metrics.rows.WithLabelValues(nats.UsageStream))
 			if t10.IsZero() && got >= 0.1*float64(n) {
 				t10 = time.Now()
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 )
 
 // usageRow is one KeyUsed event as it is stored in usage_events.
@@ -52,7 +53,7 @@ func decodeKeyUsed(data []byte, r *usageRow) error {
 	}
 	ku, ok := ev.(*events.KeyUsed)
 	if !ok {
-		return fmt.Errorf("a %s event does not belong on the %s stream", ev.Head().Type, events.UsageStream)
+		return fmt.Errorf("a %s event does not belong on the %s stream", ev.Head().Type, nats.UsageStream)
 	}
 	at := ku.At.UTC()
 	sec := at.Unix()

@@ -14,7 +14,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/nats-io/nats.go"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -46,7 +46,7 @@ func TestDetector(t *testing.T) {
 		hooks = append(hooks, al)
 	}))
 	defer webhook.Close()
-	published := make(chan *nats.Msg, 100)
+	published := make(chan *natsgo.Msg, 100)
 	sub, err := tj.nc.ChanSubscribe(AlertSubjectPrefix+">", published)
 	if err != nil {
 		t.Fatal(err)

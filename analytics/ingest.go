@@ -14,7 +14,8 @@ import (
 	"github.com/google/uuid"
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/nats-io/nats.go"
+	"github.com/keyledger/keyledger/nats"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -62,7 +63,7 @@ type ingestSpec struct {
 }
 
 func usageSpec() ingestSpec {
-	return ingestSpec{stream: events.UsageStream, name: "usage",
+	return ingestSpec{stream: nats.UsageStream, name: "usage",
 		newSink: func(a *Analytics, checkUpTo *atomic.Uint64) sink { return newUsageSink(a, checkUpTo) },
 		storedUpTo: func(ctx context.Context, a *Analytics) (uint64, error) {
 			var seq uint64
@@ -72,7 +73,7 @@ func usageSpec() ingestSpec {
 }
 
 func keysSpec() ingestSpec {
-	return ingestSpec{stream: events.KeysStream, name: "keys",
+	return ingestSpec{stream: nats.KeysStream, name: "keys",
 		newSink: func(a *Analytics, _ *atomic.Uint64) sink { return &keysSink{a: a} }}
 }
 
@@ -324,7 +325,7 @@ func (in *ingester) deadLetter(msg jetstream.Msg, seq uint64, reason string) {
 	a := in.a
 	log := a.log.With("stream", in.spec.stream, "seq", seq)
 	if nc := a.cfg.NATS; nc != nil {
-		dl := nats.NewMsg(DeadLetterSubject(in.spec.stream))
+		dl := natsgo.NewMsg(DeadLetterSubject(in.spec.stream))
 		dl.Data = msg.Data()
 		dl.Header.Set(HeaderDeadLetterReason, reason)
 		dl.Header.Set(HeaderDeadLetterStream, in.spec.stream)
@@ -784,7 +785,7 @@ func (s *keysSink) add(data []byte, seq uint64, _ bool) error {
 		r.reason = "rolled to " + e.RolledTo
 		r.expiresMS = uint64(max(e.ExpiresAt.UnixMilli(), 0))
 	default:
-		return fmt.Errorf("a %s event does not belong on the %s stream", h.Type, events.KeysStream)
+		return fmt.Errorf("a %s event does not belong on the %s stream", h.Type, nats.KeysStream)
 	}
 	if r.permissions == nil {
 		r.permissions = []string{}

@@ -12,7 +12,8 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/nats-io/nats.go"
+	"github.com/keyledger/keyledger/nats"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -79,10 +80,10 @@ func TestIngestExactCounts(t *testing.T) {
 	if gotN != wantN {
 		t.Errorf("partial-minute range: %d, want %d", gotN, wantN)
 	}
-	if n := metricValue(a.metrics.rows.WithLabelValues(events.UsageStream)); n != 6000 {
+	if n := metricValue(a.metrics.rows.WithLabelValues(nats.UsageStream)); n != 6000 {
 		t.Errorf("ingested rows metric = %v, want 6000", n)
 	}
-	if n := metricValue(a.metrics.batches.WithLabelValues(events.UsageStream, "ok")); n < 6 {
+	if n := metricValue(a.metrics.batches.WithLabelValues(nats.UsageStream, "ok")); n < 6 {
 		t.Errorf("batches metric = %v, want >= 6", n)
 	}
 }
@@ -122,7 +123,7 @@ func TestRedeliveredBatchNotDoubleCounted(t *testing.T) {
 	if c := usageCounts(t, a.conn); c != (counts{2000, 2000, 2000}) {
 		t.Fatalf("after redelivery counts = %+v, want 2000 each", c)
 	}
-	if n, want := metricValue(a.metrics.duplicates.WithLabelValues(events.UsageStream)), float64(dropped.Load()); n != want || want == 0 {
+	if n, want := metricValue(a.metrics.duplicates.WithLabelValues(nats.UsageStream)), float64(dropped.Load()); n != want || want == 0 {
 		t.Errorf("duplicates skipped = %v, want %v (the two batches whose acks were lost)", n, want)
 	}
 	q, err := a.Usage(context.Background(), UsageQuery{KeyID: "key_r", From: now.Add(-time.Hour), To: now.Add(time.Minute)})
@@ -142,8 +143,8 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 	t.Parallel()
 	tj := MustStartJetStream(t)
 	reg := prometheus.NewRegistry()
-	dl := make(chan *nats.Msg, 10)
-	sub, err := tj.nc.ChanSubscribe(DeadLetterSubject(events.UsageStream), dl)
+	dl := make(chan *natsgo.Msg, 10)
+	sub, err := tj.nc.ChanSubscribe(DeadLetterSubject(nats.UsageStream), dl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,9 +163,9 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 	good := used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now)
 	batch := events.AppendUsage(nil, good)
 	batch = append(batch, "{\"type\":\"KeyUsed\"}\n"...)
-	publishRaw(t, tj.js, events.UsageBatchSubject(keyledger.EnvLive, "node-1"), batch)
+	publishRaw(t, tj.js, nats.UsageBatchSubject(keyledger.EnvLive, "node-1"), batch)
 	// An empty message is not an event.
-	publishRaw(t, tj.js, events.UsageBatchSubject(keyledger.EnvLive, "node-1"), []byte("\n\n"))
+	publishRaw(t, tj.js, nats.UsageBatchSubject(keyledger.EnvLive, "node-1"), []byte("\n\n"))
 	var evs []*events.KeyUsed
 	for range 300 {
 		evs = append(evs, used("key_p", keyledger.EnvLive, keyledger.OutcomeValid, "10.0.0.3", now))
@@ -177,7 +178,7 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 		select {
 		case m := <-dl:
 			r := m.Header.Get(HeaderDeadLetterReason)
-			if r == "" || m.Header.Get(HeaderDeadLetterStream) != events.UsageStream || m.Header.Get(HeaderDeadLetterSeq) == "" {
+			if r == "" || m.Header.Get(HeaderDeadLetterStream) != nats.UsageStream || m.Header.Get(HeaderDeadLetterSeq) == "" {
 				t.Errorf("dead letter headers: %v", m.Header)
 			}
 			reasons[r] = true
@@ -191,7 +192,7 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 	if len(reasons) != 4 {
 		t.Errorf("reasons = %v", reasons)
 	}
-	if n := metricValue(a.metrics.deadLetters.WithLabelValues(events.UsageStream)); n != 4 {
+	if n := metricValue(a.metrics.deadLetters.WithLabelValues(nats.UsageStream)); n != 4 {
 		t.Errorf("dead letters metric = %v, want 4", n)
 	}
 	if c := usageCounts(t, a.conn); c.Rows != 301 {
@@ -257,7 +258,7 @@ func TestClickHouseDownThenBack(t *testing.T) {
 	script("stop")
 	<-done
 	waitFor(t, 30*time.Second, "failed inserts", func() (bool, string) {
-		n := metricValue(a.metrics.batches.WithLabelValues(events.UsageStream, "error"))
+		n := metricValue(a.metrics.batches.WithLabelValues(nats.UsageStream, "error"))
 		return n >= 1, fmt.Sprint(n)
 	})
 	publishUsage(t, tj.js, batch(1000)...)
@@ -346,9 +347,9 @@ func TestKeyEventsAndAudit(t *testing.T) {
 	}
 	// A KeyUsed event on KEYS is not applied but dead-lettered.
 	ku := used("key_a1", keyledger.EnvLive, keyledger.OutcomeValid, "1.1.1.1", t0)
-	publishRaw(t, tj.js, events.KeySubject("key_a1"), ku.AppendJSON(nil))
+	publishRaw(t, tj.js, nats.KeySubject("key_a1"), ku.AppendJSON(nil))
 	waitFor(t, 10*time.Second, "dead letter", func() (bool, string) {
-		n := metricValue(a.metrics.deadLetters.WithLabelValues(events.KeysStream))
+		n := metricValue(a.metrics.deadLetters.WithLabelValues(nats.KeysStream))
 		return n == 1, fmt.Sprint(n)
 	})
 }
@@ -462,7 +463,7 @@ func TestRecreatedConsumerNoDoubleCount(t *testing.T) {
 	if err := a.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := tj.js.DeleteConsumer(ctx, events.UsageStream, "analytics-usage"); err != nil {
+	if err := tj.js.DeleteConsumer(ctx, nats.UsageStream, "analytics-usage"); err != nil {
 		t.Fatal(err)
 	}
 	b := MustOpen(t, Config{DSN: dsn, JetStream: tj.js, BatchSize: 400, Registerer: prometheus.NewRegistry()})
@@ -479,7 +480,7 @@ func TestRecreatedConsumerNoDoubleCount(t *testing.T) {
 	if c := usageCounts(t, b.conn); c != (counts{1001, 1001, 1001}) {
 		t.Fatalf("counts = %+v, want 1001 each", c)
 	}
-	if n := metricValue(b.metrics.duplicates.WithLabelValues(events.UsageStream)); n != 1000 {
+	if n := metricValue(b.metrics.duplicates.WithLabelValues(nats.UsageStream)); n != 1000 {
 		t.Errorf("duplicates skipped = %v, want 1000", n)
 	}
 }
@@ -503,13 +504,13 @@ func TestConsumerDeletedWhileRunning(t *testing.T) {
 	waitIngested(t, a, 700, 30*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := tj.js.DeleteConsumer(ctx, events.UsageStream, "analytics-usage"); err != nil {
+	if err := tj.js.DeleteConsumer(ctx, nats.UsageStream, "analytics-usage"); err != nil {
 		t.Fatal(err)
 	}
 	publishUsage(t, tj.js, batch(300)...)
 	waitIngested(t, a, 1000, 30*time.Second)
 	waitFor(t, 30*time.Second, "replay recognized", func() (bool, string) {
-		n := metricValue(a.metrics.duplicates.WithLabelValues(events.UsageStream))
+		n := metricValue(a.metrics.duplicates.WithLabelValues(nats.UsageStream))
 		return n == 700, fmt.Sprint(n)
 	})
 	if c := usageCounts(t, a.conn); c != (counts{1000, 1000, 1000}) {

@@ -19,7 +19,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/nats-io/nats.go"
+	"github.com/keyledger/keyledger/nats"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -83,14 +84,14 @@ func newDatabase(tb testing.TB, addr string) string {
 
 // testJetStream is an embedded JetStream in a temp dir with both streams.
 type testJetStream struct {
-	srv *events.Server
-	nc  *nats.Conn
+	srv *nats.Server
+	nc  *natsgo.Conn
 	js  jetstream.JetStream
 }
 
 func MustStartJetStream(tb testing.TB) *testJetStream {
 	tb.Helper()
-	srv, err := events.StartServer(events.ServerConfig{Name: randomName("n"), StoreDir: tb.TempDir()})
+	srv, err := nats.StartServer(nats.ServerConfig{Name: randomName("n"), StoreDir: tb.TempDir()})
 	if err != nil {
 		tb.Fatalf("start NATS: %v", err)
 	}
@@ -105,7 +106,7 @@ func MustStartJetStream(tb testing.TB) *testJetStream {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamConfig{}); err != nil {
+	if err := nats.EnsureStreams(ctx, js, nats.StreamConfig{}); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
@@ -217,11 +218,11 @@ func publishUsageBatches(tb testing.TB, js jetstream.JetStream, per int, evs ...
 	for len(evs) > 0 {
 		n := min(per, len(evs))
 		var data []byte
-		subject := events.UsageSubject(evs[0].Environment, evs[0].KeyID)
+		subject := nats.UsageSubject(evs[0].Environment, evs[0].KeyID)
 		if per == 1 {
 			data = evs[0].AppendJSON(nil)
 		} else {
-			subject = events.UsageBatchSubject(evs[0].Environment, evs[0].Node)
+			subject = nats.UsageBatchSubject(evs[0].Environment, evs[0].Node)
 			for _, ev := range evs[:n] {
 				data = events.AppendUsage(data, ev)
 			}
@@ -258,7 +259,7 @@ func publishKeyEvent(tb testing.TB, js jetstream.JetStream, ev events.Event) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := js.Publish(ctx, events.KeySubject(ev.Head().KeyID), data); err != nil {
+	if _, err := js.Publish(ctx, nats.KeySubject(ev.Head().KeyID), data); err != nil {
 		tb.Fatalf("publish: %v", err)
 	}
 }

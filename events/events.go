@@ -1,7 +1,8 @@
-// Package events defines keyledger's event schema (version 1) and its home on
-// NATS JetStream: the KEYS stream of key lifecycle events, from which every
-// verifier node projects its table, and the USAGE stream of verification
-// events, which analytics loads into ClickHouse.
+// Package events defines keyledger's event schema (version 1): the key
+// lifecycle events of the ledger (KeyCreated, KeyRolled, KeyRevoked) and the
+// KeyUsed event of every verification, their encoding, decoding and
+// validation. Where events are stored and how they travel is package nats's
+// business; this package imports no transport.
 //
 // Events are JSON objects. Other producers may write them: the README
 // documents every field. A consumer ignores fields it does not know, so

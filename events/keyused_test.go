@@ -11,6 +11,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/events/eventstest"
 )
 
 // keyUsedDoc is the wire form of KeyUsed read back with encoding/json,
@@ -115,7 +116,7 @@ func checkAppendJSON(tb testing.TB, e *events.KeyUsed) {
 }
 
 func TestKeyUsed_AppendJSON(t *testing.T) {
-	g := newIDs(6)
+	g := eventstest.NewIDs(6)
 	hostile := []struct{ name, s string }{
 		{"empty", ""},
 		{"quotes", `say "hi"`},
@@ -143,7 +144,7 @@ func TestKeyUsed_AppendJSON(t *testing.T) {
 	}
 	for _, h := range hostile {
 		t.Run(h.name, func(t *testing.T) {
-			e := newUsed(t, g, "")
+			e := eventstest.Used(t, g, "")
 			e.EventID, e.KeyID, e.Permission, e.IP = h.s, h.s, h.s, h.s
 			e.UserAgent, e.Method, e.Path, e.Node = h.s, h.s, h.s, h.s
 			checkAppendJSON(t, e)
@@ -152,25 +153,25 @@ func TestKeyUsed_AppendJSON(t *testing.T) {
 	t.Run("every outcome and environment", func(t *testing.T) {
 		for _, o := range keyledger.Outcomes() {
 			for _, env := range []keyledger.Environment{keyledger.EnvLive, keyledger.EnvTest} {
-				e := newUsed(t, g, "key_1")
+				e := eventstest.Used(t, g, "key_1")
 				e.Outcome, e.Environment = o, env
 				checkAppendJSON(t, e)
 				ev := MustDecode(t, e.AppendJSON(nil))
-				assertSameEvent(t, ev, &events.KeyUsed{Header: e.Header, Environment: env, Outcome: o, OutcomeName: o.String(),
+				eventstest.AssertSame(t, ev, &events.KeyUsed{Header: e.Header, Environment: env, Outcome: o, OutcomeName: o.String(),
 					Permission: e.Permission, IP: e.IP, UserAgent: e.UserAgent, Method: e.Method, Path: e.Path, Node: e.Node, LatencyUS: e.LatencyUS})
 			}
 		}
 	})
 	t.Run("times and latencies", func(t *testing.T) {
 		for _, at := range []time.Time{
-			fixedAt,
+			eventstest.FixedAt,
 			time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
 			time.Date(2026, 1, 2, 3, 4, 5, 100, time.FixedZone("X", 5*3600+1800)),
 			time.Unix(0, 0),
 			time.Now(), // has a monotonic reading
 		} {
 			for _, lat := range []int64{0, 1, -1, 1<<63 - 1, -1 << 63} {
-				e := newUsed(t, g, "key_1")
+				e := eventstest.Used(t, g, "key_1")
 				e.At, e.LatencyUS = at, lat
 				checkAppendJSON(t, e)
 			}
@@ -193,7 +194,7 @@ func TestKeyUsed_AppendJSON(t *testing.T) {
 }
 
 func TestKeyUsed_AppendJSONAllocs(t *testing.T) {
-	e := newUsed(t, newIDs(7), "key_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b")
+	e := eventstest.Used(t, eventstest.NewIDs(7), "key_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b")
 	e.UserAgent = "Mozilla/5.0 (X11; Linux x86_64) \"quoted\" <tag> \xff \u2028"
 	buf := make([]byte, 0, 1024)
 	n := testing.AllocsPerRun(200, func() { buf = e.AppendJSON(buf[:0]) })
@@ -203,7 +204,7 @@ func TestKeyUsed_AppendJSONAllocs(t *testing.T) {
 }
 
 func FuzzKeyUsedJSON(f *testing.F) {
-	f.Add("0193a5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b", "key_1", "storage:read", "192.0.2.1", "curl/8", "POST", "/v1/verify", "n1", int64(87), fixedAt.UnixNano(), uint8(0), uint8(1))
+	f.Add("0193a5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b", "key_1", "storage:read", "192.0.2.1", "curl/8", "POST", "/v1/verify", "n1", int64(87), eventstest.FixedAt.UnixNano(), uint8(0), uint8(1))
 	f.Add("", "", "", "", "\"\\\x00\x1f<>&\u2028\u2029\xff", "\xed\xa0\x80", "\xc0", "🔑", int64(-1), int64(0), uint8(9), uint8(0))
 	f.Add(`","x":"`, "\t\n\r", "\\u0000", "<!--", "\x7f\x80", "é"[:1], "\ufffd", "a\u2028", int64(1<<62), int64(-1<<62), uint8(255), uint8(2))
 	f.Fuzz(func(t *testing.T, eventID, keyID, perm, ip, ua, method, path, node string, latency, atNanos int64, outcome, env uint8) {
@@ -219,7 +220,7 @@ func FuzzKeyUsedJSON(f *testing.F) {
 }
 
 func BenchmarkKeyUsedAppendJSON(b *testing.B) {
-	e := newUsed(b, newIDs(8), "key_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b")
+	e := eventstest.Used(b, eventstest.NewIDs(8), "key_0193a5b2c3d47e8f9a0b1c2d3e4f5a6b")
 	e.UserAgent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 	b.Run("AppendJSON", func(b *testing.B) {
 		b.ReportAllocs()

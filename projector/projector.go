@@ -14,6 +14,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -228,7 +229,7 @@ func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval
 // consumer exists; catching up happens in the background (see CaughtUp and
 // WaitApplied). The goroutine it starts runs until Close.
 func (p *Projector) Start(ctx context.Context) error {
-	stream, err := p.js.Stream(ctx, events.KeysStream)
+	stream, err := p.js.Stream(ctx, nats.KeysStream)
 	if err != nil {
 		return keyledger.Wrap(keyledger.Unavailable, err, "KEYS stream is not available")
 	}

@@ -8,7 +8,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats/natstest"
 	"github.com/keyledger/keyledger/projector"
 )
 
@@ -142,7 +142,7 @@ func TestProjector_ApplyMsg(t *testing.T) {
 }
 
 func TestProjector_follow(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	log := env.MustLog(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -230,7 +230,7 @@ func TestProjector_follow(t *testing.T) {
 func keyledgerIsUnavailable(err error) bool { return keyledger.ErrorCode(err) == keyledger.Unavailable }
 
 func TestProjector_emptyStreamIsCaughtUp(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	p := projector.New(env.JS, projector.Options{})
@@ -244,7 +244,7 @@ func TestProjector_emptyStreamIsCaughtUp(t *testing.T) {
 }
 
 func TestProjector_Close(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	p := projector.New(env.JS, projector.Options{})
@@ -260,7 +260,7 @@ func TestProjector_Close(t *testing.T) {
 }
 
 func BenchmarkProjector_replay(b *testing.B) {
-	env := eventstest.MustStart(b)
+	env := natstest.MustStart(b)
 	log := env.MustLog(b)
 	ctx := context.Background()
 	const n = 20000

@@ -10,13 +10,14 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/nats/natstest"
 	"github.com/keyledger/keyledger/projector"
 )
 
 // appendKeys writes n creates (every third revoked, every fifth with an
 // expiry and a rate limit) and returns the last sequence.
-func appendKeys(tb testing.TB, log *events.Log, n int) uint64 {
+func appendKeys(tb testing.TB, log *nats.Log, n int) uint64 {
 	tb.Helper()
 	ctx := context.Background()
 	var last uint64
@@ -43,7 +44,7 @@ func appendKeys(tb testing.TB, log *events.Log, n int) uint64 {
 	return last
 }
 
-func mustFollow(tb testing.TB, env *eventstest.Env, opts projector.Options, seq uint64) *projector.Projector {
+func mustFollow(tb testing.TB, env *natstest.Env, opts projector.Options, seq uint64) *projector.Projector {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -73,7 +74,7 @@ func sameRecords(t *testing.T, a, b *projector.Projector) {
 }
 
 func TestProjector_snapshots(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	log := env.MustLog(t)
 	dir := t.TempDir()
 	last := appendKeys(t, log, 300)
@@ -165,7 +166,7 @@ func TestProjector_snapshots(t *testing.T) {
 
 // A snapshot of another KEYS stream (recreated since) is never applied.
 func TestProjector_snapshotOfAnotherStream(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	last := appendKeys(t, env.MustLog(t), 50)
@@ -173,10 +174,10 @@ func TestProjector_snapshotOfAnotherStream(t *testing.T) {
 	if err := p.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.JS.DeleteStream(ctx, events.KeysStream); err != nil {
+	if err := env.JS.DeleteStream(ctx, nats.KeysStream); err != nil {
 		t.Fatal(err)
 	}
-	if err := events.EnsureStreams(ctx, env.JS, events.StreamConfig{}); err != nil {
+	if err := nats.EnsureStreams(ctx, env.JS, nats.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	last = appendKeys(t, env.MustLog(t), 100) // a longer, different history
@@ -192,7 +193,7 @@ func TestProjector_snapshotOfAnotherStream(t *testing.T) {
 // Snapshots taken while events keep arriving are fuzzy but still restore
 // the exact table once the tail is replayed.
 func TestProjector_snapshotWhileWriting(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	log := env.MustLog(t)
 	ctx := context.Background()
 	dir := t.TempDir()

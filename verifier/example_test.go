@@ -11,6 +11,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
 	"github.com/nats-io/nats.go/jetstream"
@@ -31,7 +32,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	srv, err := events.StartServer(events.ServerConfig{StoreDir: dir}) // no Listen: in-process only
+	srv, err := nats.StartServer(nats.ServerConfig{StoreDir: dir}) // no Listen: in-process only
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := events.EnsureStreams(ctx, js, events.StreamConfig{}); err != nil {
+	if err := nats.EnsureStreams(ctx, js, nats.StreamConfig{}); err != nil {
 		log.Fatal(err)
 	}
 
@@ -61,7 +62,7 @@ func Example() {
 
 	// Issue a key the way the admin API does: only the secret's hash goes
 	// into the ledger. (Operators use `keyledger keys create` or POST /v1/keys.)
-	ledger, err := events.OpenLog(ctx, js)
+	ledger, err := nats.OpenLog(ctx, js)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -15,9 +15,10 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
-	"github.com/nats-io/nats.go"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -142,12 +143,12 @@ func benchColdstart(ctx context.Context, args []string, stdout, stderr io.Writer
 // benchJetStream starts an embedded JetStream (no listener) in a new temp
 // dir with both streams, and returns the dir, a client and a stop func that
 // removes it all.
-func benchJetStream(ctx context.Context, prefix string) (string, jetstream.JetStream, *nats.Conn, func(), error) {
+func benchJetStream(ctx context.Context, prefix string) (string, jetstream.JetStream, *natsgo.Conn, func(), error) {
 	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		return "", nil, nil, nil, err
 	}
-	srv, err := events.StartServer(events.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js")})
+	srv, err := nats.StartServer(nats.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js")})
 	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, nil, nil, err
@@ -161,7 +162,7 @@ func benchJetStream(ctx context.Context, prefix string) (string, jetstream.JetSt
 	stop = func() { nc.Close(); srv.Stop(); os.RemoveAll(dir) }
 	js, err := jetstream.New(nc)
 	if err == nil {
-		err = events.EnsureStreams(ctx, js, events.StreamConfig{})
+		err = nats.EnsureStreams(ctx, js, nats.StreamConfig{})
 	}
 	if err != nil {
 		stop()
@@ -209,7 +210,7 @@ func publishKeys(ctx context.Context, js jetstream.JetStream, n int, secret stri
 		if err != nil {
 			return err
 		}
-		if _, err := js.PublishAsync(events.KeySubject(ev.KeyID), b); err != nil {
+		if _, err := js.PublishAsync(nats.KeySubject(ev.KeyID), b); err != nil {
 			return err
 		}
 		if i%10000 == 9999 {

@@ -14,6 +14,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/analytics"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
 	"github.com/prometheus/client_golang/prometheus"
@@ -102,7 +103,7 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fmt.Fprintf(stderr, "publishing %d KeyUsed events…\n", *n)
 	// The events go through the verifier nodes' own publisher, so USAGE
 	// holds the batches it writes in production.
-	up := verifier.NewUsagePublisher(js, verifier.UsageOptions{Buffer: *n,
+	up := nats.NewUsagePublisher(js, nats.UsageOptions{Buffer: *n,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	outcomes := keyledger.Outcomes()
 	now := time.Now().UTC()
@@ -140,7 +141,7 @@ func benchIngest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	var t10, t90 time.Time
 	for {
-		got := gatherCounter(reg, "keyledger_analytics_ingested_rows_total", "stream", events.UsageStream)
+		got := gatherCounter(reg, "keyledger_analytics_ingested_rows_total", "stream", nats.UsageStream)
 		if t10.IsZero() && got >= 0.1*float64(*n) {
 			t10 = time.Now()
 		}

@@ -1,8 +1,8 @@
 package main
 
 import (
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
-	"github.com/keyledger/keyledger/verifier"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -18,7 +18,7 @@ func newRegistry() *prometheus.Registry {
 // registerNodeMetrics exposes the projector's and the usage publisher's
 // counters. They are read from Stats at scrape time, so the hot paths keep
 // no Prometheus state of their own.
-func registerNodeMetrics(reg prometheus.Registerer, p *projector.Projector, u *verifier.UsagePublisher) {
+func registerNodeMetrics(reg prometheus.Registerer, p *projector.Projector, u *nats.UsagePublisher) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}

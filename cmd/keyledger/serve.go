@@ -21,10 +21,10 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
-	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
-	"github.com/nats-io/nats.go"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -95,7 +95,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.TestRateLimit.Burst, "test-burst", verifier.DefaultTestRateLimit.Burst, "burst per test key")
 	fs.StringVar(&cfg.Name, "node", host, "name of this node (unique): NATS server name, heartbeats, usage events")
 	fs.DurationVar(&cfg.UsageMaxAge, "usage-max-age", 7*24*time.Hour, "how long USAGE keeps events")
-	fs.DurationVar(&cfg.UsageLinger, "usage-linger", verifier.DefaultUsageLinger, "how long a batch of KeyUsed events waits for more before it is published (negative: no wait)")
+	fs.DurationVar(&cfg.UsageLinger, "usage-linger", nats.DefaultUsageLinger, "how long a batch of KeyUsed events waits for more before it is published (negative: no wait)")
 	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 5*time.Second, "refuse verifications (503) when the node cannot confirm it is current for this long")
 	fs.BoolVar(&cfg.FailOpen, "fail-open", false, "keep verifying from a stale table instead of answering 503 (unsafe: a revoked key may pass)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a clean shutdown may take")
@@ -150,14 +150,14 @@ func splitList(s string) []string {
 type node struct {
 	cfg       nodeConfig
 	log       *slog.Logger
-	nats      *events.Server // nil with --nats
-	nc        *nats.Conn
+	nats      *nats.Server // nil with --nats
+	nc        *natsgo.Conn
 	js        jetstream.JetStream
 	projector *projector.Projector
-	usage     *verifier.UsagePublisher
+	usage     *nats.UsagePublisher
 	verifier  *verifier.Verifier
-	announcer *events.Announcer
-	registry  *events.Registry     // admin role only
+	announcer *nats.Announcer
+	registry  *nats.Registry       // admin role only
 	analytics *analytics.Analytics // admin role with --clickhouse
 	metrics   *prometheus.Registry
 	http      *fasthttp.Server
@@ -246,15 +246,15 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	}
 	// Admin nodes own the streams; verifier nodes only follow them.
 	if admin_ {
-		err = events.EnsureStreams(ctx, n.js, events.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge})
+		err = nats.EnsureStreams(ctx, n.js, nats.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge})
 	} else {
-		err = events.WaitStreams(ctx, n.js)
+		err = nats.WaitStreams(ctx, n.js)
 	}
 	if err != nil {
 		return nil, err
 	}
 
-	n.announcer = events.NewAnnouncer(n.nc, n.status, n.log)
+	n.announcer = nats.NewAnnouncer(n.nc, n.status, n.log)
 	n.projector = projector.New(n.js, projector.Options{
 		Catalog: catalog, Records: admin_, Logger: n.log, MaxStaleness: cfg.MaxStaleness,
 		SnapshotDir: filepath.Join(cfg.DataDir, "snapshots"),
@@ -264,7 +264,7 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 		return nil, err
 	}
 	n.announcer.Start(ctx)
-	n.usage = verifier.NewUsagePublisher(n.js, verifier.UsageOptions{Linger: cfg.UsageLinger, Logger: n.log})
+	n.usage = nats.NewUsagePublisher(n.js, nats.UsageOptions{Linger: cfg.UsageLinger, Logger: n.log})
 	n.usage.Start(ctx)
 	ready := n.projector.Ready
 	if cfg.FailOpen {
@@ -290,11 +290,11 @@ func openNode(ctx context.Context, cfg nodeConfig) (_ *node, err error) {
 	public.Handle("/metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{}))
 	opts := admin.HandlerOptions{Token: token, Public: public, PublicPaths: append([]string{"/metrics"}, verifier.Paths...), Logger: n.log}
 	if admin_ {
-		ledger, err := events.OpenLog(ctx, n.js)
+		ledger, err := nats.OpenLog(ctx, n.js)
 		if err != nil {
 			return nil, err
 		}
-		if n.registry, err = events.NewRegistry(n.nc); err != nil {
+		if n.registry, err = nats.NewRegistry(n.nc); err != nil {
 			return nil, err
 		}
 		if opts.Protected, err = n.openAnalytics(ctx); err != nil {
@@ -461,23 +461,23 @@ func (n *node) connect() error {
 	cfg := n.cfg
 	var err error
 	if cfg.NATSURL != "" {
-		n.nc, err = nats.Connect(cfg.NATSURL, nats.Name("keyledger "+cfg.Name), nats.MaxReconnects(-1),
-			nats.ReconnectWait(250*time.Millisecond))
+		n.nc, err = natsgo.Connect(cfg.NATSURL, natsgo.Name("keyledger "+cfg.Name), natsgo.MaxReconnects(-1),
+			natsgo.ReconnectWait(250*time.Millisecond))
 		if err != nil {
 			return keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to NATS at "+redactURLs(cfg.NATSURL))
 		}
 	} else {
-		sc := events.ServerConfig{
+		sc := nats.ServerConfig{
 			Name: cfg.Name, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSListen,
 			Cluster: cfg.Cluster, ClusterName: cfg.ClusterName, Routes: cfg.Routes, SyncAlways: cfg.Sync == "always",
 		}
 		if !sc.SyncAlways {
 			sc.SyncInterval, _ = time.ParseDuration(cfg.Sync)
 		}
-		if n.nats, err = events.StartServer(sc); err != nil {
+		if n.nats, err = nats.StartServer(sc); err != nil {
 			return err
 		}
-		if n.nc, err = n.nats.Connect("keyledger "+cfg.Name, nats.MaxReconnects(-1)); err != nil {
+		if n.nc, err = n.nats.Connect("keyledger "+cfg.Name, natsgo.MaxReconnects(-1)); err != nil {
 			return err
 		}
 		n.log.Info("embedded NATS server", "listen", cfg.NATSListen, "cluster", cfg.Cluster,
@@ -490,9 +490,9 @@ func (n *node) connect() error {
 }
 
 // status is this node's heartbeat.
-func (n *node) status() events.NodeStatus {
+func (n *node) status() nats.NodeStatus {
 	st := n.projector.Stats()
-	return events.NodeStatus{
+	return nats.NodeStatus{
 		Name: n.cfg.Name, Role: n.cfg.Role, Environment: n.cfg.Environment, LastSeq: st.LastSeq,
 		CaughtUp: st.CaughtUp, Fresh: st.Fresh, Keys: st.Keys, At: time.Now().UTC(),
 	}

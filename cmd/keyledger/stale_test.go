@@ -10,14 +10,14 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
-	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats/natstest"
 )
 
 // A node cut off from NATS fails closed after --max-staleness, and serves
 // again by itself once NATS is back.
 func TestNode_failsClosedWhenStale(t *testing.T) {
 	natsDir := t.TempDir()
-	srv := eventstest.MustStartIn(t, natsDir, "127.0.0.1:0")
+	srv := natstest.MustStartIn(t, natsDir, "127.0.0.1:0")
 	addr := srv.Server.Addr().(*net.TCPAddr)
 	url := srv.Server.ClientURL()
 
@@ -55,7 +55,7 @@ func TestNode_failsClosedWhenStale(t *testing.T) {
 	}
 
 	// NATS comes back on the same port and store.
-	eventstest.MustStartIn(t, natsDir, addr.String())
+	natstest.MustStartIn(t, natsDir, addr.String())
 	waitFor(t, 15*time.Second, "200 after reconnect", func() bool {
 		code, _, _ := c.call("GET", "/v1/authz", secret, "")
 		return code == 200

@@ -1,73 +1,124 @@
-// Package eventstest starts real, embedded JetStream servers for tests: each
-// in its own temporary directory, in-process, stopped by t.Cleanup.
+// Package eventstest holds helpers for tests of events: deterministic
+// sample events and a comparison that ignores time zones.
 package eventstest
 
 import (
-	"context"
+	"io"
+	mrand "math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Env is a running embedded server with a client and both streams.
-type Env struct {
-	Server *events.Server
-	Conn   *nats.Conn
-	JS     jetstream.JetStream
-	Dir    string
-}
-
-// MustStart starts an embedded JetStream server in a temp dir (no network
-// listener: in-process connections only), creates the KEYS and USAGE
-// streams, and stops everything when the test ends.
-func MustStart(tb testing.TB) *Env {
+// Normalized returns a deep copy of ev with times in UTC without monotonic
+// readings, so that decoded and original events compare with DeepEqual.
+func Normalized(tb testing.TB, ev events.Event) events.Event {
 	tb.Helper()
-	return MustStartIn(tb, tb.TempDir(), "")
+	utc := func(t *time.Time) *time.Time {
+		if t == nil {
+			return nil
+		}
+		u := t.UTC()
+		return &u
+	}
+	switch e := ev.(type) {
+	case *events.KeyCreated:
+		c := *e
+		c.At = c.At.UTC()
+		c.ExpiresAt = utc(c.ExpiresAt)
+		c.Permissions = append([]string(nil), c.Permissions...)
+		if c.RateLimit != nil {
+			rl := *c.RateLimit
+			c.RateLimit = &rl
+		}
+		return &c
+	case *events.KeyRevoked:
+		c := *e
+		c.At = c.At.UTC()
+		return &c
+	case *events.KeyUsed:
+		c := *e
+		c.At = c.At.UTC()
+		return &c
+	}
+	tb.Fatalf("unknown event %T", ev)
+	return nil
 }
 
-// MustStartIn is MustStart on a given store directory, listening on listen
-// ("" for none, "127.0.0.1:0" for a free loopback port): a test restarts a
-// server on the same directory to check durability.
-func MustStartIn(tb testing.TB, dir, listen string) *Env {
+// AssertSame fails tb unless got and want are the same event, times
+// compared as instants.
+func AssertSame(tb testing.TB, got, want events.Event) {
 	tb.Helper()
-	srv, err := events.StartServer(events.ServerConfig{Name: "test", StoreDir: dir, Listen: listen})
-	if err != nil {
-		tb.Fatalf("start embedded NATS: %v", err)
+	g, w := Normalized(tb, got), Normalized(tb, want)
+	if !reflect.DeepEqual(g, w) {
+		tb.Fatalf("event mismatch:\n got  %#v\n want %#v", g, w)
 	}
-	nc, err := srv.Connect("test")
-	if err != nil {
-		srv.Stop()
-		tb.Fatalf("connect: %v", err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatalf("jetstream: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := events.EnsureStreams(ctx, js, events.StreamConfig{}); err != nil {
-		tb.Fatalf("streams: %v", err)
-	}
-	e := &Env{Server: srv, Conn: nc, JS: js, Dir: dir}
-	tb.Cleanup(e.Stop)
-	return e
 }
 
-// Stop closes the client and the server; calling it twice is harmless.
-func (e *Env) Stop() {
-	e.Conn.Close()
-	e.Server.Stop()
-}
+// FixedAt is the clock of every test event.
+var FixedAt = time.Date(2026, 11, 26, 12, 0, 0, 123456789, time.UTC)
 
-// MustLog opens the KEYS ledger.
-func (e *Env) MustLog(tb testing.TB) *events.Log {
+// IDs draws deterministic UUIDs (v4 layout) for event ids.
+type IDs struct{ r io.Reader }
+
+// NewIDs returns a deterministic source of event ids seeded by seed.
+func NewIDs(seed byte) *IDs { return &IDs{mrand.NewChaCha8([32]byte{seed, 'e', 'v'})} }
+
+// MustID returns the next deterministic UUID.
+func (g *IDs) MustID(tb testing.TB) string {
 	tb.Helper()
-	l, err := events.OpenLog(context.Background(), e.JS)
+	id, err := uuid.NewRandomFromReader(g.r)
 	if err != nil {
-		tb.Fatalf("open log: %v", err)
+		tb.Fatalf("uuid: %v", err)
 	}
-	return l
+	return id.String()
+}
+
+// Header is the header of a test event.
+func Header(tb testing.TB, g *IDs, t events.Type, keyID, actor string) events.Header {
+	tb.Helper()
+	return events.Header{Type: t, V: events.Version, EventID: g.MustID(tb), At: FixedAt, Actor: actor, KeyID: keyID}
+}
+
+// Created is a KeyCreated of keyID.
+func Created(tb testing.TB, g *IDs, keyID string) *events.KeyCreated {
+	tb.Helper()
+	return &events.KeyCreated{
+		Header:      Header(tb, g, events.TypeKeyCreated, keyID, "admin"),
+		Name:        "ci deploy",
+		Environment: keyledger.EnvLive,
+		Permissions: []string{"storage:read", "workflows:execute"},
+		Owner:       "acme",
+		Hash:        keyledger.HashSecret("fsk_live_" + keyID).String(),
+		Hint:        "mKUD",
+	}
+}
+
+// Revoked is a KeyRevoked of keyID.
+func Revoked(tb testing.TB, g *IDs, keyID, reason string) *events.KeyRevoked {
+	tb.Helper()
+	return &events.KeyRevoked{Header: Header(tb, g, events.TypeKeyRevoked, keyID, "admin"), Reason: reason}
+}
+
+// Used is a KeyUsed of keyID.
+func Used(tb testing.TB, g *IDs, keyID string) *events.KeyUsed {
+	tb.Helper()
+	h := Header(tb, g, events.TypeKeyUsed, keyID, "")
+	return &events.KeyUsed{
+		Header:      h,
+		Environment: keyledger.EnvTest,
+		Outcome:     keyledger.OutcomeForbidden,
+		OutcomeName: keyledger.OutcomeForbidden.String(),
+		Permission:  "storage:write",
+		IP:          "2001:db8::1",
+		UserAgent:   "curl/8.5.0",
+		Method:      "POST",
+		Path:        "/v1/verify",
+		Node:        "verifier-1",
+		LatencyUS:   87,
+	}
 }

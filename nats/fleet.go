@@ -1,4 +1,4 @@
-package events
+package nats
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
-	"github.com/nats-io/nats.go"
+	natsgo "github.com/nats-io/nats.go"
 )
 
 // NodesSubjectPrefix + node name is where a node announces its state.
@@ -46,8 +46,8 @@ type NodeStatus struct {
 // Notify is called (coalesced), so writers waiting for the fleet hear of an
 // applied event within a round trip.
 type Announcer struct {
-	nc     *nats.Conn
-	ping   *nats.Subscription
+	nc     *natsgo.Conn
+	ping   *natsgo.Subscription
 	status func() NodeStatus
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -56,7 +56,7 @@ type Announcer struct {
 }
 
 // NewAnnouncer returns an announcer of status on nc. Call Start.
-func NewAnnouncer(nc *nats.Conn, status func() NodeStatus, log *slog.Logger) *Announcer {
+func NewAnnouncer(nc *natsgo.Conn, status func() NodeStatus, log *slog.Logger) *Announcer {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -74,7 +74,7 @@ func (a *Announcer) Notify() {
 // Start runs the announcing goroutine until Close. The node answers pings
 // from the moment Start returns, before its first heartbeat goes out.
 func (a *Announcer) Start(ctx context.Context) {
-	if sub, err := a.nc.Subscribe(NodesPingSubject, func(*nats.Msg) { a.Notify() }); err == nil {
+	if sub, err := a.nc.Subscribe(NodesPingSubject, func(*natsgo.Msg) { a.Notify() }); err == nil {
 		a.ping = sub
 	}
 	ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -129,7 +129,7 @@ type Registry struct {
 	mu      sync.Mutex
 	nodes   map[string]nodeEntry
 	changed chan struct{} // closed and replaced on every heartbeat
-	sub     *nats.Subscription
+	sub     *natsgo.Subscription
 	now     func() time.Time
 }
 
@@ -139,7 +139,7 @@ type nodeEntry struct {
 }
 
 // NewRegistry subscribes to heartbeats on nc.
-func NewRegistry(nc *nats.Conn) (*Registry, error) {
+func NewRegistry(nc *natsgo.Conn) (*Registry, error) {
 	r := &Registry{nodes: make(map[string]nodeEntry), changed: make(chan struct{}), now: time.Now}
 	sub, err := nc.Subscribe(NodesSubjectPrefix+"*", r.handle)
 	if err != nil {
@@ -157,7 +157,7 @@ func NewRegistry(nc *nats.Conn) (*Registry, error) {
 	return r, nil
 }
 
-func (r *Registry) handle(m *nats.Msg) {
+func (r *Registry) handle(m *natsgo.Msg) {
 	var st NodeStatus
 	if err := json.Unmarshal(m.Data, &st); err != nil || st.Name == "" {
 		return

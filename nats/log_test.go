@@ -1,4 +1,4 @@
-package events_test
+package nats_test
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/nats/natstest"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -23,7 +25,7 @@ func testCtx(tb testing.TB) context.Context {
 }
 
 // MustAppend appends ev expecting expect and returns its sequence.
-func MustAppend(tb testing.TB, l *events.Log, ev events.Event, expect uint64) uint64 {
+func MustAppend(tb testing.TB, l *nats.Log, ev events.Event, expect uint64) uint64 {
 	tb.Helper()
 	seq, err := l.Append(testCtx(tb), ev, expect)
 	if err != nil {
@@ -36,7 +38,7 @@ func MustAppend(tb testing.TB, l *events.Log, ev events.Event, expect uint64) ui
 }
 
 // MustHistory returns a key's history.
-func MustHistory(tb testing.TB, l *events.Log, keyID string) []events.Record {
+func MustHistory(tb testing.TB, l *nats.Log, keyID string) []nats.Record {
 	tb.Helper()
 	h, err := l.History(testCtx(tb), keyID)
 	if err != nil {
@@ -45,7 +47,7 @@ func MustHistory(tb testing.TB, l *events.Log, keyID string) []events.Record {
 	return h
 }
 
-func assertHistory(tb testing.TB, got []events.Record, seqs []uint64, evs []events.Event) {
+func assertHistory(tb testing.TB, got []nats.Record, seqs []uint64, evs []events.Event) {
 	tb.Helper()
 	if len(got) != len(evs) {
 		tb.Fatalf("history has %d records, want %d", len(got), len(evs))
@@ -54,14 +56,14 @@ func assertHistory(tb testing.TB, got []events.Record, seqs []uint64, evs []even
 		if got[i].Seq != seqs[i] {
 			tb.Fatalf("record %d has sequence %d, want %d", i, got[i].Seq, seqs[i])
 		}
-		assertSameEvent(tb, got[i].Event, evs[i])
+		eventstest.AssertSame(tb, got[i].Event, evs[i])
 	}
 }
 
 func assertConflict(tb testing.TB, err error) {
 	tb.Helper()
-	if !errors.Is(err, events.ErrConflict) {
-		tb.Fatalf("error %v, want events.ErrConflict", err)
+	if !errors.Is(err, nats.ErrConflict) {
+		tb.Fatalf("error %v, want nats.ErrConflict", err)
 	}
 	if !errors.Is(err, keyledger.ErrConflict) || keyledger.HTTPStatus(err) != 409 {
 		tb.Fatalf("ErrConflict %v is not a keyledger conflict (status %d)", err, keyledger.HTTPStatus(err))
@@ -69,15 +71,15 @@ func assertConflict(tb testing.TB, err error) {
 }
 
 func TestLog_AppendCreate(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(10)
+	g := eventstest.NewIDs(10)
 
-	created := newCreated(t, g, "key_a")
+	created := eventstest.Created(t, g, "key_a")
 	seq := MustAppend(t, l, created, 0)
 
 	t.Run("second create of the same key conflicts", func(t *testing.T) {
-		again := newCreated(t, g, "key_a")
+		again := eventstest.Created(t, g, "key_a")
 		again.Name = "impostor"
 		_, err := l.Append(testCtx(t), again, 0)
 		assertConflict(t, err)
@@ -95,17 +97,17 @@ func TestLog_AppendCreate(t *testing.T) {
 		assertHistory(t, MustHistory(t, l, "key_a"), []uint64{seq}, []events.Event{created})
 	})
 	t.Run("another key is independent", func(t *testing.T) {
-		other := MustAppend(t, l, newCreated(t, g, "key_b"), 0)
+		other := MustAppend(t, l, eventstest.Created(t, g, "key_b"), 0)
 		if other <= seq {
 			t.Fatalf("sequence %d after %d", other, seq)
 		}
 	})
 	t.Run("invalid event is refused before publishing", func(t *testing.T) {
-		bad := newCreated(t, g, "key.c")
+		bad := eventstest.Created(t, g, "key.c")
 		if _, err := l.Append(testCtx(t), bad, 0); !errors.Is(err, keyledger.ErrInvalid) {
 			t.Fatalf("Append(bad key id) = %v, want ErrInvalid", err)
 		}
-		st, err := env.JS.Stream(testCtx(t), events.KeysStream)
+		st, err := env.JS.Stream(testCtx(t), nats.KeysStream)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -120,32 +122,32 @@ func TestLog_AppendCreate(t *testing.T) {
 }
 
 func TestLog_AppendRevoke(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(11)
+	g := eventstest.NewIDs(11)
 
-	created := newCreated(t, g, "key_r")
+	created := eventstest.Created(t, g, "key_r")
 	s1 := MustAppend(t, l, created, 0)
-	revoked := newRevoked(t, g, "key_r", "rotated")
+	revoked := eventstest.Revoked(t, g, "key_r", "rotated")
 	s2 := MustAppend(t, l, revoked, s1)
 	if s2 <= s1 {
 		t.Fatalf("revoke sequence %d after create %d", s2, s1)
 	}
 
 	t.Run("stale expected sequence conflicts", func(t *testing.T) {
-		_, err := l.Append(testCtx(t), newRevoked(t, g, "key_r", "late"), s1)
+		_, err := l.Append(testCtx(t), eventstest.Revoked(t, g, "key_r", "late"), s1)
 		assertConflict(t, err)
 	})
 	t.Run("expected sequence from the future conflicts", func(t *testing.T) {
-		_, err := l.Append(testCtx(t), newRevoked(t, g, "key_r", "future"), s2+10)
+		_, err := l.Append(testCtx(t), eventstest.Revoked(t, g, "key_r", "future"), s2+10)
 		assertConflict(t, err)
 	})
 	t.Run("expect on an empty subject conflicts", func(t *testing.T) {
-		_, err := l.Append(testCtx(t), newRevoked(t, g, "key_none", "x"), s1)
+		_, err := l.Append(testCtx(t), eventstest.Revoked(t, g, "key_none", "x"), s1)
 		assertConflict(t, err)
 	})
 	t.Run("create over an existing key conflicts", func(t *testing.T) {
-		_, err := l.Append(testCtx(t), newCreated(t, g, "key_r"), 0)
+		_, err := l.Append(testCtx(t), eventstest.Created(t, g, "key_r"), 0)
 		assertConflict(t, err)
 	})
 	t.Run("retried revoke returns its sequence", func(t *testing.T) {
@@ -169,14 +171,14 @@ func TestLog_AppendRevoke(t *testing.T) {
 // drops a message whose id it has seen in the dedup window. A *different*
 // event that reuses a stored event's id must not be reported as appended.
 func TestLog_AppendReusedEventID(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(12)
+	g := eventstest.NewIDs(12)
 
-	created := newCreated(t, g, "key_d")
+	created := eventstest.Created(t, g, "key_d")
 	s1 := MustAppend(t, l, created, 0)
 
-	revoke := newRevoked(t, g, "key_d", "compromised")
+	revoke := eventstest.Revoked(t, g, "key_d", "compromised")
 	revoke.EventID = created.EventID
 	seq, err := l.Append(testCtx(t), revoke, s1)
 	if err == nil {
@@ -190,7 +192,7 @@ func TestLog_AppendReusedEventID(t *testing.T) {
 	// Through the retry path: a stale expected sequence makes the server
 	// answer "wrong last sequence", and Append then takes the last message
 	// for this event because the ids match.
-	stale := newRevoked(t, g, "key_d", "stale")
+	stale := eventstest.Revoked(t, g, "key_d", "stale")
 	stale.EventID = created.EventID
 	seq, err = l.Append(testCtx(t), stale, 0)
 	if err == nil {
@@ -200,7 +202,7 @@ func TestLog_AppendReusedEventID(t *testing.T) {
 		}
 	}
 
-	other := newCreated(t, g, "key_e")
+	other := eventstest.Created(t, g, "key_e")
 	other.EventID = created.EventID
 	seq, err = l.Append(testCtx(t), other, 0)
 	if err == nil {
@@ -213,15 +215,15 @@ func TestLog_AppendReusedEventID(t *testing.T) {
 // TestLog_ConcurrentRevokes races two revokes of one key, both expecting the
 // create's sequence: exactly one may win, every time.
 func TestLog_ConcurrentRevokes(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(13)
+	g := eventstest.NewIDs(13)
 	const rounds = 20
 
 	for round := range rounds {
 		id := fmt.Sprintf("key_race_%02d", round)
-		s1 := MustAppend(t, l, newCreated(t, g, id), 0)
-		revokes := []*events.KeyRevoked{newRevoked(t, g, id, "a"), newRevoked(t, g, id, "b")}
+		s1 := MustAppend(t, l, eventstest.Created(t, g, id), 0)
+		revokes := []*events.KeyRevoked{eventstest.Revoked(t, g, id, "a"), eventstest.Revoked(t, g, id, "b")}
 
 		var (
 			start = make(chan struct{})
@@ -247,7 +249,7 @@ func TestLog_ConcurrentRevokes(t *testing.T) {
 			case errs[i] == nil:
 				wins++
 				winner = i
-			case !errors.Is(errs[i], events.ErrConflict):
+			case !errors.Is(errs[i], nats.ErrConflict):
 				t.Fatalf("round %d: revoke %d failed with %v, want success or ErrConflict", round, i, errs[i])
 			}
 		}
@@ -268,9 +270,9 @@ func TestLog_ConcurrentRevokes(t *testing.T) {
 }
 
 func TestLog_Last(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(14)
+	g := eventstest.NewIDs(14)
 
 	for _, id := range []string{"key_unknown", "key.bad", "", "*", ">"} {
 		if r, err := l.Last(testCtx(t), id); !errors.Is(err, keyledger.ErrNotFound) || r.Event != nil {
@@ -278,27 +280,27 @@ func TestLog_Last(t *testing.T) {
 		}
 	}
 
-	created := newCreated(t, g, "key_l")
+	created := eventstest.Created(t, g, "key_l")
 	s1 := MustAppend(t, l, created, 0)
 	r, err := l.Last(testCtx(t), "key_l")
 	if err != nil || r.Seq != s1 {
 		t.Fatalf("Last = %+v, %v", r, err)
 	}
-	assertSameEvent(t, r.Event, created)
+	eventstest.AssertSame(t, r.Event, created)
 
-	revoked := newRevoked(t, g, "key_l", "done")
+	revoked := eventstest.Revoked(t, g, "key_l", "done")
 	s2 := MustAppend(t, l, revoked, s1)
 	r, err = l.Last(testCtx(t), "key_l")
 	if err != nil || r.Seq != s2 {
 		t.Fatalf("Last = %+v, %v", r, err)
 	}
-	assertSameEvent(t, r.Event, revoked)
+	eventstest.AssertSame(t, r.Event, revoked)
 }
 
 func TestLog_History(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(15)
+	g := eventstest.NewIDs(15)
 
 	for _, id := range []string{"key_unknown", "key.bad", ""} {
 		if h, err := l.History(testCtx(t), id); !errors.Is(err, keyledger.ErrNotFound) || h != nil {
@@ -308,14 +310,14 @@ func TestLog_History(t *testing.T) {
 
 	// Interleave two keys (and a prefix-sharing third) so that History has
 	// to skip other subjects.
-	a1, b1 := newCreated(t, g, "key_h"), newCreated(t, g, "key_h2")
+	a1, b1 := eventstest.Created(t, g, "key_h"), eventstest.Created(t, g, "key_h2")
 	sa1 := MustAppend(t, l, a1, 0)
 	sb1 := MustAppend(t, l, b1, 0)
-	c1 := newCreated(t, g, "key_x")
+	c1 := eventstest.Created(t, g, "key_x")
 	MustAppend(t, l, c1, 0)
-	a2 := newRevoked(t, g, "key_h", "x")
+	a2 := eventstest.Revoked(t, g, "key_h", "x")
 	sa2 := MustAppend(t, l, a2, sa1)
-	b2 := newRevoked(t, g, "key_h2", "y")
+	b2 := eventstest.Revoked(t, g, "key_h2", "y")
 	sb2 := MustAppend(t, l, b2, sb1)
 
 	assertHistory(t, MustHistory(t, l, "key_h"), []uint64{sa1, sa2}, []events.Event{a1, a2})
@@ -323,14 +325,14 @@ func TestLog_History(t *testing.T) {
 }
 
 func TestKeysStream_DeniesDeleteAndPurge(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(16)
-	created := newCreated(t, g, "key_del")
+	g := eventstest.NewIDs(16)
+	created := eventstest.Created(t, g, "key_del")
 	s1 := MustAppend(t, l, created, 0)
 
 	ctx := testCtx(t)
-	st, err := env.JS.Stream(ctx, events.KeysStream)
+	st, err := env.JS.Stream(ctx, nats.KeysStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,13 +352,13 @@ func TestKeysStream_DeniesDeleteAndPurge(t *testing.T) {
 	if err := st.Purge(ctx); err == nil {
 		t.Errorf("Purge succeeded on the ledger")
 	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSubject(events.KeySubject("key_del"))); err == nil {
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(nats.KeySubject("key_del"))); err == nil {
 		t.Errorf("Purge of one key's subject succeeded on the ledger")
 	}
 	assertHistory(t, MustHistory(t, l, "key_del"), []uint64{s1}, []events.Event{created})
 
 	// EnsureStreams is idempotent and keeps the protection.
-	if err := events.EnsureStreams(ctx, env.JS, events.StreamConfig{}); err != nil {
+	if err := nats.EnsureStreams(ctx, env.JS, nats.StreamConfig{}); err != nil {
 		t.Fatalf("EnsureStreams again: %v", err)
 	}
 	if err := st.DeleteMsg(ctx, s1); err == nil {
@@ -365,20 +367,20 @@ func TestKeysStream_DeniesDeleteAndPurge(t *testing.T) {
 }
 
 func TestLog_Durable(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(17)
+	g := eventstest.NewIDs(17)
 
-	created := newCreated(t, g, "key_dur")
-	exp := fixedAt.Add(30 * 24 * time.Hour)
+	created := eventstest.Created(t, g, "key_dur")
+	exp := eventstest.FixedAt.Add(30 * 24 * time.Hour)
 	created.ExpiresAt = &exp
 	created.RateLimit = &keyledger.RateLimit{PerSecond: 5, Burst: 10}
 	s1 := MustAppend(t, l, created, 0)
-	revoked := newRevoked(t, g, "key_dur", "end of project")
+	revoked := eventstest.Revoked(t, g, "key_dur", "end of project")
 	s2 := MustAppend(t, l, revoked, s1)
 
 	env.Stop()
-	env2 := eventstest.MustStartIn(t, env.Dir, "")
+	env2 := natstest.MustStartIn(t, env.Dir, "")
 	l2 := env2.MustLog(t)
 
 	assertHistory(t, MustHistory(t, l2, "key_dur"), []uint64{s1, s2}, []events.Event{created, revoked})
@@ -387,23 +389,23 @@ func TestLog_Durable(t *testing.T) {
 		t.Fatalf("Last after restart = %+v, %v", last, err)
 	}
 	// Concurrency control continues where it was.
-	_, err = l2.Append(testCtx(t), newCreated(t, g, "key_dur"), 0)
+	_, err = l2.Append(testCtx(t), eventstest.Created(t, g, "key_dur"), 0)
 	assertConflict(t, err)
-	s3 := MustAppend(t, l2, newCreated(t, g, "key_new"), 0)
+	s3 := MustAppend(t, l2, eventstest.Created(t, g, "key_new"), 0)
 	if s3 <= s2 {
 		t.Fatalf("sequence %d after restart, want > %d", s3, s2)
 	}
 }
 
 func TestLog_AppendUnavailable(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	l := env.MustLog(t)
-	g := newIDs(18)
+	g := eventstest.NewIDs(18)
 
 	t.Run("cancelled context", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		_, err := l.Append(ctx, newCreated(t, g, "key_ctx"), 0)
+		_, err := l.Append(ctx, eventstest.Created(t, g, "key_ctx"), 0)
 		if !errors.Is(err, keyledger.ErrUnavailable) {
 			t.Fatalf("Append(cancelled) = %v, want ErrUnavailable", err)
 		}
@@ -413,7 +415,7 @@ func TestLog_AppendUnavailable(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		begin := time.Now()
-		_, err := l.Append(ctx, newCreated(t, g, "key_gone"), 0)
+		_, err := l.Append(ctx, eventstest.Created(t, g, "key_gone"), 0)
 		if !errors.Is(err, keyledger.ErrUnavailable) {
 			t.Fatalf("Append(server stopped) = %v, want ErrUnavailable", err)
 		}

@@ -1,28 +1,53 @@
-package verifier_test
+package nats_test
 
 import (
 	"context"
+	mrand "math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/nats/natstest"
+	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// mustTableWithKey returns a verification table holding one live key with
+// every permission, and that key's secret and id: the usage test verifies
+// through a real verifier, so its events are exactly what nodes publish.
+func mustTableWithKey(tb testing.TB) (*projector.Table, string, string) {
+	tb.Helper()
+	secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, mrand.NewChaCha8([32]byte{7}))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	id := events.NewKeyID()
+	b, err := events.Encode(&events.KeyCreated{
+		Header: events.NewHeader(events.TypeKeyCreated, id, "test", time.Now()), Name: "k",
+		Environment: keyledger.EnvLive, Permissions: []string{"all"}, Owner: "acme",
+		Hash: keyledger.HashSecret(secret).String(), Hint: keyledger.Hint(secret),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := projector.New(nil, projector.Options{})
+	p.ApplyMsg(1, b)
+	return p.Table(), secret, id
+}
+
 func TestUsagePublisher(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	f := newFixture(t)
-	live, liveID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	up := verifier.NewUsagePublisher(env.JS, verifier.UsageOptions{Batch: 64})
+	table, live, liveID := mustTableWithKey(t)
+	up := nats.NewUsagePublisher(env.JS, nats.UsageOptions{Batch: 64})
 	up.Start(ctx)
-	v := verifier.New(f.p.Table(), verifier.Config{Environment: keyledger.EnvLive, Node: "node-a", Usage: up})
+	v := verifier.New(table, verifier.Config{Environment: keyledger.EnvLive, Node: "node-a", Usage: up})
 
 	const n = 1000
 	for i := 0; i < n; i++ {
@@ -40,7 +65,7 @@ func TestUsagePublisher(t *testing.T) {
 		t.Fatalf("stats %+v, want %d published", st, n)
 	}
 
-	stream, err := env.JS.Stream(ctx, events.UsageStream)
+	stream, err := env.JS.Stream(ctx, nats.UsageStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,8 +133,8 @@ func TestUsagePublisher(t *testing.T) {
 }
 
 func TestUsagePublisher_shedsWhenFull(t *testing.T) {
-	env := eventstest.MustStart(t)
-	up := verifier.NewUsagePublisher(env.JS, verifier.UsageOptions{Buffer: 10})
+	env := natstest.MustStart(t)
+	up := nats.NewUsagePublisher(env.JS, nats.UsageOptions{Buffer: 10})
 	// Not started: nothing drains the buffer, so it fills.
 	for i := 0; i < 25; i++ {
 		up.Record(events.KeyUsed{Environment: keyledger.EnvLive})
@@ -133,9 +158,9 @@ func TestUsagePublisher_shedsWhenFull(t *testing.T) {
 }
 
 func BenchmarkUsagePublisher(b *testing.B) {
-	env := eventstest.MustStart(b)
+	env := natstest.MustStart(b)
 	ctx := context.Background()
-	up := verifier.NewUsagePublisher(env.JS, verifier.UsageOptions{})
+	up := nats.NewUsagePublisher(env.JS, nats.UsageOptions{})
 	up.Start(ctx)
 	ev := events.KeyUsed{Environment: keyledger.EnvLive, Outcome: keyledger.OutcomeValid, IP: "192.0.2.1",
 		UserAgent: "bench", Method: "GET", Path: "/v1/x", Node: "n", Header: events.Header{KeyID: "key_x", At: time.Now()}}

@@ -1,14 +1,12 @@
-package events
+package nats
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -123,7 +121,7 @@ func UsageStreamConfig(c StreamConfig) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		PersistMode: persist,
 		Name:        UsageStream,
-		Description: "keyledger KeyUsed events",
+		Description: "keyledger events.KeyUsed events",
 		Subjects:    []string{UsageSubjectPrefix + ">"},
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
@@ -196,161 +194,4 @@ func WaitStreams(ctx context.Context, js jetstream.JetStream) error {
 		}
 	}
 	return nil
-}
-
-// Record is an event with its position in the KEYS stream.
-type Record struct {
-	Seq   uint64
-	Event Event
-}
-
-// Log is the KEYS stream seen as a ledger: append with optimistic
-// concurrency, read a key's last event or whole history.
-type Log struct {
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	// retries of an append whose outcome is unknown (timeout, no responders).
-	retries int
-	backoff time.Duration
-}
-
-// OpenLog returns the ledger on an existing KEYS stream.
-func OpenLog(ctx context.Context, js jetstream.JetStream) (*Log, error) {
-	s, err := js.Stream(ctx, KeysStream)
-	if err != nil {
-		return nil, keyledger.Wrap(keyledger.Unavailable, err, "KEYS stream is not available")
-	}
-	return &Log{js: js, stream: s, retries: 5, backoff: 50 * time.Millisecond}, nil
-}
-
-// ErrConflict is returned by Append when the key's subject has moved past
-// the expected sequence: somebody else wrote first.
-var ErrConflict = &keyledger.Error{Code: keyledger.Conflict, Message: "the key was changed concurrently"}
-
-// Append publishes ev to its key's subject if, and only if, the subject's
-// last sequence is expect (0: the subject is empty, i.e. create). It returns
-// the event's stream sequence.
-//
-// An append whose outcome is unknown (timeout, lost connection) is retried
-// with the same Nats-Msg-Id. A standalone server checks the expected
-// sequence before the dedup id, so the retry of a write that did land
-// answers "wrong last sequence"; Append then reads the subject's last
-// message and, if it is this very event, reports success.
-func (l *Log) Append(ctx context.Context, ev Event, expect uint64) (uint64, error) {
-	h := ev.Head()
-	data, err := Encode(ev)
-	if err != nil {
-		return 0, err
-	}
-	subj := KeySubject(h.KeyID)
-	wait := l.backoff
-	for attempt := 0; ; attempt++ {
-		ack, err := l.js.Publish(ctx, subj, data,
-			jetstream.WithMsgID(h.EventID),
-			jetstream.WithExpectStream(KeysStream),
-			jetstream.WithExpectLastSequencePerSubject(expect))
-		if err == nil && !ack.Duplicate {
-			return ack.Sequence, nil
-		}
-		if err == nil || isWrongLastSequence(err) {
-			// A duplicate ack, or a conflict, may be our own earlier
-			// attempt — or another event that reused this event_id.
-			// Only the very same bytes on the same subject count as ours.
-			if seq, ok := l.landed(ctx, subj, data, h.EventID); ok {
-				return seq, nil
-			}
-			return 0, ErrConflict
-		}
-		if ctx.Err() != nil || attempt >= l.retries || !retryable(err) {
-			return 0, keyledger.Wrap(keyledger.Unavailable, err, "the ledger did not accept the event")
-		}
-		select {
-		case <-ctx.Done():
-			return 0, keyledger.Wrap(keyledger.Unavailable, ctx.Err(), "the ledger did not accept the event")
-		case <-time.After(wait):
-		}
-		wait *= 2
-	}
-}
-
-// landed reports whether the subject's last message is exactly this event:
-// same Msg-Id and same bytes.
-func (l *Log) landed(ctx context.Context, subj string, data []byte, eventID string) (uint64, bool) {
-	m, err := l.stream.GetLastMsgForSubject(ctx, subj)
-	if err != nil {
-		return 0, false
-	}
-	if m.Header.Get(jetstream.MsgIDHeader) == eventID && bytes.Equal(m.Data, data) {
-		return m.Sequence, true
-	}
-	return 0, false
-}
-
-func isWrongLastSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-	}
-	return false
-}
-
-// retryable reports whether an append may have failed without an answer
-// from the stream, so trying again (same Msg-Id) is safe and useful.
-func retryable(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		return false // the stream answered; trying again changes nothing
-	}
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
-		errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionReconnecting) ||
-		errors.Is(err, nats.ErrDisconnected)
-}
-
-// Last returns the last event of a key and its sequence, or a NotFound error.
-func (l *Log) Last(ctx context.Context, keyID string) (Record, error) {
-	if err := ValidKeyID(keyID); err != nil {
-		return Record{}, keyledger.Errorf(keyledger.NotFound, "no key %q", keyID)
-	}
-	m, err := l.stream.GetLastMsgForSubject(ctx, KeySubject(keyID))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return Record{}, keyledger.Errorf(keyledger.NotFound, "no key %q", keyID)
-	}
-	if err != nil {
-		return Record{}, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the ledger")
-	}
-	ev, err := Decode(m.Data)
-	if err != nil {
-		return Record{}, keyledger.Wrap(keyledger.Internal, err, "undecodable event in the ledger")
-	}
-	return Record{Seq: m.Sequence, Event: ev}, nil
-}
-
-// History returns every event of a key in stream order: its audit trail.
-func (l *Log) History(ctx context.Context, keyID string) ([]Record, error) {
-	if err := ValidKeyID(keyID); err != nil {
-		return nil, keyledger.Errorf(keyledger.NotFound, "no key %q", keyID)
-	}
-	subj := KeySubject(keyID)
-	var out []Record
-	for seq := uint64(1); ; {
-		m, err := l.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the ledger")
-		}
-		ev, err := Decode(m.Data)
-		if err != nil {
-			return nil, keyledger.Wrap(keyledger.Internal, err, "undecodable event in the ledger")
-		}
-		out = append(out, Record{Seq: m.Sequence, Event: ev})
-		seq = m.Sequence + 1
-	}
-	if len(out) == 0 {
-		return nil, keyledger.Errorf(keyledger.NotFound, "no key %q", keyID)
-	}
-	return out, nil
 }

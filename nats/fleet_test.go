@@ -1,4 +1,4 @@
-package events_test
+package nats_test
 
 import (
 	"context"
@@ -6,28 +6,28 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
-	"github.com/keyledger/keyledger/events"
-	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/nats/natstest"
 )
 
 func TestRegistry(t *testing.T) {
-	env := eventstest.MustStart(t)
+	env := natstest.MustStart(t)
 	var seq uint64 = 5
-	a := events.NewAnnouncer(env.Conn, func() events.NodeStatus {
-		return events.NodeStatus{Name: "n1", Role: "verifier", Environment: keyledger.EnvLive, LastSeq: seq, CaughtUp: true, At: time.Now()}
+	a := nats.NewAnnouncer(env.Conn, func() nats.NodeStatus {
+		return nats.NodeStatus{Name: "n1", Role: "verifier", Environment: keyledger.EnvLive, LastSeq: seq, CaughtUp: true, At: time.Now()}
 	}, nil)
 	a.Start(context.Background())
 	defer a.Close(context.Background())
 	time.Sleep(50 * time.Millisecond) // n1's first heartbeat is gone before the registry exists
 
 	start := time.Now()
-	r, err := events.NewRegistry(env.Conn)
+	r, err := nats.NewRegistry(env.Conn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	for len(r.Live()) == 0 {
-		if time.Since(start) > events.HeartbeatInterval/2 {
+		if time.Since(start) > nats.HeartbeatInterval/2 {
 			t.Fatal("a new registry did not hear of a running node before its next heartbeat: the ping went unanswered")
 		}
 		time.Sleep(5 * time.Millisecond)

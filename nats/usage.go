@@ -1,4 +1,4 @@
-package verifier
+package nats
 
 import (
 	"context"
@@ -240,7 +240,7 @@ func (u *UsagePublisher) flush() {
 			continue
 		}
 		counts[i] = b.n
-		f, err := u.js.PublishAsync(events.UsageBatchSubject(keyledger.Environment(i), b.node), b.data)
+		f, err := u.js.PublishAsync(UsageBatchSubject(keyledger.Environment(i), b.node), b.data)
 		if err != nil {
 			u.failed.Add(uint64(b.n))
 			u.opts.Logger.Warn("usage: publish failed", "events", b.n, "err", err)

@@ -1,4 +1,4 @@
-package events
+package nats
 
 import (
 	"fmt"
@@ -9,7 +9,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
+	natsgo "github.com/nats-io/nats.go"
 )
 
 // ServerConfig configures an embedded NATS server with JetStream, so that
@@ -111,9 +111,9 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 
 // Connect returns a client connection to the server: in-process (no socket)
 // when it does not listen.
-func (s *Server) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
-	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(s.Server)}, opts...)
-	nc, err := nats.Connect("", opts...)
+func (s *Server) Connect(name string, opts ...natsgo.Option) (*natsgo.Conn, error) {
+	opts = append([]natsgo.Option{natsgo.Name(name), natsgo.InProcessServer(s.Server)}, opts...)
+	nc, err := natsgo.Connect("", opts...)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, fmt.Sprintf("cannot connect to embedded NATS server"))
 	}
