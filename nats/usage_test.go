@@ -2,7 +2,6 @@ package nats_test
 
 import (
 	"context"
-	mrand "math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -11,43 +10,21 @@ import (
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/nats/natstest"
-	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
+	"github.com/keyledger/keyledger/verifier/verifiertest"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// mustTableWithKey returns a verification table holding one live key with
-// every permission, and that key's secret and id: the usage test verifies
-// through a real verifier, so its events are exactly what nodes publish.
-func mustTableWithKey(tb testing.TB) (*projector.Table, string, string) {
-	tb.Helper()
-	secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, mrand.NewChaCha8([32]byte{7}))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	id := events.NewKeyID()
-	b, err := events.Encode(&events.KeyCreated{
-		Header: events.NewHeader(events.TypeKeyCreated, id, "test", time.Now()), Name: "k",
-		Environment: keyledger.EnvLive, Permissions: []string{"all"}, Owner: "acme",
-		Hash: keyledger.HashSecret(secret).String(), Hint: keyledger.Hint(secret),
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := projector.New(nil, projector.Options{})
-	p.ApplyMsg(1, b)
-	return p.Table(), secret, id
-}
 
 func TestUsagePublisher(t *testing.T) {
 	env := natstest.MustStart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	table, live, liveID := mustTableWithKey(t)
+	f := verifiertest.New(t)
+	live, liveID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
 	up := nats.NewUsagePublisher(env.JS, nats.UsageOptions{Batch: 64})
 	up.Start(ctx)
-	v := verifier.New(table, verifier.Config{Environment: keyledger.EnvLive, Node: "node-a", Usage: up})
+	v := verifier.New(f.P.Table(), verifier.Config{Environment: keyledger.EnvLive, Node: "node-a", Usage: up})
 
 	const n = 1000
 	for i := 0; i < n; i++ {

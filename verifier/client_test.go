@@ -12,20 +12,21 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/verifier"
+	"github.com/keyledger/keyledger/verifier/verifiertest"
 )
 
 func TestClient_Verify(t *testing.T) {
-	f := newFixture(t)
-	live, liveID := f.mustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
-	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
-	revoked, revokedID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	f.revoke(t, revokedID)
+	f := verifiertest.New(t)
+	live, liveID := f.MustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	test, _ := f.MustCreate(t, keyledger.EnvTest, nil, nil)
+	revoked, revokedID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	f.Revoke(t, revokedID)
 	secrets := []string{live, test, revoked}
 
 	var notReady atomic.Bool
-	liveSrv := httptest.NewServer(verifier.NewHandler(f.verifier(keyledger.EnvLive, func() bool { return !notReady.Load() })))
+	liveSrv := httptest.NewServer(verifier.NewHandler(f.Verifier(keyledger.EnvLive, func() bool { return !notReady.Load() })))
 	defer liveSrv.Close()
-	testSrv := httptest.NewServer(verifier.NewHandler(f.verifier(keyledger.EnvTest, nil))) // burst 3
+	testSrv := httptest.NewServer(verifier.NewHandler(f.Verifier(keyledger.EnvTest, nil))) // burst 3
 	defer testSrv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -14,6 +14,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/verifier"
+	"github.com/keyledger/keyledger/verifier/verifiertest"
 	"github.com/valyala/fasthttp"
 )
 
@@ -39,12 +40,12 @@ func MustServeFastHTTP(tb testing.TB, h *verifier.Handler) string {
 // The fasthttp endpoint must answer exactly as the net/http one, and
 // record the same KeyUsed event.
 func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
-	f := newFixture(t)
-	live, _ := f.mustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
-	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
-	revoked, revokedID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	f.revoke(t, revokedID)
-	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, nil))
+	f := verifiertest.New(t)
+	live, _ := f.MustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	test, _ := f.MustCreate(t, keyledger.EnvTest, nil, nil)
+	revoked, revokedID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	f.Revoke(t, revokedID)
+	h := verifier.NewHandler(f.Verifier(keyledger.EnvLive, nil))
 	base := MustServeFastHTTP(t, h)
 	client := &http.Client{Timeout: 5 * time.Second}
 
@@ -84,9 +85,9 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 			if _, ok := tc.hdr["User-Agent"]; !ok {
 				r.Header.Set("User-Agent", "Go-http-client/1.1")
 			}
-			f.used = nil
+			f.Used = nil
 			want, wantBody := do(t, h, r)
-			wantEv := f.used[0]
+			wantEv := f.Used[0]
 
 			// fasthttp, over loopback.
 			req, err := http.NewRequest(tc.method, base+tc.path, nil)
@@ -96,7 +97,7 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 			for k, v := range tc.hdr {
 				req.Header.Set(k, v)
 			}
-			f.used = nil
+			f.Used = nil
 			resp, err := client.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -111,7 +112,7 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 					t.Errorf("header %s: fasthttp %q, net/http %q", k, got, w)
 				}
 			}
-			gotEv := f.used[0]
+			gotEv := f.Used[0]
 			for _, ev := range []*events.KeyUsed{&gotEv, &wantEv} {
 				ev.EventID, ev.LatencyUS = "", 0
 				ev.Clip() // as published: the fasthttp endpoint clips long headers as it copies them
@@ -123,7 +124,7 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 	}
 
 	t.Run("recorded strings survive the next request on the connection", func(t *testing.T) {
-		f.used = nil
+		f.Used = nil
 		for _, ua := range []string{"first-agent/1.0", "second/2"} {
 			req, _ := http.NewRequest("GET", base+"/v1/authz", nil)
 			req.Header.Set("Authorization", "Bearer "+live)
@@ -136,16 +137,16 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
-		if len(f.used) != 2 || f.used[0].UserAgent != "first-agent/1.0" || f.used[0].Path != "/p/first-agent/1.0" {
-			t.Fatalf("events %+v", f.used)
+		if len(f.Used) != 2 || f.Used[0].UserAgent != "first-agent/1.0" || f.Used[0].Path != "/p/first-agent/1.0" {
+			t.Fatalf("events %+v", f.Used)
 		}
 	})
 }
 
 func TestHandler_AuthzFastHTTP_rateLimited(t *testing.T) {
-	f := newFixture(t)
-	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
-	base := MustServeFastHTTP(t, verifier.NewHandler(f.verifier(keyledger.EnvTest, nil)))
+	f := verifiertest.New(t)
+	test, _ := f.MustCreate(t, keyledger.EnvTest, nil, nil)
+	base := MustServeFastHTTP(t, verifier.NewHandler(f.Verifier(keyledger.EnvTest, nil)))
 	client := &http.Client{Timeout: 5 * time.Second}
 	var last *http.Response
 	var body []byte
@@ -168,8 +169,8 @@ func TestHandler_AuthzFastHTTP_rateLimited(t *testing.T) {
 // Requests fasthttp cannot take get the product's error envelope, not
 // fasthttp's plain text.
 func TestFastHTTPError(t *testing.T) {
-	f := newFixture(t)
-	base := MustServeFastHTTP(t, verifier.NewHandler(f.verifier(keyledger.EnvLive, nil)))
+	f := verifiertest.New(t)
+	base := MustServeFastHTTP(t, verifier.NewHandler(f.Verifier(keyledger.EnvLive, nil)))
 	client := &http.Client{Timeout: 5 * time.Second}
 	for _, tc := range []struct {
 		name   string
@@ -205,9 +206,9 @@ func TestFastHTTPError(t *testing.T) {
 // headers: neither may panic, both must reach the same outcome and record
 // the same event, and no recorded field may carry the presented key.
 func FuzzAuthz(f *testing.F) {
-	fx := newFixture(f)
-	live, _ := fx.mustCreate(f, keyledger.EnvLive, []string{"workflows:read"}, nil)
-	h := verifier.NewHandler(fx.verifier(keyledger.EnvLive, nil))
+	fx := verifiertest.New(f)
+	live, _ := fx.MustCreate(f, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	h := verifier.NewHandler(fx.Verifier(keyledger.EnvLive, nil))
 	f.Add("Bearer "+live, "workflows:read", "203.0.113.7, 10.0.0.1", "", "GET", "/a?b=c", "sdk/1")
 	f.Add("bearer "+live, "storage:write", "", "198.51.100.1", "", "", "")
 	f.Add("Basic x", "", "", "", "PROPFIND", "", "")
@@ -230,9 +231,9 @@ func FuzzAuthz(f *testing.F) {
 				r.Header[k] = []string{v}
 			}
 		}
-		fx.used = nil
+		fx.Used = nil
 		want, wantBody := do(t, h, r)
-		wantEv := fx.used[0]
+		wantEv := fx.Used[0]
 
 		var req fasthttp.Request
 		req.Header.SetMethod("GET")
@@ -244,9 +245,9 @@ func FuzzAuthz(f *testing.F) {
 		}
 		var ctx fasthttp.RequestCtx
 		ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
-		fx.used = nil
+		fx.Used = nil
 		h.AuthzFastHTTP(&ctx)
-		gotEv := fx.used[0]
+		gotEv := fx.Used[0]
 
 		if ctx.Response.StatusCode() != want.StatusCode || strings.TrimSpace(string(ctx.Response.Body())) != wantBody {
 			t.Fatalf("fasthttp %d %s, net/http %d %s", ctx.Response.StatusCode(), ctx.Response.Body(), want.StatusCode, wantBody)
@@ -265,9 +266,9 @@ func FuzzAuthz(f *testing.F) {
 }
 
 func TestHandler_AuthzFastHTTP_longHeaders(t *testing.T) {
-	f := newFixture(t)
-	live, _ := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, nil))
+	f := verifiertest.New(t)
+	live, _ := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	h := verifier.NewHandler(f.Verifier(keyledger.EnvLive, nil))
 	var req fasthttp.Request
 	req.SetRequestURI("/v1/authz")
 	req.Header.Set("Authorization", "Bearer "+live)
@@ -275,12 +276,12 @@ func TestHandler_AuthzFastHTTP_longHeaders(t *testing.T) {
 	req.Header.Set("X-Original-Uri", "/"+strings.Repeat("p", 20_000))
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, nil)
-	f.used = nil
+	f.Used = nil
 	h.AuthzFastHTTP(&ctx)
 	if ctx.Response.StatusCode() != 200 {
 		t.Fatalf("status %d", ctx.Response.StatusCode())
 	}
-	if u := f.used[0]; len(u.UserAgent) != events.MaxUsedUserAgentLen || len(u.Path) != events.MaxUsedPathLen {
+	if u := f.Used[0]; len(u.UserAgent) != events.MaxUsedUserAgentLen || len(u.Path) != events.MaxUsedPathLen {
 		t.Fatalf("recorded user agent %d bytes, path %d bytes", len(u.UserAgent), len(u.Path))
 	}
 }

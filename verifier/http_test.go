@@ -12,6 +12,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/verifier"
+	"github.com/keyledger/keyledger/verifier/verifiertest"
 )
 
 const unauthorizedBody = `{"error":{"code":"unauthorized","message":"Invalid or missing API key"}}`
@@ -26,12 +27,12 @@ func do(t *testing.T, h http.Handler, r *http.Request) (*http.Response, string) 
 }
 
 func TestHandler_authz(t *testing.T) {
-	f := newFixture(t)
-	live, liveID := f.mustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
-	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
-	revoked, revokedID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	f.revoke(t, revokedID)
-	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, nil))
+	f := verifiertest.New(t)
+	live, liveID := f.MustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	test, _ := f.MustCreate(t, keyledger.EnvTest, nil, nil)
+	revoked, revokedID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	f.Revoke(t, revokedID)
+	h := verifier.NewHandler(f.Verifier(keyledger.EnvLive, nil))
 
 	t.Run("valid key: 200 with identity headers", func(t *testing.T) {
 		r := httptest.NewRequest("GET", "/v1/authz", nil)
@@ -41,7 +42,7 @@ func TestHandler_authz(t *testing.T) {
 		r.Header.Set("X-Forwarded-Method", "DELETE")
 		r.Header.Set("X-Forwarded-Uri", "/api/workflows/42")
 		r.Header.Set("User-Agent", "sdk/1.0")
-		f.used = nil
+		f.Used = nil
 		resp, _ := do(t, h, r)
 		if resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)
@@ -49,7 +50,7 @@ func TestHandler_authz(t *testing.T) {
 		if resp.Header.Get("X-Key-Id") != liveID || resp.Header.Get("X-Key-Owner") != "acme" || resp.Header.Get("X-Key-Environment") != "live" {
 			t.Fatalf("headers %v", resp.Header)
 		}
-		u := f.used[0]
+		u := f.Used[0]
 		if u.IP != "203.0.113.7" || u.Method != "DELETE" || u.Path != "/api/workflows/42" || u.UserAgent != "sdk/1.0" || u.KeyID != liveID {
 			t.Fatalf("usage %+v", u)
 		}
@@ -60,11 +61,11 @@ func TestHandler_authz(t *testing.T) {
 		r.Header.Set("X-Real-IP", "198.51.100.9")
 		r.Header.Set("X-Original-Method", "POST")
 		r.Header.Set("X-Original-URI", "/v2/run?x=1")
-		f.used = nil
+		f.Used = nil
 		if resp, _ := do(t, h, r); resp.StatusCode != 200 {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
-		if u := f.used[0]; u.IP != "198.51.100.9" || u.Method != "POST" || u.Path != "/v2/run?x=1" {
+		if u := f.Used[0]; u.IP != "198.51.100.9" || u.Method != "POST" || u.Path != "/v2/run?x=1" {
 			t.Fatalf("usage %+v", u)
 		}
 	})
@@ -109,7 +110,7 @@ func TestHandler_authz(t *testing.T) {
 		}
 	})
 	t.Run("test key over its limit: 429 with Retry-After", func(t *testing.T) {
-		th := verifier.NewHandler(f.verifier(keyledger.EnvTest, nil))
+		th := verifier.NewHandler(f.Verifier(keyledger.EnvTest, nil))
 		var last *http.Response
 		var body string
 		for i := 0; i < 4; i++ { // burst 3
@@ -124,10 +125,10 @@ func TestHandler_authz(t *testing.T) {
 }
 
 func TestHandler_verify(t *testing.T) {
-	f := newFixture(t)
-	exp := f.now.Add(time.Hour)
-	live, liveID := f.mustCreate(t, keyledger.EnvLive, []string{"storage:read"}, func(e *events.KeyCreated) { e.ExpiresAt = &exp })
-	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, nil))
+	f := verifiertest.New(t)
+	exp := f.Now.Add(time.Hour)
+	live, liveID := f.MustCreate(t, keyledger.EnvLive, []string{"storage:read"}, func(e *events.KeyCreated) { e.ExpiresAt = &exp })
+	h := verifier.NewHandler(f.Verifier(keyledger.EnvLive, nil))
 	post := func(body, ct string) (*http.Response, string) {
 		r := httptest.NewRequest("POST", "/v1/verify", strings.NewReader(body))
 		if ct != "" {
@@ -182,9 +183,9 @@ func TestHandler_verify(t *testing.T) {
 }
 
 func TestHandler_readyz(t *testing.T) {
-	f := newFixture(t)
+	f := verifiertest.New(t)
 	ready := false
-	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, func() bool { return ready }))
+	h := verifier.NewHandler(f.Verifier(keyledger.EnvLive, func() bool { return ready }))
 	if resp, body := do(t, h, httptest.NewRequest("GET", "/readyz", nil)); resp.StatusCode != 503 || !strings.Contains(body, `"unavailable"`) {
 		t.Fatalf("not ready: %d %s", resp.StatusCode, body)
 	}
@@ -199,17 +200,17 @@ func TestHandler_readyz(t *testing.T) {
 
 // Envoy's ext_authz calls /v1/authz + the client's path.
 func TestHandler_authzEnvoyPrefix(t *testing.T) {
-	f := newFixture(t)
-	live, liveID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	h := verifier.NewHandler(f.verifier(keyledger.EnvLive, nil))
+	f := verifiertest.New(t)
+	live, liveID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	h := verifier.NewHandler(f.Verifier(keyledger.EnvLive, nil))
 	r := httptest.NewRequest("POST", "/v1/authz/workflows/42?run=1", nil)
 	r.Header.Set("Authorization", "Bearer "+live)
-	f.used = nil
+	f.Used = nil
 	resp, _ := do(t, h, r)
 	if resp.StatusCode != 200 || resp.Header.Get("X-Key-Id") != liveID {
 		t.Fatalf("status %d headers %v", resp.StatusCode, resp.Header)
 	}
-	if u := f.used[0]; u.Path != "/workflows/42?run=1" || u.Method != "POST" {
+	if u := f.Used[0]; u.Path != "/workflows/42?run=1" || u.Method != "POST" {
 		t.Fatalf("usage %+v", u)
 	}
 }
@@ -233,9 +234,9 @@ func (discardRecorder) Record(events.KeyUsed) {}
 // as nginx auth_request sends it; net/http's own parsing and writing are
 // not included (keyledger bench authz measures the whole server).
 func BenchmarkHandler_authz(b *testing.B) {
-	f := newFixture(b)
-	live, _ := f.mustCreate(b, keyledger.EnvLive, []string{"workflows:read"}, nil)
-	h := verifier.NewHandler(verifier.New(f.p.Table(), verifier.Config{
+	f := verifiertest.New(b)
+	live, _ := f.MustCreate(b, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	h := verifier.NewHandler(verifier.New(f.P.Table(), verifier.Config{
 		Environment: keyledger.EnvLive, Node: "n1", Usage: discardRecorder{}}))
 	r := httptest.NewRequest("GET", "/v1/authz", nil)
 	r.Header.Set("Authorization", "Bearer "+live)

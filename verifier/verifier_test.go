@@ -1,105 +1,27 @@
 package verifier_test
 
 import (
-	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
-	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
+	"github.com/keyledger/keyledger/verifier/verifiertest"
 )
 
-// fixture is a projector fed by hand (no stream) and a deterministic clock.
-type fixture struct {
-	p    *projector.Projector
-	seq  uint64
-	rng  *rand.ChaCha8
-	now  time.Time
-	mu   sync.Mutex
-	used []events.KeyUsed
-}
-
-func newFixture(tb testing.TB) *fixture {
-	tb.Helper()
-	return &fixture{
-		p:   projector.New(nil, projector.Options{Records: true}),
-		rng: rand.NewChaCha8([32]byte{1}),
-		now: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC),
-	}
-}
-
-func (f *fixture) clock() time.Time { return f.now }
-
-// Record implements verifier.Recorder.
-func (f *fixture) Record(ev events.KeyUsed) {
-	f.mu.Lock()
-	f.used = append(f.used, ev)
-	f.mu.Unlock()
-}
-
-func (f *fixture) apply(tb testing.TB, ev events.Event) {
-	tb.Helper()
-	b, err := events.Encode(ev)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	f.seq++
-	f.p.ApplyMsg(f.seq, b)
-}
-
-// mustCreate issues a key into the table and returns its secret and id.
-func (f *fixture) mustCreate(tb testing.TB, env keyledger.Environment, perms []string, mod func(*events.KeyCreated)) (secret, id string) {
-	tb.Helper()
-	secret, err := keyledger.DefaultFormat.New(env, f.rng)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if perms == nil {
-		perms = []string{"all"}
-	}
-	id = events.NewKeyID()
-	ev := &events.KeyCreated{
-		Header:      events.NewHeader(events.TypeKeyCreated, id, "test", f.now),
-		Name:        "k",
-		Environment: env,
-		Permissions: perms,
-		Owner:       "acme",
-		Hash:        keyledger.HashSecret(secret).String(),
-		Hint:        keyledger.Hint(secret),
-	}
-	if mod != nil {
-		mod(ev)
-	}
-	f.apply(tb, ev)
-	return secret, id
-}
-
-func (f *fixture) revoke(tb testing.TB, id string) {
-	tb.Helper()
-	f.apply(tb, &events.KeyRevoked{Header: events.NewHeader(events.TypeKeyRevoked, id, "test", f.now), Reason: "test"})
-}
-
-func (f *fixture) verifier(env keyledger.Environment, ready func() bool) *verifier.Verifier {
-	return verifier.New(f.p.Table(), verifier.Config{
-		Environment: env, Now: f.clock, Node: "n1", Usage: f, Ready: ready,
-		TestRateLimit: keyledger.RateLimit{PerSecond: 2, Burst: 3},
-	})
-}
-
 func TestVerifier_Verify(t *testing.T) {
-	f := newFixture(t)
-	live, liveID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	readOnly, _ := f.mustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
-	test, testID := f.mustCreate(t, keyledger.EnvTest, nil, nil)
-	revoked, revokedID := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	f.revoke(t, revokedID)
-	exp := f.now.Add(time.Minute)
-	expiring, _ := f.mustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) { e.ExpiresAt = &exp })
-	unknown, _ := keyledger.DefaultFormat.New(keyledger.EnvLive, f.rng)
-	v := f.verifier(keyledger.EnvLive, nil)
+	f := verifiertest.New(t)
+	live, liveID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	readOnly, _ := f.MustCreate(t, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	test, testID := f.MustCreate(t, keyledger.EnvTest, nil, nil)
+	revoked, revokedID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	f.Revoke(t, revokedID)
+	exp := f.Now.Add(time.Minute)
+	expiring, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) { e.ExpiresAt = &exp })
+	unknown, _ := keyledger.DefaultFormat.New(keyledger.EnvLive, f.Rand)
+	v := f.Verifier(keyledger.EnvLive, nil)
 
 	flip := []byte(live)
 	flip[12] ^= 1 // still base62, checksum now wrong
@@ -126,22 +48,22 @@ func TestVerifier_Verify(t *testing.T) {
 		{name: "revoked", key: revoked, want: keyledger.OutcomeRevoked, wantKeyID: revokedID},
 		{name: "test key at live node", key: test, want: keyledger.OutcomeEnvMismatch, wantKeyID: testID},
 		{name: "live key at test node", key: live, want: keyledger.OutcomeEnvMismatch,
-			verifierFn: func() *verifier.Verifier { return f.verifier(keyledger.EnvTest, nil) }},
+			verifierFn: func() *verifier.Verifier { return f.Verifier(keyledger.EnvTest, nil) }},
 		{name: "expired", key: expiring, want: keyledger.OutcomeExpired, advanceBy: time.Minute},
 		{name: "not expired yet", key: expiring, want: keyledger.OutcomeValid, advanceBy: time.Minute - time.Nanosecond},
 		{name: "node not ready", key: live, want: keyledger.OutcomeUnavailable,
-			verifierFn: func() *verifier.Verifier { return f.verifier(keyledger.EnvLive, func() bool { return false }) }},
+			verifierFn: func() *verifier.Verifier { return f.Verifier(keyledger.EnvLive, func() bool { return false }) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			start := f.now
-			f.now = f.now.Add(tc.advanceBy)
-			defer func() { f.now = start }()
+			start := f.Now
+			f.Now = f.Now.Add(tc.advanceBy)
+			defer func() { f.Now = start }()
 			vv := v
 			if tc.verifierFn != nil {
 				vv = tc.verifierFn()
 			}
-			f.used = nil
+			f.Used = nil
 			res := vv.Verify(&verifier.Request{Key: tc.key, Permission: tc.perm, IP: "192.0.2.1", Method: "GET", Path: "/x"})
 			if res.Outcome != tc.want {
 				t.Fatalf("outcome = %v, want %v", res.Outcome, tc.want)
@@ -149,11 +71,11 @@ func TestVerifier_Verify(t *testing.T) {
 			if tc.wantKeyID != "" && (res.Entry == nil || res.Entry.ID != tc.wantKeyID) {
 				t.Fatalf("entry = %+v, want key %s", res.Entry, tc.wantKeyID)
 			}
-			if len(f.used) != 1 {
-				t.Fatalf("recorded %d usage events, want 1", len(f.used))
+			if len(f.Used) != 1 {
+				t.Fatalf("recorded %d usage events, want 1", len(f.Used))
 			}
-			u := f.used[0]
-			if u.Outcome != tc.want || u.IP != "192.0.2.1" || u.Node != "n1" || !u.At.Equal(f.now) || u.Permission != tc.perm {
+			u := f.Used[0]
+			if u.Outcome != tc.want || u.IP != "192.0.2.1" || u.Node != "n1" || !u.At.Equal(f.Now) || u.Permission != tc.perm {
 				t.Fatalf("usage event = %+v", u)
 			}
 			if tc.wantKeyID != "" && u.KeyID != tc.wantKeyID {
@@ -166,11 +88,11 @@ func TestVerifier_Verify(t *testing.T) {
 	}
 
 	t.Run("revocation applies to the very next request", func(t *testing.T) {
-		k, id := f.mustCreate(t, keyledger.EnvLive, nil, nil)
+		k, id := f.MustCreate(t, keyledger.EnvLive, nil, nil)
 		if got := v.Verify(&verifier.Request{Key: k}).Outcome; got != keyledger.OutcomeValid {
 			t.Fatalf("before revoke: %v", got)
 		}
-		f.revoke(t, id)
+		f.Revoke(t, id)
 		if got := v.Verify(&verifier.Request{Key: k}).Outcome; got != keyledger.OutcomeRevoked {
 			t.Fatalf("after revoke: %v", got)
 		}
@@ -178,14 +100,14 @@ func TestVerifier_Verify(t *testing.T) {
 }
 
 func TestVerifier_Verify_rateLimit(t *testing.T) {
-	f := newFixture(t)
-	test, _ := f.mustCreate(t, keyledger.EnvTest, nil, nil)
-	live, _ := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	limited, _ := f.mustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) {
+	f := verifiertest.New(t)
+	test, _ := f.MustCreate(t, keyledger.EnvTest, nil, nil)
+	live, _ := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	limited, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) {
 		e.RateLimit = &keyledger.RateLimit{PerSecond: 1, Burst: 1}
 	})
-	tv := f.verifier(keyledger.EnvTest, nil)
-	lv := f.verifier(keyledger.EnvLive, nil)
+	tv := f.Verifier(keyledger.EnvTest, nil)
+	lv := f.Verifier(keyledger.EnvLive, nil)
 
 	t.Run("test key: burst then 429 with retry-after, refills with time", func(t *testing.T) {
 		for i := 0; i < 3; i++ { // burst 3
@@ -200,7 +122,7 @@ func TestVerifier_Verify_rateLimit(t *testing.T) {
 		if res.RetryAfter <= 0 || res.RetryAfter > time.Second {
 			t.Fatalf("retry after %v, want (0, 1s] at 2/s", res.RetryAfter)
 		}
-		f.now = f.now.Add(500 * time.Millisecond) // one token at 2/s
+		f.Now = f.Now.Add(500 * time.Millisecond) // one token at 2/s
 		if got := tv.Verify(&verifier.Request{Key: test}).Outcome; got != keyledger.OutcomeValid {
 			t.Fatalf("after refill: %v", got)
 		}
@@ -221,7 +143,7 @@ func TestVerifier_Verify_rateLimit(t *testing.T) {
 		}
 	})
 	t.Run("limit survives revocation bookkeeping and refused keys spend no tokens", func(t *testing.T) {
-		k, _ := f.mustCreate(t, keyledger.EnvTest, []string{"workflows:read"}, nil)
+		k, _ := f.MustCreate(t, keyledger.EnvTest, []string{"workflows:read"}, nil)
 		for i := 0; i < 10; i++ {
 			if got := tv.Verify(&verifier.Request{Key: k, Permission: "storage:write"}).Outcome; got != keyledger.OutcomeForbidden {
 				t.Fatalf("forbidden request %d: %v", i, got)
@@ -234,14 +156,14 @@ func TestVerifier_Verify_rateLimit(t *testing.T) {
 }
 
 func TestVerifier_Verify_concurrent(t *testing.T) {
-	f := newFixture(t)
+	f := verifiertest.New(t)
 	var keys []string
 	var ids []string
 	for i := 0; i < 64; i++ {
-		k, id := f.mustCreate(t, keyledger.EnvLive, nil, nil)
+		k, id := f.MustCreate(t, keyledger.EnvLive, nil, nil)
 		keys, ids = append(keys, k), append(ids, id)
 	}
-	v := verifier.New(f.p.Table(), verifier.Config{Environment: keyledger.EnvLive, Now: time.Now})
+	v := verifier.New(f.P.Table(), verifier.Config{Environment: keyledger.EnvLive, Now: time.Now})
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	errs := make(chan string, 8)
@@ -265,7 +187,7 @@ func TestVerifier_Verify_concurrent(t *testing.T) {
 	}
 	// The single writer revokes half the keys while readers run.
 	for i := 0; i < len(ids); i += 2 {
-		f.revoke(t, ids[i])
+		f.Revoke(t, ids[i])
 	}
 	close(stop)
 	wg.Wait()
@@ -285,9 +207,9 @@ func TestVerifier_Verify_concurrent(t *testing.T) {
 }
 
 func TestVerifier_Verify_allocations(t *testing.T) {
-	f := newFixture(t)
-	k, _ := f.mustCreate(t, keyledger.EnvLive, nil, nil)
-	v := verifier.New(f.p.Table(), verifier.Config{Environment: keyledger.EnvLive})
+	f := verifiertest.New(t)
+	k, _ := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	v := verifier.New(f.P.Table(), verifier.Config{Environment: keyledger.EnvLive})
 	req := &verifier.Request{Key: k, Permission: "workflows:read"}
 	if n := testing.AllocsPerRun(1000, func() { v.Verify(req) }); n != 0 {
 		t.Fatalf("valid key verification allocates %v times, want 0", n)
@@ -295,18 +217,18 @@ func TestVerifier_Verify_allocations(t *testing.T) {
 }
 
 func BenchmarkVerify(b *testing.B) {
-	f := newFixture(b)
-	valid, _ := f.mustCreate(b, keyledger.EnvLive, []string{"workflows:read"}, nil)
-	revoked, id := f.mustCreate(b, keyledger.EnvLive, nil, nil)
-	f.revoke(b, id)
-	unknown, _ := keyledger.DefaultFormat.New(keyledger.EnvLive, f.rng)
+	f := verifiertest.New(b)
+	valid, _ := f.MustCreate(b, keyledger.EnvLive, []string{"workflows:read"}, nil)
+	revoked, id := f.MustCreate(b, keyledger.EnvLive, nil, nil)
+	f.Revoke(b, id)
+	unknown, _ := keyledger.DefaultFormat.New(keyledger.EnvLive, f.Rand)
 	bad := []byte(valid)
 	bad[len(bad)-1] ^= 1
 	// A realistic table: 100k other keys.
 	for i := 0; i < 100_000; i++ {
-		f.mustCreate(b, keyledger.EnvLive, nil, nil)
+		f.MustCreate(b, keyledger.EnvLive, nil, nil)
 	}
-	v := verifier.New(f.p.Table(), verifier.Config{Environment: keyledger.EnvLive})
+	v := verifier.New(f.P.Table(), verifier.Config{Environment: keyledger.EnvLive})
 	for _, bc := range []struct{ name, key, perm string }{
 		{"valid", valid, "workflows:read"},
 		{"bad_checksum", string(bad), ""},

@@ -1,0 +1,98 @@
+// Package verifiertest is a verification table fed by hand (no stream)
+// with a deterministic clock and randomness, for tests of the verifier and
+// of what serves it.
+package verifiertest
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/projector"
+	"github.com/keyledger/keyledger/verifier"
+)
+
+// Fixture is a projector fed by hand (no stream) and a deterministic clock.
+type Fixture struct {
+	P    *projector.Projector
+	seq  uint64
+	Rand *rand.ChaCha8
+	Now  time.Time
+	mu   sync.Mutex
+	Used []events.KeyUsed
+}
+
+// New returns a fixture whose clock stands at 2026-11-26 12:00 UTC.
+func New(tb testing.TB) *Fixture {
+	tb.Helper()
+	return &Fixture{
+		P:    projector.New(nil, projector.Options{Records: true}),
+		Rand: rand.NewChaCha8([32]byte{1}),
+		Now:  time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC),
+	}
+}
+
+// Clock is the fixture's clock, for verifier.Config.Now.
+func (f *Fixture) Clock() time.Time { return f.Now }
+
+// Record implements verifier.Recorder.
+func (f *Fixture) Record(ev events.KeyUsed) {
+	f.mu.Lock()
+	f.Used = append(f.Used, ev)
+	f.mu.Unlock()
+}
+
+func (f *Fixture) apply(tb testing.TB, ev events.Event) {
+	tb.Helper()
+	b, err := events.Encode(ev)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f.seq++
+	f.P.ApplyMsg(f.seq, b)
+}
+
+// MustCreate issues a key into the table and returns its secret and id.
+func (f *Fixture) MustCreate(tb testing.TB, env keyledger.Environment, perms []string, mod func(*events.KeyCreated)) (secret, id string) {
+	tb.Helper()
+	secret, err := keyledger.DefaultFormat.New(env, f.Rand)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if perms == nil {
+		perms = []string{"all"}
+	}
+	id = events.NewKeyID()
+	ev := &events.KeyCreated{
+		Header:      events.NewHeader(events.TypeKeyCreated, id, "test", f.Now),
+		Name:        "k",
+		Environment: env,
+		Permissions: perms,
+		Owner:       "acme",
+		Hash:        keyledger.HashSecret(secret).String(),
+		Hint:        keyledger.Hint(secret),
+	}
+	if mod != nil {
+		mod(ev)
+	}
+	f.apply(tb, ev)
+	return secret, id
+}
+
+// Revoke revokes key id.
+func (f *Fixture) Revoke(tb testing.TB, id string) {
+	tb.Helper()
+	f.apply(tb, &events.KeyRevoked{Header: events.NewHeader(events.TypeKeyRevoked, id, "test", f.Now), Reason: "test"})
+}
+
+// Verifier returns a verifier of env over the fixture's table, recording
+// into the fixture, with a test rate limit of 2/s (burst 3).
+func (f *Fixture) Verifier(env keyledger.Environment, ready func() bool) *verifier.Verifier {
+	return verifier.New(f.P.Table(), verifier.Config{
+		Environment: env, Now: f.Clock, Node: "n1", Usage: f, Ready: ready,
+		TestRateLimit: keyledger.RateLimit{PerSecond: 2, Burst: 3},
+	})
+}
