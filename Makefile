@@ -25,7 +25,7 @@ check:
 	$(GO) vet ./...
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./verifier/ ./events/ ./projector/ .
+	$(GO) test -run '^$$' -bench . -benchmem ./verifier/ ./http/ ./nats/ ./events/ ./projector/ .
 
 bench-all: build
 	./scripts/bench-deps.sh
@@ -38,7 +38,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./events/
 	$(GO) test -run '^$$' -fuzz FuzzKeyUsedJSON -fuzztime 30s ./events/
 	$(GO) test -run '^$$' -fuzz FuzzNextUsage -fuzztime 30s ./events/
-	$(GO) test -run '^$$' -fuzz FuzzAuthz -fuzztime 30s ./verifier/
+	$(GO) test -run '^$$' -fuzz FuzzAuthz -fuzztime 30s ./http/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyUsed -fuzztime 30s ./analytics/
 
 clickhouse-start:

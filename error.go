@@ -1,10 +1,8 @@
 package keyledger
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 )
@@ -35,26 +33,6 @@ const (
 	ReasonUnsupportedMedia = "unsupported_media_type"
 	ReasonHeadersTooLarge  = "headers_too_large"
 )
-
-// httpStatus is the one table from error kinds to HTTP statuses. A reason
-// listed in reasonStatus overrides its code's status.
-var httpStatus = map[Code]int{
-	Invalid:      http.StatusBadRequest,
-	Unauthorized: http.StatusUnauthorized,
-	Forbidden:    http.StatusForbidden,
-	NotFound:     http.StatusNotFound,
-	Conflict:     http.StatusConflict,
-	RateLimited:  http.StatusTooManyRequests,
-	Unavailable:  http.StatusServiceUnavailable,
-	Internal:     http.StatusInternalServerError,
-}
-
-var reasonStatus = map[string]int{
-	ReasonMethodNotAllowed: http.StatusMethodNotAllowed,
-	ReasonBodyTooLarge:     http.StatusRequestEntityTooLarge,
-	ReasonUnsupportedMedia: http.StatusUnsupportedMediaType,
-	ReasonHeadersTooLarge:  http.StatusRequestHeaderFieldsTooLarge,
-}
 
 // Error is the one error type of keyledger. Message is safe to show to the
 // caller; Err (the cause) is for logs and never leaves the process.
@@ -170,102 +148,6 @@ func Quote(s string) string {
 	return strconv.Quote(s)
 }
 
-// HTTPStatus returns the HTTP status for err.
-func HTTPStatus(err error) int {
-	var e *Error
-	if errors.As(err, &e) {
-		if s, ok := reasonStatus[e.Reason]; ok {
-			return s
-		}
-		if s, ok := httpStatus[e.Code]; ok {
-			return s
-		}
-	}
-	return http.StatusInternalServerError
-}
-
-// Envelope is the JSON body of every error response:
-// {"error":{"code":"…","message":"…"}}.
-type Envelope struct {
-	Error EnvelopeError `json:"error"`
-}
-
-// EnvelopeError is the inner object of an Envelope.
-type EnvelopeError struct {
-	Code    Code   `json:"code"`
-	Reason  string `json:"reason,omitempty"`
-	Message string `json:"message"`
-}
-
-// ErrorBody returns the envelope for err.
-func ErrorBody(err error) Envelope {
-	var reason string
-	var e *Error
-	if errors.As(err, &e) {
-		reason = e.Reason
-	}
-	return Envelope{Error: EnvelopeError{Code: ErrorCode(err), Reason: reason, Message: ErrorMessage(err)}}
-}
-
-// ErrorFromResponse is the client side of WriteError: it turns an HTTP
-// error answer into an *Error with the envelope's code, reason and message.
-// An answer without an envelope (a proxy's error page) gets the code whose
-// status it has, by the same table, and a message naming the status; its
-// body is never shown, as it is not ours to vouch for.
-func ErrorFromResponse(status int, body []byte) *Error {
-	var env Envelope
-	if json.Unmarshal(body, &env) == nil && env.Error.Code != "" {
-		return &Error{Code: env.Error.Code, Reason: env.Error.Reason, Message: env.Error.Message}
-	}
-	return &Error{Code: codeForStatus(status), Message: fmt.Sprintf("HTTP %d %s without an error envelope", status, http.StatusText(status))}
-}
-
-// codeForStatus inverts httpStatus and reasonStatus. A 5xx it does not
-// name (502, 504: a proxy in between) means the service is unavailable.
-func codeForStatus(status int) Code {
-	for _, s := range reasonStatus {
-		if s == status {
-			return Invalid // every reason with its own status refines invalid_request
-		}
-	}
-	for c, s := range httpStatus {
-		if s == status && c != Internal {
-			return c
-		}
-	}
-	if status >= 500 && status != http.StatusInternalServerError {
-		return Unavailable
-	}
-	return Internal
-}
-
-// unauthorizedBody is precomputed: every 401 is byte-for-byte the same, so
-// responses reveal nothing about why a key was refused.
-var unauthorizedBody = []byte(`{"error":{"code":"unauthorized","message":"Invalid or missing API key"}}` + "\n")
-
-// UnauthorizedMessage is the only message a 401 ever carries.
+// UnauthorizedMessage is the only message a 401 ever carries: every
+// refused key gets the same answer, so answers reveal nothing about why.
 const UnauthorizedMessage = "Invalid or missing API key"
-
-// WriteError writes err as an error envelope with its HTTP status.
-func WriteError(w http.ResponseWriter, err error) {
-	h := w.Header()
-	h["Content-Type"] = jsonContentType
-	h["Cache-Control"] = noStore
-	if ErrorCode(err) == Unauthorized {
-		// Gateways pass WWW-Authenticate through to clients; RFC 6750 asks for it.
-		h["Www-Authenticate"] = bearerChallenge
-		w.WriteHeader(http.StatusUnauthorized)
-		w.Write(unauthorizedBody)
-		return
-	}
-	status := HTTPStatus(err)
-	b, _ := json.Marshal(ErrorBody(err))
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
-
-var (
-	jsonContentType = []string{"application/json"}
-	noStore         = []string{"no-store"}
-	bearerChallenge = []string{`Bearer realm="keyledger"`}
-)

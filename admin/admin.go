@@ -1,6 +1,7 @@
-// Package admin is keyledger's write side and operator API: it issues and
+// Package admin is keyledger's write side: it issues, rolls, imports and
 // revokes keys by appending events to the KEYS ledger with optimistic
-// concurrency, and serves the admin HTTP API behind a bearer token.
+// concurrency, waits for the fleet to apply them, and reads key records.
+// Package http serves it as the admin API.
 package admin
 
 import (

@@ -727,7 +727,7 @@ func quote(s string) string {
 	return b.String()
 }
 
-// keyRow is one KeyCreated or KeyRevoked event as stored in key_events.
+// keyRow is one KeyCreated, KeyRolled or KeyRevoked event as stored in key_events.
 type keyRow struct {
 	eventID     uuid.UUID
 	typ         string

@@ -96,7 +96,8 @@ type Quota struct {
 }
 
 // AuditQuery selects key lifecycle events; empty fields match everything.
-// Type is KeyCreated or KeyRevoked (or created, revoked).
+// Type is KeyCreated, KeyRolled or KeyRevoked (or created, rolled,
+// revoked).
 type AuditQuery struct {
 	KeyID    string
 	Actor    string
@@ -327,8 +328,10 @@ func ParseEventType(s string) (string, error) {
 		return string(events.TypeKeyCreated), nil
 	case "keyrevoked", "revoked":
 		return string(events.TypeKeyRevoked), nil
+	case "keyrolled", "rolled":
+		return string(events.TypeKeyRolled), nil
 	}
-	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated or KeyRevoked, not %q", s)
+	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated, KeyRolled or KeyRevoked, not %s", keyledger.Quote(s))
 }
 
 func checkLimit(n int) (int, error) {

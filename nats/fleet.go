@@ -53,6 +53,10 @@ type Announcer struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	log    *slog.Logger
+	// interval is the heartbeat period: HeartbeatInterval. Only tests
+	// change it (before Start), to tell an answer to a ping or to Notify
+	// from a periodic heartbeat without relying on timing.
+	interval time.Duration
 }
 
 // NewAnnouncer returns an announcer of status on nc. Call Start.
@@ -60,7 +64,7 @@ func NewAnnouncer(nc *natsgo.Conn, status func() NodeStatus, log *slog.Logger) *
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Announcer{nc: nc, status: status, kick: make(chan struct{}, 1), log: log}
+	return &Announcer{nc: nc, status: status, kick: make(chan struct{}, 1), log: log, interval: HeartbeatInterval}
 }
 
 // Notify asks for an announcement now. It never blocks.
@@ -81,7 +85,7 @@ func (a *Announcer) Start(ctx context.Context) {
 	a.done = make(chan struct{})
 	go func() {
 		defer close(a.done)
-		t := time.NewTicker(HeartbeatInterval)
+		t := time.NewTicker(a.interval)
 		defer t.Stop()
 		for {
 			a.announce()

@@ -65,8 +65,8 @@ func assertConflict(tb testing.TB, err error) {
 	if !errors.Is(err, nats.ErrConflict) {
 		tb.Fatalf("error %v, want nats.ErrConflict", err)
 	}
-	if !errors.Is(err, keyledger.ErrConflict) || keyledger.HTTPStatus(err) != 409 {
-		tb.Fatalf("ErrConflict %v is not a keyledger conflict (status %d)", err, keyledger.HTTPStatus(err))
+	if !errors.Is(err, keyledger.ErrConflict) || keyledger.ErrorCode(err) != keyledger.Conflict {
+		tb.Fatalf("ErrConflict %v is not a keyledger conflict (code %s)", err, keyledger.ErrorCode(err))
 	}
 }
 

@@ -1,7 +1,6 @@
 package nats
 
 import (
-	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -115,7 +114,7 @@ func (s *Server) Connect(name string, opts ...natsgo.Option) (*natsgo.Conn, erro
 	opts = append([]natsgo.Option{natsgo.Name(name), natsgo.InProcessServer(s.Server)}, opts...)
 	nc, err := natsgo.Connect("", opts...)
 	if err != nil {
-		return nil, keyledger.Wrap(keyledger.Unavailable, err, fmt.Sprintf("cannot connect to embedded NATS server"))
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to embedded NATS server")
 	}
 	return nc, nil
 }

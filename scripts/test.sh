@@ -15,6 +15,10 @@ fi
 echo "== go vet"
 go vet ./...
 
+echo "== staticcheck"
+# Pinned, fetched through the Go module proxy like every dependency.
+go run honnef.co/go/tools/cmd/staticcheck@2026.2.2 ./...
+
 echo "== ClickHouse"
 started_ch=0
 if [ -z "${KEYLEDGER_CLICKHOUSE:-}" ]; then
@@ -28,6 +32,11 @@ cleanup() {
 	if [ "$started_ch" = 1 ]; then ./scripts/clickhouse.sh stop || true; fi
 }
 trap cleanup EXIT
+
+echo "== nginx"
+# The gateway test runs Debian's nginx-light in front of a node; go test
+# itself never installs anything.
+./scripts/nginx.sh install
 
 echo "== go test -race"
 # -p 1: the integration tests start servers (JetStream, use ClickHouse); on a

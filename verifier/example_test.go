@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	khttp "github.com/keyledger/keyledger/http"
+
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/nats"
@@ -94,7 +96,7 @@ func Example() {
 			return
 		}
 		err := verifier.OutcomeError(res.Outcome, permission, res.RetryAfter)
-		fmt.Printf("%s: %s, HTTP %d %s\n", permission, res.Outcome, keyledger.HTTPStatus(err), keyledger.ErrorCode(err))
+		fmt.Printf("%s: %s, HTTP %d %s\n", permission, res.Outcome, khttp.HTTPStatus(err), keyledger.ErrorCode(err))
 	}
 	check("workflows:read")
 	check("storage:write")

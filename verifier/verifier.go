@@ -13,6 +13,7 @@
 package verifier
 
 import (
+	"math"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -93,6 +94,19 @@ func New(table *projector.Table, cfg Config) *Verifier {
 // Environment returns the environment this verifier serves.
 func (v *Verifier) Environment() keyledger.Environment { return v.cfg.Environment }
 
+// Ready reports whether the verifier's table can be trusted now (always,
+// when Config.Ready is nil).
+func (v *Verifier) Ready() bool { return v.cfg.Ready == nil || v.cfg.Ready() }
+
+// Start is when a request that arrives now started, for Request.Start: the
+// clock is read only when a Recorder will record the time.
+func (v *Verifier) Start() time.Time {
+	if v.cfg.Usage == nil {
+		return time.Time{}
+	}
+	return v.cfg.Now()
+}
+
 // Request is one verification. Only Key is required; the rest describes the
 // request being authorized, for the usage record.
 type Request struct {
@@ -121,7 +135,7 @@ type Result struct {
 func (r Result) Valid() bool { return r.Outcome == keyledger.OutcomeValid }
 
 // Verify decides on one request and records it. A valid key costs one
-// SHA-256, one map lookup under a per-shard read lock, and no allocation.
+// SHA-256, one lock-free table lookup, and no allocation.
 func (v *Verifier) Verify(req *Request) Result {
 	// Reading the clock costs as much as a quarter of a verification on
 	// some machines, so it is read only when something needs it.
@@ -231,4 +245,32 @@ func (v *Verifier) record(req *Request, res Result, now time.Time) {
 		ev.KeyID = res.Entry.ID
 	}
 	v.cfg.Usage.Record(ev)
+}
+
+// ErrNotReady is the refusal of every key while the table cannot be
+// trusted.
+var ErrNotReady = keyledger.Errorf(keyledger.Unavailable, "this node cannot vouch for its key table yet (catching up with the ledger, or cut off from it)")
+
+// OutcomeError returns the error a refused outcome is reported as.
+func OutcomeError(o keyledger.Outcome, permission string, retry time.Duration) error {
+	switch o {
+	case keyledger.OutcomeValid:
+		return nil
+	case keyledger.OutcomeForbidden:
+		return keyledger.Errorf(keyledger.Forbidden, "API key lacks permission %q", permission)
+	case keyledger.OutcomeRateLimited:
+		return keyledger.Errorf(keyledger.RateLimited, "rate limit exceeded for this key; retry after %d s", RetrySeconds(retry))
+	case keyledger.OutcomeUnavailable:
+		return ErrNotReady
+	}
+	return keyledger.ErrUnauthorized
+}
+
+// RetrySeconds is d as the whole seconds of a Retry-After, at least 1.
+func RetrySeconds(d time.Duration) int {
+	s := int(math.Ceil(d.Seconds()))
+	if s < 1 {
+		s = 1
+	}
+	return s
 }

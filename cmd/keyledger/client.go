@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/client"
 )
 
 // clientFlags are the flags of every command that talks to a node.
@@ -60,51 +62,26 @@ func (c *clientFlags) adminToken() (string, error) {
 
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
-// do sends a request and decodes a JSON answer into out, or the error
-// envelope into a *keyledger.Error.
+// do sends a request through the library client and decodes a JSON answer
+// into out, or the error envelope into a *keyledger.Error.
 func (c *clientFlags) do(ctx context.Context, method, path string, auth bool, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.url, "/")+path, rd)
-	if err != nil {
-		return usageErr("bad --url: %v", err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
+	cl := c.client()
 	if auth {
 		tok, err := c.adminToken()
 		if err != nil {
 			return err
 		}
-		req.Header.Set("Authorization", "Bearer "+tok)
+		cl.Token = tok
 	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return keyledger.Wrap(keyledger.Unavailable, err, "cannot reach "+c.url)
+	if _, err := url.Parse(c.url); err != nil {
+		return usageErr("bad --url: %v", err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return keyledger.Wrap(keyledger.Unavailable, err, "reading the answer")
-	}
-	if resp.StatusCode >= 300 {
-		return keyledger.ErrorFromResponse(resp.StatusCode, b)
-	}
-	if out == nil {
-		return nil
-	}
-	if raw, ok := out.(*json.RawMessage); ok {
-		*raw = b
-		return nil
-	}
-	return json.Unmarshal(b, out)
+	return cl.Do(ctx, method, path, auth, body, out)
+}
+
+// client is the library client for --url, without a token.
+func (c *clientFlags) client() *client.Client {
+	return &client.Client{BaseURL: c.url, HTTP: httpClient}
 }
 
 // printJSON prints raw JSON indented.

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	khttp "github.com/keyledger/keyledger/http"
+
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 )
@@ -221,7 +223,7 @@ func keysList(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []stri
 
 func printEvents(w io.Writer, raw []byte) error {
 	var out struct {
-		Events []admin.HistoryEntry `json:"events"`
+		Events []khttp.HistoryEntry `json:"events"`
 	}
 	if err := json.Unmarshal(raw, &out); err != nil {
 		return err
@@ -259,7 +261,7 @@ func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		var e *keyledger.Error
 		if c.json && errors.As(err, &e) {
-			b, _ := json.Marshal(keyledger.ErrorBody(e))
+			b, _ := json.Marshal(khttp.ErrorBody(e))
 			printJSON(stdout, b)
 			return errRefused
 		}

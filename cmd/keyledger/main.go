@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/bench"
 )
 
 const usage = `keyledger — an event-sourced API-key ledger
@@ -66,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "nodes":
 		err = nodesCmd(ctx, args[1:], stdout)
 	case "bench":
-		err = benchCmd(ctx, args[1:], stdout, stderr)
+		err = bench.Main(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -81,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errRefused):
 		return 1
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.Is(err, bench.ErrUsage):
 		fmt.Fprintf(stderr, "keyledger: %v\n", err)
 		return 2
 	}

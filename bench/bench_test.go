@@ -1,0 +1,82 @@
+package bench_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyledger/keyledger/analytics/analyticstest"
+	"github.com/keyledger/keyledger/bench"
+)
+
+// The bench commands run end to end at a small size and print one JSON
+// object with a name, a positive value and a unit. (bench authz needs wrk
+// and nginx and is exercised by make bench-all.) The ingest case needs the
+// ClickHouse that `make test` starts, and fails without it.
+func TestBench_smoke(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		name string
+		unit string
+	}{
+		{[]string{"verify", "--keys", "1000", "--duration", "20ms"}, "verify_valid_ns", "ns/op"},
+		{[]string{"revoke", "--nodes", "1", "--revocations", "5"}, "revoke_propagation_p99", "ms"},
+		{[]string{"coldstart", "--keys", "2000", "--tail", "10"}, "coldstart_seconds", "s"},
+		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s"},
+	} {
+		t.Run(tc.args[0], func(t *testing.T) {
+			args := append(slices.Clone(tc.args), "--json")
+			if tc.args[0] == "ingest" {
+				args = append(args, "--clickhouse", analyticstest.Addr(t))
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			var stdout, stderr bytes.Buffer
+			if err := bench.Main(ctx, args, &stdout, &stderr); err != nil {
+				t.Fatalf("keyledger bench %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+			}
+			var res bench.Result
+			if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+				t.Fatalf("output is not one JSON object: %v\n%s", err, stdout.String())
+			}
+			if res.Name != tc.name || res.Unit != tc.unit || !(res.Value > 0) {
+				t.Fatalf("result %+v, want name %s unit %s and a positive value", res, tc.name, tc.unit)
+			}
+		})
+	}
+}
+
+// Main's errors tell the CLI which exit code to use: help is not a
+// failure, a bad command line is a usage error (exit 2), and neither runs
+// a benchmark.
+func TestMain_errors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want error
+	}{
+		{[]string{"-h"}, flag.ErrHelp},
+		{[]string{"--help"}, flag.ErrHelp},
+		{[]string{"revoke", "-h"}, flag.ErrHelp},
+		{nil, bench.ErrUsage},
+		{[]string{"nosuch"}, bench.ErrUsage},
+		{[]string{"revoke", "--nodes", "0"}, bench.ErrUsage},
+		{[]string{"verify", "--no-such-flag"}, bench.ErrUsage},
+		{[]string{"coldstart", "extra"}, bench.ErrUsage},
+		{[]string{"all", "--json", "extra"}, bench.ErrUsage},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := bench.Main(context.Background(), tc.args, &stdout, &stderr)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("Main(%q) = %v, want an error wrapping %v", tc.args, err, tc.want)
+		}
+		if errors.Is(tc.want, flag.ErrHelp) && stdout.Len()+stderr.Len() == 0 {
+			t.Errorf("Main(%q) printed no help", tc.args)
+		}
+	}
+}

@@ -1,0 +1,239 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/projector"
+	"github.com/keyledger/keyledger/verifier"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// coldstart measures how long a node with N keys in the ledger takes to be
+// ready (caught up, fresh, verifying) from a snapshot plus a tail.
+func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench coldstart", stderr)
+	n := fs.Int("keys", 1_000_000, "keys in the ledger")
+	tailN := fs.Int("tail", 1000, "events appended after the snapshot")
+	records := fs.Bool("records", false, "keep admin key records too (admin node)")
+	replay := fs.Bool("replay", false, "also time a full replay without snapshot")
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	if err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	if *n < 1 {
+		return usageErr("--keys must be positive")
+	}
+	dir, js, _, stop, err := startJetStream(ctx, "keyledger-coldstart-")
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	fmt.Fprintf(stderr, "publishing %d KeyCreated events…\n", *n)
+	secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rand.Reader)
+	if err != nil {
+		return err
+	}
+	if err := publishKeys(ctx, js, *n, secret); err != nil {
+		return err
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	snapDir := filepath.Join(dir, "snapshots")
+	opts := projector.Options{Records: *records, SnapshotDir: snapDir, Logger: quiet}
+
+	// Build the snapshot the way a running node does: follow, then close.
+	start := time.Now()
+	p := projector.New(js, opts)
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	if err := projectorReady(ctx, p); err != nil {
+		closeWithin(p.Close)
+		return err
+	}
+	replayFirst := time.Since(start)
+	if err := closeWithin(p.Close); err != nil {
+		return err
+	}
+	snaps, _ := filepath.Glob(filepath.Join(snapDir, "snap-*.bin"))
+	var snapSize int64
+	if len(snaps) > 0 {
+		if fi, err := os.Stat(snaps[0]); err == nil {
+			snapSize = fi.Size()
+		}
+	}
+	if *tailN > 0 {
+		if err := publishKeys(ctx, js, *tailN, ""); err != nil {
+			return err
+		}
+	}
+
+	// The measured cold start: snapshot + tail → ready → a verification.
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
+		stop, err := startCPUProfile(path)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	start = time.Now()
+	p2 := projector.New(js, opts)
+	if err := p2.Start(ctx); err != nil {
+		return err
+	}
+	if err := projectorReady(ctx, p2); err != nil {
+		closeWithin(p2.Close)
+		return err
+	}
+	v := verifier.New(p2.Table(), verifier.Config{Environment: keyledger.EnvLive, Ready: p2.Ready})
+	if o := v.Verify(&verifier.Request{Key: secret}).Outcome; o != keyledger.OutcomeValid {
+		closeWithin(p2.Close)
+		return fmt.Errorf("after cold start the known key is %v", o)
+	}
+	cold := time.Since(start)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	keys := p2.Table().Len()
+	perKey := float64(after.HeapAlloc-min(before.HeapAlloc, after.HeapAlloc)) / float64(keys)
+	// Closed before the full replay below, which it would compete with.
+	closeWithin(p2.Close)
+
+	res := Result{Name: "coldstart_seconds", Value: cold.Seconds(), Unit: "s", Extra: map[string]float64{
+		"keys": float64(keys), "tail_events": float64(*tailN), "snapshot_bytes": float64(snapSize),
+		"first_replay_s": replayFirst.Seconds(), "heap_bytes_per_key": perKey,
+	}, Notes: "snapshot + tail replay until caught up, fresh, and a valid verification"}
+	rows := [][]string{
+		{"keys", fmt.Sprint(keys)}, {"tail events replayed", fmt.Sprint(*tailN)},
+		{"snapshot size", fmt.Sprintf("%.1f MB", float64(snapSize)/1e6)},
+		{"cold start (snapshot + tail → ready)", fmt.Sprintf("%.3f s", cold.Seconds())},
+		{"heap per key (table, after GC)", fmt.Sprintf("%.0f B", perKey)},
+		{"first start, full replay (no snapshot)", fmt.Sprintf("%.3f s", replayFirst.Seconds())},
+	}
+	if *replay {
+		os.RemoveAll(snapDir)
+		start = time.Now()
+		p3 := projector.New(js, projector.Options{Records: *records, Logger: quiet})
+		if err := p3.Start(ctx); err != nil {
+			return err
+		}
+		defer closeWithin(p3.Close)
+		if err := projectorReady(ctx, p3); err != nil {
+			return err
+		}
+		res.Extra["full_replay_s"] = time.Since(start).Seconds()
+		rows = append(rows, []string{"full replay now", fmt.Sprintf("%.3f s", time.Since(start).Seconds())})
+	}
+	return report(stdout, *asJSON, res, rows)
+}
+
+// startJetStream starts an embedded JetStream (no listener) in a new temp
+// dir with both streams, and returns the dir, a client and a stop func that
+// removes it all: the benchmarks that time one part (the projector,
+// ingestion) need the ledger without the rest of a node.
+func startJetStream(ctx context.Context, prefix string) (string, jetstream.JetStream, *natsgo.Conn, func(), error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, nil, nil, err
+	}
+	srv, err := nats.StartServer(nats.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js")})
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, nil, nil, err
+	}
+	stop := func() { srv.Stop(); os.RemoveAll(dir) }
+	nc, err := srv.Connect("bench")
+	if err != nil {
+		stop()
+		return "", nil, nil, nil, err
+	}
+	stop = func() { nc.Close(); srv.Stop(); os.RemoveAll(dir) }
+	js, err := jetstream.New(nc)
+	if err == nil {
+		err = nats.EnsureStreams(ctx, js, nats.StreamConfig{})
+	}
+	if err != nil {
+		stop()
+		return "", nil, nil, nil, err
+	}
+	return dir, js, nc, stop, nil
+}
+
+// projectorReady waits until p is caught up and fresh. The projector has no
+// notification of it, so this polls; every millisecond, because the wait
+// is what coldstart measures. The bound is far above a replay of millions
+// of keys on a small machine.
+func projectorReady(ctx context.Context, p *projector.Projector) error {
+	return waitFor(ctx, 10*time.Minute, time.Millisecond, "projector ready", p.Ready)
+}
+
+// publishKeys appends n KeyCreated events with random hashes (and, if
+// secret is set, one for that secret) as fast as JetStream takes them.
+// The benchmark's own setup skips the ledger's per-key concurrency check:
+// every id is fresh.
+func publishKeys(ctx context.Context, js jetstream.JetStream, n int, secret string) error {
+	at := time.Now().UTC()
+	var h keyledger.Hash
+	for i := 0; i < n; i++ {
+		rand.Read(h[:])
+		if i == 0 && secret != "" {
+			h = keyledger.HashSecret(secret)
+		}
+		ev := &events.KeyCreated{
+			Header:      events.NewHeader(events.TypeKeyCreated, events.NewKeyID(), "bench", at),
+			Name:        "bench",
+			Environment: keyledger.EnvLive,
+			Permissions: []string{"all"},
+			Owner:       fmt.Sprintf("owner-%d", i%1000),
+			Hash:        h.String(),
+			Hint:        "xxxx",
+		}
+		b, err := events.Encode(ev)
+		if err != nil {
+			return err
+		}
+		if _, err := js.PublishAsync(nats.KeySubject(ev.KeyID), b); err != nil {
+			return err
+		}
+		// Batches of 10,000 in flight bound the client's memory.
+		if i%10000 == 9999 {
+			if err := publishAcked(ctx, js); err != nil {
+				return err
+			}
+		}
+	}
+	return publishAcked(ctx, js)
+}
+
+// publishAckTimeout bounds the wait for a batch's acknowledgements: a
+// JetStream that stopped answering ends the benchmark rather than hangs it.
+const publishAckTimeout = time.Minute
+
+// publishAcked waits until every asynchronous publish on js is
+// acknowledged.
+func publishAcked(ctx context.Context, js jetstream.JetStream) error {
+	t := time.NewTimer(publishAckTimeout)
+	defer t.Stop()
+	select {
+	case <-js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("publishing keys: acknowledgements timed out after %v", publishAckTimeout)
+	}
+}

@@ -1,0 +1,304 @@
+package http
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/admin"
+	"github.com/keyledger/keyledger/projector"
+	"github.com/keyledger/keyledger/verifier"
+)
+
+// MaxBody bounds admin request bodies.
+const MaxBody = 64 << 10
+
+// BootstrapActor is the actor of events caused with the admin token.
+const BootstrapActor = "admin-token"
+
+type api struct {
+	svc      *admin.Service
+	log      *slog.Logger
+	tokenSum []byte
+	verifier *verifier.Verifier
+}
+
+type actorKey struct{}
+
+// caller is who made an admin request.
+type caller struct {
+	actor, ip string
+}
+
+func callerOf(r *http.Request) caller {
+	c, _ := r.Context().Value(actorKey{}).(caller)
+	return c
+}
+
+// fail writes err; internal errors, and only those, are logged as faults.
+func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if keyledger.ErrorCode(err) == keyledger.Internal {
+		a.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	WriteError(w, err)
+}
+
+// recover turns a panic into a 500 envelope: the client never sees a stack
+// trace, the log gets the fault.
+func (a *api) recover(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				a.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
+				WriteError(w, keyledger.Errorf(keyledger.Internal, "internal error"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// auth requires "Authorization: Bearer <admin token>" or a ledger key
+// holding the reserved "admin" permission. The bootstrap token is compared
+// as a SHA-256 sum in constant time, which leaks neither content nor
+// length; an admin key is verified like any key, so revoking it locks it
+// out at once. The caller (actor and IP) goes into the request's context
+// for the events it causes.
+func (a *api) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := bearer(header(r, "Authorization"))
+		if tok == "" {
+			WriteError(w, keyledger.ErrUnauthorized)
+			return
+		}
+		ip := clientIP(r)
+		c := caller{actor: BootstrapActor, ip: ip}
+		sum := sha256.Sum256([]byte(tok))
+		if subtle.ConstantTimeCompare(sum[:], a.tokenSum) != 1 {
+			if a.verifier == nil {
+				WriteError(w, keyledger.ErrUnauthorized)
+				return
+			}
+			res := a.verifier.Verify(&verifier.Request{Key: tok, Permission: keyledger.PermissionAdmin, IP: ip,
+				UserAgent: r.Header.Get("User-Agent"), Method: r.Method, Path: r.URL.Path})
+			if !res.Valid() {
+				if res.Outcome == keyledger.OutcomeForbidden {
+					WriteError(w, keyledger.Errorf(keyledger.Forbidden, "this key lacks the admin permission"))
+					return
+				}
+				WriteError(w, verifier.OutcomeError(res.Outcome, keyledger.PermissionAdmin, res.RetryAfter))
+				return
+			}
+			c.actor = res.Entry.ID
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, c)))
+	})
+}
+
+func (a *api) methods(m map[string]http.HandlerFunc) http.Handler {
+	var allow []string
+	for k := range m {
+		allow = append(allow, k)
+	}
+	allowed := strings.Join(allow, ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, ok := m[r.Method]
+		if !ok {
+			w.Header().Set("Allow", allowed)
+			a.fail(w, r, &keyledger.Error{Code: keyledger.Invalid, Reason: keyledger.ReasonMethodNotAllowed,
+				Message: "method " + r.Method + " is not allowed here; use " + allowed})
+			return
+		}
+		h(w, r)
+	})
+}
+
+// handleWrite is the shape of every write endpoint: decode the JSON body
+// into a Req (an empty body is allowed when optional), read ?wait= and
+// ?timeout=, call do, and answer status with its result (and a Location
+// for the key it names).
+func handleWrite[Req, Res any](a *api, w http.ResponseWriter, r *http.Request, def admin.Wait, optional bool, status int,
+	do func(ctx context.Context, req Req, w8 admin.Write) (Res, string, error)) {
+	var req Req
+	if !optional || r.ContentLength != 0 {
+		if err := DecodeJSON(w, r, MaxBody, &req); err != nil {
+			a.fail(w, r, err)
+			return
+		}
+	}
+	w8, err := writeOptions(r, def)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	res, id, err := do(r.Context(), req, w8)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if id != "" && status == http.StatusCreated {
+		w.Header().Set("Location", "/v1/keys/"+id)
+	}
+	WriteJSON(w, status, res)
+}
+
+func (a *api) create(w http.ResponseWriter, r *http.Request) {
+	handleWrite(a, w, r, admin.WaitNone, false, http.StatusCreated, func(ctx context.Context, req admin.CreateRequest, w8 admin.Write) (*admin.Created, string, error) {
+		res, err := a.svc.Create(ctx, req, w8)
+		if err != nil {
+			return nil, "", err
+		}
+		return res, res.ID, nil
+	})
+}
+
+// writeOptions reads ?wait=all|none and ?timeout=DURATION.
+func writeOptions(r *http.Request, def admin.Wait) (admin.Write, error) {
+	c := callerOf(r)
+	w := admin.Write{Actor: c.actor, ActorIP: c.ip, Wait: def}
+	q := r.URL.Query()
+	switch v := q.Get("wait"); v {
+	case "":
+	case string(admin.WaitAll), string(admin.WaitNone):
+		w.Wait = admin.Wait(v)
+	default:
+		return w, keyledger.Errorf(keyledger.Invalid, "wait must be all or none, not %s", keyledger.Quote(v))
+	}
+	if v := q.Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > time.Minute {
+			return w, keyledger.Errorf(keyledger.Invalid, "timeout must be a duration between 1ms and 1m, e.g. 500ms")
+		}
+		w.Timeout = d
+	}
+	return w, nil
+}
+
+type rollRequest struct {
+	ExpireOldIn string `json:"expire_old_in"`
+}
+
+func (a *api) roll(w http.ResponseWriter, r *http.Request) {
+	handleWrite(a, w, r, admin.WaitAll, true, http.StatusCreated, func(ctx context.Context, req rollRequest, w8 admin.Write) (*admin.Rolled, string, error) {
+		grace := 24 * time.Hour
+		if req.ExpireOldIn != "" {
+			d, err := time.ParseDuration(req.ExpireOldIn)
+			if err != nil {
+				return nil, "", keyledger.Errorf(keyledger.Invalid, "expire_old_in must be a duration such as 1h, 30m or 0s")
+			}
+			grace = d
+		}
+		res, err := a.svc.Roll(ctx, r.PathValue("id"), grace, w8)
+		if err != nil {
+			return nil, "", err
+		}
+		return res, res.ID, nil
+	})
+}
+
+func (a *api) importKey(w http.ResponseWriter, r *http.Request) {
+	handleWrite(a, w, r, admin.WaitNone, false, http.StatusCreated, func(ctx context.Context, req admin.ImportRequest, w8 admin.Write) (*admin.KeyView, string, error) {
+		k, err := a.svc.Import(ctx, req, w8)
+		if err != nil {
+			return nil, "", err
+		}
+		return k, k.ID, nil
+	})
+}
+
+type revokeRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
+	// An empty body is a revoke without a reason.
+	handleWrite(a, w, r, admin.WaitAll, true, http.StatusOK, func(ctx context.Context, req revokeRequest, w8 admin.Write) (*admin.Revoked, string, error) {
+		k, err := a.svc.Revoke(ctx, r.PathValue("id"), req.Reason, w8)
+		return k, "", err
+	})
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) {
+	k, err := a.svc.Get(r.PathValue("id"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	views := []admin.KeyView{*k}
+	a.svc.WithUsage(r.Context(), views)
+	WriteJSON(w, http.StatusOK, views[0])
+}
+
+func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var f projector.Filter
+	for name := range q {
+		switch name {
+		case "owner", "environment", "status":
+		default:
+			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "unknown query parameter %q (filters: owner, environment, status)", name))
+			return
+		}
+	}
+	f.Owner = q.Get("owner")
+	if s := q.Get("environment"); s != "" {
+		env, err := keyledger.ParseEnvironment(s)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		f.Environment = env
+	}
+	if s := q.Get("status"); s != "" {
+		st, err := keyledger.ParseStatus(s)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		f.Status = st
+	}
+	keys := a.svc.List(f)
+	a.svc.WithUsage(r.Context(), keys)
+	WriteJSON(w, http.StatusOK, map[string]any{"keys": keys})
+}
+
+func (a *api) nodes(w http.ResponseWriter, r *http.Request) {
+	nodes := a.svc.Nodes()
+	if nodes == nil {
+		nodes = []admin.NodeView{}
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"nodes": nodes})
+}
+
+// HistoryEntry is one event of a key's audit trail with its ledger position.
+type HistoryEntry struct {
+	Seq   uint64          `json:"seq"`
+	Event json.RawMessage `json:"event"`
+}
+
+func (a *api) events(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	recs, err := a.svc.History(r.Context(), id)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]HistoryEntry, 0, len(recs))
+	for _, rec := range recs {
+		b, err := json.Marshal(rec.Event)
+		if err != nil {
+			a.fail(w, r, keyledger.Wrap(keyledger.Internal, err, "cannot encode event"))
+			return
+		}
+		out = append(out, HistoryEntry{Seq: rec.Seq, Event: b})
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"key_id": id, "events": out})
+}

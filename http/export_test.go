@@ -1,0 +1,4 @@
+package http
+
+// HeaderKeys exposes headerKeys to the external tests.
+var HeaderKeys = headerKeys

@@ -1,0 +1,96 @@
+package http
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A panic on the forward-auth path answers 500 in the error envelope, is
+// logged, and leaves the server up; other paths reach the net/http handler.
+func TestHTTPServer_routesAndRecovers(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	rest := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		WriteJSON(w, http.StatusTeapot, map[string]string{"path": r.URL.Path, "ip": clientIP(r)})
+	})
+	// A handler without a verifier panics on its first request.
+	srv := newServer(NewVerifierHandler(nil), rest, log)
+	if err := srv.Open("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}()
+	base := srv.URL()
+	client := &http.Client{Timeout: 5 * time.Second}
+	get := func(path string) (int, string) {
+		resp, err := client.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for range 2 {
+		if code, body := get("/v1/authz"); code != 500 || !strings.Contains(body, `"code":"internal"`) {
+			t.Fatalf("panicking authz: %d %s", code, body)
+		}
+	}
+	if !strings.Contains(logs.String(), "panic serving request") {
+		t.Fatalf("panic not logged: %s", logs.String())
+	}
+	if code, body := get("/v1/keys?x=1"); code != http.StatusTeapot || !strings.Contains(body, `"path":"/v1/keys"`) ||
+		!strings.Contains(body, `"ip":"127.0.0.1"`) {
+		t.Fatalf("other paths: %d %s", code, body)
+	}
+}
+
+// Handlers behind the adaptor may keep request strings after they return
+// (a KeyUsed event is published later): the next request on the same
+// connection must not change them.
+func TestHTTPServer_requestStringsOwned(t *testing.T) {
+	type kept struct{ ua, path, query, ip string }
+	var got []kept
+	rest := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, kept{r.Header.Get("User-Agent"), r.URL.Path, r.URL.RawQuery, clientIP(r)})
+		w.WriteHeader(http.StatusNoContent)
+	})
+	srv := newServer(NewVerifierHandler(nil), rest, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := srv.Open("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}()
+	client := &http.Client{Timeout: 5 * time.Second} // one keep-alive connection
+	for _, s := range []string{"aaaaaaaa", "bbbbbbbb"} {
+		req, _ := http.NewRequest("GET", srv.URL()+"/v1/"+s+"?q="+s, nil)
+		req.Header.Set("User-Agent", "ua-"+s)
+		req.Header.Set("X-Forwarded-For", "10.0.0."+s[:1])
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	want := kept{"ua-aaaaaaaa", "/v1/aaaaaaaa", "q=aaaaaaaa", "10.0.0.a"}
+	if len(got) != 2 || got[0] != want {
+		t.Fatalf("kept %+v, want first %+v", got, want)
+	}
+}

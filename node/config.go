@@ -1,0 +1,111 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+)
+
+// Roles of a node.
+const (
+	// RoleAdmin serves the admin API and analytics besides verifying.
+	RoleAdmin = "admin"
+	// RoleVerifier only verifies; it follows an existing NATS deployment.
+	RoleVerifier = "verifier"
+)
+
+// ErrConfig is the cause of every error Validate returns: the
+// configuration, not the world, is wrong, and the command line that gave
+// it should say so (exit code 2).
+var ErrConfig = errors.New("invalid configuration")
+
+func configErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+}
+
+// Config is everything a node is told. Its fields are the flags of
+// `keyledger serve`, which the messages of Validate name.
+type Config struct {
+	Role            string // RoleAdmin (default) or RoleVerifier
+	DataDir         string
+	HTTPAddr        string
+	Environment     keyledger.Environment
+	NATSURL         string // an existing NATS deployment; "" runs an embedded server
+	NATSListen      string // where the embedded server listens; "" in-process only
+	Cluster         string
+	ClusterName     string
+	Routes          []string
+	Replicas        int
+	Sync            string // "always" or a duration
+	AdminToken      string // "" generates one into DataDir/admin-token
+	Prefix          string
+	Permissions     []string
+	TestRateLimit   keyledger.RateLimit
+	Name            string
+	UsageMaxAge     time.Duration
+	UsageLinger     time.Duration
+	MaxStaleness    time.Duration
+	FailOpen        bool
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+	// NoUsage records no KeyUsed events. Only benchmarks set it, to show
+	// what usage publishing costs.
+	NoUsage bool
+
+	// Analytics (admin role, with ClickHouse).
+	ClickHouse      string
+	DetectInterval  time.Duration
+	AlertWebhook    string
+	RetentionMonths int
+}
+
+// Validate checks c and fills the defaults it can.
+func (c *Config) Validate() error {
+	if c.Role == "" {
+		c.Role = RoleAdmin
+	}
+	switch c.Role {
+	case RoleAdmin, RoleVerifier:
+	default:
+		return configErr("--role must be admin or verifier")
+	}
+	if c.Role == RoleVerifier && c.NATSURL == "" {
+		return configErr("--role verifier follows an existing NATS deployment: give --nats URL")
+	}
+	if c.ClickHouse != "" && c.Role != RoleAdmin {
+		return configErr("--clickhouse runs analytics, which belongs on admin nodes")
+	}
+	if c.Cluster != "" && len(c.Routes) == 0 {
+		// A JetStream cluster member with no route never elects a meta
+		// leader: it would only time out at start.
+		return configErr("--cluster makes this node a NATS cluster member: name the other members with --routes (a single node needs neither)")
+	}
+	if c.Cluster != "" && c.NATSURL != "" {
+		return configErr("--cluster makes the embedded server a cluster member; it does not combine with --nats")
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		return configErr("--replicas must be 1 to 5")
+	}
+	if c.Name == "" || strings.ContainsAny(c.Name, " .*>\t") {
+		return configErr("--node must be a name without spaces, dots or wildcards")
+	}
+	if c.Sync == "" {
+		c.Sync = "always"
+	}
+	if c.Sync != "always" {
+		if d, err := time.ParseDuration(c.Sync); err != nil || d <= 0 {
+			return configErr("--sync must be always or a positive duration such as 2m")
+		}
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		return configErr("--admin-token must be at least 16 characters")
+	}
+	return nil
+}

@@ -1,0 +1,355 @@
+// Package node is one running keyledger process: NATS (embedded or
+// remote), the projector, the usage publisher, the verifier, the fleet
+// heartbeats, analytics (admin nodes with ClickHouse) and the HTTP server,
+// wired and run as one. It has the shape of a program's Main: Open starts
+// every part and every goroutine the node owns, Run waits until the
+// context ends or a part fails for good, Close stops everything in order.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/admin"
+	"github.com/keyledger/keyledger/analytics"
+	khttp "github.com/keyledger/keyledger/http"
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/projector"
+	"github.com/keyledger/keyledger/prometheus"
+	"github.com/keyledger/keyledger/verifier"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Node is one running keyledger process.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	token     string
+	nats      *nats.Server // nil with Config.NATSURL
+	nc        *natsgo.Conn
+	js        jetstream.JetStream
+	projector *projector.Projector
+	usage     *nats.UsagePublisher
+	verifier  *verifier.Verifier
+	announcer *nats.Announcer
+	registry  *nats.Registry       // admin role only
+	analytics *analytics.Analytics // admin role with ClickHouse
+	http      *khttp.Server
+}
+
+// Open starts a node: it connects to (or starts) NATS, makes sure the
+// streams exist, loads the newest snapshot and follows the ledger, and
+// serves HTTP. On error everything started so far is stopped again.
+func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger}
+	if n.log == nil {
+		n.log = slog.Default()
+	}
+	defer func() {
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			n.Close(cctx)
+			cancel()
+		}
+	}()
+	format, err := keyledger.NewFormat(cfg.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	catalog, err := keyledger.NewCatalog(cfg.Permissions)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, keyledger.Wrap(keyledger.Internal, err, "cannot create data directory")
+	}
+	isAdmin := cfg.Role == RoleAdmin
+	if isAdmin {
+		if n.token, err = adminToken(cfg, n.log); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := n.connect(); err != nil {
+		return nil, err
+	}
+	// Admin nodes own the streams; verifier nodes only follow them.
+	if isAdmin {
+		err = nats.EnsureStreams(ctx, n.js, nats.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge})
+	} else {
+		err = nats.WaitStreams(ctx, n.js)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	n.announcer = nats.NewAnnouncer(n.nc, n.status, n.log)
+	n.projector = projector.New(n.js, projector.Options{
+		Catalog: catalog, Records: isAdmin, Logger: n.log, MaxStaleness: cfg.MaxStaleness,
+		SnapshotDir: filepath.Join(cfg.DataDir, "snapshots"),
+		OnAdvance:   func(uint64) { n.announcer.Notify() },
+	})
+	if err := n.projector.Start(ctx); err != nil {
+		return nil, err
+	}
+	n.announcer.Start(ctx)
+	n.usage = nats.NewUsagePublisher(n.js, nats.UsageOptions{Linger: cfg.UsageLinger, Logger: n.log})
+	n.usage.Start(ctx)
+	ready := n.projector.Ready
+	if cfg.FailOpen {
+		n.log.Warn("--fail-open: this node keeps verifying from a stale table when cut off from the ledger; a revoked key may be accepted")
+		ready = n.projector.CaughtUp
+	}
+	metrics := prometheus.NewRegistry()
+	prometheus.RegisterNode(metrics, n.projector, n.usage)
+	var usage verifier.Recorder = prometheus.NewVerifyMetrics(metrics, n.usage)
+	if cfg.NoUsage {
+		usage = nil
+	}
+	n.verifier = verifier.New(n.projector.Table(), verifier.Config{
+		Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
+		Ready: ready, Node: cfg.Name, Usage: usage,
+	})
+
+	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log}
+	if isAdmin {
+		ledger, err := nats.OpenLog(ctx, n.js)
+		if err != nil {
+			return nil, err
+		}
+		if n.registry, err = nats.NewRegistry(n.nc); err != nil {
+			return nil, err
+		}
+		if err := n.openAnalytics(ctx, metrics); err != nil {
+			return nil, err
+		}
+		var usage admin.UsageSource
+		if n.analytics != nil {
+			usage = lastUsed{n.analytics}
+		}
+		routes.Admin = admin.New(admin.Config{
+			Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Fleet: n.registry, Usage: usage, Logger: n.log,
+		})
+		routes.Token = n.token
+		routes.Analytics = n.analytics
+	}
+	n.http = khttp.NewServer(routes)
+	if err := n.http.Open(cfg.HTTPAddr); err != nil {
+		return nil, err
+	}
+	n.log.Info("keyledger serving", "http", n.http.Addr().String(), "role", cfg.Role,
+		"environment", cfg.Environment.String(), "node", cfg.Name)
+	return n, nil
+}
+
+// Run waits until ctx ends (nil) or a part of the node fails for good: the
+// HTTP server stopping on its own is such a failure, and the process
+// should exit non-zero so that its supervisor starts it again. Run does
+// not close the node.
+func (n *Node) Run(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-n.http.Done():
+		if err := n.http.Err(); err != nil {
+			n.log.Error("node failing: HTTP stopped", "err", err)
+			return err
+		}
+		return nil
+	}
+}
+
+// openAnalytics starts analytics when ClickHouse is configured.
+func (n *Node) openAnalytics(ctx context.Context, metrics *prometheus.Registry) error {
+	if n.cfg.ClickHouse == "" {
+		n.log.Info("analytics off (no --clickhouse): usage, audit and alerts endpoints answer 503")
+		return nil
+	}
+	a, err := analytics.Open(ctx, analytics.Config{
+		DSN: n.cfg.ClickHouse, JetStream: n.js, NATS: n.nc, DetectInterval: n.cfg.DetectInterval,
+		WebhookURL: n.cfg.AlertWebhook, RetentionMonths: n.cfg.RetentionMonths, Logger: n.log, Registerer: metrics,
+	})
+	if err != nil {
+		return err
+	}
+	n.analytics = a
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	n.log.Info("analytics on", "clickhouse", redactURLs(n.cfg.ClickHouse), "detect_interval", n.cfg.DetectInterval)
+	return nil
+}
+
+// lastUsed adapts analytics to the admin API's usage source.
+type lastUsed struct{ a *analytics.Analytics }
+
+func (u lastUsed) LastUsed(ctx context.Context, ids []string) (map[string]admin.KeyUse, error) {
+	m, err := u.a.LastUsed(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]admin.KeyUse, len(m))
+	for id, k := range m {
+		out[id] = admin.KeyUse{LastUsedAt: k.LastUsedAt, Uses30d: k.Uses30d}
+	}
+	return out, nil
+}
+
+// redactURLs drops passwords from a comma-separated list of URLs (NATS
+// URLs, a ClickHouse DSN) before they are logged or put in an error.
+func redactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil {
+			parts[i] = "(unparsable)"
+			continue
+		}
+		parts[i] = u.Redacted()
+	}
+	return strings.Join(parts, ",")
+}
+
+// connect starts the embedded NATS server (unless Config.NATSURL) and
+// connects.
+func (n *Node) connect() error {
+	cfg := n.cfg
+	var err error
+	if cfg.NATSURL != "" {
+		n.nc, err = natsgo.Connect(cfg.NATSURL, natsgo.Name("keyledger "+cfg.Name), natsgo.MaxReconnects(-1),
+			natsgo.ReconnectWait(250*time.Millisecond))
+		if err != nil {
+			return keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to NATS at "+redactURLs(cfg.NATSURL))
+		}
+	} else {
+		sc := nats.ServerConfig{
+			Name: cfg.Name, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSListen,
+			Cluster: cfg.Cluster, ClusterName: cfg.ClusterName, Routes: cfg.Routes, SyncAlways: cfg.Sync == "always",
+		}
+		if !sc.SyncAlways {
+			sc.SyncInterval, _ = time.ParseDuration(cfg.Sync)
+		}
+		if n.nats, err = nats.StartServer(sc); err != nil {
+			return err
+		}
+		if n.nc, err = n.nats.Connect("keyledger "+cfg.Name, natsgo.MaxReconnects(-1)); err != nil {
+			return err
+		}
+		n.log.Info("embedded NATS server", "listen", cfg.NATSListen, "cluster", cfg.Cluster,
+			"store", sc.StoreDir, "sync", cfg.Sync)
+	}
+	if n.js, err = jetstream.New(n.nc); err != nil {
+		return keyledger.Wrap(keyledger.Internal, err, "jetstream")
+	}
+	return nil
+}
+
+// status is this node's heartbeat.
+func (n *Node) status() nats.NodeStatus {
+	st := n.projector.Stats()
+	return nats.NodeStatus{
+		Name: n.cfg.Name, Role: n.cfg.Role, Environment: n.cfg.Environment, LastSeq: st.LastSeq,
+		CaughtUp: st.CaughtUp, Fresh: st.Fresh, Keys: st.Keys, At: time.Now().UTC(),
+	}
+}
+
+// URL is the node's HTTP base URL.
+func (n *Node) URL() string { return n.http.URL() }
+
+// Token is the admin bearer token of an admin node ("" on verifiers).
+func (n *Node) Token() string { return n.token }
+
+// Config is the node's configuration, defaults filled.
+func (n *Node) Config() Config { return n.cfg }
+
+// Projector is the node's projector, for tests and benchmarks that watch
+// it apply the ledger.
+func (n *Node) Projector() *projector.Projector { return n.projector }
+
+// Fleet is an admin node's registry of live nodes (nil on verifiers).
+func (n *Node) Fleet() *nats.Registry { return n.registry }
+
+// Usage is the node's usage publisher.
+func (n *Node) Usage() *nats.UsagePublisher { return n.usage }
+
+// JetStream is the node's JetStream context.
+func (n *Node) JetStream() jetstream.JetStream { return n.js }
+
+// Close stops taking requests, flushes usage events, stops heartbeats and
+// following the stream, and shuts NATS down, in that order, within ctx.
+func (n *Node) Close(ctx context.Context) error {
+	var errs []error
+	if n.http != nil {
+		if err := n.http.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http: %w", err))
+		}
+	}
+	if n.usage != nil {
+		if err := n.usage.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("usage flush: %w", err))
+		}
+		st := n.usage.Stats()
+		n.log.Info("usage events flushed", "published", st.Published, "shed", st.Shed, "failed", st.Failed)
+	}
+	if n.analytics != nil {
+		if err := n.analytics.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("analytics: %w", err))
+		}
+	}
+	if n.announcer != nil {
+		n.announcer.Close(ctx)
+	}
+	if n.projector != nil {
+		if err := n.projector.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("projector: %w", err))
+		}
+	}
+	if n.registry != nil {
+		n.registry.Close()
+	}
+	if n.nc != nil {
+		n.nc.Close()
+	}
+	if n.nats != nil {
+		n.nats.Stop()
+	}
+	return errors.Join(errs...)
+}
+
+// adminToken returns the configured token or the one in DATA/admin-token,
+// generating that file (mode 0600) on first start. The token itself is never
+// logged.
+func adminToken(cfg Config, log *slog.Logger) (string, error) {
+	if cfg.AdminToken != "" {
+		return cfg.AdminToken, nil
+	}
+	path := filepath.Join(cfg.DataDir, "admin-token")
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		log.Info("admin token read from file", "path", path)
+		return strings.TrimSpace(string(b)), nil
+	}
+	var buf [32]byte
+	if _, err := rand.Read(buf[:]); err != nil {
+		return "", keyledger.Wrap(keyledger.Internal, err, "cannot generate admin token")
+	}
+	tok := "kla_" + hex.EncodeToString(buf[:])
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", keyledger.Wrap(keyledger.Internal, err, "cannot write "+path)
+	}
+	log.Info("admin token generated", "path", path)
+	return tok, nil
+}

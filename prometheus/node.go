@@ -1,0 +1,73 @@
+package prometheus
+
+import (
+	"net/http"
+
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/projector"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Registry is the Prometheus client library's registry, named here so that
+// callers need not import that library beside this package.
+type Registry = prometheus.Registry
+
+// NewRegistry returns a Prometheus registry with the Go runtime and process
+// collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// RegisterNode exposes the projector's and the usage publisher's
+// counters. They are read from Stats at scrape time, so the hot paths keep
+// no Prometheus state of their own.
+func RegisterNode(reg prometheus.Registerer, p *projector.Projector, u *nats.UsagePublisher) {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	reg.MustRegister(
+		gauge("keyledger_projector_last_sequence", "Last KEYS stream sequence applied to this node's table.",
+			func() float64 { return float64(p.Stats().LastSeq) }),
+		gauge("keyledger_projector_lag", "KEYS events in the stream not yet applied on this node (as of the last check).",
+			func() float64 { return float64(p.Stats().Lag) }),
+		gauge("keyledger_projector_caught_up", "1 once the node has applied the stream as it was at start.",
+			func() float64 { return b2f(p.Stats().CaughtUp) }),
+		gauge("keyledger_projector_keys", "Entries in the verification table, revoked ones included.",
+			func() float64 { return float64(p.Stats().Keys) }),
+		counter("keyledger_projector_applied_total", "KEYS events that changed the table.",
+			func() float64 { return float64(p.Stats().Applied) }),
+		counter("keyledger_projector_ignored_total", "KEYS events skipped as duplicate or out of order.",
+			func() float64 { return float64(p.Stats().Ignored) }),
+		counter("keyledger_projector_poison_total", "Undecodable KEYS events skipped.",
+			func() float64 { return float64(p.Stats().Poison) }),
+		counter("keyledger_usage_published_total", "KeyUsed events acknowledged by the USAGE stream.",
+			func() float64 { return float64(u.Stats().Published) }),
+		counter("keyledger_usage_shed_total", "KeyUsed events dropped because the publish buffer was full.",
+			func() float64 { return float64(u.Stats().Shed) }),
+		counter("keyledger_usage_failed_total", "KeyUsed events whose publish failed or was not acknowledged.",
+			func() float64 { return float64(u.Stats().Failed) }),
+		counter("keyledger_usage_messages_total", "USAGE messages acknowledged, each a batch of KeyUsed events.",
+			func() float64 { return float64(u.Stats().Messages) }),
+		gauge("keyledger_usage_buffered", "KeyUsed events waiting to be published.",
+			func() float64 { return float64(u.Stats().Buffered) }),
+	)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Handler serves reg's metrics.
+func Handler(reg *prometheus.Registry) http.Handler {
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

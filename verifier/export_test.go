@@ -1,4 +1,0 @@
-package verifier
-
-// HeaderKeys exposes headerKeys to the external tests.
-var HeaderKeys = headerKeys
