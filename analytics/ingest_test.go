@@ -11,6 +11,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/analytics/analyticstest"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/nats"
 	natsgo "github.com/nats-io/nats.go"
@@ -211,7 +212,11 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 // TestClickHouseDownThenBack stops a private ClickHouse (own ports and
 // directory, so the shared instance and parallel tests are untouched) while
 // events flow, starts it again and checks every event landed exactly once.
+// It runs the private server with scripts/clickhouse.sh, and fails, rather
+// than let the script install anything, unless the ClickHouse binaries are
+// on PATH (`make test` installs them).
 func TestClickHouseDownThenBack(t *testing.T) {
+	mustHaveClickHouseBinaries(t)
 	port := envOr("KEYLEDGER_CH_PRIVATE_PORT", "19100")
 	env := []string{
 		"KEYLEDGER_CH_DIR=" + t.TempDir(),
@@ -219,10 +224,17 @@ func TestClickHouseDownThenBack(t *testing.T) {
 		"KEYLEDGER_CH_HTTP_PORT=" + envOr("KEYLEDGER_CH_PRIVATE_HTTP_PORT", "18223"),
 		"KEYLEDGER_CH_INTERSERVER_PORT=" + envOr("KEYLEDGER_CH_PRIVATE_INTERSERVER_PORT", "19109"),
 	}
+	// runPrivate runs the script; safe from any goroutine.
+	runPrivate := func(arg string) error {
+		if out, err := runScript(2*time.Minute, env, arg); err != nil {
+			return fmt.Errorf("clickhouse.sh %s: %v\n%s", arg, err, out)
+		}
+		return nil
+	}
 	script := func(arg string) {
 		t.Helper()
-		if out, err := runScript(2*time.Minute, env, arg); err != nil {
-			t.Fatalf("clickhouse.sh %s: %v\n%s", arg, err, out)
+		if err := runPrivate(arg); err != nil {
+			t.Fatal(err)
 		}
 	}
 	script("start")
@@ -231,7 +243,7 @@ func TestClickHouseDownThenBack(t *testing.T) {
 
 	tj := MustStartJetStream(t)
 	reg := prometheus.NewRegistry()
-	a := MustOpen(t, Config{DSN: newDatabase(t, addr), JetStream: tj.js, BatchSize: 500,
+	a := MustOpen(t, Config{DSN: newDSN(t, addr), JetStream: tj.js, BatchSize: 500,
 		InsertTimeout: 2 * time.Second, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: time.Second, Registerer: reg})
 	MustStart(t, a)
 
@@ -246,17 +258,34 @@ func TestClickHouseDownThenBack(t *testing.T) {
 	publishUsage(t, tj.js, batch(3000)...)
 	waitIngested(t, a, 3000, 60*time.Second)
 
-	// Down mid-stream: publish while it stops, and while it is stopped.
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for range 10 {
-			publishUsage(t, tj.js, batch(300)...)
-			time.Sleep(50 * time.Millisecond)
+	// Down mid-stream: publish while it stops (the script runs in a
+	// goroutine, the test keeps publishing), and the last batch once it
+	// has stopped, so that inserts are sure to fail.
+	stopped := make(chan error, 1)
+	go func() { stopped <- runPrivate("stop") }()
+	const downBatches = 10
+	isDown := false
+	down := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
-	script("stop")
-	<-done
+		isDown = true
+	}
+	for i := range downBatches {
+		if !isDown {
+			if i == downBatches-1 {
+				down(<-stopped)
+			} else {
+				select {
+				case err := <-stopped:
+					down(err)
+				default:
+				}
+			}
+		}
+		publishUsage(t, tj.js, batch(300)...)
+	}
 	waitFor(t, 30*time.Second, "failed inserts", func() (bool, string) {
 		n := metricValue(a.metrics.batches.WithLabelValues(nats.UsageStream, "error"))
 		return n >= 1, fmt.Sprint(n)
@@ -448,7 +477,7 @@ func metricValue(m prometheus.Metric) float64 {
 func TestRecreatedConsumerNoDoubleCount(t *testing.T) {
 	t.Parallel()
 	tj := MustStartJetStream(t)
-	dsn := newDatabase(t, chAddr)
+	dsn := newDSN(t, analyticstest.Addr(t))
 	a := MustOpen(t, Config{DSN: dsn, JetStream: tj.js, BatchSize: 400, Registerer: prometheus.NewRegistry()})
 	MustStart(t, a)
 	now := time.Now().UTC()

@@ -15,38 +15,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/analytics/analyticstest"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/nats"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// chAddr is the host:port of the ClickHouse the tests use.
-var chAddr string
-
-// TestMain makes sure a ClickHouse runs: KEYLEDGER_CLICKHOUSE (host:port)
-// if set, else the project's instance, started (and installed if needed)
-// by scripts/clickhouse.sh on 127.0.0.1:19000.
-func TestMain(m *testing.M) {
-	chAddr = os.Getenv("KEYLEDGER_CLICKHOUSE")
-	if chAddr == "" {
-		out, err := runScript(5*time.Minute, nil, "start")
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "analytics tests: scripts/clickhouse.sh start: %v\n%s", err, out)
-			os.Exit(1)
-		}
-		chAddr = "127.0.0.1:19000"
-		if p := os.Getenv("KEYLEDGER_CH_PORT"); p != "" {
-			chAddr = "127.0.0.1:" + p
-		}
-	}
-	os.Exit(m.Run())
-}
-
-// runScript runs scripts/clickhouse.sh with extra environment.
+// runScript runs scripts/clickhouse.sh with extra environment. Only the
+// outage test uses it, to run a private ClickHouse of its own; it calls
+// mustHaveClickHouseBinaries first, so the script never installs anything.
 func runScript(timeout time.Duration, env []string, args ...string) (string, error) {
 	_, file, _, _ := runtime.Caller(0)
 	script := filepath.Join(filepath.Dir(file), "..", "scripts", "clickhouse.sh")
@@ -58,28 +38,31 @@ func runScript(timeout time.Duration, env []string, args ...string) (string, err
 	return string(out), err
 }
 
+// mustHaveClickHouseBinaries fails the test unless clickhouse-server and
+// clickhouse-client are on PATH. scripts/clickhouse.sh start installs them
+// with apt-get when either is missing; tests must never do that, so they
+// check first (`make test` installs them).
+func mustHaveClickHouseBinaries(tb testing.TB) {
+	tb.Helper()
+	for _, bin := range []string{"clickhouse-server", "clickhouse-client"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			tb.Fatalf("%s is not on PATH (%v): this test runs a private ClickHouse; run `make test` "+
+				"(with KEYLEDGER_CLICKHOUSE unset it installs ClickHouse) or ./scripts/clickhouse.sh start once", bin, err)
+		}
+	}
+}
+
 func randomName(prefix string) string {
 	b := make([]byte, 6)
 	rand.Read(b)
 	return prefix + hex.EncodeToString(b)
 }
 
-// newDatabase returns the DSN of a fresh database on addr, dropped when
-// the test ends.
-func newDatabase(tb testing.TB, addr string) string {
+// newDSN returns the DSN of a fresh database on the ClickHouse at addr,
+// dropped when the test ends.
+func newDSN(tb testing.TB, addr string) string {
 	tb.Helper()
-	db := randomName("kltest_")
-	tb.Cleanup(func() {
-		conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 5 * time.Second})
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
-	})
-	return "clickhouse://" + addr + "/" + db
+	return analyticstest.DSN(addr, analyticstest.MustTempDatabase(tb, addr))
 }
 
 // testJetStream is an embedded JetStream in a temp dir with both streams.
@@ -128,12 +111,13 @@ func testLogger(tb testing.TB) *slog.Logger {
 }
 
 // MustOpen opens Analytics on a fresh database of the shared ClickHouse
-// (unless cfg.DSN is set) and closes it when the test ends. Detection and
+// (analyticstest.Addr: KEYLEDGER_CLICKHOUSE, as `make test` sets it),
+// unless cfg.DSN is set, and closes it when the test ends. Detection and
 // retention tickers are off unless cfg asks for them.
 func MustOpen(tb testing.TB, cfg Config) *Analytics {
 	tb.Helper()
 	if cfg.DSN == "" {
-		cfg.DSN = newDatabase(tb, chAddr)
+		cfg.DSN = newDSN(tb, analyticstest.Addr(tb))
 	}
 	if cfg.DetectInterval == 0 {
 		cfg.DetectInterval = -1
@@ -319,18 +303,39 @@ func usageCounts(tb testing.TB, conn driver.Conn) counts {
 	return c
 }
 
-// waitIngested waits until n distinct events are stored, then checks raw
-// rows and rollups agree exactly.
+// waitIngested waits until n distinct events are stored and the USAGE
+// ingest consumer has nothing left to deliver or acknowledge (so nothing
+// more is in flight: the events published so far are all stored), then
+// checks raw rows and rollups agree exactly.
 func waitIngested(tb testing.TB, a *Analytics, n uint64, timeout time.Duration) {
 	tb.Helper()
+	deadline := time.Now().Add(timeout)
 	waitFor(tb, timeout, fmt.Sprintf("%d events in ClickHouse", n), func() (bool, string) {
 		c := usageCounts(tb, a.conn)
 		// The materialized views are written just after the raw part.
 		return c.Distinct >= n && c.Rollup >= n, fmt.Sprintf("%+v", c)
 	})
-	time.Sleep(100 * time.Millisecond) // anything more in flight would overshoot
+	waitUsageIdle(tb, a, max(time.Until(deadline), 10*time.Second))
 	c := usageCounts(tb, a.conn)
 	if c != (counts{n, n, n}) {
 		tb.Fatalf("counts = %+v, want all %d", c, n)
 	}
+}
+
+// waitUsageIdle waits until the USAGE ingest consumer has no message left
+// to deliver and none delivered but unacknowledged. Events are
+// acknowledged only once stored (or dead-lettered), so by then every
+// event published before the call is in ClickHouse.
+func waitUsageIdle(tb testing.TB, a *Analytics, timeout time.Duration) {
+	tb.Helper()
+	waitFor(tb, timeout, "the USAGE ingest consumer to be idle (nothing pending or unacknowledged)", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ci, err := a.ingesters[0].consumer().Info(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return ci.NumPending == 0 && ci.NumAckPending == 0, fmt.Sprintf("pending %d ack pending %d redelivered %d",
+			ci.NumPending, ci.NumAckPending, ci.NumRedelivered)
+	})
 }

@@ -7,12 +7,13 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/analytics/analyticstest"
 	"github.com/keyledger/keyledger/events"
 )
 
 func TestMigrationsConcurrentAndRepeated(t *testing.T) {
 	t.Parallel()
-	dsn := newDatabase(t, chAddr)
+	dsn := newDSN(t, analyticstest.Addr(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const nodes = 4

@@ -145,6 +145,9 @@ func (s *Server) Close(ctx context.Context) error {
 		return nil
 	}
 	err := s.fast.ShutdownWithContext(ctx)
+	// Serve may not have taken the listener yet when Close follows Open at
+	// once; closing it ourselves makes sure Serve returns either way.
+	s.ln.Close()
 	select {
 	case <-s.done:
 	case <-ctx.Done():

@@ -3,10 +3,14 @@ package http
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -92,5 +96,89 @@ func TestHTTPServer_requestStringsOwned(t *testing.T) {
 	want := kept{"ua-aaaaaaaa", "/v1/aaaaaaaa", "q=aaaaaaaa", "10.0.0.a"}
 	if len(got) != 2 || got[0] != want {
 		t.Fatalf("kept %+v, want first %+v", got, want)
+	}
+}
+
+// A server that stops serving by itself says so on Done and Err: that is
+// what makes a node exit instead of lingering without HTTP.
+func TestServer_stopReported(t *testing.T) {
+	srv := newServer(nil, http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := srv.Open("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Err() != nil {
+		t.Fatalf("Err while serving: %v", srv.Err())
+	}
+	srv.ln.(*retryListener).Listener.Close() // the accept loop loses its socket
+	select {
+	case <-srv.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never reported that it stopped")
+	}
+	if err := srv.Err(); err == nil || !strings.Contains(err.Error(), "stopped serving") {
+		t.Fatalf("Err = %v, want why it stopped", err)
+	}
+
+	// Close is not a failure.
+	srv2 := newServer(nil, http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := srv2.Open("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-srv2.Done()
+	if err := srv2.Err(); err != nil {
+		t.Fatalf("Err after Close = %v", err)
+	}
+}
+
+// flakyListener fails its first accepts with errs, then accepts from
+// the real listener.
+type flakyListener struct {
+	net.Listener
+	errs []error
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if len(l.errs) > 0 {
+		err := l.errs[0]
+		l.errs = l.errs[1:]
+		return nil, err
+	}
+	return l.Listener.Accept()
+}
+
+// Out of descriptors is a passing condition: accept is retried, the
+// server keeps serving. Anything else still ends Accept.
+func TestRetryListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	var logs bytes.Buffer
+	rl := &retryListener{Listener: &flakyListener{Listener: ln, errs: []error{emfile, emfile}},
+		log: slog.New(slog.NewTextHandler(&logs, nil)), closing: make(chan struct{})}
+	go func() {
+		if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := rl.Accept()
+	if err != nil {
+		t.Fatalf("Accept after EMFILE: %v", err)
+	}
+	c.Close()
+	if !strings.Contains(logs.String(), "accept failed; retrying") {
+		t.Fatalf("the retry was not logged: %s", logs.String())
+	}
+	bad := &retryListener{Listener: &flakyListener{Listener: ln, errs: []error{errors.New("permanent")}},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), closing: make(chan struct{})}
+	if _, err := bad.Accept(); err == nil {
+		t.Fatal("a permanent error was retried")
 	}
 }

@@ -3,12 +3,14 @@ package node_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/analytics"
 	"github.com/keyledger/keyledger/analytics/analyticstest"
 	"github.com/keyledger/keyledger/client"
@@ -109,6 +111,22 @@ func TestEndToEnd_analytics(t *testing.T) {
 	}
 	if evs, err := cl.Audit(ctx, analytics.AuditQuery{KeyID: live.ID, Type: "revoked"}); err != nil || len(evs) != 1 || evs[0].Reason != "rotated" {
 		t.Fatalf("client audit: %+v %v", evs, err)
+	}
+	pts, err := cl.Usage(ctx, analytics.UsageQuery{KeyID: live.ID, Interval: analytics.Day})
+	valid := uint64(0)
+	for _, p := range pts {
+		if p.Outcome == "valid" {
+			valid += p.Count
+		}
+	}
+	if err != nil || valid != 3 {
+		t.Fatalf("client usage: %+v %v", pts, err)
+	}
+	if al, err := cl.Alerts(ctx, analytics.AlertQuery{Rule: analytics.RuleRevokedKeyUsed, KeyID: live.ID}); err != nil || len(al) == 0 || al[0].IP != "198.51.100.7" {
+		t.Fatalf("client alerts: %+v %v", al, err)
+	}
+	if _, err := (&client.Client{BaseURL: n.URL(), Token: "not-the-token-at-all"}).Quota(ctx, "acme", ""); !errors.Is(err, keyledger.ErrUnauthorized) {
+		t.Fatalf("client with a wrong token: %v", err)
 	}
 	// Bad input gets the envelope.
 	if code, _, body := c.Call("GET", "/v1/usage?key_id=x&from=yesterday", token, ""); code != 400 || !strings.Contains(string(body), "invalid_request") {

@@ -18,9 +18,19 @@ var rng = rand.NewChaCha8([32]byte{7})
 
 func created(tb testing.TB, id string) (*events.KeyCreated, string) {
 	tb.Helper()
-	secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rng)
+	c, secret, err := tryCreated(id)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	return c, secret
+}
+
+// tryCreated is created for goroutines other than the test's, which must
+// not call tb.Fatal: it returns the error.
+func tryCreated(id string) (*events.KeyCreated, string, error) {
+	secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rng)
+	if err != nil {
+		return nil, "", err
 	}
 	return &events.KeyCreated{
 		Header:      events.NewHeader(events.TypeKeyCreated, id, "test", t0),
@@ -30,7 +40,7 @@ func created(tb testing.TB, id string) (*events.KeyCreated, string) {
 		Owner:       "acme",
 		Hash:        keyledger.HashSecret(secret).String(),
 		Hint:        keyledger.Hint(secret),
-	}, secret
+	}, secret, nil
 }
 
 func revoked(id string) *events.KeyRevoked {

@@ -19,10 +19,23 @@ import (
 // expiry and a rate limit) and returns the last sequence.
 func appendKeys(tb testing.TB, log *nats.Log, n int) uint64 {
 	tb.Helper()
+	last, err := tryAppendKeys(log, n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return last
+}
+
+// tryAppendKeys is appendKeys for goroutines other than the test's: it
+// returns the first error instead of failing the test.
+func tryAppendKeys(log *nats.Log, n int) (uint64, error) {
 	ctx := context.Background()
 	var last uint64
 	for i := 0; i < n; i++ {
-		c, _ := created(tb, events.NewKeyID())
+		c, _, err := tryCreated(events.NewKeyID())
+		if err != nil {
+			return last, err
+		}
 		c.Owner = []string{"acme", "globex", ""}[i%3]
 		if i%5 == 0 {
 			exp := t0.Add(time.Duration(i) * time.Hour)
@@ -32,16 +45,16 @@ func appendKeys(tb testing.TB, log *nats.Log, n int) uint64 {
 		}
 		seq, err := log.Append(ctx, c, 0)
 		if err != nil {
-			tb.Fatal(err)
+			return last, err
 		}
 		last = seq
 		if i%3 == 0 {
 			if last, err = log.Append(ctx, revoked(c.KeyID), seq); err != nil {
-				tb.Fatal(err)
+				return last, err
 			}
 		}
 	}
-	return last
+	return last, nil
 }
 
 func mustFollow(tb testing.TB, env *natstest.Env, opts projector.Options, seq uint64) *projector.Projector {
@@ -198,15 +211,33 @@ func TestProjector_snapshotWhileWriting(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	p := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: dir}, 0)
-	done := make(chan uint64)
-	go func() { done <- appendKeys(t, log, 400) }()
+	type result struct {
+		last uint64
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		last, err := tryAppendKeys(log, 400)
+		done <- result{last, err}
+	}()
+	// The writer appends 534 events (400 creates, 134 revokes): take a
+	// snapshot once each hundred more are applied, so they are taken
+	// mid-stream, not after the fact.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	for i := 0; i < 5; i++ {
-		time.Sleep(20 * time.Millisecond)
+		if err := p.WaitApplied(wctx, uint64(100*(i+1))); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := p.Snapshot(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	last := <-done
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	last := r.last
 	if err := p.WaitApplied(ctx, last); err != nil {
 		t.Fatal(err)
 	}

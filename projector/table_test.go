@@ -63,14 +63,20 @@ func TestTable(t *testing.T) {
 // Readers never miss a present key while the writer grows and revokes.
 func TestTable_concurrentGrowth(t *testing.T) {
 	tb := NewTable(0)
+	const total = 20000
+	const readers = 4
 	var inserted atomic.Int64
 	stop := make(chan struct{})
+	// Each reader reports once it has looked keys up in the fully grown
+	// table, so the test stops them only after that.
+	sawAll := make(chan struct{}, readers)
 	var wg sync.WaitGroup
 	var failures atomic.Int64
-	for r := 0; r < 4; r++ {
+	for r := 0; r < readers; r++ {
 		wg.Add(1)
 		go func(r int) {
 			defer wg.Done()
+			afterGrowth := 0
 			for i := r; ; i += 7 {
 				select {
 				case <-stop:
@@ -86,10 +92,15 @@ func TestTable_concurrentGrowth(t *testing.T) {
 				if e := tb.Lookup(&h); e == nil || e.Hash != h {
 					failures.Add(1)
 				}
+				if n == total {
+					if afterGrowth++; afterGrowth == 1000 {
+						sawAll <- struct{}{}
+					}
+				}
 			}
 		}(r)
 	}
-	for i := 0; i < 20000; i++ {
+	for i := 0; i < total; i++ {
 		tb.insert(&Entry{Hash: hashOf(i), ID: fmt.Sprintf("k%d", i)})
 		inserted.Store(int64(i + 1))
 		if i%3 == 0 {
@@ -98,7 +109,16 @@ func TestTable_concurrentGrowth(t *testing.T) {
 			tb.replace(s, d.slots[s].Load().revokedCopy())
 		}
 	}
-	time.Sleep(10 * time.Millisecond)
+	timeout := time.After(30 * time.Second)
+	for r := 0; r < readers; r++ {
+		select {
+		case <-sawAll:
+		case <-timeout:
+			close(stop)
+			wg.Wait()
+			t.Fatalf("only %d of %d readers looked keys up after the table grew", r, readers)
+		}
+	}
 	close(stop)
 	wg.Wait()
 	if f := failures.Load(); f != 0 {

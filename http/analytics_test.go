@@ -1,24 +1,51 @@
-package http
+package http_test
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/analytics/analyticstest"
+	"github.com/keyledger/keyledger/client"
+	khttp "github.com/keyledger/keyledger/http"
+
 	keyledger "github.com/keyledger/keyledger"
-	"github.com/keyledger/keyledger/events"
 )
+
+// mustOpenAnalytics opens analytics on a fresh database of the ClickHouse
+// that make test started, with its tickers off, closed when the test ends.
+func mustOpenAnalytics(tb testing.TB) *analytics.Analytics {
+	tb.Helper()
+	addr := analyticstest.Addr(tb)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := analytics.Open(ctx, analytics.Config{
+		DSN: analyticstest.DSN(addr, analyticstest.MustTempDatabase(tb, addr)), DetectInterval: -1, RetentionMonths: -1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		tb.Fatalf("analytics.Open: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		a.Close(ctx)
+	})
+	return a
+}
 
 func TestHandlerValidation(t *testing.T) {
 	t.Parallel()
-	a := MustOpen(t, Config{})
-	srv := httptest.NewServer(a.Handler())
+	a := mustOpenAnalytics(t)
+	srv := httptest.NewServer(khttp.NewAnalyticsHandler(a, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	defer srv.Close()
 	for _, tc := range []struct {
 		method, target string
@@ -38,7 +65,8 @@ func TestHandlerValidation(t *testing.T) {
 		{"GET", "/v1/usage?key_id=k1&key_id=k2", 400, keyledger.Invalid, "more than once"},
 		{"GET", "/v1/quota?month=2026-01", 400, keyledger.Invalid, "owner is required"},
 		{"GET", "/v1/quota?owner=o&month=2026-1", 400, keyledger.Invalid, "month must be YYYY-MM"},
-		{"GET", "/v1/audit?type=KeyUsed", 400, keyledger.Invalid, "type must be KeyCreated or KeyRevoked"},
+		{"GET", "/v1/audit?type=KeyUsed", 400, keyledger.Invalid, "type must be KeyCreated, KeyRolled or KeyRevoked"},
+		{"GET", "/v1/audit?type=KeyRolled", 200, "", ""},
 		{"GET", "/v1/audit?from=2026-01-01", 400, keyledger.Invalid, "from must be an RFC 3339 time"},
 		{"GET", "/v1/audit?limit=0", 400, keyledger.Invalid, "limit must be"},
 		{"GET", "/v1/alerts?rule=everything", 400, keyledger.Invalid, "rule must be one of"},
@@ -53,7 +81,7 @@ func TestHandlerValidation(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var env Envelope
+		var env khttp.Envelope
 		if err := json.Unmarshal(body, &env); err != nil {
 			t.Errorf("%s %s: body %q is not an envelope", tc.method, tc.target, body)
 			continue
@@ -66,8 +94,8 @@ func TestHandlerValidation(t *testing.T) {
 		}
 	}
 	// The client turns envelopes into *keyledger.Error.
-	c := &Client{BaseURL: srv.URL, Token: "t"}
-	_, err := c.Usage(context.Background(), UsageQuery{KeyID: "k1", Interval: "fortnight"})
+	c := &client.Client{BaseURL: srv.URL, Token: "t"}
+	_, err := c.Usage(context.Background(), analytics.UsageQuery{KeyID: "k1", Interval: "fortnight"})
 	var kerr *keyledger.Error
 	if !errors.As(err, &kerr) || kerr.Code != keyledger.Invalid || !strings.Contains(kerr.Message, "interval") {
 		t.Errorf("client error = %#v", err)
@@ -76,64 +104,8 @@ func TestHandlerValidation(t *testing.T) {
 		t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
 	}
 	// An unreachable server is Unavailable.
-	dead := &Client{BaseURL: "http://127.0.0.1:1"}
+	dead := &client.Client{BaseURL: "http://127.0.0.1:1"}
 	if _, err := dead.Quota(context.Background(), "o", ""); keyledger.ErrorCode(err) != keyledger.Unavailable {
 		t.Errorf("unreachable: %v", err)
-	}
-}
-
-func TestClientRoundTrip(t *testing.T) {
-	t.Parallel()
-	tj := MustStartJetStream(t)
-	T := time.Date(2026, 4, 2, 10, 0, 0, 0, time.UTC)
-	a := MustOpen(t, Config{JetStream: tj.js, Now: func() time.Time { return T }})
-	MustStart(t, a)
-	var gotAuth string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		gotAuth = r.Header.Get("Authorization")
-		a.Handler().ServeHTTP(w, r)
-	}))
-	defer srv.Close()
-	c := &Client{BaseURL: srv.URL + "/", Token: "sekret", HTTP: srv.Client()}
-
-	publishKeyEvent(t, tj.js, created("key_c", "acme", keyledger.EnvLive, T.Add(-time.Hour)))
-	publishKeyEvent(t, tj.js, revoked("key_c", "bob", "rotated", T.Add(-time.Minute)))
-	var evs []*events.KeyUsed
-	for i := range 10 {
-		evs = append(evs, used("key_c", keyledger.EnvLive, keyledger.OutcomeValid, "10.3.0.1", T.Add(-30*time.Minute).Add(time.Duration(i)*time.Minute)))
-	}
-	evs = append(evs, used("key_c", keyledger.EnvLive, keyledger.OutcomeRevoked, "10.3.0.1", T.Add(-10*time.Second)))
-	publishUsage(t, tj.js, evs...)
-	waitIngested(t, a, 11, 30*time.Second)
-	ctx := context.Background()
-	waitFor(t, 10*time.Second, "audit", func() (bool, string) {
-		evs, err := c.Audit(ctx, AuditQuery{KeyID: "key_c"})
-		return err == nil && len(evs) == 2, ""
-	})
-	if gotAuth != "Bearer sekret" {
-		t.Errorf("Authorization = %q", gotAuth)
-	}
-	pts, err := c.Usage(ctx, UsageQuery{KeyID: "key_c", Interval: Hour}) // default range: last 24h by the clock
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(pts) != 2 || pts[0].Outcome != "revoked" || pts[0].Count != 1 || pts[1].Outcome != "valid" || pts[1].Count != 10 ||
-		!pts[0].Time.Equal(T.Add(-time.Hour)) {
-		t.Errorf("usage = %+v", pts)
-	}
-	q, err := c.Quota(ctx, "acme", "")
-	if err != nil || q.Used != 10 || q.Month != "2026-04" {
-		t.Errorf("quota = %+v, %v", q, err)
-	}
-	if _, err := a.Detect(ctx, T); err != nil {
-		t.Fatal(err)
-	}
-	al, err := c.Alerts(ctx, AlertQuery{Rule: RuleRevokedKeyUsed})
-	if err != nil || len(al) != 1 || al[0].KeyID != "key_c" || al[0].Owner != "acme" || al[0].IP != "10.3.0.1" {
-		t.Errorf("alerts = %+v, %v", al, err)
-	}
-	audit, err := c.Audit(ctx, AuditQuery{Type: "revoked"})
-	if err != nil || len(audit) != 1 || audit[0].Reason != "rotated" || audit[0].Actor != "bob" {
-		t.Errorf("audit = %+v, %v", audit, err)
 	}
 }
