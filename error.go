@@ -151,3 +151,24 @@ func Quote(s string) string {
 // UnauthorizedMessage is the only message a 401 ever carries: every
 // refused key gets the same answer, so answers reveal nothing about why.
 const UnauthorizedMessage = "Invalid or missing API key"
+
+// Describe renders err for a person at a terminal: code, reason and
+// message, and the cause unless the error is internal (an internal cause
+// is for the log of the process that had it, never for its callers).
+func Describe(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		s := string(e.Code)
+		if e.Reason != "" {
+			s += " (" + e.Reason + ")"
+		}
+		if e.Message != "" {
+			s += ": " + e.Message
+		}
+		if e.Err != nil && e.Code != Internal {
+			s += ": " + e.Err.Error()
+		}
+		return s
+	}
+	return err.Error()
+}

@@ -130,7 +130,7 @@ func all(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "\n== bench %s\n", b.name)
 		}
 		if err := b.run(ctx, extra, stdout, stderr); err != nil {
-			fmt.Fprintf(stderr, "bench %s: %s\n", b.name, describe(err))
+			fmt.Fprintf(stderr, "bench %s: %s\n", b.name, keyledger.Describe(err))
 			failed = append(failed, b.name)
 		}
 	}
@@ -186,27 +186,6 @@ func printTable(w io.Writer, header []string, rows [][]string) error {
 		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}
 	return tw.Flush()
-}
-
-// describe renders an error the way the CLI does (code and message, never
-// another process's internals), for the failures `bench all` reports and
-// goes on from.
-func describe(err error) string {
-	var e *keyledger.Error
-	if errors.As(err, &e) {
-		s := string(e.Code)
-		if e.Reason != "" {
-			s += " (" + e.Reason + ")"
-		}
-		if e.Message != "" {
-			s += ": " + e.Message
-		}
-		if e.Err != nil && e.Code != keyledger.Internal {
-			s += ": " + e.Err.Error()
-		}
-		return s
-	}
-	return err.Error()
 }
 
 func envOr(name, def string) string {

@@ -266,7 +266,7 @@ func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
 			return errRefused
 		}
 		if errors.As(err, &e) && e.Code != keyledger.Unavailable && e.Code != keyledger.Internal {
-			fmt.Fprintf(stdout, "refused: %s\n", describe(err))
+			fmt.Fprintf(stdout, "refused: %s\n", keyledger.Describe(err))
 			return errRefused
 		}
 		return err

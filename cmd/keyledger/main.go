@@ -86,28 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "keyledger: %v\n", err)
 		return 2
 	}
-	fmt.Fprintf(stderr, "keyledger: %s\n", describe(err))
+	fmt.Fprintf(stderr, "keyledger: %s\n", keyledger.Describe(err))
 	return 1
-}
-
-// describe renders an error for a person: code and message, never internals
-// of another process.
-func describe(err error) string {
-	var e *keyledger.Error
-	if errors.As(err, &e) {
-		s := string(e.Code)
-		if e.Reason != "" {
-			s += " (" + e.Reason + ")"
-		}
-		if e.Message != "" {
-			s += ": " + e.Message
-		}
-		if e.Err != nil && e.Code != keyledger.Internal {
-			s += ": " + e.Err.Error()
-		}
-		return s
-	}
-	return err.Error()
 }
 
 var errUsage = errors.New("usage")
