@@ -17,10 +17,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
+
+	"github.com/keyledger/keyledger/internal/cli"
 
 	keyledger "github.com/keyledger/keyledger"
 )
@@ -175,34 +175,7 @@ func report(w io.Writer, asJSON bool, r Result, rows [][]string) error {
 		_, err = fmt.Fprintln(w, string(b))
 		return err
 	}
-	return printTable(w, []string{"METRIC", "VALUE"}, rows)
-}
-
-// printTable prints rows under a header, aligned.
-func printTable(w io.Writer, header []string, rows [][]string) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
-	}
-	return tw.Flush()
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
+	return cli.PrintTable(w, []string{"METRIC", "VALUE"}, rows)
 }
 
 // waitFor polls cond every interval until it holds, ctx ends or timeout

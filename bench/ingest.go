@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/keyledger/keyledger/internal/cli"
+
 	"github.com/ClickHouse/clickhouse-go/v2"
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/analytics"
@@ -22,7 +24,7 @@ import (
 func ingest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench ingest", stderr)
 	n := fs.Int("events", 500_000, "events in the backlog")
-	addr := fs.String("clickhouse", envOr("KEYLEDGER_CLICKHOUSE", "127.0.0.1:19000"), "ClickHouse host:port (native); scripts/clickhouse.sh start runs one")
+	addr := fs.String("clickhouse", cli.EnvOr("KEYLEDGER_CLICKHOUSE", "127.0.0.1:19000"), "ClickHouse host:port (native); scripts/clickhouse.sh start runs one")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	if err := parseArgs(fs, args); err != nil {
 		return err

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyledger/keyledger/internal/cli"
+
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/client"
@@ -43,7 +45,7 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var bases []string
 	tok := *token
 	if *urls != "" {
-		if bases = splitList(*urls); len(bases) == 0 {
+		if bases = cli.SplitList(*urls); len(bases) == 0 {
 			return usageErr("--urls names no URL")
 		}
 	} else {

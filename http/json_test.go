@@ -10,18 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyledger/keyledger/admin"
+
 	keyledger "github.com/keyledger/keyledger"
 )
 
-// createRequest mirrors the admin API's create body.
-type createRequest struct {
-	Name        string                `json:"name"`
-	Environment keyledger.Environment `json:"environment"`
-	Permissions []string              `json:"permissions"`
-	Owner       string                `json:"owner"`
-	ExpiresAt   *time.Time            `json:"expires_at"`
-	RateLimit   *keyledger.RateLimit  `json:"rate_limit"`
-}
+// createRequest is the admin API's create body, the body DecodeJSON
+// decodes most.
+type createRequest = admin.CreateRequest
 
 // decode runs DecodeJSON on a request with body and content type ct ("" for
 // none), as a handler would.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyledger/keyledger/internal/cli"
+
 	"github.com/keyledger/keyledger/analytics"
 )
 
@@ -86,13 +88,13 @@ func analyticsCmd(ctx context.Context, name string, args []string, stdout io.Wri
 		for _, p := range r.Points {
 			rows = append(rows, []string{p.Time.UTC().Format(time.RFC3339), p.Outcome, fmt.Sprint(p.Count)})
 		}
-		return printTable(stdout, []string{"TIME", "OUTCOME", "COUNT"}, rows)
+		return cli.PrintTable(stdout, []string{"TIME", "OUTCOME", "COUNT"}, rows)
 	case "quota":
 		var r analytics.Quota
 		if err := json.Unmarshal(raw, &r); err != nil {
 			return err
 		}
-		return printTable(stdout, []string{"OWNER", "MONTH", "USED"}, [][]string{{r.Owner, r.Month, fmt.Sprint(r.Used)}})
+		return cli.PrintTable(stdout, []string{"OWNER", "MONTH", "USED"}, [][]string{{r.Owner, r.Month, fmt.Sprint(r.Used)}})
 	case "audit":
 		var r analytics.AuditResult
 		if err := json.Unmarshal(raw, &r); err != nil {
@@ -102,7 +104,7 @@ func analyticsCmd(ctx context.Context, name string, args []string, stdout io.Wri
 		for _, e := range r.Events {
 			rows = append(rows, []string{e.At.UTC().Format(time.RFC3339Nano), e.Type, e.KeyID, e.Actor, orDash(e.Owner), orDash(e.Reason)})
 		}
-		return printTable(stdout, []string{"AT", "TYPE", "KEY", "ACTOR", "OWNER", "REASON"}, rows)
+		return cli.PrintTable(stdout, []string{"AT", "TYPE", "KEY", "ACTOR", "OWNER", "REASON"}, rows)
 	default:
 		var r analytics.AlertResult
 		if err := json.Unmarshal(raw, &r); err != nil {
@@ -113,6 +115,6 @@ func analyticsCmd(ctx context.Context, name string, args []string, stdout io.Wri
 			rows = append(rows, []string{a.At.UTC().Format(time.RFC3339), a.Rule, orDash(a.KeyID), orDash(a.Owner), orDash(a.IP),
 				fmt.Sprintf("%g", a.Observed), fmt.Sprintf("%g", a.Baseline), a.Detail})
 		}
-		return printTable(stdout, []string{"AT", "RULE", "KEY", "OWNER", "IP", "OBSERVED", "BASELINE", "DETAIL"}, rows)
+		return cli.PrintTable(stdout, []string{"AT", "RULE", "KEY", "OWNER", "IP", "OBSERVED", "BASELINE", "DETAIL"}, rows)
 	}
 }

@@ -5,15 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
+
+	"github.com/keyledger/keyledger/internal/cli"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/client"
@@ -29,18 +29,11 @@ type clientFlags struct {
 
 func addClientFlags(fs *flag.FlagSet) *clientFlags {
 	c := &clientFlags{}
-	fs.StringVar(&c.url, "url", envOr("KEYLEDGER_URL", "http://127.0.0.1:8080"), "node URL (env KEYLEDGER_URL)")
+	fs.StringVar(&c.url, "url", cli.EnvOr("KEYLEDGER_URL", "http://127.0.0.1:8080"), "node URL (env KEYLEDGER_URL)")
 	fs.StringVar(&c.token, "token", "", "admin token (default: env KEYLEDGER_ADMIN_TOKEN, else the file DATA/admin-token)")
-	fs.StringVar(&c.data, "data", envOr("KEYLEDGER_DATA", "./data"), "data directory of a local node, to read its admin-token file")
+	fs.StringVar(&c.data, "data", cli.EnvOr("KEYLEDGER_DATA", "./data"), "data directory of a local node, to read its admin-token file")
 	fs.BoolVar(&c.json, "json", false, "print JSON for scripts")
 	return c
-}
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
 
 // adminToken resolves the admin token: flag, environment, then the file a
@@ -94,16 +87,6 @@ func printJSON(w io.Writer, raw []byte) error {
 	buf.WriteByte('\n')
 	_, err := w.Write(buf.Bytes())
 	return err
-}
-
-// printTable prints rows under a header, aligned.
-func printTable(w io.Writer, header []string, rows [][]string) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
-	}
-	return tw.Flush()
 }
 
 func fmtTime(t *time.Time) string {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyledger/keyledger/internal/cli"
+
 	khttp "github.com/keyledger/keyledger/http"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -218,7 +220,7 @@ func keysList(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []stri
 		rows = append(rows, []string{k.ID, k.Name, k.Environment.String(), string(k.Status), orDash(k.Owner),
 			strings.Join(k.Permissions, ","), "…" + k.Hint, fmtTime(k.ExpiresAt), fmtTime(&k.CreatedAt)})
 	}
-	return printTable(stdout, []string{"ID", "NAME", "ENV", "STATUS", "OWNER", "PERMISSIONS", "HINT", "EXPIRES", "CREATED"}, rows)
+	return cli.PrintTable(stdout, []string{"ID", "NAME", "ENV", "STATUS", "OWNER", "PERMISSIONS", "HINT", "EXPIRES", "CREATED"}, rows)
 }
 
 func printEvents(w io.Writer, raw []byte) error {
@@ -242,7 +244,7 @@ func printEvents(w io.Writer, raw []byte) error {
 		}
 		rows = append(rows, []string{fmt.Sprint(e.Seq), ev.At.UTC().Format(time.RFC3339Nano), ev.Type, ev.Actor, orDash(ev.Reason), ev.ID})
 	}
-	return printTable(w, []string{"SEQ", "AT", "TYPE", "ACTOR", "REASON", "EVENT_ID"}, rows)
+	return cli.PrintTable(w, []string{"SEQ", "AT", "TYPE", "ACTOR", "REASON", "EVENT_ID"}, rows)
 }
 
 func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
@@ -313,5 +315,5 @@ func nodesCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		rows = append(rows, []string{n.Name, n.Role, n.Environment.String(), fmt.Sprint(n.LastSeq), fmt.Sprint(n.Lag),
 			fmt.Sprint(n.CaughtUp), fmt.Sprint(n.Fresh), fmt.Sprint(n.Keys), fmt.Sprintf("%dms", n.AgeMS)})
 	}
-	return printTable(stdout, []string{"NODE", "ROLE", "ENV", "LAST_SEQ", "LAG", "CAUGHT_UP", "FRESH", "KEYS", "SEEN"}, rows)
+	return cli.PrintTable(stdout, []string{"NODE", "ROLE", "ENV", "LAST_SEQ", "LAG", "CAUGHT_UP", "FRESH", "KEYS", "SEEN"}, rows)
 }

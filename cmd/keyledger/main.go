@@ -14,6 +14,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/bench"
+	"github.com/keyledger/keyledger/node"
 )
 
 const usage = `keyledger — an event-sourced API-key ledger
@@ -82,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errRefused):
 		return 1
-	case errors.Is(err, errUsage), errors.Is(err, bench.ErrUsage):
+	case errors.Is(err, errUsage), errors.Is(err, bench.ErrUsage), errors.Is(err, node.ErrConfig):
 		fmt.Fprintf(stderr, "keyledger: %v\n", err)
 		return 2
 	}

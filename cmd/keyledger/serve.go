@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyledger/keyledger/internal/cli"
+
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/node"
@@ -21,10 +23,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg := node.Config{}
 	var env, perms, routes, logFormat string
 	host, _ := os.Hostname()
-	fs.StringVar(&cfg.Role, "role", envOr("KEYLEDGER_ROLE", node.RoleAdmin), "admin (admin API + verifier) or verifier (verifier only; needs --nats)")
-	fs.StringVar(&cfg.DataDir, "data", envOr("KEYLEDGER_DATA", "./data"), "data directory (JetStream files, admin-token)")
-	fs.StringVar(&cfg.HTTPAddr, "http", envOr("KEYLEDGER_HTTP", "127.0.0.1:8080"), "HTTP listen address")
-	fs.StringVar(&env, "environment", envOr("KEYLEDGER_ENVIRONMENT", "live"), "environment this node verifies: live or test")
+	fs.StringVar(&cfg.Role, "role", cli.EnvOr("KEYLEDGER_ROLE", node.RoleAdmin), "admin (admin API + verifier) or verifier (verifier only; needs --nats)")
+	fs.StringVar(&cfg.DataDir, "data", cli.EnvOr("KEYLEDGER_DATA", "./data"), "data directory (JetStream files, admin-token)")
+	fs.StringVar(&cfg.HTTPAddr, "http", cli.EnvOr("KEYLEDGER_HTTP", "127.0.0.1:8080"), "HTTP listen address")
+	fs.StringVar(&env, "environment", cli.EnvOr("KEYLEDGER_ENVIRONMENT", "live"), "environment this node verifies: live or test")
 	fs.StringVar(&cfg.NATSURL, "nats", os.Getenv("KEYLEDGER_NATS"), "URL(s) of an existing NATS deployment, comma-separated (default: run an embedded server)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens for other nodes and tools (\"\" = in-process only)")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "host:port for routes from other embedded servers: makes this node a NATS cluster member")
@@ -57,8 +59,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.Environment, err = keyledger.ParseEnvironment(env); err != nil {
 		return usageErr("--environment: %s", keyledger.ErrorMessage(err))
 	}
-	cfg.Permissions = splitList(perms)
-	cfg.Routes = splitList(routes)
+	cfg.Permissions = cli.SplitList(perms)
+	cfg.Routes = cli.SplitList(routes)
 	switch logFormat {
 	case "json":
 		cfg.Logger = slog.New(slog.NewJSONHandler(stderr, nil))
@@ -66,9 +68,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
 	default:
 		return usageErr("--log-format must be text or json")
-	}
-	if err := cfg.Validate(); err != nil {
-		return usageErr("%s", strings.TrimPrefix(err.Error(), node.ErrConfig.Error()+": "))
 	}
 	n, err := node.Open(ctx, cfg)
 	if err != nil {
@@ -79,14 +78,4 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	return errors.Join(runErr, n.Close(sctx))
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
