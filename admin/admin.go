@@ -304,8 +304,18 @@ func (s *Service) createdEvent(req CreateRequest, perms []string, hash, hint str
 
 // appendCreated appends a create (expecting an empty subject) and waits as
 // w asks.
+// append writes ev to the ledger, unless this node's projector found the
+// ledger's stream replaced: a write acknowledged there would answer 201
+// for a key no node of the old history serves, or revoke nothing.
+func (s *Service) append(ctx context.Context, ev events.Event, expect uint64) (uint64, error) {
+	if why := s.cfg.Projector.Broken(); why != "" {
+		return 0, keyledger.Errorf(keyledger.Unavailable, "the ledger's stream was replaced; this node accepts no write until an operator intervenes (%s)", why)
+	}
+	return s.cfg.Log.Append(ctx, ev, expect)
+}
+
 func (s *Service) appendCreated(ctx context.Context, ev *events.KeyCreated, w Write) (keyledger.Key, Propagation, error) {
-	seq, err := s.cfg.Log.Append(ctx, ev, 0)
+	seq, err := s.append(ctx, ev, 0)
 	if err != nil {
 		if errors.Is(err, keyledger.ErrConflict) {
 			// A fresh UUIDv7 id cannot exist already; a conflict here
@@ -398,7 +408,7 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 	if err != nil {
 		return nil, err
 	}
-	if _, revoked := last.Event.(*events.KeyRevoked); revoked {
+	if _, revoked := last.Event.(*events.KeyRevoked); revoked && last.Rejected == "" {
 		return nil, errRevoked(id)
 	}
 	// The new key inherits the old one's expiry: rolling must not turn a
@@ -427,12 +437,12 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 		}
 		oldEv = &events.KeyRolled{Header: s.header(events.TypeKeyRolled, id, w), RolledTo: k.ID, ExpiresAt: until}
 	}
-	seq, err := s.cfg.Log.Append(ctx, oldEv, last.Seq)
+	seq, err := s.append(ctx, oldEv, last.Seq)
 	if err != nil {
 		// Undo the new key: a roll happens whole or not at all, as far
 		// as anyone can use it.
 		undo := &events.KeyRevoked{Header: s.header(events.TypeKeyRevoked, k.ID, w), Reason: "roll of " + id + " failed"}
-		if _, uerr := s.cfg.Log.Append(context.WithoutCancel(ctx), undo, k.Revision); uerr != nil {
+		if _, uerr := s.append(context.WithoutCancel(ctx), undo, k.Revision); uerr != nil {
 			s.cfg.Logger.Error("roll failed and its new key could not be revoked", "old", id, "new", k.ID, "err", uerr)
 		}
 		if errors.Is(err, nats.ErrConflict) {
@@ -503,13 +513,13 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 			if err != nil {
 				return nil, err
 			}
-			if _, revoked := last.Event.(*events.KeyRevoked); revoked {
+			if _, revoked := last.Event.(*events.KeyRevoked); revoked && last.Rejected == "" {
 				return nil, alreadyRevoked
 			}
 			expect = last.Seq
 		}
 		ev := &events.KeyRevoked{Header: s.header(events.TypeKeyRevoked, id, w), Reason: reason}
-		seq, err := s.cfg.Log.Append(ctx, ev, expect)
+		seq, err := s.append(ctx, ev, expect)
 		if errors.Is(err, nats.ErrConflict) {
 			continue
 		}

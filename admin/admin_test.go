@@ -24,7 +24,7 @@ func MustOpenService(tb testing.TB) (*admin.Service, *projector.Projector) {
 	tb.Helper()
 	env := natstest.MustStart(tb)
 	ctx := context.Background()
-	p := projector.New(env.JS, projector.Options{Records: true})
+	p := projector.New(env.JS, projector.Options{Records: true, Keyring: env.Keyring})
 	if err := p.Start(ctx); err != nil {
 		tb.Fatal(err)
 	}

@@ -39,6 +39,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +50,10 @@ const DefaultDSN = "clickhouse://127.0.0.1:19000/keyledger"
 
 // Config configures Analytics. Zero values take the documented defaults.
 type Config struct {
+	// Keyring holds the admin signing keys: a KEYS event none of them
+	// signed is not recorded in the audit but dead-lettered and alerted
+	// (RuleLedgerForgery). Required: with none, every event is refused.
+	Keyring *events.Keyring
 	// DSN locates ClickHouse: clickhouse://[user:password@]HOST:PORT/DB
 	// (native protocol). The database is created if missing. Default
 	// DefaultDSN.
@@ -175,6 +180,9 @@ func (t Thresholds) withDefaults() Thresholds {
 func (c Config) withDefaults() Config {
 	if c.DSN == "" {
 		c.DSN = DefaultDSN
+	}
+	if c.Keyring == nil {
+		c.Keyring, _ = events.NewKeyring()
 	}
 	if c.NATS == nil && c.JetStream != nil {
 		c.NATS = c.JetStream.Conn()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/nats"
 )
 
 // The detector rules.
@@ -32,12 +33,19 @@ const (
 	// RuleDormantKey: the first use of a key after Thresholds.DormantAfter
 	// of silence (since its last use, or its creation if never used).
 	RuleDormantKey = "dormant_key"
+	// RuleLedgerForgery: an event on KEYS that no trusted admin key signed,
+	// or that sits on another key's subject. Raised by ingestion, not by
+	// the periodic detector.
+	RuleLedgerForgery = "ledger_forgery"
+	// RuleLedgerReplaced: a node found the KEYS stream deleted, recreated
+	// or cut, and refuses every verification.
+	RuleLedgerReplaced = "ledger_replaced"
 )
 
 // Rules lists the detector rules.
 func Rules() []string {
 	return []string{RuleVolumeSpike, RuleNewSource, RuleRevokedKeyUsed, RuleKeyGuessing,
-		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey}
+		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey, RuleLedgerForgery, RuleLedgerReplaced}
 }
 
 func knownRule(r string) bool {
@@ -49,8 +57,32 @@ func knownRule(r string) bool {
 	return false
 }
 
-// AlertSubjectPrefix + rule is the NATS subject alerts are published on.
-const AlertSubjectPrefix = "keyledger.alerts."
+// AlertSubjectPrefix + rule is the NATS subject alerts are published on
+// (only the analytics role may publish there).
+const AlertSubjectPrefix = nats.AlertSubjectPrefix
+
+// RaiseAlert stores and publishes an alert found outside the periodic
+// detector: a forged ledger event, a replaced stream. subject names where
+// it was seen (stored in the alert's ip column's place: the key_id column
+// holds the subject's key id when there is one). Failures are logged: the
+// finder has already logged the finding itself.
+func (a *Analytics) RaiseAlert(rule, subject, detail string) {
+	a.raiseLedgerAlert(rule, subject, detail)
+}
+
+func (a *Analytics) raiseLedgerAlert(rule, subject, detail string) {
+	now := a.cfg.Now().UTC().Truncate(time.Millisecond)
+	al := Alert{Rule: rule, KeyID: clipStr(strings.TrimPrefix(subject, nats.KeysSubjectPrefix), 64), At: now, Detail: clipStr(detail, 500), Observed: 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d := detection{now: now}
+	if err := a.storeAlerts(ctx, &d, []Alert{al}); err != nil {
+		a.log.Error("analytics: cannot store alert", "rule", rule, "err", err)
+	}
+	a.metrics.alerts.WithLabelValues(rule).Inc()
+	a.log.Warn("analytics: alert", "rule", rule, "key_id", al.KeyID, "detail", al.Detail)
+	a.publishAlerts(ctx, []Alert{al})
+}
 
 // Alert is one detector finding: what was seen (Observed, Detail), what is
 // normal (Baseline: the key's usual figure, or the rule's threshold for

@@ -22,7 +22,7 @@ import (
 // DeadLetterSubjectPrefix + lower-case stream name is the subject an
 // undecodable event is republished on, with these headers.
 const (
-	DeadLetterSubjectPrefix = "keyledger.deadletter."
+	DeadLetterSubjectPrefix = nats.DeadLetterSubjectPrefix
 	// HeaderDeadLetterReason says why the event was refused.
 	HeaderDeadLetterReason = "Keyledger-Dead-Letter-Reason"
 	// HeaderDeadLetterStream, HeaderDeadLetterSubject and
@@ -42,7 +42,7 @@ func DeadLetterSubject(stream string) string {
 type sink interface {
 	// add decodes one message and buffers its row. An error marks the
 	// message as undecodable (dead letter); the batch is unchanged.
-	add(data []byte, seq uint64, redelivered bool) error
+	add(subject string, data []byte, seq uint64, redelivered bool) error
 	// len is the number of messages accepted since reset.
 	len() int
 	// write inserts the buffered rows, skipping those already stored.
@@ -307,7 +307,11 @@ func (in *ingester) add(b *batch, msg jetstream.Msg) bool {
 		in.deadLetter(msg, 0, "not a JetStream message: "+err.Error())
 		return false
 	}
-	if err := b.sink.add(msg.Data(), meta.Sequence.Stream, meta.NumDelivered > 1); err != nil {
+	if err := b.sink.add(msg.Subject(), msg.Data(), meta.Sequence.Stream, meta.NumDelivered > 1); err != nil {
+		var forged *forgeryError
+		if errors.As(err, &forged) {
+			in.a.raiseLedgerAlert(RuleLedgerForgery, msg.Subject(), fmt.Sprintf("KEYS event at sequence %d refused: %s", meta.Sequence.Stream, forged.reason))
+		}
 		in.deadLetter(msg, meta.Sequence.Stream, err.Error())
 		return false
 	}
@@ -487,12 +491,15 @@ func newUsageSink(a *Analytics, checkUpTo *atomic.Uint64) *usageSink {
 // add decodes one USAGE message: one KeyUsed event or a batch of them. A
 // message is the unit of acknowledgement, so one undecodable event sends
 // the whole message to the dead letters and none of its events is kept.
-func (s *usageSink) add(data []byte, seq uint64, redelivered bool) error {
+func (s *usageSink) add(subject string, data []byte, seq uint64, redelivered bool) error {
 	rows, seqs, again, n, dups, maxSec := len(s.rows), len(s.seqs), len(s.again), s.n, s.dups, s.max
 	count := 0
 	var err error
+	// The server lets a node publish batches only on its own subject: a
+	// batch whose events name another node is usage forged in its name.
+	node := batchNode(subject)
 	for ev, rest := events.NextUsage(data); ev != nil; ev, rest = events.NextUsage(rest) {
-		if err = s.addEvent(ev, seq, redelivered); err != nil {
+		if err = s.addEvent(ev, node, seq, redelivered); err != nil {
 			if count > 0 {
 				err = fmt.Errorf("event %d of the batch: %w", count+1, err)
 			}
@@ -514,11 +521,38 @@ func (s *usageSink) add(data []byte, seq uint64, redelivered bool) error {
 	return nil
 }
 
+// batchNode is the publishing node of a batch subject
+// (keyledger.usage.<env>.batch.<node>), or "".
+func batchNode(subject string) string {
+	rest, ok := strings.CutPrefix(subject, nats.UsageSubjectPrefix)
+	if !ok {
+		return ""
+	}
+	_, rest, _ = strings.Cut(rest, ".")
+	node, ok := strings.CutPrefix(rest, "batch.")
+	if !ok {
+		return ""
+	}
+	return node
+}
+
+func clipStr(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
 // addEvent decodes one event of a message.
-func (s *usageSink) addEvent(data []byte, seq uint64, redelivered bool) error {
+func (s *usageSink) addEvent(data []byte, node string, seq uint64, redelivered bool) error {
 	s.rows = append(s.rows, usageRow{})
 	r := &s.rows[len(s.rows)-1]
 	if err := decodeKeyUsed(data, r); err != nil {
+		s.rows = s.rows[:len(s.rows)-1]
+		return err
+	}
+	if node != "" && r.node != node {
+		err := fmt.Errorf("the event names node %q but was published by %q", clipStr(r.node, 64), node)
 		s.rows = s.rows[:len(s.rows)-1]
 		return err
 	}
@@ -756,10 +790,17 @@ type keysSink struct {
 	max  int64
 }
 
-func (s *keysSink) add(data []byte, seq uint64, _ bool) error {
-	ev, err := events.Decode(data)
+func (s *keysSink) add(subject string, data []byte, seq uint64, _ bool) error {
+	text, _, err := s.a.cfg.Keyring.Open(data, seq)
+	if err != nil {
+		return &forgeryError{reason: events.RejectReason(err)}
+	}
+	ev, err := events.Decode(text)
 	if err != nil {
 		return err
+	}
+	if nats.KeySubject(ev.Head().KeyID) != subject {
+		return &forgeryError{reason: events.RejectReason(events.ErrSubjectMismatch)}
 	}
 	h := ev.Head()
 	at := h.At.UTC()
@@ -819,3 +860,9 @@ func (s *keysSink) write(ctx context.Context) (int, int, error) {
 	}
 	return len(s.rows), 0, nil
 }
+
+// forgeryError is a KEYS event no trusted key signed (or on the wrong
+// subject): not recorded in the audit, dead-lettered, and alerted.
+type forgeryError struct{ reason string }
+
+func (e *forgeryError) Error() string { return "refused ledger event: " + e.reason }

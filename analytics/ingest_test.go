@@ -383,6 +383,77 @@ func TestKeyEventsAndAudit(t *testing.T) {
 	})
 }
 
+// TestIngestForgedLedgerEvents is the attack on the audit trail: events on
+// KEYS that no admin signing key signed. Before, analytics recorded them
+// as history; now they are not in the audit, they are dead-lettered, and
+// each raises a ledger_forgery alert.
+func TestIngestForgedLedgerEvents(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	ctx := context.Background()
+	a := MustOpen(t, Config{JetStream: tj.js})
+	MustStart(t, a)
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	genuine := created("key_real", "acme", keyledger.EnvLive, t0)
+	publishKeyEvent(t, tj.js, genuine)
+	forged := created("key_forged", "evil", keyledger.EnvLive, t0)
+	unsigned, err := events.Encode(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishRaw(t, tj.js, nats.KeySubject("key_forged"), unsigned)
+	// A genuine, signed event copied onto another key's subject.
+	publishRaw(t, tj.js, nats.KeySubject("key_other"), testSigner(t).MustSeal(t, genuine))
+	waitFor(t, 20*time.Second, "two ledger_forgery alerts", func() (bool, string) {
+		n := metricValue(a.metrics.alerts.WithLabelValues(RuleLedgerForgery))
+		return n == 2, fmt.Sprint(n)
+	})
+	// Ingestion is in stream order: once the event after the forgeries
+	// is in the audit, the forgeries have been judged.
+	publishKeyEvent(t, tj.js, created("key_after", "acme", keyledger.EnvLive, t0))
+	waitFor(t, 20*time.Second, "the events after the forgeries", func() (bool, string) {
+		evs, err := a.Audit(ctx, AuditQuery{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(evs) >= 2, fmt.Sprint(len(evs))
+	})
+	evs, err := a.Audit(ctx, AuditQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if e.KeyID != "key_real" && e.KeyID != "key_after" {
+			t.Fatalf("a forged event is in the audit: %+v", e)
+		}
+	}
+	al, err := a.Alerts(ctx, AlertQuery{Rule: RuleLedgerForgery})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(al) != 2 {
+		t.Fatalf("stored alerts %+v", al)
+	}
+}
+
+// TestIngestUsageInAnotherNodesName: a batch on node A's subject whose
+// events name node B (a verifier inflating another node's figures, or
+// hiding its own) is dead-lettered, not counted.
+func TestIngestUsageInAnotherNodesName(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	a := MustOpen(t, Config{JetStream: tj.js})
+	MustStart(t, a)
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	ku := used("key_a1", keyledger.EnvLive, keyledger.OutcomeValid, "1.1.1.1", t0)
+	ku.Node = "node-b"
+	publishRaw(t, tj.js, nats.UsageBatchSubject(keyledger.EnvLive, "node-a"), ku.AppendJSON(nil))
+	waitFor(t, 10*time.Second, "dead letter", func() (bool, string) {
+		n := metricValue(a.metrics.deadLetters.WithLabelValues(nats.UsageStream))
+		return n == 1, fmt.Sprint(n)
+	})
+}
+
 func TestQuotaIgnoresTestKeys(t *testing.T) {
 	t.Parallel()
 	tj := MustStartJetStream(t)

@@ -19,7 +19,9 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/analytics/analyticstest"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/events/eventstest"
 	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/nats/natstest"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -65,38 +67,25 @@ func newDSN(tb testing.TB, addr string) string {
 	return analyticstest.DSN(addr, analyticstest.MustTempDatabase(tb, addr))
 }
 
-// testJetStream is an embedded JetStream in a temp dir with both streams.
+// testJetStream is an embedded JetStream in a temp dir with both streams,
+// authentication on; nc and js are the operator's (tests set up freely),
+// and env holds the rest (other roles, the ledger signing key).
 type testJetStream struct {
-	srv *nats.Server
+	env *natstest.Env
 	nc  *natsgo.Conn
 	js  jetstream.JetStream
 }
 
 func MustStartJetStream(tb testing.TB) *testJetStream {
 	tb.Helper()
-	srv, err := nats.StartServer(nats.ServerConfig{Name: randomName("n"), StoreDir: tb.TempDir()})
-	if err != nil {
-		tb.Fatalf("start NATS: %v", err)
-	}
-	nc, err := srv.Connect("analytics-test")
-	if err != nil {
-		srv.Stop()
-		tb.Fatalf("connect NATS: %v", err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := nats.EnsureStreams(ctx, js, nats.StreamConfig{}); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		nc.Close()
-		srv.Stop()
-	})
-	return &testJetStream{srv: srv, nc: nc, js: js}
+	env := natstest.MustStart(tb)
+	return &testJetStream{env: env, nc: env.Conn, js: env.JS}
+}
+
+// testSigner is the key natstest's ledgers are signed with; testKeyring
+// trusts it.
+func testSigner(tb testing.TB) *eventstest.Signer {
+	return eventstest.MustSigner(tb, natstest.Admin, 1)
 }
 
 // testLogger discards below warnings unless -v.
@@ -130,6 +119,9 @@ func MustOpen(tb testing.TB, cfg Config) *Analytics {
 	}
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = 100 * time.Millisecond
+	}
+	if cfg.Keyring == nil {
+		cfg.Keyring = eventstest.Keyring(tb, testSigner(tb))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -237,10 +229,7 @@ func publishRaw(tb testing.TB, js jetstream.JetStream, subject string, data []by
 // publishKeyEvent publishes a key lifecycle event on KEYS.
 func publishKeyEvent(tb testing.TB, js jetstream.JetStream, ev events.Event) {
 	tb.Helper()
-	data, err := events.Encode(ev)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	data := testSigner(tb).MustSeal(tb, ev)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := js.Publish(ctx, nats.KeySubject(ev.Head().KeyID), data); err != nil {

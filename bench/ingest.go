@@ -32,11 +32,12 @@ func ingest(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *n < 1 {
 		return usageErr("--events must be positive")
 	}
-	_, js, nc, stop, err := startJetStream(ctx, "keyledger-ingest-")
+	l, err := startJetStream(ctx, "keyledger-ingest-")
 	if err != nil {
 		return err
 	}
-	defer stop()
+	defer l.stop()
+	js, nc := l.js, l.nc
 	fmt.Fprintf(stderr, "publishing %d KeyUsed events…\n", *n)
 	// The events go through the verifier nodes' own publisher, so USAGE
 	// holds the batches it writes in production.

@@ -27,6 +27,9 @@ type api struct {
 	log      *slog.Logger
 	tokenSum []byte
 	verifier *verifier.Verifier
+	// proxies are the peers whose X-Forwarded-For / X-Real-IP name the
+	// actor_ip of the events a request causes.
+	proxies *proxySet
 }
 
 type actorKey struct{}
@@ -44,7 +47,7 @@ func callerOf(r *http.Request) caller {
 // fail writes err; internal errors, and only those, are logged as faults.
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if keyledger.ErrorCode(err) == keyledger.Internal {
-		a.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+		a.log.Error("internal error", "method", r.Method, "path", redactSecrets(r.URL.Path), "err", err)
 	}
 	WriteError(w, err)
 }
@@ -58,7 +61,7 @@ func (a *api) recover(next http.Handler) http.Handler {
 				if v == http.ErrAbortHandler {
 					panic(v)
 				}
-				a.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
+				a.log.Error("panic serving request", "method", r.Method, "path", redactSecrets(r.URL.Path), "panic", v)
 				WriteError(w, keyledger.Errorf(keyledger.Internal, "internal error"))
 			}
 		}()
@@ -79,7 +82,7 @@ func (a *api) auth(next http.Handler) http.Handler {
 			WriteError(w, keyledger.ErrUnauthorized)
 			return
 		}
-		ip := clientIP(r)
+		ip := a.proxies.clientIP(r)
 		c := caller{actor: BootstrapActor, ip: ip}
 		sum := sha256.Sum256([]byte(tok))
 		if subtle.ConstantTimeCompare(sum[:], a.tokenSum) != 1 {
@@ -88,7 +91,7 @@ func (a *api) auth(next http.Handler) http.Handler {
 				return
 			}
 			res := a.verifier.Verify(&verifier.Request{Key: tok, Permission: keyledger.PermissionAdmin, IP: ip,
-				UserAgent: r.Header.Get("User-Agent"), Method: r.Method, Path: r.URL.Path})
+				UserAgent: r.Header.Get("User-Agent"), Method: r.Method, Path: redactSecrets(r.URL.Path)})
 			if !res.Valid() {
 				if res.Outcome == keyledger.OutcomeForbidden {
 					WriteError(w, keyledger.Errorf(keyledger.Forbidden, "this key lacks the admin permission"))
@@ -114,7 +117,7 @@ func (a *api) methods(m map[string]http.HandlerFunc) http.Handler {
 		if !ok {
 			w.Header().Set("Allow", allowed)
 			a.fail(w, r, &keyledger.Error{Code: keyledger.Invalid, Reason: keyledger.ReasonMethodNotAllowed,
-				Message: "method " + r.Method + " is not allowed here; use " + allowed})
+				Message: "method " + keyledger.Quote(r.Method) + " is not allowed here; use " + allowed})
 			return
 		}
 		h(w, r)
@@ -244,7 +247,7 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		switch name {
 		case "owner", "environment", "status":
 		default:
-			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "unknown query parameter %q (filters: owner, environment, status)", name))
+			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "unknown query parameter %s (filters: owner, environment, status)", keyledger.Quote(name)))
 			return
 		}
 	}
@@ -282,6 +285,11 @@ func (a *api) nodes(w http.ResponseWriter, r *http.Request) {
 type HistoryEntry struct {
 	Seq   uint64          `json:"seq"`
 	Event json.RawMessage `json:"event"`
+	// SignedBy names the admin signing key that signed the event.
+	SignedBy string `json:"signed_by,omitempty"`
+	// Rejected says why no node applied the event (a forgery, or an
+	// unsigned event): it is in the stream, not in the ledger.
+	Rejected string `json:"rejected,omitempty"`
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
@@ -298,7 +306,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, keyledger.Wrap(keyledger.Internal, err, "cannot encode event"))
 			return
 		}
-		out = append(out, HistoryEntry{Seq: rec.Seq, Event: b})
+		out = append(out, HistoryEntry{Seq: rec.Seq, Event: b, SignedBy: rec.Signer, Rejected: rec.Rejected})
 	}
 	WriteJSON(w, http.StatusOK, map[string]any{"key_id": id, "events": out})
 }

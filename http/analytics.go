@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -48,13 +49,13 @@ var allowedParams = map[string][]string{
 func (h *analyticsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	allowed, ok := allowedParams[r.URL.Path]
 	if !ok {
-		WriteError(w, keyledger.Errorf(keyledger.NotFound, "no such endpoint %s", r.URL.Path))
+		WriteError(w, errNoEndpoint(r.URL.Path))
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		WriteError(w, &keyledger.Error{Code: keyledger.Invalid, Reason: keyledger.ReasonMethodNotAllowed,
-			Message: "method " + r.Method + " not allowed: use GET"})
+			Message: "method " + keyledger.Quote(r.Method) + " not allowed: use GET"})
 		return
 	}
 	p, err := newParams(r.URL.RawQuery, allowed)
@@ -129,16 +130,23 @@ func newParams(raw string, allowed []string) (*params, error) {
 	if err != nil {
 		return nil, keyledger.Errorf(keyledger.Invalid, "malformed query string")
 	}
+	// The router refuses these before they get here; the handler can be
+	// mounted on its own.
+	for k, vs := range v {
+		if keyledger.LooksLikeSecret(k) || slices.ContainsFunc(vs, keyledger.LooksLikeSecret) {
+			return nil, errExposedSecret
+		}
+	}
 	for k, vs := range v {
 		ok := false
 		for _, a := range allowed {
 			ok = ok || a == k
 		}
 		if !ok {
-			return nil, keyledger.Errorf(keyledger.Invalid, "unknown parameter %q (allowed: %v)", k, allowed)
+			return nil, keyledger.Errorf(keyledger.Invalid, "unknown parameter %s (allowed: %v)", keyledger.Quote(k), allowed)
 		}
 		if len(vs) > 1 {
-			return nil, keyledger.Errorf(keyledger.Invalid, "parameter %q given more than once", k)
+			return nil, keyledger.Errorf(keyledger.Invalid, "parameter %s given more than once", keyledger.Quote(k))
 		}
 	}
 	return &params{v: v}, nil
@@ -153,7 +161,7 @@ func (p *params) time(k string) time.Time {
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
-		p.err = keyledger.Errorf(keyledger.Invalid, "%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z, not %q", k, s)
+		p.err = keyledger.Errorf(keyledger.Invalid, "%s must be an RFC 3339 time such as 2026-01-02T15:04:05Z, not %s", k, keyledger.Quote(s))
 	}
 	return t
 }
@@ -165,7 +173,7 @@ func (p *params) int(k string) int {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 || n > analytics.MaxLimit {
-		p.err = keyledger.Errorf(keyledger.Invalid, "%s must be an integer from 1 to %d, not %q", k, analytics.MaxLimit, s)
+		p.err = keyledger.Errorf(keyledger.Invalid, "%s must be an integer from 1 to %d, not %s", k, analytics.MaxLimit, keyledger.Quote(s))
 	}
 	return n
 }

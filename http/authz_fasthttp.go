@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"net/http"
-	"strings"
 	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -28,21 +27,41 @@ var authzPrefix = []byte("/v1/authz/")
 // was most of a node's CPU (see the README's Benchmarks).
 //
 // fasthttp reuses a request's memory once the handler returns, so every
-// string kept beyond the verification (in the KeyUsed event) is copied;
-// the presented key is not kept and is read in place.
+// string kept beyond the verification (in the KeyUsed event) is copied,
+// all into one allocation; the presented key is not kept and is read in
+// place.
 func (h *VerifierHandler) AuthzFastHTTP(ctx *fasthttp.RequestCtx) {
+	start := h.v.Start()
 	hdr := &ctx.Request.Header
-	req := verifier.Request{
-		Start:      h.v.Start(),
-		Key:        bearer(unsafeString(hdr.Peek("Authorization"))),
-		Permission: string(hdr.Peek("X-Required-Permission")),
-		IP:         fastClientIP(ctx),
-		UserAgent:  clipString(hdr.UserAgent(), events.MaxUsedUserAgentLen),
-		Method:     method(firstPeek(hdr, "X-Forwarded-Method", "X-Original-Method", ctx.Method())),
-		Path:       clipString(firstPeek(hdr, "X-Forwarded-Uri", "X-Original-Uri", nil), events.MaxUsedPathLen),
+	o := h.proxies.fastOriginOf(ctx)
+	perm := hdr.PeekCanonical(keyRequiredPermission)
+	ua := clip(hdr.UserAgent(), events.MaxUsedUserAgentLen)
+	path := clip(o.path, events.MaxUsedPathLen)
+	m, stdMethod := method(o.method)
+
+	// One buffer holds every copied string: they live exactly as long as
+	// the event that refers to them.
+	n := len(perm) + len(ua) + maxIPText + len(path)
+	if !stdMethod {
+		n += len(o.method)
 	}
-	if req.Path == "" {
-		req.Path = fastClientPath(ctx)
+	var own ownStrings
+	own.buf = make([]byte, 0, n)
+	req := verifier.Request{
+		Start:      start,
+		Key:        bearer(unsafeString(hdr.PeekCanonical(keyAuthorization))),
+		Permission: own.copy(perm),
+		IP:         own.ip(o),
+		UserAgent:  own.copy(ua),
+		Method:     m,
+	}
+	if !stdMethod {
+		req.Method = own.copy(o.method)
+	}
+	if o.ownedPath != "" {
+		req.Path = events.Clip(o.ownedPath, events.MaxUsedPathLen)
+	} else {
+		req.Path = own.copy(path)
 	}
 	res := h.v.Verify(&req)
 	// The key's memory is fasthttp's again after this handler: make sure
@@ -55,10 +74,46 @@ func (h *VerifierHandler) AuthzFastHTTP(ctx *fasthttp.RequestCtx) {
 	}
 	kh := res.Entry.Headers()
 	rh := &ctx.Response.Header
-	rh.Set("X-Key-Id", kh.ID[0])
-	rh.Set("X-Key-Owner", kh.Owner[0])
-	rh.Set("X-Key-Environment", kh.Environment[0])
+	rh.SetCanonical(keyKeyID, bytesView(kh.ID[0])) // the values are copied
+	rh.SetCanonical(keyKeyOwner, bytesView(kh.Owner[0]))
+	rh.SetCanonical(keyKeyEnvironment, bytesView(kh.Environment[0]))
 	ctx.SetStatusCode(http.StatusOK)
+}
+
+// Header names in the canonical form fasthttp stores them in (a Server
+// normalizes names unless DisableHeaderNamesNormalizing, which keyledger
+// never sets), for PeekCanonical: Peek would copy and normalize the name
+// on every call, a fifth of this handler's time (and SetCanonical: Set).
+var (
+	keyAuthorization      = []byte("Authorization")
+	keyRequiredPermission = []byte("X-Required-Permission")
+	keyKeyID              = []byte("X-Key-Id")
+	keyKeyOwner           = []byte("X-Key-Owner")
+	keyKeyEnvironment     = []byte("X-Key-Environment")
+)
+
+// ownStrings copies byte slices into strings sharing one buffer, sized in
+// advance so that the copies cost one allocation. (Were it to grow, the
+// strings made before would stay valid in the old array.)
+type ownStrings struct{ buf []byte }
+
+func (o *ownStrings) copy(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	i := len(o.buf)
+	o.buf = append(o.buf, b...)
+	return unsafe.String(&o.buf[i], len(b))
+}
+
+// ip is the recorded address of o: its canonical text.
+func (o *ownStrings) ip(f fastOrigin) string {
+	if !f.ip.IsValid() {
+		return f.ipText
+	}
+	i := len(o.buf)
+	o.buf = f.ip.AppendTo(o.buf)
+	return unsafe.String(&o.buf[i], len(o.buf)-i)
 }
 
 // unsafeString views b as a string without copying. Only for values that
@@ -70,61 +125,35 @@ func unsafeString(b []byte) string {
 	return unsafe.String(&b[0], len(b))
 }
 
-// clipString copies at most n bytes of b (see events.Clip), so that a
-// huge header is not copied whole only to be cut when it is published.
-func clipString(b []byte, n int) string {
+// clip cuts b to at most n bytes (see events.Clip), so that a huge header
+// is not copied whole only to be cut when it is published.
+func clip(b []byte, n int) []byte {
 	if len(b) > n {
-		return strings.Clone(events.Clip(unsafeString(b), n))
+		return bytesView(events.Clip(unsafeString(b), n))
 	}
-	return string(b)
+	return b
 }
 
-// firstPeek returns the first of two headers that is set, else def.
-func firstPeek(hdr *fasthttp.RequestHeader, a, b string, def []byte) []byte {
-	if v := hdr.Peek(a); len(v) > 0 {
-		return v
-	}
-	if v := hdr.Peek(b); len(v) > 0 {
-		return v
-	}
-	return def
-}
-
-// method returns the method as a string, without allocating for the
-// standard ones.
-func method(b []byte) string {
+// method returns the method as a string without allocating for the
+// standard ones (ok); any other is to be copied.
+func method(b []byte) (string, bool) {
 	switch string(b) {
 	case http.MethodGet:
-		return http.MethodGet
+		return http.MethodGet, true
 	case http.MethodPost:
-		return http.MethodPost
+		return http.MethodPost, true
 	case http.MethodPut:
-		return http.MethodPut
+		return http.MethodPut, true
 	case http.MethodPatch:
-		return http.MethodPatch
+		return http.MethodPatch, true
 	case http.MethodDelete:
-		return http.MethodDelete
+		return http.MethodDelete, true
 	case http.MethodHead:
-		return http.MethodHead
+		return http.MethodHead, true
 	case http.MethodOptions:
-		return http.MethodOptions
+		return http.MethodOptions, true
 	}
-	return string(b)
-}
-
-// fastClientIP is clientIP for fasthttp. What it returns is copied: the
-// headers' memory is fasthttp's again after the handler.
-func fastClientIP(ctx *fasthttp.RequestCtx) string {
-	hdr := &ctx.Request.Header
-	if ip := forwardedIP(unsafeString(hdr.Peek("X-Forwarded-For")), unsafeString(hdr.Peek("X-Real-Ip"))); ip != "" {
-		return strings.Clone(ip)
-	}
-	return ctx.RemoteIP().String()
-}
-
-// fastClientPath is clientPath for fasthttp, copied like fastClientIP.
-func fastClientPath(ctx *fasthttp.RequestCtx) string {
-	return strings.Clone(authzPath(unsafeString(ctx.RequestURI())))
+	return "", false
 }
 
 // fastWriter is the http.ResponseWriter WriteError writes a

@@ -40,7 +40,13 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 		case errors.As(err, &typ):
 			return keyledger.Errorf(keyledger.Invalid, "field %q must be of JSON type %s", typ.Field, typ.Type)
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			return keyledger.Errorf(keyledger.Invalid, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+			// The name is the caller's: shown only if it is short and
+			// not key-shaped (it comes quoted already).
+			name := strings.TrimPrefix(err.Error(), "json: unknown field ")
+			if len(name) > 66 || keyledger.LooksLikeSecret(name) {
+				name = "(name not shown)"
+			}
+			return keyledger.Errorf(keyledger.Invalid, "unknown field %s", name)
 		case errors.Is(err, io.ErrUnexpectedEOF):
 			return keyledger.Errorf(keyledger.Invalid, "request body is truncated JSON")
 		}

@@ -39,21 +39,23 @@ type Server struct {
 	err       error // set before done is closed
 }
 
-// NewServer returns the HTTP server of a node serving what o names.
+// NewServer returns the HTTP server of a node serving what o names: all
+// of it, or one listener's share (o.Endpoints).
 func NewServer(o RouterOptions) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	var authz *VerifierHandler
-	if o.Verifier != nil {
-		authz = NewVerifierHandler(o.Verifier)
+	if o.Verifier != nil && o.Endpoints.verifier() {
+		authz = NewVerifierHandlerTrusting(o.Verifier, o.TrustedProxies)
 	}
-	return newServer(authz, NewRouter(o), o.Logger)
+	return newServer(authz, NewRouter(o), o.Logger, o.Token)
 }
 
 // newServer answers forward auth with authz (nil: through rest too) and
-// everything else with rest.
-func newServer(authz *VerifierHandler, rest http.Handler, log *slog.Logger) *Server {
+// everything else with rest. secret (the admin token) is scrubbed from
+// whatever the HTTP library logs.
+func newServer(authz *VerifierHandler, rest http.Handler, log *slog.Logger, secret string) *Server {
 	s := &Server{log: log, done: make(chan struct{}), closing: make(chan struct{})}
 	adapted := fasthttpadaptor.NewFastHTTPHandler(ownRequest(rest))
 	s.fast = &fasthttp.Server{
@@ -62,7 +64,7 @@ func newServer(authz *VerifierHandler, rest http.Handler, log *slog.Logger) *Ser
 			// would end the process, and every node's verification with it.
 			defer func() {
 				if v := recover(); v != nil {
-					log.Error("panic serving request", "method", string(ctx.Method()), "path", string(ctx.Path()), "panic", v)
+					log.Error("panic serving request", "method", string(ctx.Method()), "path", redactSecrets(string(ctx.Path())), "panic", v)
 					FastHTTPInternalError(ctx)
 				}
 			}()
@@ -84,7 +86,11 @@ func newServer(authz *VerifierHandler, rest http.Handler, log *slog.Logger) *Ser
 		IdleTimeout:           120 * time.Second,
 		NoDefaultServerHeader: true,
 		CloseOnShutdown:       true,
-		Logger:                slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// A request fasthttp cannot parse is logged with its raw bytes
+		// otherwise: Authorization headers, keys and admin tokens among
+		// them.
+		SecureErrorLogMessage: true,
+		Logger:                libraryLogger{log: log, secret: secret},
 	}
 	return s
 }

@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	keyledger "github.com/keyledger/keyledger"
 )
 
 // A panic on the forward-auth path answers 500 in the error envelope, is
@@ -21,10 +25,10 @@ func TestHTTPServer_routesAndRecovers(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	rest := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusTeapot, map[string]string{"path": r.URL.Path, "ip": clientIP(r)})
+		WriteJSON(w, http.StatusTeapot, map[string]string{"path": r.URL.Path, "ip": ClientIP(r)})
 	})
 	// A handler without a verifier panics on its first request.
-	srv := newServer(NewVerifierHandler(nil), rest, log)
+	srv := newServer(NewVerifierHandler(nil), rest, log, "")
 	if err := srv.Open("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -67,10 +71,10 @@ func TestHTTPServer_requestStringsOwned(t *testing.T) {
 	type kept struct{ ua, path, query, ip string }
 	var got []kept
 	rest := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got = append(got, kept{r.Header.Get("User-Agent"), r.URL.Path, r.URL.RawQuery, clientIP(r)})
+		got = append(got, kept{r.Header.Get("User-Agent"), r.URL.Path, r.URL.RawQuery, ClientIP(r)})
 		w.WriteHeader(http.StatusNoContent)
 	})
-	srv := newServer(NewVerifierHandler(nil), rest, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := newServer(NewVerifierHandler(nil), rest, slog.New(slog.NewTextHandler(io.Discard, nil)), "")
 	if err := srv.Open("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +86,10 @@ func TestHTTPServer_requestStringsOwned(t *testing.T) {
 		}
 	}()
 	client := &http.Client{Timeout: 5 * time.Second} // one keep-alive connection
-	for _, s := range []string{"aaaaaaaa", "bbbbbbbb"} {
+	for i, s := range []string{"aaaaaaaa", "bbbbbbbb"} {
 		req, _ := http.NewRequest("GET", srv.URL()+"/v1/"+s+"?q="+s, nil)
 		req.Header.Set("User-Agent", "ua-"+s)
-		req.Header.Set("X-Forwarded-For", "10.0.0."+s[:1])
+		req.Header.Set("X-Forwarded-For", fmt.Sprintf("10.0.0.%d", i+1)) // from a loopback peer: believed
 		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -93,7 +97,7 @@ func TestHTTPServer_requestStringsOwned(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	want := kept{"ua-aaaaaaaa", "/v1/aaaaaaaa", "q=aaaaaaaa", "10.0.0.a"}
+	want := kept{"ua-aaaaaaaa", "/v1/aaaaaaaa", "q=aaaaaaaa", "10.0.0.1"}
 	if len(got) != 2 || got[0] != want {
 		t.Fatalf("kept %+v, want first %+v", got, want)
 	}
@@ -102,7 +106,7 @@ func TestHTTPServer_requestStringsOwned(t *testing.T) {
 // A server that stops serving by itself says so on Done and Err: that is
 // what makes a node exit instead of lingering without HTTP.
 func TestServer_stopReported(t *testing.T) {
-	srv := newServer(nil, http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv := newServer(nil, http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)), "")
 	if err := srv.Open("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +124,7 @@ func TestServer_stopReported(t *testing.T) {
 	}
 
 	// Close is not a failure.
-	srv2 := newServer(nil, http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv2 := newServer(nil, http.NotFoundHandler(), slog.New(slog.NewTextHandler(io.Discard, nil)), "")
 	if err := srv2.Open("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -180,5 +184,108 @@ func TestRetryListener(t *testing.T) {
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)), closing: make(chan struct{})}
 	if _, err := bad.Accept(); err == nil {
 		t.Fatal("a permanent error was retried")
+	}
+}
+
+// syncBuffer collects log output written by the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// No secret in any log line: requests fasthttp cannot read used to be
+// logged with their raw bytes (an Authorization header, the admin token),
+// and what fasthttp and its adaptor log on the server's behalf carries the
+// request line. A real server on loopback gets such requests; its log must
+// hold none of the secrets they carry.
+func TestServer_logsNoSecrets(t *testing.T) {
+	key, err := keyledger.DefaultFormat.New(keyledger.EnvLive, strings.NewReader(strings.Repeat("s", 4096)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const token = "kla_0123456789abcdef0123456789abcdef"
+	logs := &syncBuffer{}
+	srv := NewServer(RouterOptions{Token: token, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err := srv.Open("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Close(ctx)
+	}()
+	for _, tc := range []struct{ name, raw, logged string }{
+		{"attack: a truncated request", "GET /v1/keys HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer " + key + "\r\nX-Token: " + token + "\r\n",
+			"error when reading request headers"},
+		{"attack: a header line without a colon", "GET /v1/keys HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer " + token + "\r\nAuthorization Bearer " + key + "\r\n\r\n",
+			"missing colon"},
+		{"attack: the admin token in a line without a colon", "GET /v1/keys HTTP/1.1\r\nHost: a\r\nX-Debug " + token + "\r\n\r\n",
+			"missing colon"},
+		{"attack: a bad method", "G\x01T /v1/keys?api_key=" + key + " HTTP/1.1\r\nAuthorization: Basic " + token + "\r\n\r\n",
+			"unsupported http request method"},
+		{"attack: a bad content length", "GET /v1/keys?api_key=" + key + " HTTP/1.1\r\nHost: a\r\nContent-Length: zz\r\nAuthorization: Bearer " + key + "\r\n\r\n",
+			"content-length"},
+		{"attack: a URI net/http cannot parse", "GET /v1/keys/%zz?api_key=" + key + " HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer " + token + "\r\n\r\n",
+			"cannot parse requestURI"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(logs.String())
+			c, err := net.Dial("tcp", srv.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(c, tc.raw); err != nil {
+				t.Fatal(err)
+			}
+			c.(*net.TCPConn).CloseWrite()
+			resp, _ := io.ReadAll(c)
+			if strings.Contains(string(resp), key) || strings.Contains(string(resp), token) {
+				t.Fatalf("the answer carries a secret: %q", resp)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for !strings.Contains(logs.String()[before:], tc.logged) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the server never logged %q; logs:\n%s", tc.logged, logs.String())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if l := logs.String()[before:]; strings.Contains(l, key) || strings.Contains(l, key[9:25]) || strings.Contains(l, token) {
+				t.Fatalf("a secret is in the log:\n%s", l)
+			}
+		})
+	}
+}
+
+// The scrubber of library log lines, case by case.
+func TestScrubLogLine(t *testing.T) {
+	const tok = "sekrit-admin-token-123"
+	key := "fsk_live_OdQTOCTFHcsMURTIbMJeubMBSmrlYD1tzeqP"
+	for _, tc := range []struct{ in, want string }{
+		{"error: " + key, "error: REDACTED"},
+		{`"Authorization: bearer abc.def"`, `"Authorization: bearer REDACTED"`},
+		{`Basic dXNlcjpwYXNz\r\nHost`, `Basic REDACTED\r\nHost`},
+		{"x " + tok + " y", "x REDACTED y"},
+		{"no secret here", "no secret here"},
+		{"Bearer ", "Bearer "},
+		{strings.Repeat("a", 2000), strings.Repeat("a", maxLogLine) + "…(cut)"},
+		{"bad \xff byte", "bad ? byte"},
+	} {
+		if got := scrubLogLine(tc.in, tok); got != tc.want {
+			t.Errorf("scrubLogLine(%q) = %q, want %q", tc.in, got, tc.want)
+		}
 	}
 }

@@ -1,8 +1,8 @@
 package http
 
 import (
-	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -20,12 +20,31 @@ const MaxVerifyBody = 8 << 10
 //	ANY  /v1/authz    Authorization: Bearer …, X-Required-Permission: …
 //	GET  /healthz     the process is up
 //	GET  /readyz      the table is caught up and fresh
+//
+// The caller's address, and the method and path being authorized, go into
+// each verification's KeyUsed event. They are taken from a gateway's
+// headers (X-Forwarded-For, X-Real-IP, X-Forwarded-Method,
+// X-Original-Method, X-Forwarded-Uri, X-Original-Uri) only when the TCP
+// peer is a trusted proxy; anyone else's headers are their own word, and
+// the peer's address and the request's own method and path are recorded.
 type VerifierHandler struct {
-	v *verifier.Verifier
+	v       *verifier.Verifier
+	proxies *proxySet
 }
 
-// NewVerifierHandler returns the HTTP handler of v.
-func NewVerifierHandler(v *verifier.Verifier) *VerifierHandler { return &VerifierHandler{v: v} }
+// NewVerifierHandler returns the HTTP handler of v. It believes the
+// forwarded headers of loopback peers only (DefaultTrustedProxies): a
+// gateway on the same host.
+func NewVerifierHandler(v *verifier.Verifier) *VerifierHandler {
+	return NewVerifierHandlerTrusting(v, nil)
+}
+
+// NewVerifierHandlerTrusting returns the HTTP handler of v believing the
+// forwarded headers of the peers in trusted (nil: DefaultTrustedProxies;
+// empty: nobody's).
+func NewVerifierHandlerTrusting(v *verifier.Verifier, trusted []netip.Prefix) *VerifierHandler {
+	return &VerifierHandler{v: v, proxies: newProxySet(trusted)}
+}
 
 // VerifierPaths lists the paths VerifierHandler serves, for muxes that mount it.
 var VerifierPaths = []string{"/v1/verify", "/v1/authz", "/v1/authz/", "/healthz", "/readyz"}
@@ -40,8 +59,8 @@ func (h *VerifierHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/healthz":
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	case "/readyz":
-		if !h.v.Ready() {
-			WriteError(w, verifier.ErrNotReady)
+		if err := h.v.ReadyError(); err != nil {
+			WriteError(w, err)
 			return
 		}
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -52,25 +71,23 @@ func (h *VerifierHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.authz(w, r)
 			return
 		}
-		WriteError(w, keyledger.Errorf(keyledger.NotFound, "no such endpoint: %s", r.URL.Path))
+		WriteError(w, errNoEndpoint(r.URL.Path))
 	}
 }
 
 // authz is the forward-auth endpoint. Any method is accepted because
 // gateways forward the client's method.
 func (h *VerifierHandler) authz(w http.ResponseWriter, r *http.Request) {
+	start := h.v.Start()
+	o := h.proxies.originOf(r)
 	req := verifier.Request{
-		Start:      h.v.Start(),
+		Start:      start,
 		Key:        bearer(header(r, "Authorization")),
 		Permission: header(r, "X-Required-Permission"),
-		IP:         clientIP(r),
+		IP:         o.ip,
 		UserAgent:  header(r, "User-Agent"),
-		Method:     firstHeader(r, "X-Forwarded-Method", "X-Original-Method", r.Method),
-		Path:       firstHeader(r, "X-Forwarded-Uri", "X-Original-Uri", ""),
-	}
-	if req.Path == "" {
-		// Built only when no gateway header names the path: it allocates.
-		req.Path = clientPath(r)
+		Method:     o.method,
+		Path:       o.path,
 	}
 	res := h.v.Verify(&req)
 	if !res.Valid() {
@@ -115,7 +132,7 @@ func (h *VerifierHandler) verify(w http.ResponseWriter, r *http.Request) {
 		Start:      start,
 		Key:        body.Key,
 		Permission: body.Permission,
-		IP:         clientIP(r),
+		IP:         h.proxies.clientIP(r),
 		UserAgent:  header(r, "User-Agent"),
 		Method:     r.Method,
 		Path:       r.URL.Path,
@@ -151,46 +168,19 @@ func bearer(h string) string {
 	return ""
 }
 
-// ClientIP is the caller of r as the gateway saw it (see clientIP).
-func ClientIP(r *http.Request) string { return clientIP(r) }
+// ClientIP is the caller of r: the client a gateway names when r comes
+// from one of DefaultTrustedProxies, else r's peer. (Handlers use their own
+// trusted proxies, RouterOptions.TrustedProxies.)
+func ClientIP(r *http.Request) string { return defaultProxies.clientIP(r) }
 
-// clientIP is the caller as the gateway saw it: the first X-Forwarded-For
-// hop, else X-Real-IP, else the connection's peer. Only gateways should be
-// able to reach a verifier, since these headers are the client's word.
-func clientIP(r *http.Request) string {
-	if ip := forwardedIP(header(r, "X-Forwarded-For"), header(r, "X-Real-Ip")); ip != "" {
-		return ip
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
-// forwardedIP is the client a gateway names: the first X-Forwarded-For
-// hop, else X-Real-IP; "" when neither header is set. The result may be a
-// substring of its arguments.
-func forwardedIP(xff, realIP string) string {
-	if xff != "" {
-		if i := strings.IndexByte(xff, ','); i >= 0 {
-			xff = xff[:i]
-		}
-		return strings.TrimSpace(xff)
-	}
-	return realIP
-}
-
-// clientPath is the path being authorized when no gateway header names it
-// (see authzPath).
-func clientPath(r *http.Request) string { return authzPath(r.URL.RequestURI()) }
+var defaultProxies = newProxySet(nil)
 
 // authzPath is the path being authorized, from the request URI of the
 // forward-auth request itself: the part after /v1/authz (Envoy), else the
-// URI. The result may be uri itself.
+// URI. The result is a substring of uri (no allocation).
 func authzPath(uri string) string {
-	if p, ok := strings.CutPrefix(uri, "/v1/authz/"); ok {
-		return "/" + p
+	if strings.HasPrefix(uri, "/v1/authz/") {
+		return uri[len("/v1/authz"):]
 	}
 	return uri
 }
@@ -210,15 +200,3 @@ func header(r *http.Request, canonicalKey string) string {
 // they are canonical.
 var headerKeys = []string{"Authorization", "X-Required-Permission", "User-Agent", "X-Forwarded-For", "X-Real-Ip",
 	"X-Forwarded-Method", "X-Original-Method", "X-Forwarded-Uri", "X-Original-Uri"}
-
-// firstHeader returns the first of two headers (canonical keys) that is
-// set, else def.
-func firstHeader(r *http.Request, a, b, def string) string {
-	if v := header(r, a); v != "" {
-		return v
-	}
-	if v := header(r, b); v != "" {
-		return v
-	}
-	return def
-}

@@ -38,9 +38,10 @@ func TestHandler_authz(t *testing.T) {
 
 	t.Run("valid key: 200 with identity headers", func(t *testing.T) {
 		r := httptest.NewRequest("GET", "/v1/authz", nil)
+		r.RemoteAddr = "127.0.0.1:40000" // a gateway on the same host: trusted by default
 		r.Header.Set("Authorization", "Bearer "+live)
 		r.Header.Set("X-Required-Permission", "workflows:read")
-		r.Header.Set("X-Forwarded-For", "203.0.113.7, 10.0.0.1")
+		r.Header.Set("X-Forwarded-For", "203.0.113.7")
 		r.Header.Set("X-Forwarded-Method", "DELETE")
 		r.Header.Set("X-Forwarded-Uri", "/api/workflows/42")
 		r.Header.Set("User-Agent", "sdk/1.0")
@@ -59,6 +60,7 @@ func TestHandler_authz(t *testing.T) {
 	})
 	t.Run("nginx original headers and lower-case scheme", func(t *testing.T) {
 		r := httptest.NewRequest("GET", "/v1/authz", nil)
+		r.RemoteAddr = "[::1]:40000"
 		r.Header.Set("Authorization", "bearer "+live)
 		r.Header.Set("X-Real-IP", "198.51.100.9")
 		r.Header.Set("X-Original-Method", "POST")

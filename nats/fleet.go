@@ -2,15 +2,20 @@ package nats
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
 	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 // NodesSubjectPrefix + node name is where a node announces its state.
@@ -28,9 +33,20 @@ const HeartbeatInterval = time.Second
 // NodeTimeout is how long a node may stay silent before registries drop it.
 const NodeTimeout = 3 * HeartbeatInterval
 
+// HeaderSignature carries a heartbeat's signature: base64 of the Ed25519
+// signature, by the node's own nkey, over the message body.
+const HeaderSignature = "Keyledger-Signature"
+
 // NodeStatus is a node's heartbeat: who it is and how far it has applied
 // the ledger. It travels as JSON on plain NATS (not a stream): it is only
 // worth anything while fresh.
+//
+// A heartbeat is what `applied_by n/m` counts, so it must not be forgeable:
+// the server lets only node N publish on keyledger.nodes.N, and the body is
+// signed with N's nkey, which a registry checks against the fleet file. A
+// process outside the fleet cannot announce itself, and no node can speak
+// for another; what a node says of itself is its own to lie about (a
+// compromised verifier can serve revoked keys whatever it announces).
 type NodeStatus struct {
 	Name        string                `json:"name"`
 	Role        string                `json:"role"`
@@ -47,6 +63,7 @@ type NodeStatus struct {
 // applied event within a round trip.
 type Announcer struct {
 	nc     *natsgo.Conn
+	id     *Identity
 	ping   *natsgo.Subscription
 	status func() NodeStatus
 	kick   chan struct{}
@@ -59,12 +76,13 @@ type Announcer struct {
 	interval time.Duration
 }
 
-// NewAnnouncer returns an announcer of status on nc. Call Start.
-func NewAnnouncer(nc *natsgo.Conn, status func() NodeStatus, log *slog.Logger) *Announcer {
+// NewAnnouncer returns an announcer of status on nc, signing as id (whose
+// name must be the status's). Call Start.
+func NewAnnouncer(nc *natsgo.Conn, id *Identity, status func() NodeStatus, log *slog.Logger) *Announcer {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Announcer{nc: nc, status: status, kick: make(chan struct{}, 1), log: log, interval: HeartbeatInterval}
+	return &Announcer{nc: nc, id: id, status: status, kick: make(chan struct{}, 1), log: log, interval: HeartbeatInterval}
 }
 
 // Notify asks for an announcement now. It never blocks.
@@ -106,7 +124,15 @@ func (a *Announcer) announce() {
 		a.log.Error("heartbeat not encodable", "err", err)
 		return
 	}
-	if err := a.nc.Publish(NodesSubjectPrefix+st.Name, b); err != nil {
+	sig, err := a.id.Sign(b)
+	if err != nil {
+		a.log.Error("heartbeat not signed", "err", err)
+		return
+	}
+	m := natsgo.NewMsg(NodesSubjectPrefix + st.Name)
+	m.Data = b
+	m.Header.Set(HeaderSignature, base64.StdEncoding.EncodeToString(sig))
+	if err := a.nc.PublishMsg(m); err != nil {
 		a.log.Debug("heartbeat not sent", "err", err)
 	}
 }
@@ -130,6 +156,10 @@ func (a *Announcer) Close(ctx context.Context) error {
 
 // Registry follows the heartbeats of every node.
 type Registry struct {
+	keys     map[string]nkeys.KeyPair // public keys of the nodes that may announce
+	rejected atomic.Uint64
+	log      *slog.Logger
+
 	mu      sync.Mutex
 	nodes   map[string]nodeEntry
 	changed chan struct{} // closed and replaced on every heartbeat
@@ -142,9 +172,24 @@ type nodeEntry struct {
 	seen   time.Time
 }
 
-// NewRegistry subscribes to heartbeats on nc.
-func NewRegistry(nc *natsgo.Conn) (*Registry, error) {
-	r := &Registry{nodes: make(map[string]nodeEntry), changed: make(chan struct{}), now: time.Now}
+// NewRegistry subscribes to heartbeats on nc and believes those signed by
+// the admin and verifier members of fleet.
+func NewRegistry(nc *natsgo.Conn, fleet *Fleet, log *slog.Logger) (*Registry, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &Registry{nodes: make(map[string]nodeEntry), changed: make(chan struct{}), now: time.Now,
+		keys: map[string]nkeys.KeyPair{}, log: log}
+	for _, m := range fleet.Members {
+		if !m.Has(RoleAdmin) && !m.Has(RoleVerifier) {
+			continue
+		}
+		kp, err := nkeys.FromPublicKey(m.NKey)
+		if err != nil {
+			return nil, keyledger.Errorf(keyledger.Invalid, "fleet: member %q: bad nkey", m.Name)
+		}
+		r.keys[m.Name] = kp
+	}
 	sub, err := nc.Subscribe(NodesSubjectPrefix+"*", r.handle)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot follow node heartbeats")
@@ -162,16 +207,73 @@ func NewRegistry(nc *natsgo.Conn) (*Registry, error) {
 }
 
 func (r *Registry) handle(m *natsgo.Msg) {
-	var st NodeStatus
-	if err := json.Unmarshal(m.Data, &st); err != nil || st.Name == "" {
+	st, err := r.check(m)
+	if err != nil {
+		// Once per node name and reason would be kinder to logs, but a
+		// forged heartbeat is rare and worth seeing each time.
+		if r.rejected.Add(1) <= 100 {
+			r.log.Error("heartbeat rejected", "subject", clip(m.Subject, 100), "reason", err.Error())
+		}
+		r.mu.Lock()
+		r.signalLocked()
+		r.mu.Unlock()
 		return
 	}
 	r.mu.Lock()
+	if old, ok := r.nodes[st.Name]; ok && st.At.Before(old.status.At) {
+		// A replayed heartbeat says less than the one already heard.
+		r.rejected.Add(1)
+		r.signalLocked()
+		r.mu.Unlock()
+		return
+	}
 	r.nodes[st.Name] = nodeEntry{status: st, seen: r.now()}
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.mu.Unlock()
 }
+
+// signalLocked wakes everyone waiting for news of the fleet.
+func (r *Registry) signalLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// check returns the heartbeat in m if the node it names signed it and
+// published it on its own subject.
+func (r *Registry) check(m *natsgo.Msg) (NodeStatus, error) {
+	var st NodeStatus
+	name := strings.TrimPrefix(m.Subject, NodesSubjectPrefix)
+	kp, ok := r.keys[name]
+	if !ok {
+		return st, errors.New("not a node of the fleet")
+	}
+	sig, err := base64.StdEncoding.DecodeString(m.Header.Get(HeaderSignature))
+	if err != nil || len(sig) == 0 {
+		return st, errors.New("unsigned")
+	}
+	if kp.Verify(m.Data, sig) != nil {
+		return st, errors.New("bad signature")
+	}
+	if err := json.Unmarshal(m.Data, &st); err != nil {
+		return st, errors.New("malformed")
+	}
+	if st.Name != name {
+		return st, errors.New("names another node")
+	}
+	return st, nil
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// Rejected counts heartbeats refused: unsigned, forged, from outside the
+// fleet, or replayed.
+func (r *Registry) Rejected() uint64 { return r.rejected.Load() }
 
 // Close unsubscribes.
 func (r *Registry) Close() error { return r.sub.Unsubscribe() }

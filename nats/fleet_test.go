@@ -6,31 +6,65 @@ package nats
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	mrand "math/rand/v2"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"errors"
 
 	keyledger "github.com/keyledger/keyledger"
 	natsgo "github.com/nats-io/nats.go"
 )
 
-// startFleetServer starts an embedded server and returns a connection to
-// it; both end with the test.
-func startFleetServer(t *testing.T) *natsgo.Conn {
+// fleetServer is an embedded server with authentication on and the
+// credentials of its fleet: op (operator), reg (admin), n1 and n2
+// (verifiers).
+type fleetServer struct {
+	srv   *Server
+	fleet *Fleet
+	creds string
+}
+
+// startFleetServer starts an embedded server; it ends with the test.
+func startFleetServer(t *testing.T) *fleetServer {
 	t.Helper()
-	srv, err := StartServer(ServerConfig{Name: "fleet-test", StoreDir: t.TempDir()})
+	creds := t.TempDir()
+	fleet, err := GenerateFleet(creds, []Member{
+		{Name: "op", Roles: []Role{RoleOperator}}, {Name: "reg", Roles: []Role{RoleAdmin}},
+		{Name: "n1", Roles: []Role{RoleVerifier}}, {Name: "n2", Roles: []Role{RoleVerifier}},
+	}, false, mrand.NewChaCha8([32]byte{1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := StartServer(ServerConfig{Name: "fleet-test", StoreDir: t.TempDir(), Fleet: fleet})
 	if err != nil {
 		t.Fatalf("start embedded NATS: %v", err)
 	}
-	nc, err := srv.Connect("fleet-test")
+	t.Cleanup(srv.Stop)
+	return &fleetServer{srv: srv, fleet: fleet, creds: creds}
+}
+
+func (f *fleetServer) identity(t *testing.T, name string) *Identity {
+	t.Helper()
+	id, err := LoadIdentity(filepath.Join(f.creds, name+".nk"), name)
 	if err != nil {
-		srv.Stop()
-		t.Fatalf("connect: %v", err)
+		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		nc.Close()
-		srv.Stop()
-	})
+	return id
+}
+
+// connect connects as a member; the connection ends with the test.
+func (f *fleetServer) connect(t *testing.T, name string) *natsgo.Conn {
+	t.Helper()
+	nc, err := f.srv.Connect(f.identity(t, name))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", name, err)
+	}
+	t.Cleanup(nc.Close)
 	return nc
 }
 
@@ -55,10 +89,11 @@ func waitLive(t *testing.T, r *Registry, timeout time.Duration, msg string) []No
 }
 
 func TestRegistry(t *testing.T) {
-	nc := startFleetServer(t)
+	fs := startFleetServer(t)
+	nc := fs.connect(t, "reg")
 	var seq atomic.Uint64 // read by the announcer's goroutine
 	seq.Store(5)
-	a := NewAnnouncer(nc, func() NodeStatus {
+	a := NewAnnouncer(fs.connect(t, "n1"), fs.identity(t, "n1"), func() NodeStatus {
 		return NodeStatus{Name: "n1", Role: "verifier", Environment: keyledger.EnvLive, LastSeq: seq.Load(), CaughtUp: true, At: time.Now()}
 	}, nil)
 	// No periodic heartbeat during the test: after the one at Start, n1
@@ -83,7 +118,7 @@ func TestRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r, err := NewRegistry(nc)
+	r, err := NewRegistry(nc, fs.fleet, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,5 +148,127 @@ func TestRegistry(t *testing.T) {
 	defer cancel2()
 	if got := r.WaitApplied(ctx2, 6); got.String() != "1/1" || len(got.Pending) != 0 {
 		t.Fatalf("after: %+v", got)
+	}
+}
+
+// TestForgedHeartbeats is the attack on applied_by: heartbeats that claim
+// a node applied an event it has not. Before heartbeats were signed and
+// subjects bound to their publisher, each of these made WaitApplied count
+// n1 as having applied sequence 99.
+func TestForgedHeartbeats(t *testing.T) {
+	fs := startFleetServer(t)
+	op := fs.connect(t, "op") // can publish anything: the bus is not the only guard
+	r, err := NewRegistry(fs.connect(t, "reg"), fs.fleet, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	n1 := fs.identity(t, "n1")
+	n2 := fs.identity(t, "n2")
+	claim := func(name string) []byte {
+		b, _ := json.Marshal(NodeStatus{Name: name, Role: "verifier", LastSeq: 99, CaughtUp: true, At: time.Now()})
+		return b
+	}
+	signed := func(id *Identity, b []byte) string {
+		sig, err := id.Sign(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.StdEncoding.EncodeToString(sig)
+	}
+	body := claim("n1")
+	for _, tc := range []struct {
+		name, subject, sig string
+		body               []byte
+	}{
+		{"unsigned", "keyledger.nodes.n1", "", body},
+		{"signed by another node", "keyledger.nodes.n1", signed(n2, body), body},
+		{"garbage signature", "keyledger.nodes.n1", "AAAA", body},
+		{"n1's signature on another body", "keyledger.nodes.n1", signed(n1, claim("n1 ")), body},
+		{"a node outside the fleet", "keyledger.nodes.ghost", signed(n1, claim("ghost")), claim("ghost")},
+		{"n2 speaking for n1 on its own subject", "keyledger.nodes.n2", signed(n2, body), body},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := r.Rejected()
+			m := natsgo.NewMsg(tc.subject)
+			m.Data = tc.body
+			if tc.sig != "" {
+				m.Header.Set(HeaderSignature, tc.sig)
+			}
+			if err := op.PublishMsg(m); err != nil {
+				t.Fatal(err)
+			}
+			// The registry handles messages in order: once a later,
+			// genuine heartbeat is in, the forged one has been judged.
+			waitRejected(t, r, before+1)
+			for _, n := range r.Live() {
+				if n.LastSeq == 99 {
+					t.Fatalf("forged heartbeat believed: %+v", n)
+				}
+			}
+		})
+	}
+
+	t.Run("the server refuses n2 publishing on n1's subject", func(t *testing.T) {
+		watch := make(chan *natsgo.Msg, 4)
+		sub, err := op.ChanSubscribe("keyledger.nodes.n1", watch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		if err := op.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 1)
+		nc2, err := fs.srv.Connect(n2, natsgo.ErrorHandler(func(_ *natsgo.Conn, _ *natsgo.Subscription, err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc2.Close()
+		m := natsgo.NewMsg("keyledger.nodes.n1")
+		m.Data = body
+		m.Header.Set(HeaderSignature, signed(n2, body))
+		if err := nc2.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-errs:
+			if !errors.Is(err, natsgo.ErrPermissionViolation) {
+				t.Fatalf("async error %v, want a permissions violation", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the server accepted n2's publish on keyledger.nodes.n1")
+		}
+		if err := op.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-watch:
+			t.Fatal("n2's message reached keyledger.nodes.n1")
+		default:
+		}
+	})
+}
+
+func waitRejected(t *testing.T, r *Registry, n uint64) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		r.mu.Lock()
+		ch := r.changed
+		r.mu.Unlock()
+		if r.Rejected() >= n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("heartbeat not rejected (rejected %d, want %d)", r.Rejected(), n)
+		}
 	}
 }

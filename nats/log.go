@@ -16,6 +16,14 @@ import (
 type Record struct {
 	Seq   uint64
 	Event events.Event
+	// Signer names the key that signed the event ("" for an unsigned
+	// event adopted with Keyring.TrustUnsignedThrough).
+	Signer string
+	// Rejected, when not "", is why no node applies this event
+	// (events.RejectReason): it is in the stream but not in the ledger.
+	// History returns such events so that an audit sees them; Last
+	// skips none, since the sequence still orders writes.
+	Rejected string
 }
 
 // Log is the KEYS stream seen as a ledger: append with optimistic
@@ -23,18 +31,24 @@ type Record struct {
 type Log struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
+	signer *events.Signer
+	ring   *events.Keyring
 	// retries of an append whose outcome is unknown (timeout, no responders).
 	retries int
 	backoff time.Duration
 }
 
-// OpenLog returns the ledger on an existing KEYS stream.
-func OpenLog(ctx context.Context, js jetstream.JetStream) (*Log, error) {
+// OpenLog returns the ledger on an existing KEYS stream. Appends are
+// signed by signer; reads are checked against ring.
+func OpenLog(ctx context.Context, js jetstream.JetStream, signer *events.Signer, ring *events.Keyring) (*Log, error) {
+	if signer == nil || ring == nil {
+		return nil, keyledger.Errorf(keyledger.Internal, "the ledger needs a signing key and a keyring")
+	}
 	s, err := js.Stream(ctx, KeysStream)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "KEYS stream is not available")
 	}
-	return &Log{js: js, stream: s, retries: 5, backoff: 50 * time.Millisecond}, nil
+	return &Log{js: js, stream: s, signer: signer, ring: ring, retries: 5, backoff: 50 * time.Millisecond}, nil
 }
 
 // ErrConflict is returned by Append when the key's subject has moved past
@@ -54,6 +68,9 @@ func (l *Log) Append(ctx context.Context, ev events.Event, expect uint64) (uint6
 	h := ev.Head()
 	data, err := events.Encode(ev)
 	if err != nil {
+		return 0, err
+	}
+	if data, err = l.signer.Seal(data); err != nil {
 		return 0, err
 	}
 	subj := KeySubject(h.KeyID)
@@ -134,11 +151,34 @@ func (l *Log) Last(ctx context.Context, keyID string) (Record, error) {
 	if err != nil {
 		return Record{}, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the ledger")
 	}
-	ev, err := events.Decode(m.Data)
+	return l.record(keyID, m)
+}
+
+// record opens a stored event: checked against the keyring and its
+// subject, decoded whether or not it passed, so that a forgery can be
+// shown for what it is.
+func (l *Log) record(keyID string, m *jetstream.RawStreamMsg) (Record, error) {
+	r := Record{Seq: m.Sequence}
+	data, signer, err := l.ring.Open(m.Data, m.Sequence)
 	if err != nil {
-		return Record{}, keyledger.Wrap(keyledger.Internal, err, "undecodable event in the ledger")
+		r.Rejected = events.RejectReason(err)
+		data = events.Unseal(m.Data)
 	}
-	return Record{Seq: m.Sequence, Event: ev}, nil
+	r.Signer = signer
+	ev, derr := events.Decode(data)
+	if derr != nil {
+		if r.Rejected != "" {
+			// A forgery that does not even decode: nothing to show
+			// but that it is there.
+			return Record{}, keyledger.Errorf(keyledger.Internal, "undecodable, rejected event at sequence %d (%s)", m.Sequence, r.Rejected)
+		}
+		return Record{}, keyledger.Wrap(keyledger.Internal, derr, "undecodable event in the ledger")
+	}
+	if r.Rejected == "" && ev.Head().KeyID != keyID {
+		r.Rejected = events.RejectReason(events.ErrSubjectMismatch)
+	}
+	r.Event = ev
+	return r, nil
 }
 
 // History returns every event of a key in stream order: its audit trail.
@@ -156,11 +196,11 @@ func (l *Log) History(ctx context.Context, keyID string) ([]Record, error) {
 		if err != nil {
 			return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the ledger")
 		}
-		ev, err := events.Decode(m.Data)
+		r, err := l.record(keyID, m)
 		if err != nil {
-			return nil, keyledger.Wrap(keyledger.Internal, err, "undecodable event in the ledger")
+			return nil, err
 		}
-		out = append(out, Record{Seq: m.Sequence, Event: ev})
+		out = append(out, r)
 		seq = m.Sequence + 1
 	}
 	if len(out) == 0 {

@@ -2,6 +2,7 @@ package nats
 
 import (
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,11 @@ type ServerConfig struct {
 	Cluster     string
 	ClusterName string
 	Routes      []string
+	// Fleet is who may connect and what each member may do. It is
+	// required: the server never accepts an anonymous client, on any
+	// listener, nor an unauthenticated route (a cluster needs
+	// Fleet.Routes).
+	Fleet *Fleet
 }
 
 func splitHostPort(what, hp string) (string, int, error) {
@@ -56,6 +62,12 @@ type Server struct {
 // StartServer starts an embedded NATS server and waits until it accepts
 // connections.
 func StartServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Fleet == nil {
+		return nil, keyledger.Errorf(keyledger.Invalid, "the embedded NATS server needs a fleet file: it accepts no anonymous clients")
+	}
+	if err := cfg.Fleet.Validate(); err != nil {
+		return nil, err
+	}
 	opts := &server.Options{
 		ServerName:   cfg.Name,
 		JetStream:    true,
@@ -64,6 +76,10 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		SyncInterval: cfg.SyncInterval,
 		NoSigs:       true, // keyledger handles signals itself
 		NoLog:        true,
+		// Authentication on every client connection, in-process ones
+		// included: no NoAuthUser, so a client without an nkey is
+		// refused.
+		Nkeys: nkeyUsers(cfg.Fleet),
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
@@ -89,9 +105,20 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		if name == "" {
 			name = "keyledger"
 		}
-		opts.Cluster = server.ClusterOpts{Name: name, Host: host, Port: p}
-		if len(cfg.Routes) > 0 {
-			opts.Routes = server.RoutesFromStr(strings.Join(cfg.Routes, ","))
+		ra := cfg.Fleet.Routes
+		if ra == nil {
+			return nil, keyledger.Errorf(keyledger.Invalid, "--cluster needs route credentials: generate the fleet with routes (keyledger creds generate --routes)")
+		}
+		opts.Cluster = server.ClusterOpts{Name: name, Host: host, Port: p, Username: ra.Username, Password: ra.Password}
+		for _, r := range cfg.Routes {
+			u, err := url.Parse(strings.TrimSpace(r))
+			if err != nil || u.Host == "" {
+				return nil, keyledger.Errorf(keyledger.Invalid, "--routes: %q is not a nats-route://host:port URL", r)
+			}
+			// Routes authenticate with the fleet's credentials; a
+			// password in the flag would end up in process listings.
+			u.User = url.UserPassword(ra.Username, ra.Password)
+			opts.Routes = append(opts.Routes, u)
 		}
 	}
 	s, err := server.NewServer(opts)
@@ -108,10 +135,19 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	return &Server{s}, nil
 }
 
-// Connect returns a client connection to the server: in-process (no socket)
-// when it does not listen.
-func (s *Server) Connect(name string, opts ...natsgo.Option) (*natsgo.Conn, error) {
-	opts = append([]natsgo.Option{natsgo.Name(name), natsgo.InProcessServer(s.Server)}, opts...)
+// nkeyUsers turns the fleet into the server's users.
+func nkeyUsers(f *Fleet) []*server.NkeyUser {
+	users := make([]*server.NkeyUser, 0, len(f.Members))
+	for _, m := range f.Members {
+		users = append(users, &server.NkeyUser{Nkey: m.NKey, Permissions: Permissions(m)})
+	}
+	return users
+}
+
+// Connect returns a client connection to the server, authenticated as id:
+// in-process (no socket).
+func (s *Server) Connect(id *Identity, opts ...natsgo.Option) (*natsgo.Conn, error) {
+	opts = append(append([]natsgo.Option{natsgo.Name("keyledger " + id.Name), natsgo.InProcessServer(s.Server)}, id.Options()...), opts...)
 	nc, err := natsgo.Connect("", opts...)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to embedded NATS server")

@@ -134,8 +134,9 @@ func UsageStreamConfig(c StreamConfig) jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates or updates both streams. It is idempotent, so every
-// node may call it at start. In a cluster that is still electing its
+// EnsureStreams creates both streams when missing and brings USAGE to c;
+// an existing KEYS is left as it is (see KeysStreamConfig). It is
+// idempotent, so every admin node calls it at start. In a cluster that is still electing its
 // JetStream meta leader it retries until ctx ends.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) error {
 	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c)} {
@@ -143,7 +144,16 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 			// Each attempt gets its own deadline: a request sent before
 			// the cluster has a meta leader gets no answer at all.
 			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			if s, err := js.Stream(actx, cfg.Name); err == nil {
+			s, err := js.Stream(actx, cfg.Name)
+			if err == nil && cfg.Name == KeysStream {
+				// KEYS exists: no node changes it. Only the operator
+				// may update the ledger's stream (an update is how its
+				// history would be cut), and the admin role is refused
+				// STREAM.UPDATE.KEYS by the server.
+				cancel()
+				break
+			}
+			if err == nil {
 				old := s.CachedInfo().Config
 				// The persist mode of a stream cannot change; keep the
 				// existing one rather than refuse to start.
@@ -153,7 +163,12 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 				// not strip a cluster's ledger down to one copy.
 				cfg.Replicas = max(cfg.Replicas, old.Replicas)
 			}
-			_, err := js.CreateOrUpdateStream(actx, cfg)
+			switch {
+			case errors.Is(err, jetstream.ErrStreamNotFound):
+				_, err = js.CreateStream(actx, cfg)
+			case err == nil:
+				_, err = js.UpdateStream(actx, cfg)
+			}
 			cancel()
 			if err == nil {
 				break
@@ -162,7 +177,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 			// A configuration the server refuses is final; a cluster
 			// without quorum, peers or a leader yet (503s, no peers
 			// 10005, insufficient resources 10023) is worth waiting for.
-			if errors.As(err, &apiErr) && apiErr.Code == 400 && apiErr.ErrorCode != 10005 && apiErr.ErrorCode != 10023 {
+			// Another admin node created it first: look again.
+			raced := errors.Is(err, jetstream.ErrStreamNameAlreadyInUse)
+			if !raced && errors.As(err, &apiErr) && apiErr.Code == 400 && apiErr.ErrorCode != 10005 && apiErr.ErrorCode != 10023 {
 				return keyledger.Wrap(keyledger.Invalid, err, fmt.Sprintf("cannot create stream %s: %s", cfg.Name, apiErr.Description))
 			}
 			select {

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/verifier"
 )
 
@@ -51,6 +52,19 @@ func ClusterConfigs(n int, dir, token string, log *slog.Logger) ([]Config, error
 	}
 	replicas := min(n, 3)
 	cfgs := make([]Config, n)
+	// One fleet for all: each node's nkey and signing key, the route
+	// password, and the keyring trusting every node's signing key; and
+	// two verifiers, v1 and v2, that may follow the cluster (--role
+	// verifier with Credentials set to the same directory).
+	creds := filepath.Join(dir, "credentials")
+	members := []nats.Member{{Name: "operator", Roles: []nats.Role{nats.RoleOperator}},
+		{Name: "v1", Roles: []nats.Role{nats.RoleVerifier}}, {Name: "v2", Roles: []nats.Role{nats.RoleVerifier}}}
+	for i := range n {
+		members = append(members, nats.Member{Name: fmt.Sprintf("n%d", i+1), Roles: []nats.Role{nats.RoleAdmin, nats.RoleAnalytics}})
+	}
+	if err := GenerateCredentials(creds, members, n > 1, nil); err != nil {
+		return nil, err
+	}
 	for i := range n {
 		var routes []string
 		for j := range n {
@@ -64,7 +78,7 @@ func ClusterConfigs(n int, dir, token string, log *slog.Logger) ([]Config, error
 			NATSListen: fmt.Sprintf("127.0.0.1:%d", ports[i]), Cluster: fmt.Sprintf("127.0.0.1:%d", ports[n+i]),
 			ClusterName: "keyledger", Routes: routes, Replicas: replicas, Sync: "always", AdminToken: token,
 			Prefix: keyledger.DefaultPrefix, Permissions: keyledger.DefaultPermissions, TestRateLimit: verifier.DefaultTestRateLimit,
-			Name: name, Logger: log.With("node", name),
+			Name: name, Logger: log.With("node", name), Credentials: creds,
 		}
 		if n == 1 {
 			// One node is a standalone server: a JetStream cluster of one

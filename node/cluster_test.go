@@ -272,6 +272,7 @@ func TestCluster_faults(t *testing.T) {
 			Role: node.RoleVerifier, DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", Environment: c.Configs[0].Environment,
 			NATSURL: "nats://" + c.Configs[0].NATSListen, Prefix: c.Configs[0].Prefix, Permissions: c.Configs[0].Permissions,
 			TestRateLimit: c.Configs[0].TestRateLimit, Name: "v1", Logger: c.Configs[0].Logger, // Replicas left at the default 1
+			Credentials: c.Configs[0].Credentials,
 		})
 		vc := &nodetest.Caller{T: t, Base: v.URL()}
 		nodetest.WaitReady(t, vc)

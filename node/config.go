@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -30,28 +31,39 @@ func configErr(format string, args ...any) error {
 // Config is everything a node is told. Its fields are the flags of
 // `keyledger serve`, which the messages of Validate name.
 type Config struct {
-	Role            string // RoleAdmin (default) or RoleVerifier
-	DataDir         string
-	HTTPAddr        string
-	Environment     keyledger.Environment
-	NATSURL         string // an existing NATS deployment; "" runs an embedded server
-	NATSListen      string // where the embedded server listens; "" in-process only
-	Cluster         string
-	ClusterName     string
-	Routes          []string
-	Replicas        int
-	Sync            string // "always" or a duration
-	AdminToken      string // "" generates one into DataDir/admin-token
-	Prefix          string
-	Permissions     []string
-	TestRateLimit   keyledger.RateLimit
-	Name            string
-	UsageMaxAge     time.Duration
-	UsageLinger     time.Duration
-	MaxStaleness    time.Duration
-	FailOpen        bool
-	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	Role        string // RoleAdmin (default) or RoleVerifier
+	DataDir     string
+	HTTPAddr    string
+	Environment keyledger.Environment
+	NATSURL     string // an existing NATS deployment; "" runs an embedded server
+	NATSListen  string // where the embedded server listens; "" in-process only
+	// Credentials is a directory from GenerateCredentials; the four
+	// files below override its parts. A single node with an embedded
+	// server and none of them generates DATA/credentials.
+	Credentials    string
+	Fleet          string // fleet file: members, their nkeys and roles, route credentials
+	NATSNKey       string // this node's NATS nkey seed file
+	SigningKey     string // admin nodes: the ledger signing key
+	TrustedSigners string // the keyring of admin signing keys
+	// TrustUnsignedThrough adopts a ledger written before events were
+	// signed: unsigned events up to this sequence are applied.
+	TrustUnsignedThrough uint64
+	Cluster              string
+	ClusterName          string
+	Routes               []string
+	Replicas             int
+	Sync                 string // "always" or a duration
+	AdminToken           string // "" generates one into DataDir/admin-token
+	Prefix               string
+	Permissions          []string
+	TestRateLimit        keyledger.RateLimit
+	Name                 string
+	UsageMaxAge          time.Duration
+	UsageLinger          time.Duration
+	MaxStaleness         time.Duration
+	FailOpen             bool
+	ShutdownTimeout      time.Duration
+	Logger               *slog.Logger
 	// NoUsage records no KeyUsed events. Only benchmarks set it, to show
 	// what usage publishing costs.
 	NoUsage bool
@@ -61,6 +73,18 @@ type Config struct {
 	DetectInterval  time.Duration
 	AlertWebhook    string
 	RetentionMonths int
+
+	// TrustedProxies are the peers whose forwarded headers (X-Forwarded-For,
+	// X-Real-IP, X-Forwarded-Method/-Uri, X-Original-Method/-Uri) are
+	// believed for usage records and admin events' actor_ip; anyone else's
+	// request is recorded as it reached the node. nil: loopback only
+	// (khttp.DefaultTrustedProxies); empty, non-nil: nobody.
+	TrustedProxies []netip.Prefix
+	// AdminHTTPAddr, if set, serves the admin API, analytics and /metrics
+	// on a listener of their own, and HTTPAddr only the verifier's
+	// endpoints, so that a gateway reaching /v1/authz cannot reach them.
+	// "" serves everything on HTTPAddr. Admin nodes only.
+	AdminHTTPAddr string
 }
 
 // Validate checks c and fills the defaults it can.
@@ -106,6 +130,17 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return configErr("--admin-token must be at least 16 characters")
+	}
+	if c.AdminHTTPAddr != "" && c.Role != RoleAdmin {
+		return configErr("--admin-http is the admin API's listener, and verifier nodes have no admin API (their /metrics is on --http)")
+	}
+	if c.AdminHTTPAddr != "" && c.AdminHTTPAddr == c.HTTPAddr && !strings.HasSuffix(c.HTTPAddr, ":0") {
+		return configErr("--admin-http must be another address than --http")
+	}
+	for _, p := range c.TrustedProxies {
+		if !p.IsValid() {
+			return configErr("--trusted-proxies holds an invalid prefix")
+		}
 	}
 	return nil
 }

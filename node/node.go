@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -33,19 +34,23 @@ import (
 
 // Node is one running keyledger process.
 type Node struct {
-	cfg       Config
-	log       *slog.Logger
-	token     string
-	nats      *nats.Server // nil with Config.NATSURL
-	nc        *natsgo.Conn
-	js        jetstream.JetStream
-	projector *projector.Projector
-	usage     *nats.UsagePublisher
-	verifier  *verifier.Verifier
-	announcer *nats.Announcer
-	registry  *nats.Registry       // admin role only
-	analytics *analytics.Analytics // admin role with ClickHouse
-	http      *khttp.Server
+	cfg         Config
+	log         *slog.Logger
+	token       string
+	creds       *credentials
+	nats        *nats.Server // nil with Config.NATSURL
+	nc          *natsgo.Conn
+	js          jetstream.JetStream
+	projector   *projector.Projector
+	usage       *nats.UsagePublisher
+	verifier    *verifier.Verifier
+	announcer   *nats.Announcer
+	registry    *nats.Registry // admin role only
+	alerts      sync.WaitGroup // RaiseAlert calls in flight; Close waits
+	analyticsMu sync.Mutex
+	analytics   *analytics.Analytics // admin role with ClickHouse
+	http        *khttp.Server
+	adminHTTP   *khttp.Server // Config.AdminHTTPAddr only
 }
 
 // Open starts a node: it connects to (or starts) NATS, makes sure the
@@ -84,6 +89,10 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 	}
 
+	if n.creds, err = loadCredentials(&cfg, n.log); err != nil {
+		return nil, err
+	}
+	n.cfg = cfg
 	if err := n.connect(); err != nil {
 		return nil, err
 	}
@@ -97,11 +106,12 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 
-	n.announcer = nats.NewAnnouncer(n.nc, n.status, n.log)
+	n.announcer = nats.NewAnnouncer(n.nc, n.creds.id, n.status, n.log)
 	n.projector = projector.New(n.js, projector.Options{
-		Catalog: catalog, Records: isAdmin, Logger: n.log, MaxStaleness: cfg.MaxStaleness,
+		Catalog: catalog, Records: isAdmin, Logger: n.log, MaxStaleness: cfg.MaxStaleness, Keyring: n.creds.ring,
 		SnapshotDir: filepath.Join(cfg.DataDir, "snapshots"),
 		OnAdvance:   func(uint64) { n.announcer.Notify() },
+		OnReject:    n.onReject,
 	})
 	if err := n.projector.Start(ctx); err != nil {
 		return nil, err
@@ -112,7 +122,9 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	ready := n.projector.Ready
 	if cfg.FailOpen {
 		n.log.Warn("--fail-open: this node keeps verifying from a stale table when cut off from the ledger; a revoked key may be accepted")
-		ready = n.projector.CaughtUp
+		// Not even --fail-open serves from a table whose stream was
+		// replaced: that is not staleness but lost history.
+		ready = func() bool { return n.projector.CaughtUp() && n.projector.Broken() == "" }
 	}
 	metrics := prometheus.NewRegistry()
 	prometheus.RegisterNode(metrics, n.projector, n.usage)
@@ -122,16 +134,17 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.verifier = verifier.New(n.projector.Table(), verifier.Config{
 		Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
-		Ready: ready, Node: cfg.Name, Usage: usage,
+		Ready: ready, Broken: n.projector.Broken, Node: cfg.Name, Usage: usage,
 	})
 
-	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log}
+	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log,
+		TrustedProxies: cfg.TrustedProxies}
 	if isAdmin {
-		ledger, err := nats.OpenLog(ctx, n.js)
+		ledger, err := nats.OpenLog(ctx, n.js, n.creds.signer, n.creds.ring)
 		if err != nil {
 			return nil, err
 		}
-		if n.registry, err = nats.NewRegistry(n.nc); err != nil {
+		if n.registry, err = nats.NewRegistry(n.nc, n.creds.fleet, n.log); err != nil {
 			return nil, err
 		}
 		if err := n.openAnalytics(ctx, metrics); err != nil {
@@ -147,26 +160,49 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		routes.Token = n.token
 		routes.Analytics = n.analytics
 	}
+	adminRoutes := routes
+	if cfg.AdminHTTPAddr != "" {
+		// The gateways' listener serves verification only; the admin API,
+		// analytics and /metrics get a listener of their own.
+		routes.Endpoints, adminRoutes.Endpoints = khttp.VerifierEndpoints, khttp.AdminEndpoints
+	}
 	n.http = khttp.NewServer(routes)
 	if err := n.http.Open(cfg.HTTPAddr); err != nil {
 		return nil, err
+	}
+	if cfg.AdminHTTPAddr != "" {
+		n.adminHTTP = khttp.NewServer(adminRoutes)
+		if err := n.adminHTTP.Open(cfg.AdminHTTPAddr); err != nil {
+			return nil, err
+		}
+		n.log.Info("admin API on its own listener", "admin_http", n.adminHTTP.Addr().String())
 	}
 	n.log.Info("keyledger serving", "http", n.http.Addr().String(), "role", cfg.Role,
 		"environment", cfg.Environment.String(), "node", cfg.Name)
 	return n, nil
 }
 
-// Run waits until ctx ends (nil) or a part of the node fails for good: the
-// HTTP server stopping on its own is such a failure, and the process
+// Run waits until ctx ends (nil) or a part of the node fails for good: an
+// HTTP server (either listener) stopping on its own is such a failure, and the process
 // should exit non-zero so that its supervisor starts it again. Run does
 // not close the node.
 func (n *Node) Run(ctx context.Context) error {
+	var adminDone <-chan struct{} // nil, never ready, without an admin listener
+	if n.adminHTTP != nil {
+		adminDone = n.adminHTTP.Done()
+	}
 	select {
 	case <-ctx.Done():
 		return nil
 	case <-n.http.Done():
 		if err := n.http.Err(); err != nil {
 			n.log.Error("node failing: HTTP stopped", "err", err)
+			return err
+		}
+		return nil
+	case <-adminDone:
+		if err := n.adminHTTP.Err(); err != nil {
+			n.log.Error("node failing: admin HTTP stopped", "err", err)
 			return err
 		}
 		return nil
@@ -179,14 +215,16 @@ func (n *Node) openAnalytics(ctx context.Context, metrics *prometheus.Registry) 
 		n.log.Info("analytics off (no --clickhouse): usage, audit and alerts endpoints answer 503")
 		return nil
 	}
-	a, err := analytics.Open(ctx, analytics.Config{
+	a, err := analytics.Open(ctx, analytics.Config{Keyring: n.creds.ring,
 		DSN: n.cfg.ClickHouse, JetStream: n.js, NATS: n.nc, DetectInterval: n.cfg.DetectInterval,
 		WebhookURL: n.cfg.AlertWebhook, RetentionMonths: n.cfg.RetentionMonths, Logger: n.log, Registerer: metrics,
 	})
 	if err != nil {
 		return err
 	}
+	n.analyticsMu.Lock()
 	n.analytics = a
+	n.analyticsMu.Unlock()
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
@@ -229,9 +267,19 @@ func redactURLs(s string) string {
 func (n *Node) connect() error {
 	cfg := n.cfg
 	var err error
+	// nats.go prints asynchronous errors (a permissions violation, a
+	// slow consumer) to stderr by default; they belong in the node's log.
+	onErr := natsgo.ErrorHandler(func(_ *natsgo.Conn, sub *natsgo.Subscription, err error) {
+		subject := ""
+		if sub != nil {
+			subject = sub.Subject
+		}
+		n.log.Error("NATS error", "err", err, "subscription", subject)
+	})
 	if cfg.NATSURL != "" {
-		n.nc, err = natsgo.Connect(cfg.NATSURL, natsgo.Name("keyledger "+cfg.Name), natsgo.MaxReconnects(-1),
-			natsgo.ReconnectWait(250*time.Millisecond))
+		opts := append(n.creds.id.Options(), natsgo.Name("keyledger "+cfg.Name), natsgo.MaxReconnects(-1),
+			natsgo.ReconnectWait(250*time.Millisecond), onErr)
+		n.nc, err = natsgo.Connect(cfg.NATSURL, opts...)
 		if err != nil {
 			return keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to NATS at "+redactURLs(cfg.NATSURL))
 		}
@@ -239,6 +287,7 @@ func (n *Node) connect() error {
 		sc := nats.ServerConfig{
 			Name: cfg.Name, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSListen,
 			Cluster: cfg.Cluster, ClusterName: cfg.ClusterName, Routes: cfg.Routes, SyncAlways: cfg.Sync == "always",
+			Fleet: n.creds.fleet,
 		}
 		if !sc.SyncAlways {
 			sc.SyncInterval, _ = time.ParseDuration(cfg.Sync)
@@ -246,7 +295,7 @@ func (n *Node) connect() error {
 		if n.nats, err = nats.StartServer(sc); err != nil {
 			return err
 		}
-		if n.nc, err = n.nats.Connect("keyledger "+cfg.Name, natsgo.MaxReconnects(-1)); err != nil {
+		if n.nc, err = n.nats.Connect(n.creds.id, natsgo.MaxReconnects(-1), onErr); err != nil {
 			return err
 		}
 		n.log.Info("embedded NATS server", "listen", cfg.NATSListen, "cluster", cfg.Cluster,
@@ -256,6 +305,31 @@ func (n *Node) connect() error {
 		return keyledger.Wrap(keyledger.Internal, err, "jetstream")
 	}
 	return nil
+}
+
+// onReject hears of the projector's refusals. Forged events are alerted
+// by analytics, which reads KEYS itself; a replaced stream only the
+// projector can see, so it raises that alert here, off the apply
+// goroutine.
+func (n *Node) onReject(r projector.Rejection) {
+	if r.Reason != "stream_replaced" {
+		return
+	}
+	if a := n.analyticsNow(); a != nil {
+		n.alerts.Add(1)
+		go func() {
+			defer n.alerts.Done()
+			a.RaiseAlert(analytics.RuleLedgerReplaced, nats.KeysStream, n.cfg.Name+": "+r.Detail)
+		}()
+	}
+}
+
+// analyticsNow returns analytics once it is open (the projector starts
+// first).
+func (n *Node) analyticsNow() *analytics.Analytics {
+	n.analyticsMu.Lock()
+	defer n.analyticsMu.Unlock()
+	return n.analytics
 }
 
 // status is this node's heartbeat.
@@ -269,6 +343,28 @@ func (n *Node) status() nats.NodeStatus {
 
 // URL is the node's HTTP base URL.
 func (n *Node) URL() string { return n.http.URL() }
+
+// AdminURL is the base URL of the node's admin API: its own listener's
+// (Config.AdminHTTPAddr), else URL.
+func (n *Node) AdminURL() string {
+	if n.adminHTTP != nil {
+		return n.adminHTTP.URL()
+	}
+	return n.URL()
+}
+
+// NATSURL is where other nodes and tools reach this node's NATS: the
+// embedded server's client URL ("" when it listens in-process only), or
+// the --nats deployment's URLs.
+func (n *Node) NATSURL() string {
+	if n.nats == nil {
+		return n.cfg.NATSURL
+	}
+	if n.cfg.NATSListen == "" {
+		return ""
+	}
+	return n.nats.ClientURL()
+}
 
 // Token is the admin bearer token of an admin node ("" on verifiers).
 func (n *Node) Token() string { return n.token }
@@ -298,6 +394,11 @@ func (n *Node) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("http: %w", err))
 		}
 	}
+	if n.adminHTTP != nil {
+		if err := n.adminHTTP.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("admin http: %w", err))
+		}
+	}
 	if n.usage != nil {
 		if err := n.usage.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("usage flush: %w", err))
@@ -305,6 +406,7 @@ func (n *Node) Close(ctx context.Context) error {
 		st := n.usage.Stats()
 		n.log.Info("usage events flushed", "published", st.Published, "shed", st.Shed, "failed", st.Failed)
 	}
+	n.alerts.Wait() // bounded: RaiseAlert gives up after 5 s
 	if n.analytics != nil {
 		if err := n.analytics.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("analytics: %w", err))

@@ -21,7 +21,8 @@ func TestNode_failsClosedWhenStale(t *testing.T) {
 
 	dir := t.TempDir()
 	cfg := nodetest.Config(dir, io.Discard)
-	cfg.Name, cfg.NATSURL, cfg.MaxStaleness, cfg.AdminToken = "stale", url, 300*time.Millisecond, "test-admin-token-0123456789"
+	cfg.Name, cfg.NATSURL, cfg.MaxStaleness, cfg.AdminToken = natstest.Admin, url, 300*time.Millisecond, "test-admin-token-0123456789"
+	cfg.Credentials = srv.CredsDir
 	n := nodetest.MustOpenConfig(t, cfg)
 	c := &nodetest.Caller{T: t, Base: n.URL(), Token: "test-admin-token-0123456789"}
 	nodetest.WaitReady(t, c)

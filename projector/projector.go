@@ -2,10 +2,12 @@ package projector
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -43,11 +45,32 @@ type Options struct {
 	SnapshotDir      string
 	SnapshotEvery    uint64
 	SnapshotInterval time.Duration
+	// Keyring holds the admin signing keys: only events one of them
+	// signed, on the subject of the key they name, are applied. With no
+	// keyring every event is refused.
+	Keyring *events.Keyring
+	// OnReject, if set, hears of every event refused (forgeries) and of
+	// the stream being replaced, on the goroutine that found it; it must
+	// not block (e.g. raise an alert asynchronously).
+	OnReject func(Rejection)
 }
+
+// Rejection is an event the projector refused to apply, or (Seq 0,
+// Reason "stream_replaced") the stream itself.
+type Rejection struct {
+	Seq     uint64
+	Subject string
+	Reason  string // events.RejectReason, or "stream_replaced"
+	Detail  string // human-readable, never a secret
+}
+
+// RejectReasons are the values of Rejection.Reason for events.
+var RejectReasons = []string{"unsigned", "unknown_signer", "bad_signature", "signer_retired", "malformed", "subject_mismatch", "invalid"}
 
 // Stats counts what the projector has seen.
 type Stats struct {
 	Applied  uint64 // events that changed the table
+	Rejected uint64 // events refused: unsigned, forged, on the wrong subject
 	Ignored  uint64 // duplicates and out-of-order events, safely skipped
 	Poison   uint64 // undecodable events, skipped
 	LastSeq  uint64 // last applied stream sequence
@@ -79,6 +102,16 @@ type Projector struct {
 	applied  atomic.Uint64
 	ignored  atomic.Uint64
 	poison   atomic.Uint64
+
+	ring     *events.Keyring
+	onReject func(Rejection)
+	rejected map[string]*atomic.Uint64 // by reason; the map is fixed at New
+	// head is the last applied sequence with the hash of its stored
+	// bytes, as a snapshot records it.
+	head atomic.Pointer[headState]
+	// broken, once set, is why the node must never serve from this table
+	// again: the stream it follows is not the one it started with.
+	broken atomic.Pointer[string]
 
 	// Staleness: the monitor records when it last confirmed that this
 	// node had every event in the stream.
@@ -140,6 +173,15 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		owners:       make(map[string]string),
 		perms:        make(map[string]*[]string),
 		waitCh:       make(chan struct{}),
+		ring:         opts.Keyring,
+		onReject:     opts.OnReject,
+		rejected:     make(map[string]*atomic.Uint64, len(RejectReasons)),
+	}
+	for _, r := range RejectReasons {
+		p.rejected[r] = new(atomic.Uint64)
+	}
+	if p.ring == nil {
+		p.ring, _ = events.NewKeyring()
 	}
 	if opts.Records {
 		p.records = make(map[string]*keyledger.Key)
@@ -160,7 +202,7 @@ func (p *Projector) CaughtUp() bool { return p.caughtUp.Load() }
 // Stats returns counters.
 func (p *Projector) Stats() Stats {
 	st := Stats{
-		Applied: p.applied.Load(), Ignored: p.ignored.Load(), Poison: p.poison.Load(),
+		Applied: p.applied.Load(), Ignored: p.ignored.Load(), Poison: p.poison.Load(), Rejected: p.rejectedTotal(),
 		LastSeq: p.lastSeq.Load(), Keys: p.table.Len(), CaughtUp: p.caughtUp.Load(), Fresh: p.Fresh(),
 	}
 	if sl := p.streamLast.Load(); sl > st.LastSeq {
@@ -177,8 +219,73 @@ func (p *Projector) Stats() Stats {
 func (p *Projector) Fresh() bool { return p.fresh.Load() }
 
 // Ready reports whether the node may answer verifications: caught up with
-// the stream and fresh.
+// the stream and fresh (never once Broken).
 func (p *Projector) Ready() bool { return p.caughtUp.Load() && p.Fresh() }
+
+// Broken says why the projector stopped for good ("" while it has not):
+// the KEYS stream it follows was deleted, recreated or cut. The table may
+// lack revocations the lost history held, so the node refuses every
+// verification until an operator decides (see the README, "The stream you
+// follow").
+func (p *Projector) Broken() string {
+	if b := p.broken.Load(); b != nil {
+		return *b
+	}
+	return ""
+}
+
+// breakDown marks the projector Broken, once, and says so loudly.
+func (p *Projector) breakDown(why string) {
+	if !p.broken.CompareAndSwap(nil, &why) {
+		return
+	}
+	p.fresh.Store(false)
+	p.log.Error("projector: refusing every verification: the KEYS stream is not the one this node followed", "reason", why)
+	if p.onReject != nil {
+		p.onReject(Rejection{Reason: "stream_replaced", Detail: why})
+	}
+}
+
+// Rejected returns the count of refused events by reason.
+func (p *Projector) Rejected() map[string]uint64 {
+	out := make(map[string]uint64, len(p.rejected))
+	for r, c := range p.rejected {
+		out[r] = c.Load()
+	}
+	return out
+}
+
+func (p *Projector) rejectedTotal() uint64 {
+	var n uint64
+	for _, c := range p.rejected {
+		n += c.Load()
+	}
+	return n
+}
+
+// reject counts and reports an event that is not applied.
+func (p *Projector) reject(seq uint64, subject string, err error) {
+	reason := events.RejectReason(err)
+	p.rejected[reason].Add(1)
+	// Logged once per event (no secret can be in it: only hashes are
+	// ever published, and the event body is not logged).
+	p.log.Error("projector: ledger event refused", "seq", seq, "subject", clipSubject(subject), "reason", reason, "err", err.Error())
+	if p.onReject != nil {
+		p.onReject(Rejection{Seq: seq, Subject: clipSubject(subject), Reason: reason, Detail: err.Error()})
+	}
+}
+
+func clipSubject(s string) string {
+	if len(s) > 100 {
+		return s[:100]
+	}
+	return s
+}
+
+type headState struct {
+	seq  uint64
+	hash [32]byte
+}
 
 // monitor checks, several times per MaxStaleness, that the connection is up
 // and that the projector has applied everything the stream holds (or is
@@ -195,8 +302,24 @@ func (p *Projector) monitor(ctx context.Context, stream jetstream.Stream) {
 		case <-t.C:
 		}
 		p.check(ctx, stream, interval)
-		p.fresh.Store(p.now().UnixNano()-p.lastFresh.Load() <= int64(p.maxStale))
+		p.fresh.Store(p.broken.Load() == nil && p.now().UnixNano()-p.lastFresh.Load() <= int64(p.maxStale))
 	}
+}
+
+// replaced says how info shows that KEYS is not the stream this projector
+// has followed, or "". The ledger never loses an event: a different
+// creation time, a last sequence behind what was applied, or a first
+// sequence past 1 all mean history this node relied on is gone.
+func (p *Projector) replaced(info *jetstream.StreamInfo) string {
+	switch {
+	case info.Created.UnixNano() != p.streamID:
+		return fmt.Sprintf("KEYS was recreated (created %s, followed since %s)", info.Created.UTC().Format(time.RFC3339Nano), time.Unix(0, p.streamID).UTC().Format(time.RFC3339Nano))
+	case info.State.LastSeq < p.lastSeq.Load():
+		return fmt.Sprintf("KEYS went backwards: its last sequence is %d, this node applied %d", info.State.LastSeq, p.lastSeq.Load())
+	case info.State.FirstSeq > 1:
+		return fmt.Sprintf("KEYS lost its history: its first sequence is %d", info.State.FirstSeq)
+	}
+	return ""
 }
 
 func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval time.Duration) {
@@ -206,7 +329,15 @@ func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval
 	cctx, cancel := context.WithTimeout(ctx, interval)
 	info, err := stream.Info(cctx)
 	cancel()
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		p.breakDown("KEYS was deleted")
+		return
+	}
 	if err != nil {
+		return
+	}
+	if why := p.replaced(info); why != "" {
+		p.breakDown(why)
 		return
 	}
 	// A replica that has lost its cluster's majority still answers, but
@@ -238,9 +369,21 @@ func (p *Projector) Start(ctx context.Context) error {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS stream state")
 	}
 	p.target = info.State.LastSeq
-	p.streamID = info.Created.UnixNano()
+	if p.streamID == 0 {
+		p.streamID = info.Created.UnixNano()
+	}
 	if p.snapDir != "" && p.lastSeq.Load() == 0 {
-		p.loadNewestSnapshot(info.State.LastSeq)
+		if err := p.loadNewestSnapshot(ctx, stream, info.State.LastSeq); err != nil {
+			p.breakDown(err.Error())
+		}
+	}
+	if why := p.replaced(info); why != "" {
+		p.breakDown(why)
+	}
+	if p.Broken() != "" {
+		// Follow nothing: applying another history over this table
+		// would hide what was lost.
+		return nil
 	}
 	// Size the table for the stream once, rather than growing it all
 	// through the replay: room for what is loaded plus every event still
@@ -288,35 +431,81 @@ func (p *Projector) Start(ctx context.Context) error {
 	return nil
 }
 
+// run applies the stream's messages in order. Checking a signature costs
+// ~50 µs, more than everything else an event costs together, and needs no
+// state: a reader hands messages to one checker per core and the apply
+// loop (this goroutine, the table's only writer) takes the results in
+// stream order.
 func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 	go func() {
 		<-ctx.Done()
 		it.Stop()
 	}()
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				return
+	jobs := make(chan *pending, 1024)
+	order := make(chan *pending, 4096)
+	go func() {
+		defer close(order)
+		defer close(jobs)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+					return
+				}
+				// The ordered consumer recreates itself after gaps and
+				// reconnects; other errors are transient heartbeat misses.
+				p.log.Warn("projector: KEYS consumer error", "err", err)
+				continue
 			}
-			// The ordered consumer recreates itself after gaps and
-			// reconnects; other errors are transient heartbeats misses.
-			p.log.Warn("projector: KEYS consumer error", "err", err)
-			continue
+			meta, err := msg.Metadata()
+			if err != nil {
+				p.poison.Add(1)
+				continue
+			}
+			j := &pending{seq: meta.Sequence.Stream, subject: msg.Subject(), data: msg.Data(), done: make(chan struct{})}
+			jobs <- j
+			order <- j
 		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			p.poison.Add(1)
-			continue
-		}
-		p.ApplyMsg(meta.Sequence.Stream, msg.Data())
+	}()
+	var checkers sync.WaitGroup
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		checkers.Add(1)
+		go func() {
+			defer checkers.Done()
+			for j := range jobs {
+				j.checked = p.checkMsg(j.seq, j.subject, j.data)
+				close(j.done)
+			}
+		}()
+	}
+	for j := range order {
+		<-j.done
+		p.applyChecked(j.seq, j.subject, j.data, j.checked)
 		// Caught up means: applied the sequence the stream's leader
 		// reported at Start. NumPending is not enough: it is counted by
 		// the consumer's replica, which may itself lag the leader.
-		if meta.Sequence.Stream >= p.target {
+		if j.seq >= p.target {
 			p.markCaughtUp()
 		}
 	}
+	checkers.Wait()
+}
+
+// pending is a message between the reader, its checker and the apply loop.
+type pending struct {
+	seq     uint64
+	subject string
+	data    []byte
+	checked checked
+	done    chan struct{} // closed once checked is set
+}
+
+// checked is what check found in a stored message: the event, or why it
+// is refused (reject) or unusable (poison).
+type checked struct {
+	ev     events.Event
+	reject error
+	poison error
 }
 
 func (p *Projector) markCaughtUp() {
@@ -347,21 +536,67 @@ func (p *Projector) Close(ctx context.Context) error {
 
 // loadNewestSnapshot loads the newest usable snapshot, trying older ones
 // when one is not, and leaves the table empty (full replay) when none is.
-func (p *Projector) loadNewestSnapshot(streamLast uint64) {
+// It returns an errReplaced error, and loads nothing, when the snapshot
+// shows that the stream is not the one it was taken of.
+func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Stream, streamLast uint64) error {
 	start := time.Now()
 	for _, name := range listSnapshots(p.snapDir) {
 		path := filepath.Join(p.snapDir, name)
+		if err := p.checkSnapshotHead(ctx, stream, path, streamLast); err != nil {
+			if errors.Is(err, errReplaced) {
+				return err
+			}
+			p.log.Warn("projector: snapshot not used", "path", path, "err", err)
+			continue
+		}
 		meta, err := p.loadSnapshot(path, snapshotMeta{streamCreated: p.streamID, seq: streamLast})
+		if errors.Is(err, errReplaced) {
+			return err
+		}
 		if err != nil {
 			p.log.Warn("projector: snapshot not used", "path", path, "err", err)
 			continue
 		}
 		p.lastSeq.Store(meta.seq)
 		p.snapSeq.Store(meta.seq)
+		p.head.Store(&headState{seq: meta.seq, hash: meta.head})
 		p.log.Info("projector: snapshot loaded", "path", path, "seq", meta.seq, "keys", p.table.Len(),
 			"took", time.Since(start).Round(time.Millisecond))
-		return
+		return nil
 	}
+	return nil
+}
+
+// checkSnapshotHead establishes that a snapshot belongs to the stream: the
+// snapshot is this node's own work (written by it after checking every
+// event's signature, in its 0700 data directory, SHA-256 checksummed), so
+// what remains to prove is that the stream still holds the history it
+// summarises: the same stream (creation time), at least as long, and the
+// very same event (SHA-256 of its stored bytes, signature included) at
+// the snapshot's sequence.
+func (p *Projector) checkSnapshotHead(ctx context.Context, stream jetstream.Stream, path string, streamLast uint64) error {
+	meta, err := peekSnapshotMeta(path)
+	if err != nil {
+		return err
+	}
+	if meta.streamCreated != p.streamID {
+		return fmt.Errorf("%w: the snapshot %s was taken of a KEYS created %s; this one was created %s", errReplaced, filepath.Base(path),
+			time.Unix(0, meta.streamCreated).UTC().Format(time.RFC3339Nano), time.Unix(0, p.streamID).UTC().Format(time.RFC3339Nano))
+	}
+	if meta.seq > streamLast {
+		return fmt.Errorf("%w: the snapshot is at sequence %d, the stream ends at %d", errReplaced, meta.seq, streamLast)
+	}
+	m, err := stream.GetMsg(ctx, meta.seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("%w: the event at the snapshot's sequence %d is gone", errReplaced, meta.seq)
+	}
+	if err != nil {
+		return fmt.Errorf("cannot read the event at the snapshot's sequence: %w", err)
+	}
+	if sha256.Sum256(m.Data) != meta.head {
+		return fmt.Errorf("%w: the event at sequence %d differs from the one the snapshot recorded", errReplaced, meta.seq)
+	}
+	return nil
 }
 
 // Snapshot writes a snapshot of the table now and prunes old ones. It
@@ -372,8 +607,13 @@ func (p *Projector) Snapshot() (string, error) {
 	}
 	p.snapMu.Lock()
 	defer p.snapMu.Unlock()
-	seq := p.lastSeq.Load() // before reading the table: see snapshot.go
-	path, err := p.writeSnapshot(p.snapDir, snapshotMeta{streamCreated: p.streamID, seq: seq})
+	// The head before the table: see snapshot.go.
+	h := p.head.Load()
+	if h == nil {
+		return "", errors.New("projector: nothing applied yet")
+	}
+	seq := h.seq
+	path, err := p.writeSnapshot(p.snapDir, snapshotMeta{streamCreated: p.streamID, seq: seq, head: h.hash})
 	if err != nil {
 		return "", fmt.Errorf("projector: writing snapshot: %w", err)
 	}
@@ -430,7 +670,9 @@ func (p *Projector) WaitApplied(ctx context.Context, seq uint64) error {
 	}
 }
 
-func (p *Projector) advance(seq uint64) {
+func (p *Projector) advance(seq uint64, data []byte) {
+	// The hash costs ~1 µs per event; the signature check before it, ~50.
+	p.head.Store(&headState{seq: seq, hash: sha256.Sum256(data)})
 	p.lastSeq.Store(seq)
 	p.waitMu.Lock()
 	close(p.waitCh)
@@ -441,23 +683,55 @@ func (p *Projector) advance(seq uint64) {
 	}
 }
 
-// ApplyMsg applies the raw event at stream sequence seq. Sequences at or
-// below the last applied one are duplicates and change nothing; an
-// undecodable event is counted and skipped. It must be called by one
+// ApplyMsg applies the stored event at stream sequence seq on subject.
+// Sequences at or below the last applied one are duplicates and change
+// nothing. An event no trusted key signed, or whose key_id is not its
+// subject's, is refused (counted, logged, reported to OnReject); an
+// undecodable one is counted and skipped. It must be called by one
 // goroutine at a time, in stream order.
-func (p *Projector) ApplyMsg(seq uint64, data []byte) {
+func (p *Projector) ApplyMsg(seq uint64, subject string, data []byte) {
+	p.applyChecked(seq, subject, data, p.checkMsg(seq, subject, data))
+}
+
+// checkMsg verifies and decodes a stored event. It touches no state, so
+// any number of goroutines may call it.
+func (p *Projector) checkMsg(seq uint64, subject string, data []byte) checked {
+	text, _, err := p.ring.Open(data, seq)
+	if err != nil {
+		return checked{reject: err}
+	}
+	ev, err := events.Decode(text)
+	if err != nil {
+		return checked{poison: err}
+	}
+	if nats.KeySubject(ev.Head().KeyID) != subject {
+		// A signature vouches for the event, not for where it was put:
+		// a signed revoke of one key copied onto another key's subject
+		// must not move that key's history.
+		return checked{reject: events.ErrSubjectMismatch}
+	}
+	return checked{ev: ev}
+}
+
+// applyChecked applies what check found, on the apply goroutine.
+func (p *Projector) applyChecked(seq uint64, subject string, data []byte, c checked) {
 	if seq <= p.lastSeq.Load() {
 		p.ignored.Add(1)
 		return
 	}
-	ev, err := events.Decode(data)
-	if err != nil {
-		p.poison.Add(1)
-		p.log.Error("projector: skipping undecodable KEYS event", "seq", seq, "err", err)
-	} else {
-		p.Apply(seq, ev)
+	if p.broken.Load() != nil {
+		return
 	}
-	p.advance(seq)
+	switch {
+	case c.reject != nil:
+		p.reject(seq, subject, c.reject)
+	case c.poison != nil:
+		p.poison.Add(1)
+		p.log.Error("projector: skipping undecodable KEYS event", "seq", seq, "err", c.poison)
+	default:
+		p.Apply(seq, c.ev)
+	}
+	p.advance(seq, data)
 }
 
 // Apply applies a decoded event. It is idempotent and order-checked: a

@@ -3,11 +3,13 @@ package projector_test
 import (
 	"context"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/nats/natstest"
 	"github.com/keyledger/keyledger/projector"
 )
@@ -47,13 +49,39 @@ func revoked(id string) *events.KeyRevoked {
 	return &events.KeyRevoked{Header: events.NewHeader(events.TypeKeyRevoked, id, "test", t0.Add(time.Minute)), Reason: "r"}
 }
 
+// signer signs the events the unit tests apply; ring trusts it alone.
+var signer, ring = func() (*events.Signer, *events.Keyring) {
+	skey, vkey, err := events.GenerateSigningKey(rand.NewChaCha8([32]byte{'s'}), "admin-test")
+	if err != nil {
+		panic(err)
+	}
+	s, err := events.NewSigner(skey)
+	if err != nil {
+		panic(err)
+	}
+	r, err := events.NewKeyring(vkey)
+	if err != nil {
+		panic(err)
+	}
+	return s, r
+}()
+
 func mustEncode(tb testing.TB, ev events.Event) []byte {
 	tb.Helper()
 	b, err := events.Encode(ev)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if b, err = signer.Seal(b); err != nil {
+		tb.Fatal(err)
+	}
 	return b
+}
+
+// apply signs ev and applies it at seq on its key's subject.
+func apply(tb testing.TB, p *projector.Projector, seq uint64, ev events.Event) {
+	tb.Helper()
+	p.ApplyMsg(seq, nats.KeySubject(ev.Head().KeyID), mustEncode(tb, ev))
 }
 
 func lookup(p *projector.Projector, secret string) *projector.Entry {
@@ -63,14 +91,14 @@ func lookup(p *projector.Projector, secret string) *projector.Entry {
 
 func TestProjector_ApplyMsg(t *testing.T) {
 	t.Run("create then revoke", func(t *testing.T) {
-		p := projector.New(nil, projector.Options{Records: true})
+		p := projector.New(nil, projector.Options{Keyring: ring, Records: true})
 		c, s := created(t, "k1")
-		p.ApplyMsg(1, mustEncode(t, c))
+		apply(t, p, 1, c)
 		e := lookup(p, s)
 		if e == nil || e.Revoked || e.ID != "k1" || e.Owner != "acme" {
 			t.Fatalf("after create: %+v", e)
 		}
-		p.ApplyMsg(2, mustEncode(t, revoked("k1")))
+		apply(t, p, 2, revoked("k1"))
 		if e := lookup(p, s); e == nil || !e.Revoked {
 			t.Fatalf("after revoke: %+v", e)
 		}
@@ -83,12 +111,12 @@ func TestProjector_ApplyMsg(t *testing.T) {
 		}
 	})
 	t.Run("duplicate delivery changes nothing", func(t *testing.T) {
-		p := projector.New(nil, projector.Options{})
+		p := projector.New(nil, projector.Options{Keyring: ring})
 		c, s := created(t, "k1")
-		p.ApplyMsg(1, mustEncode(t, c))
-		p.ApplyMsg(2, mustEncode(t, revoked("k1")))
+		apply(t, p, 1, c)
+		apply(t, p, 2, revoked("k1"))
 		// Redelivery of seq 1 must not resurrect the key.
-		p.ApplyMsg(1, mustEncode(t, c))
+		apply(t, p, 1, c)
 		if e := lookup(p, s); !e.Revoked {
 			t.Fatal("duplicate create resurrected a revoked key")
 		}
@@ -97,17 +125,17 @@ func TestProjector_ApplyMsg(t *testing.T) {
 		}
 	})
 	t.Run("nothing after a revoke brings a key back", func(t *testing.T) {
-		p := projector.New(nil, projector.Options{Records: true})
+		p := projector.New(nil, projector.Options{Keyring: ring, Records: true})
 		c, s := created(t, "k1")
-		p.ApplyMsg(1, mustEncode(t, c))
-		p.ApplyMsg(2, mustEncode(t, revoked("k1")))
+		apply(t, p, 1, c)
+		apply(t, p, 2, revoked("k1"))
 		again := *c
 		again.Header = events.NewHeader(events.TypeKeyCreated, "k1", "attacker", t0.Add(time.Hour))
-		p.ApplyMsg(3, mustEncode(t, &again)) // same id, same hash, new event
+		apply(t, p, 3, &again) // same id, same hash, new event
 		c2, _ := created(t, "k2")
 		c2.Hash = c.Hash // another id claiming the revoked hash
-		p.ApplyMsg(4, mustEncode(t, c2))
-		p.ApplyMsg(5, mustEncode(t, revoked("k1")))
+		apply(t, p, 4, c2)
+		apply(t, p, 5, revoked("k1"))
 		e := lookup(p, s)
 		if e == nil || !e.Revoked || e.ID != "k1" {
 			t.Fatalf("entry %+v", e)
@@ -120,29 +148,34 @@ func TestProjector_ApplyMsg(t *testing.T) {
 		}
 	})
 	t.Run("revoke of unknown key is ignored", func(t *testing.T) {
-		p := projector.New(nil, projector.Options{})
-		p.ApplyMsg(1, mustEncode(t, revoked("ghost")))
+		p := projector.New(nil, projector.Options{Keyring: ring})
+		apply(t, p, 1, revoked("ghost"))
 		c, s := created(t, "ghost")
-		p.ApplyMsg(2, mustEncode(t, c))
+		apply(t, p, 2, c)
 		if e := lookup(p, s); e == nil || e.Revoked {
 			t.Fatalf("entry %+v", e)
 		}
 	})
 	t.Run("poison event is skipped and counted", func(t *testing.T) {
-		p := projector.New(nil, projector.Options{})
-		p.ApplyMsg(1, []byte(`{"type":"KeyCreated","v":1,"event_id":"nope"}`))
-		p.ApplyMsg(2, []byte(`not json`))
+		p := projector.New(nil, projector.Options{Keyring: ring})
+		// Signed, so not a forgery, but not a valid event either.
+		bad, err := signer.Seal([]byte(`{"type":"KeyCreated","v":1,"event_id":"nope"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.ApplyMsg(1, "keyledger.keys.k0", bad)
+		p.ApplyMsg(2, "keyledger.keys.k0", []byte(`not json`))
 		c, s := created(t, "k1")
-		p.ApplyMsg(3, mustEncode(t, c))
-		if st := p.Stats(); st.Poison != 2 || st.LastSeq != 3 || lookup(p, s) == nil {
+		apply(t, p, 3, c)
+		if st := p.Stats(); st.Poison != 1 || st.Rejected != 1 || st.LastSeq != 3 || lookup(p, s) == nil {
 			t.Fatalf("stats %+v", st)
 		}
 	})
 	t.Run("permissions outside the catalog grant nothing", func(t *testing.T) {
-		p := projector.New(nil, projector.Options{})
+		p := projector.New(nil, projector.Options{Keyring: ring})
 		c, s := created(t, "k1")
 		c.Permissions = []string{"billing:admin", "storage:read"}
-		p.ApplyMsg(1, mustEncode(t, c))
+		apply(t, p, 1, c)
 		e := lookup(p, s)
 		bit, _ := keyledger.DefaultCatalog.Bit("storage:read")
 		if e.Perms != bit {
@@ -175,7 +208,7 @@ func TestProjector_follow(t *testing.T) {
 			last = seq
 		}
 	}
-	p := projector.New(env.JS, projector.Options{Records: true})
+	p := projector.New(env.JS, projector.Options{Keyring: env.Keyring, Records: true})
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +250,7 @@ func TestProjector_follow(t *testing.T) {
 	}
 
 	// A second projector from scratch builds the identical table.
-	p2 := projector.New(env.JS, projector.Options{})
+	p2 := projector.New(env.JS, projector.Options{Keyring: env.Keyring})
 	if err := p2.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +276,7 @@ func TestProjector_emptyStreamIsCaughtUp(t *testing.T) {
 	env := natstest.MustStart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p := projector.New(env.JS, projector.Options{})
+	p := projector.New(env.JS, projector.Options{Keyring: env.Keyring})
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +290,7 @@ func TestProjector_Close(t *testing.T) {
 	env := natstest.MustStart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p := projector.New(env.JS, projector.Options{})
+	p := projector.New(env.JS, projector.Options{Keyring: env.Keyring})
 	if err := p.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +318,7 @@ func BenchmarkProjector_replay(b *testing.B) {
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		p := projector.New(env.JS, projector.Options{})
+		p := projector.New(env.JS, projector.Options{Keyring: env.Keyring})
 		if err := p.Start(ctx); err != nil {
 			b.Fatal(err)
 		}
@@ -295,4 +328,73 @@ func BenchmarkProjector_replay(b *testing.B) {
 		p.Close(ctx)
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// TestProjector_Forgeries is the attack of whoever can publish on
+// keyledger.keys.> (a leaked admin NATS credential) without an admin
+// signing key. Before events were signed, each of these minted a key with
+// a secret of the attacker's choosing, or revoked a key that was not.
+func TestProjector_Forgeries(t *testing.T) {
+	other, _ := func() (*events.Signer, error) {
+		skey, _, err := events.GenerateSigningKey(rand.NewChaCha8([32]byte{'o'}), "admin-test")
+		if err != nil {
+			return nil, err
+		}
+		return events.NewSigner(skey)
+	}()
+	minted, mintedSecret := created(t, "k_mint")
+	good, goodSecret := created(t, "k_good")
+	seal := func(s *events.Signer, ev events.Event) []byte {
+		b, err := events.Encode(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err = s.Seal(b); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	unsigned, _ := events.Encode(minted)
+	signedGood := mustEncode(t, good)
+	tampered := []byte(strings.Replace(string(mustEncode(t, minted)), `"acme"`, `"evil"`, 1))
+	for _, tc := range []struct {
+		name, subject string
+		data          []byte
+		reason        string
+	}{
+		{"unsigned", "keyledger.keys.k_mint", unsigned, "unsigned"},
+		{"signed by an unknown key with a trusted key's name", "keyledger.keys.k_mint", seal(other, minted), "unknown_signer"},
+		{"a signed event altered", "keyledger.keys.k_mint", tampered, "bad_signature"},
+		{"a signed event copied onto another key's subject", "keyledger.keys.k_mint", signedGood, "subject_mismatch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []projector.Rejection
+			p := projector.New(nil, projector.Options{Keyring: ring, OnReject: func(r projector.Rejection) { got = append(got, r) }})
+			p.ApplyMsg(1, tc.subject, tc.data)
+			if lookup(p, mintedSecret) != nil || lookup(p, goodSecret) != nil || p.Table().Len() != 0 {
+				t.Fatal("a forged event was applied")
+			}
+			st := p.Stats()
+			if st.Rejected != 1 || p.Rejected()[tc.reason] != 1 || st.LastSeq != 1 {
+				t.Fatalf("stats %+v, rejected %v; want one %s", st, p.Rejected(), tc.reason)
+			}
+			if len(got) != 1 || got[0].Reason != tc.reason || got[0].Seq != 1 {
+				t.Fatalf("OnReject heard %+v", got)
+			}
+			// The genuine event still applies after the forgery.
+			apply(t, p, 2, good)
+			if lookup(p, goodSecret) == nil {
+				t.Fatal("genuine event not applied after a forgery")
+			}
+		})
+	}
+	t.Run("a revoke forged against a live key", func(t *testing.T) {
+		p := projector.New(nil, projector.Options{Keyring: ring})
+		apply(t, p, 1, good)
+		forged, _ := events.Encode(revoked("k_good"))
+		p.ApplyMsg(2, "keyledger.keys.k_good", forged)
+		if e := lookup(p, goodSecret); e == nil || e.Revoked {
+			t.Fatalf("an unsigned revoke took effect: %+v", e)
+		}
+	})
 }

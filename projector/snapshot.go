@@ -37,7 +37,10 @@ import (
 // stream is skipped, and the node replays from the start: never a wrong
 // table.
 
-const snapshotMagic = "KLSNAP01"
+// Version 2 records the hash of the event at its sequence: a node checks
+// it against the stream before trusting the snapshot (see
+// Projector.checkSnapshotHead).
+const snapshotMagic = "KLSNAP02"
 
 // snapshotName is the file name of the snapshot at seq; names sort by seq.
 func snapshotName(seq uint64) string { return fmt.Sprintf("snap-%020d.bin", seq) }
@@ -46,6 +49,33 @@ func snapshotName(seq uint64) string { return fmt.Sprintf("snap-%020d.bin", seq)
 type snapshotMeta struct {
 	streamCreated int64 // KEYS stream creation time, unix ns
 	seq           uint64
+	// head is the SHA-256 of the stored bytes of the event at seq: the
+	// stream a snapshot is used with must still hold that very event.
+	head [32]byte
+}
+
+// errReplaced marks a snapshot whose stream is not the one the node
+// follows now: KEYS was deleted and recreated, or rewritten. The node
+// fails closed instead of replaying a different history over it.
+var errReplaced = errors.New("KEYS stream was replaced")
+
+// peekSnapshotMeta reads the metadata at the head of a snapshot file
+// without loading (or checksumming) the rest: enough to decide whether the
+// stream still matches before paying for a load.
+func peekSnapshotMeta(path string) (snapshotMeta, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return snapshotMeta{}, err
+	}
+	defer f.Close()
+	var b [len(snapshotMagic) + 16 + 32]byte
+	if _, err := io.ReadFull(f, b[:]); err != nil || string(b[:len(snapshotMagic)]) != snapshotMagic {
+		return snapshotMeta{}, fmt.Errorf("%w: not a version-2 snapshot", errSnapshot)
+	}
+	r := &snapReader{b: b[len(snapshotMagic):]}
+	m := snapshotMeta{streamCreated: int64(r.u64()), seq: r.u64()}
+	copy(m.head[:], r.b)
+	return m, nil
 }
 
 // errSnapshot marks a snapshot that must not be used.
@@ -113,6 +143,7 @@ func (p *Projector) writeSnapshot(dir string, meta snapshotMeta) (string, error)
 	s.w.WriteString(snapshotMagic)
 	s.u64(uint64(meta.streamCreated))
 	s.u64(meta.seq)
+	s.w.Write(meta.head[:])
 	s.u64(uint64(len(entries)))
 	s.u64(uint64(len(records)))
 	s.uvarint(uint64(len(ownerTab)))
@@ -294,7 +325,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		return snapshotMeta{}, err
 	}
 	if len(data) < len(snapshotMagic)+sha256.Size || string(data[:len(snapshotMagic)]) != snapshotMagic {
-		return snapshotMeta{}, fmt.Errorf("%w: not a version-1 snapshot", errSnapshot)
+		return snapshotMeta{}, fmt.Errorf("%w: not a version-2 snapshot", errSnapshot)
 	}
 	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
 	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
@@ -302,11 +333,16 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	}
 	r := &snapReader{b: body[len(snapshotMagic):]}
 	meta := snapshotMeta{streamCreated: int64(r.u64()), seq: r.u64()}
+	if len(r.b) < 32 {
+		return snapshotMeta{}, fmt.Errorf("%w: truncated", errSnapshot)
+	}
+	copy(meta.head[:], r.b)
+	r.b = r.b[32:]
 	if meta.streamCreated != want.streamCreated {
-		return snapshotMeta{}, fmt.Errorf("%w: taken of another KEYS stream", errSnapshot)
+		return snapshotMeta{}, fmt.Errorf("%w: snapshot taken of another KEYS stream", errReplaced)
 	}
 	if meta.seq > want.seq {
-		return snapshotMeta{}, fmt.Errorf("%w: ahead of the stream (snapshot at %d, stream at %d)", errSnapshot, meta.seq, want.seq)
+		return snapshotMeta{}, fmt.Errorf("%w: the snapshot is ahead of the stream (snapshot at %d, stream at %d)", errReplaced, meta.seq, want.seq)
 	}
 	nEntries, nRecords := r.u64(), r.u64()
 	if nEntries > uint64(len(body)) || nRecords > uint64(len(body)) {

@@ -61,6 +61,7 @@ func mustFollow(tb testing.TB, env *natstest.Env, opts projector.Options, seq ui
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	opts.Keyring = env.Keyring
 	p := projector.New(env.JS, opts)
 	if err := p.Start(ctx); err != nil {
 		tb.Fatal(err)
@@ -108,7 +109,7 @@ func TestProjector_snapshots(t *testing.T) {
 
 	t.Run("restart loads the snapshot and replays only the tail", func(t *testing.T) {
 		tail := appendKeys(t, log, 20)
-		p2 := projector.New(env.JS, projector.Options{Records: true, SnapshotDir: dir})
+		p2 := projector.New(env.JS, projector.Options{Records: true, SnapshotDir: dir, Keyring: env.Keyring})
 		if err := p2.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -177,30 +178,80 @@ func TestProjector_snapshots(t *testing.T) {
 	})
 }
 
-// A snapshot of another KEYS stream (recreated since) is never applied.
-func TestProjector_snapshotOfAnotherStream(t *testing.T) {
-	env := natstest.MustStart(t)
+// The attack of an operator-level credential (or a fault) that deletes KEYS
+// and recreates it without the revocations: a node that restarts from its
+// snapshot must not follow the new history. Before, it silently replayed
+// the new stream (and the old revocations were gone); a node running
+// through the replacement kept its sequence and dropped the new stream's
+// first events as duplicates.
+func TestProjector_streamReplaced(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	last := appendKeys(t, env.MustLog(t), 50)
-	p := mustFollow(t, env, projector.Options{SnapshotDir: dir}, last)
-	if err := p.Close(ctx); err != nil {
-		t.Fatal(err)
+	replace := func(t *testing.T, env *natstest.Env) uint64 {
+		t.Helper()
+		if err := env.JS.DeleteStream(ctx, nats.KeysStream); err != nil {
+			t.Fatal(err)
+		}
+		if err := nats.EnsureStreams(ctx, env.JS, nats.StreamConfig{}); err != nil {
+			t.Fatal(err)
+		}
+		return appendKeys(t, env.MustLog(t), 100) // a longer, different history
 	}
-	if err := env.JS.DeleteStream(ctx, nats.KeysStream); err != nil {
-		t.Fatal(err)
+	assertBroken := func(t *testing.T, p *projector.Projector, applied uint64) {
+		t.Helper()
+		if p.Ready() || p.Broken() == "" || p.LastSeq() != applied {
+			t.Fatalf("ready %v, broken %q, last seq %d (want %d): the node follows a replaced stream", p.Ready(), p.Broken(), p.LastSeq(), applied)
+		}
 	}
-	if err := nats.EnsureStreams(ctx, env.JS, nats.StreamConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	last = appendKeys(t, env.MustLog(t), 100) // a longer, different history
-	p2 := mustFollow(t, env, projector.Options{SnapshotDir: dir}, last)
-	defer p2.Close(ctx)
-	fresh := mustFollow(t, env, projector.Options{}, last)
-	defer fresh.Close(ctx)
-	if p2.Table().Digest() != fresh.Table().Digest() {
-		t.Fatal("a snapshot of the old stream leaked into the new table")
-	}
+
+	t.Run("restart from a snapshot", func(t *testing.T) {
+		env := natstest.MustStart(t)
+		dir := t.TempDir()
+		last := appendKeys(t, env.MustLog(t), 50)
+		p := mustFollow(t, env, projector.Options{SnapshotDir: dir}, last)
+		if err := p.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		replace(t, env)
+		var heard []projector.Rejection
+		p2 := projector.New(env.JS, projector.Options{SnapshotDir: dir, Keyring: env.Keyring,
+			OnReject: func(r projector.Rejection) { heard = append(heard, r) }})
+		if err := p2.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer p2.Close(ctx)
+		assertBroken(t, p2, 0)
+		if len(heard) != 1 || heard[0].Reason != "stream_replaced" {
+			t.Fatalf("OnReject heard %+v", heard)
+		}
+	})
+
+	t.Run("while following", func(t *testing.T) {
+		env := natstest.MustStart(t)
+		last := appendKeys(t, env.MustLog(t), 50)
+		broken := make(chan struct{})
+		p := projector.New(env.JS, projector.Options{Keyring: env.Keyring, MaxStaleness: 250 * time.Millisecond,
+			OnReject: func(r projector.Rejection) {
+				if r.Reason == "stream_replaced" {
+					close(broken)
+				}
+			}})
+		if err := p.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close(ctx)
+		if err := p.WaitApplied(ctx, last); err != nil {
+			t.Fatal(err)
+		}
+		replace(t, env)
+		select {
+		case <-broken:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the projector did not notice KEYS was replaced")
+		}
+		if p.Ready() || p.Broken() == "" {
+			t.Fatalf("ready %v broken %q", p.Ready(), p.Broken())
+		}
+	})
 }
 
 // Snapshots taken while events keep arriving are fuzzy but still restore

@@ -57,7 +57,16 @@ func RegisterNode(reg prometheus.Registerer, p *projector.Projector, u *nats.Usa
 			func() float64 { return float64(u.Stats().Messages) }),
 		gauge("keyledger_usage_buffered", "KeyUsed events waiting to be published.",
 			func() float64 { return float64(u.Stats().Buffered) }),
+		gauge("keyledger_projector_stream_replaced", "1 when the KEYS stream this node followed was deleted, recreated or cut: it refuses every verification.",
+			func() float64 { return b2f(p.Broken() != "") }),
 	)
+	for _, reason := range projector.RejectReasons {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "keyledger_projector_rejected_total",
+			Help:        "KEYS events refused: not signed by a trusted admin key, or on another key's subject.",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(p.Rejected()[reason]) }))
+	}
 }
 
 func b2f(b bool) float64 {

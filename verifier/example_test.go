@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	khttp "github.com/keyledger/keyledger/http"
@@ -34,12 +35,36 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	srv, err := nats.StartServer(nats.ServerConfig{StoreDir: dir}) // no Listen: in-process only
+	// Credentials: an nkey per member of the fleet (the server holds only
+	// the public halves), and the admin's ledger signing key.
+	fleet, err := nats.GenerateFleet(filepath.Join(dir, "creds"), []nats.Member{
+		{Name: "example", Roles: []nats.Role{nats.RoleAdmin}},
+	}, false, rand.Reader)
+	if err != nil {
+		log.Fatal(err)
+	}
+	me, err := nats.LoadIdentity(filepath.Join(dir, "creds", "example.nk"), "example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	skey, vkey, err := events.GenerateSigningKey(rand.Reader, "example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	signer, err := events.NewSigner(skey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	keyring, err := events.NewKeyring(vkey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv, err := nats.StartServer(nats.ServerConfig{StoreDir: filepath.Join(dir, "js"), Fleet: fleet}) // no Listen: in-process only
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer srv.Stop()
-	nc, err := srv.Connect("example")
+	nc, err := srv.Connect(me)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -55,7 +80,7 @@ func Example() {
 	// The service's projector follows the ledger. (Started on an empty
 	// stream it is caught up at once; with history, serve only once
 	// p.Ready() — the verifier refuses everything as unavailable until then.)
-	p := projector.New(js, projector.Options{Logger: slog.New(slog.DiscardHandler)})
+	p := projector.New(js, projector.Options{Logger: slog.New(slog.DiscardHandler), Keyring: keyring})
 	if err := p.Start(ctx); err != nil {
 		log.Fatal(err)
 	}
@@ -64,7 +89,7 @@ func Example() {
 
 	// Issue a key the way the admin API does: only the secret's hash goes
 	// into the ledger. (Operators use `keyledger keys create` or POST /v1/keys.)
-	ledger, err := nats.OpenLog(ctx, js)
+	ledger, err := nats.OpenLog(ctx, js, signer, keyring)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -49,6 +49,9 @@ type Config struct {
 	// fresh). When it returns false every verification is refused as
 	// unavailable: failing closed is the only safe default for revocation.
 	Ready func() bool
+	// Broken, if set, says why the node refuses every key for good (the
+	// ledger's stream was replaced), for /readyz to tell; "" otherwise.
+	Broken func() string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Node names this node in KeyUsed events.
@@ -97,6 +100,20 @@ func (v *Verifier) Environment() keyledger.Environment { return v.cfg.Environmen
 // Ready reports whether the verifier's table can be trusted now (always,
 // when Config.Ready is nil).
 func (v *Verifier) Ready() bool { return v.cfg.Ready == nil || v.cfg.Ready() }
+
+// ReadyError is nil when the verifier is ready, else why not: ErrNotReady,
+// or an error naming the reason the node stopped for good.
+func (v *Verifier) ReadyError() error {
+	if v.cfg.Broken != nil {
+		if why := v.cfg.Broken(); why != "" {
+			return keyledger.Errorf(keyledger.Unavailable, "this node refuses every key until an operator intervenes: %s", why)
+		}
+	}
+	if !v.Ready() {
+		return ErrNotReady
+	}
+	return nil
+}
 
 // Start is when a request that arrives now started, for Request.Start: the
 // clock is read only when a Recorder will record the time.

@@ -33,6 +33,8 @@ Usage:
   keyledger audit  [--key ID] [--actor A] [--type T] [--from T] [--to T]
   keyledger alerts [--rule R] [--key ID] [--from T] [--to T]
   keyledger nodes                         live nodes and how far each has applied the ledger
+  keyledger creds generate --dir D [--routes] NAME=ROLE[+ROLE]…
+                                          NATS nkeys, signing keys and keyring for a fleet
   keyledger bench NAME [--json]           benchmarks on this machine: verify, authz, revoke, coldstart, ingest, all
 
 Run "keyledger COMMAND -h" for a command's flags.
@@ -67,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = analyticsCmd(ctx, args[0], args[1:], stdout)
 	case "nodes":
 		err = nodesCmd(ctx, args[1:], stdout)
+	case "creds":
+		err = creds(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = bench.Main(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

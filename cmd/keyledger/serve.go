@@ -13,6 +13,7 @@ import (
 	"github.com/keyledger/keyledger/internal/cli"
 
 	keyledger "github.com/keyledger/keyledger"
+	khttp "github.com/keyledger/keyledger/http"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/node"
 	"github.com/keyledger/keyledger/verifier"
@@ -21,14 +22,22 @@ import (
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfg := node.Config{}
-	var env, perms, routes, logFormat string
+	var env, perms, routes, logFormat, trustedProxies string
 	host, _ := os.Hostname()
 	fs.StringVar(&cfg.Role, "role", cli.EnvOr("KEYLEDGER_ROLE", node.RoleAdmin), "admin (admin API + verifier) or verifier (verifier only; needs --nats)")
 	fs.StringVar(&cfg.DataDir, "data", cli.EnvOr("KEYLEDGER_DATA", "./data"), "data directory (JetStream files, admin-token)")
 	fs.StringVar(&cfg.HTTPAddr, "http", cli.EnvOr("KEYLEDGER_HTTP", "127.0.0.1:8080"), "HTTP listen address")
+	fs.StringVar(&cfg.AdminHTTPAddr, "admin-http", os.Getenv("KEYLEDGER_ADMIN_HTTP"), "serve the admin API, analytics and /metrics on this address, and only verification on --http (\"\" = everything on --http)")
+	fs.StringVar(&trustedProxies, "trusted-proxies", cli.EnvOr("KEYLEDGER_TRUSTED_PROXIES", "127.0.0.0/8,::1/128"), "CIDR prefixes of the gateways whose X-Forwarded-*/X-Original-*/X-Real-IP headers are believed, comma-separated (none = nobody's)")
 	fs.StringVar(&env, "environment", cli.EnvOr("KEYLEDGER_ENVIRONMENT", "live"), "environment this node verifies: live or test")
 	fs.StringVar(&cfg.NATSURL, "nats", os.Getenv("KEYLEDGER_NATS"), "URL(s) of an existing NATS deployment, comma-separated (default: run an embedded server)")
 	fs.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4222", "where the embedded NATS server listens for other nodes and tools (\"\" = in-process only)")
+	fs.StringVar(&cfg.Credentials, "credentials", os.Getenv("KEYLEDGER_CREDENTIALS"), "directory from `keyledger creds generate` (default for a single node: generated into DATA/credentials)")
+	fs.StringVar(&cfg.Fleet, "fleet", "", "fleet file: members' public nkeys, roles, route credentials (default CREDENTIALS/fleet.json)")
+	fs.StringVar(&cfg.NATSNKey, "nats-nkey", os.Getenv("KEYLEDGER_NATS_NKEY"), "this node's NATS nkey seed file (default CREDENTIALS/NODE.nk)")
+	fs.StringVar(&cfg.SigningKey, "signing-key", "", "admin nodes: the ledger signing key (default CREDENTIALS/NODE.signing-key)")
+	fs.StringVar(&cfg.TrustedSigners, "trusted-signers", "", "keyring of admin signing keys, one per line, optionally until=SEQ (default CREDENTIALS/trusted-signers)")
+	fs.Uint64Var(&cfg.TrustUnsignedThrough, "trust-unsigned-through", 0, "adopt a ledger written before signing: apply unsigned events up to this KEYS sequence (logged at every start)")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "host:port for routes from other embedded servers: makes this node a NATS cluster member")
 	fs.StringVar(&cfg.ClusterName, "cluster-name", "keyledger", "NATS cluster name")
 	fs.StringVar(&routes, "routes", "", "the other cluster members, comma-separated nats-route://host:port URLs")
@@ -58,6 +67,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var err error
 	if cfg.Environment, err = keyledger.ParseEnvironment(env); err != nil {
 		return usageErr("--environment: %s", keyledger.ErrorMessage(err))
+	}
+	if cfg.TrustedProxies, err = khttp.ParseTrustedProxies(trustedProxies); err != nil {
+		return usageErr("--trusted-proxies: %s", keyledger.ErrorMessage(err))
 	}
 	cfg.Permissions = cli.SplitList(perms)
 	cfg.Routes = cli.SplitList(routes)

@@ -11,27 +11,32 @@ import (
 
 	"github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/events/eventstest"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
 )
 
 // Fixture is a projector fed by hand (no stream) and a deterministic clock.
 type Fixture struct {
-	P    *projector.Projector
-	seq  uint64
-	Rand *rand.ChaCha8
-	Now  time.Time
-	mu   sync.Mutex
-	Used []events.KeyUsed
+	P      *projector.Projector
+	signer *eventstest.Signer
+	seq    uint64
+	Rand   *rand.ChaCha8
+	Now    time.Time
+	mu     sync.Mutex
+	Used   []events.KeyUsed
 }
 
 // New returns a fixture whose clock stands at 2026-11-26 12:00 UTC.
 func New(tb testing.TB) *Fixture {
 	tb.Helper()
+	signer := eventstest.MustSigner(tb, "admin-test", 1)
 	return &Fixture{
-		P:    projector.New(nil, projector.Options{Records: true}),
-		Rand: rand.NewChaCha8([32]byte{1}),
-		Now:  time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC),
+		P:      projector.New(nil, projector.Options{Records: true, Keyring: eventstest.Keyring(tb, signer)}),
+		signer: signer,
+		Rand:   rand.NewChaCha8([32]byte{1}),
+		Now:    time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC),
 	}
 }
 
@@ -47,12 +52,8 @@ func (f *Fixture) Record(ev events.KeyUsed) {
 
 func (f *Fixture) apply(tb testing.TB, ev events.Event) {
 	tb.Helper()
-	b, err := events.Encode(ev)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	f.seq++
-	f.P.ApplyMsg(f.seq, b)
+	f.P.ApplyMsg(f.seq, nats.KeySubject(ev.Head().KeyID), f.signer.MustSeal(tb, ev))
 }
 
 // MustCreate issues a key into the table and returns its secret and id.

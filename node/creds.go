@@ -1,0 +1,218 @@
+package node
+
+import (
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
+)
+
+// A credentials directory, as GenerateCredentials writes it and
+// --credentials reads it:
+//
+//	fleet.json           every member's public nkey and roles, the route password (0600)
+//	nats-auth.conf       the same users for an external nats-server (0600)
+//	nats-routes.conf     route credentials for an external cluster (0600, with routes)
+//	<member>.nk          each member's NATS nkey seed (0600): give each node only its own
+//	<admin>.signing-key  each admin member's ledger signing key (0600)
+//	trusted-signers      the admin members' public signing keys: every node's keyring
+const (
+	FleetFile          = "fleet.json"
+	TrustedSignersFile = "trusted-signers"
+)
+
+// NKeyFile and SigningKeyFile name a member's files in a credentials
+// directory.
+func NKeyFile(member string) string       { return member + ".nk" }
+func SigningKeyFile(member string) string { return member + ".signing-key" }
+
+// GenerateCredentials writes a credentials directory for members: NATS
+// nkeys for all, signing keys for those with the admin role, and the
+// keyring trusting those. routes adds route credentials for an embedded
+// or external NATS cluster. It never overwrites a file.
+func GenerateCredentials(dir string, members []nats.Member, routes bool, random io.Reader) error {
+	if random == nil {
+		random = rand.Reader
+	}
+	if _, err := os.Stat(filepath.Join(dir, TrustedSignersFile)); err == nil {
+		return keyledger.Errorf(keyledger.Conflict, "%s already holds credentials: they are never overwritten", dir)
+	}
+	if _, err := nats.GenerateFleet(dir, members, routes, random); err != nil {
+		return err
+	}
+	ring, err := events.NewKeyring()
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if !m.Has(nats.RoleAdmin) {
+			continue
+		}
+		skey, vkey, err := events.GenerateSigningKey(random, m.Name)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, SigningKeyFile(m.Name)), []byte(skey+"\n"), 0o600); err != nil {
+			return keyledger.Wrap(keyledger.Internal, err, "cannot write a signing key")
+		}
+		if err := ring.Add(events.TrustedSigner{Key: vkey}); err != nil {
+			return err
+		}
+	}
+	if len(ring.Signers()) == 0 {
+		return keyledger.Errorf(keyledger.Invalid, "credentials need at least one admin member: nobody could sign the ledger")
+	}
+	if err := os.WriteFile(filepath.Join(dir, TrustedSignersFile), ring.Marshal(), 0o644); err != nil {
+		return keyledger.Wrap(keyledger.Internal, err, "cannot write "+TrustedSignersFile)
+	}
+	return nil
+}
+
+// ParseMembers parses NAME=ROLE[+ROLE…] arguments.
+func ParseMembers(args []string) ([]nats.Member, error) {
+	var out []nats.Member
+	for _, a := range args {
+		name, roles, ok := strings.Cut(a, "=")
+		if !ok || roles == "" {
+			return nil, keyledger.Errorf(keyledger.Invalid, "member %q: want NAME=ROLE[+ROLE…]", a)
+		}
+		if err := nats.ValidName(name); err != nil {
+			return nil, err
+		}
+		m := nats.Member{Name: name}
+		for _, r := range strings.Split(roles, "+") {
+			role, err := nats.ParseRole(r)
+			if err != nil {
+				return nil, err
+			}
+			m.Roles = append(m.Roles, role)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// credentials are what a node proves itself and checks others with.
+type credentials struct {
+	fleet  *nats.Fleet     // nil on verifiers following an external NATS
+	id     *nats.Identity  // this node on the bus
+	signer *events.Signer  // admin nodes
+	ring   *events.Keyring // every node
+}
+
+// loadCredentials finds the node's credentials: the explicit files, else
+// the --credentials directory, else (a single node with an embedded
+// server and nothing given) a directory it generates in DATA/credentials
+// on first start, holding itself (admin and analytics) and an operator.
+// Secrets are never logged: only paths.
+func loadCredentials(cfg *Config, log *slog.Logger) (*credentials, error) {
+	dir := cfg.Credentials
+	explicit := cfg.Fleet != "" || cfg.NATSNKey != "" || cfg.SigningKey != "" || cfg.TrustedSigners != ""
+	if dir == "" && !explicit {
+		if cfg.NATSURL != "" || cfg.Cluster != "" {
+			return nil, configErr("a node that joins others needs its credentials: --credentials DIR (from `keyledger creds generate`), or --nats-nkey, --trusted-signers (and --fleet, --signing-key on admin nodes)")
+		}
+		dir = filepath.Join(cfg.DataDir, "credentials")
+		if _, err := os.Stat(filepath.Join(dir, FleetFile)); os.IsNotExist(err) {
+			members := []nats.Member{
+				{Name: cfg.Name, Roles: []nats.Role{nats.RoleAdmin, nats.RoleAnalytics}},
+				{Name: "operator", Roles: []nats.Role{nats.RoleOperator}},
+			}
+			if cfg.Name == "operator" {
+				return nil, configErr("--node operator is the break-glass member's name; choose another")
+			}
+			if err := GenerateCredentials(dir, members, false, nil); err != nil {
+				return nil, err
+			}
+			log.Info("NATS and signing credentials generated", "dir", dir,
+				"operator_nkey", filepath.Join(dir, NKeyFile("operator")))
+		}
+	}
+	pick := func(flag, file string) string {
+		if flag != "" || dir == "" {
+			return flag
+		}
+		return filepath.Join(dir, file)
+	}
+	fleetPath := pick(cfg.Fleet, FleetFile)
+	nkeyPath := pick(cfg.NATSNKey, NKeyFile(cfg.Name))
+	signingPath := pick(cfg.SigningKey, SigningKeyFile(cfg.Name))
+	ringPath := pick(cfg.TrustedSigners, TrustedSignersFile)
+
+	c := &credentials{}
+	var err error
+	if nkeyPath == "" {
+		return nil, configErr("--nats-nkey: this node's NATS nkey seed is required")
+	}
+	if c.id, err = nats.LoadIdentity(nkeyPath, cfg.Name); err != nil {
+		return nil, configErr("%s", keyledger.ErrorMessage(err))
+	}
+	embedded := cfg.NATSURL == ""
+	if embedded || cfg.Role == RoleAdmin {
+		if fleetPath == "" {
+			return nil, configErr("--fleet: the fleet file is required on admin nodes and nodes with an embedded server")
+		}
+		if c.fleet, err = nats.LoadFleet(fleetPath); err != nil {
+			return nil, configErr("%s", keyledger.ErrorMessage(err))
+		}
+		m, ok := c.fleet.Member(cfg.Name)
+		if !ok || m.NKey != c.id.PublicKey() {
+			return nil, configErr("node %q is not in the fleet file with this nkey", cfg.Name)
+		}
+		if cfg.Role == RoleAdmin && !m.Has(nats.RoleAdmin) {
+			return nil, configErr("node %q runs the admin role but the fleet gives it %v", cfg.Name, m.Roles)
+		}
+	}
+	if ringPath == "" {
+		return nil, configErr("--trusted-signers: the keyring of admin signing keys is required")
+	}
+	b, err := os.ReadFile(ringPath)
+	if err != nil {
+		return nil, configErr("cannot read --trusted-signers: %v", err)
+	}
+	if c.ring, err = events.ParseKeyring(b); err != nil {
+		return nil, configErr("%s", keyledger.ErrorMessage(err))
+	}
+	if cfg.TrustUnsignedThrough > 0 {
+		c.ring.TrustUnsignedThrough(cfg.TrustUnsignedThrough)
+		log.Warn("--trust-unsigned-through: unsigned ledger events up to this sequence are applied as if signed; events after it must be signed",
+			"seq", cfg.TrustUnsignedThrough)
+	}
+	if cfg.Role == RoleAdmin {
+		if signingPath == "" {
+			return nil, configErr("--signing-key: admin nodes sign every ledger event they write")
+		}
+		sk, err := os.ReadFile(signingPath)
+		if err != nil {
+			return nil, configErr("cannot read --signing-key: %v", err)
+		}
+		if c.signer, err = events.NewSigner(string(sk)); err != nil {
+			return nil, configErr("%s", keyledger.ErrorMessage(err))
+		}
+		trusted := false
+		for _, t := range c.ring.Signers() {
+			if strings.HasPrefix(t.Key, c.signer.KeyID()+"+") && t.Until == 0 {
+				trusted = true
+			}
+		}
+		if !trusted {
+			// Its own writes would be refused by every node, itself included.
+			return nil, configErr("the signing key %s is not in --trusted-signers (or is retired there)", c.signer.KeyID())
+		}
+	}
+	log.Info("credentials", "nkey", nkeyPath, "trusted_signers", len(c.ring.Signers()), "signing_key", c.signerID())
+	return c, nil
+}
+
+func (c *credentials) signerID() string {
+	if c.signer == nil {
+		return ""
+	}
+	return c.signer.KeyID()
+}

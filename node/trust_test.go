@@ -1,0 +1,148 @@
+package node_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
+	"github.com/keyledger/keyledger/node"
+	"github.com/keyledger/keyledger/node/nodetest"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestNode_trust runs the attacks of issue 11 against a whole single node
+// whose embedded NATS listens on loopback, as `keyledger serve` does by
+// default. Before this change each attack succeeded: anyone reaching
+// 127.0.0.1:4222 minted a working key with a secret of their choosing, and
+// a recreated KEYS stream was followed as if nothing had happened.
+func TestNode_trust(t *testing.T) {
+	dir := t.TempDir()
+	logs := &nodetest.SyncBuffer{}
+	cfg := nodetest.Config(dir, logs)
+	cfg.NATSListen = "127.0.0.1:0"
+	n := nodetest.MustOpenConfig(t, cfg)
+	c := &nodetest.Caller{T: t, Base: n.URL(), Token: n.Token()}
+	nodetest.WaitReady(t, c)
+	creds := filepath.Join(dir, "credentials")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	t.Run("credentials are generated and never logged", func(t *testing.T) {
+		for _, f := range []string{node.FleetFile, node.NKeyFile(cfg.Name), node.NKeyFile("operator"), node.SigningKeyFile(cfg.Name)} {
+			fi, err := os.Stat(filepath.Join(creds, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != 0o600 {
+				t.Fatalf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+			}
+		}
+		out := logs.String()
+		for _, secret := range []string{"PRIVATE+KEY", "\"SU", " SU", "=SU"} {
+			if strings.Contains(out, secret) {
+				t.Fatalf("a secret (%q) is in the log", secret)
+			}
+		}
+	})
+
+	t.Run("an anonymous client cannot connect", func(t *testing.T) {
+		nc, err := natsgo.Connect(n.NATSURL(), natsgo.MaxReconnects(0), natsgo.Timeout(2*time.Second))
+		if err == nil {
+			nc.Close()
+			t.Fatal("anonymous NATS client accepted")
+		}
+		if !errors.Is(err, natsgo.ErrAuthorization) {
+			t.Fatalf("connect: %v, want an authorization violation", err)
+		}
+	})
+
+	// The operator's credentials are the strongest on the bus; with them
+	// an attacker can publish anything on KEYS, but not sign it.
+	op, err := nats.LoadIdentity(filepath.Join(creds, node.NKeyFile("operator")), "operator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := natsgo.Connect(n.NATSURL(), append(op.Options(), natsgo.MaxReconnects(0))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("a key minted on the bus without a signature does not work", func(t *testing.T) {
+		secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := events.NewKeyID()
+		ev := &events.KeyCreated{
+			Header: events.NewHeader(events.TypeKeyCreated, id, "attacker", time.Now()), Name: "evil",
+			Environment: keyledger.EnvLive, Permissions: []string{"all"}, Hash: keyledger.HashSecret(secret).String(), Hint: keyledger.Hint(secret),
+		}
+		data, err := events.Encode(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := js.Publish(ctx, nats.KeySubject(id), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Projector().WaitApplied(ctx, ack.Sequence); err != nil {
+			t.Fatal(err)
+		}
+		if code, _, _ := c.Call("GET", "/v1/authz", secret, ""); code != 401 {
+			t.Fatalf("a forged key answered %d, want 401", code)
+		}
+		if got := n.Projector().Rejected()["unsigned"]; got != 1 {
+			t.Fatalf("rejected unsigned = %d, want 1", got)
+		}
+		code, _, body := c.Call("GET", "/metrics", c.Token, "")
+		if code != 200 || !strings.Contains(string(body), `keyledger_projector_rejected_total{reason="unsigned"} 1`) {
+			t.Fatalf("metrics %d: no rejected counter", code)
+		}
+		if !strings.Contains(logs.String(), "ledger event refused") {
+			t.Fatal("the refusal was not logged")
+		}
+	})
+
+	t.Run("a recreated KEYS makes the node fail closed", func(t *testing.T) {
+		code, _, body := c.Call("POST", "/v1/keys", c.Token, `{"name":"victim","environment":"live"}`)
+		if code != 201 {
+			t.Fatalf("create %d %s", code, body)
+		}
+		secret := between(string(body), `"key":"`, `"`)
+		if code, _, _ := c.Call("GET", "/v1/authz", secret, ""); code != 200 {
+			t.Fatalf("before: %d", code)
+		}
+		if err := js.DeleteStream(ctx, nats.KeysStream); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.CreateStream(ctx, nats.KeysStreamConfig(nats.StreamConfig{})); err != nil {
+			t.Fatal(err)
+		}
+		nodetest.WaitFor(t, 20*time.Second, "503 from a node whose stream was replaced", func() bool {
+			code, _, _ := c.Call("GET", "/v1/authz", secret, "")
+			return code == 503
+		})
+		code, _, body = c.Call("GET", "/readyz", "", "")
+		if code != 503 || !strings.Contains(string(body), "recreated") {
+			t.Fatalf("readyz %d %s: want 503 saying KEYS was recreated", code, body)
+		}
+		// Creates must not answer 201 for keys that never work.
+		if code, _, _ := c.Call("POST", "/v1/keys", c.Token, `{"name":"after","environment":"live"}`); code == 201 {
+			t.Fatal("a create was acknowledged on a replaced ledger")
+		}
+	})
+}
