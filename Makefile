@@ -38,7 +38,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./events/
 	$(GO) test -run '^$$' -fuzz FuzzKeyUsedJSON -fuzztime 30s ./events/
 	$(GO) test -run '^$$' -fuzz FuzzNextUsage -fuzztime 30s ./events/
+	$(GO) test -run '^$$' -fuzz FuzzOpen -fuzztime 30s ./events/
 	$(GO) test -run '^$$' -fuzz FuzzAuthz -fuzztime 30s ./http/
+	$(GO) test -run '^$$' -fuzz FuzzTrustedProxies -fuzztime 30s ./http/
+	$(GO) test -run '^$$' -fuzz FuzzFindSecret -fuzztime 30s .
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyUsed -fuzztime 30s ./analytics/
 
 clickhouse-start:

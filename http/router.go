@@ -58,6 +58,8 @@ const (
 	AdminEndpoints
 )
 
+// verifier and admin report whether e includes the verifier's and the
+// admin side's endpoints.
 func (e Endpoints) verifier() bool { return e != AdminEndpoints }
 func (e Endpoints) admin() bool    { return e != VerifierEndpoints }
 

@@ -1,8 +1,10 @@
 package nats_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -171,6 +173,66 @@ func TestBusRefuses(t *testing.T) {
 		defer cancel()
 		if err := e.JS.DeleteStream(ctx, nats.KeysStream); err != nil {
 			t.Fatalf("the operator cannot delete KEYS: %v", err)
+		}
+	})
+}
+
+// TestRoutesRefuseStrangers is the attack of a process that reaches the
+// cluster port and offers itself as a route: before route authentication,
+// any nats-server could join the cluster and receive every stream's data
+// (and vote in its Raft groups).
+func TestRoutesRefuseStrangers(t *testing.T) {
+	t.Run("a cluster needs route credentials", func(t *testing.T) {
+		fleet, _ := natstest.MustFleet(t, false)
+		_, err := nats.StartServer(nats.ServerConfig{Name: "c1", StoreDir: t.TempDir(), Cluster: "127.0.0.1:0",
+			Routes: []string{"nats-route://127.0.0.1:1"}, Fleet: fleet})
+		if err == nil || !strings.Contains(err.Error(), "route credentials") {
+			t.Fatalf("StartServer without route credentials: %v", err)
+		}
+	})
+	t.Run("a route without the password is refused", func(t *testing.T) {
+		fleet, _ := natstest.MustFleet(t, true)
+		srv, err := nats.StartServer(nats.ServerConfig{Name: "c1", StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Cluster: "127.0.0.1:0",
+			Routes: []string{"nats-route://127.0.0.1:1"}, Fleet: fleet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Stop()
+		addr := srv.ClusterAddr()
+		for _, tc := range []struct{ name, connect string }{
+			{"no credentials", `{"verbose":false,"pedantic":false,"name":"rogue"}`},
+			{"wrong password", `{"verbose":false,"pedantic":false,"name":"rogue","user":"` + fleet.Routes.Username + `","pass":"guess-guess-guess"}`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				conn, err := net.DialTimeout("tcp", addr.String(), 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(10 * time.Second))
+				r := bufio.NewReader(conn)
+				if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "INFO ") {
+					t.Fatalf("want the server's INFO, got %q %v", line, err)
+				}
+				if _, err := conn.Write([]byte("CONNECT " + tc.connect + "\r\nPING\r\n")); err != nil {
+					t.Fatal(err)
+				}
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						t.Fatalf("connection ended without an authorization error: %v", err)
+					}
+					if strings.HasPrefix(line, "-ERR") {
+						if !strings.Contains(line, "Authorization") {
+							t.Fatalf("error %q, want an authorization violation", line)
+						}
+						return
+					}
+					if strings.HasPrefix(line, "PONG") {
+						t.Fatal("a route without the password was accepted")
+					}
+				}
+			})
 		}
 	})
 }

@@ -108,6 +108,9 @@ func (c *Config) Validate() error {
 		// leader: it would only time out at start.
 		return configErr("--cluster makes this node a NATS cluster member: name the other members with --routes (a single node needs neither)")
 	}
+	if c.Cluster != "" && c.NATSListen == "" {
+		return configErr("--cluster needs --nats-listen: cluster members and verifiers reach the embedded server there")
+	}
 	if c.Cluster != "" && c.NATSURL != "" {
 		return configErr("--cluster makes the embedded server a cluster member; it does not combine with --nats")
 	}
