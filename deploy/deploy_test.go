@@ -2,9 +2,12 @@
 // read it (nats-server's own config parser, ClickHouse, a YAML parser,
 // systemd-analyze and kubectl when installed, the keyledger binary's flag
 // set), and the ones that can run here are run: the NATS configs as a real
-// 3-server JetStream cluster, the ClickHouse cluster DDL on the local
-// ClickHouse (replication swapped out), local-cluster.sh as 3 processes.
-// Everything listens on loopback only.
+// 3-server JetStream cluster with the systemd units' admin and verifier
+// nodes on it, the ClickHouse cluster DDL on the local ClickHouse
+// (replication swapped out), local-cluster.sh as 3 processes and a
+// verifier. Credentials come from running the generation commands each
+// file documents, with the built binary. Everything listens on loopback
+// only.
 package deploy_test
 
 import (
@@ -15,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -34,6 +38,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/events"
+	klnats "github.com/keyledger/keyledger/nats"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -113,60 +119,181 @@ func readFile(t *testing.T, path string) string {
 
 var natsNodes = []string{"nats/nats-1.conf", "nats/nats-2.conf", "nats/nats-3.conf"}
 
-func TestNATSConfigs(t *testing.T) {
-	// Without the password variable the server must refuse the config.
-	t.Setenv("KEYLEDGER_NATS_PASSWORD", "") // restored after the test
-	os.Unsetenv("KEYLEDGER_NATS_PASSWORD")
-	if _, err := server.ProcessConfigFile(natsNodes[0]); err == nil || !strings.Contains(err.Error(), "KEYLEDGER_NATS_PASSWORD") {
-		t.Errorf("%s parses without KEYLEDGER_NATS_PASSWORD (err %v): clients must authenticate", natsNodes[0], err)
-	}
-	const password = "deploy-test-password"
-	t.Setenv("KEYLEDGER_NATS_PASSWORD", password)
+// natsInstall is the external NATS cluster as the documented commands of
+// systemd/nats-server.service install it: the fleet's credentials
+// generated (work/creds), the route URLs written, and for each server the
+// directory systemd hands it (its LoadCredential= lines, each file taken
+// from the install line that puts it there), with nats-server.conf and
+// everything it includes.
+type natsInstall struct {
+	work  string // where the documented commands ran: work/creds
+	fleet fleetFile
+	confs []string // each server's nats-server.conf, as ExecStart names it
+}
 
+func installNATS(t *testing.T) natsInstall {
+	t.Helper()
+	const unitPath = "systemd/nats-server.service"
+	text := readFile(t, unitPath)
+	in := natsInstall{work: t.TempDir()}
+	_, in.fleet = runCredsGenerate(t, in.work, docCommand(t, text, "creds generate"))
+	routeURLs(t, in.work, docCommand(t, text, "route-urls.sh"))
+	if st, err := os.Stat(filepath.Join(in.work, "creds", "nats-route-urls.conf")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("route-urls.sh output (it holds the route password): %v, want mode 0600", err)
+	}
+	u := parseUnit(t, unitPath)
+	for i := range natsNodes {
+		dir := loadCredentials(t, unitPath, u, func(src string) string {
+			if s, ok := strings.CutPrefix(src, "deploy/"); ok {
+				return strings.ReplaceAll(s, "nats-N.conf", fmt.Sprintf("nats-%d.conf", i+1))
+			}
+			return filepath.Join(in.work, src)
+		})
+		args := execStart(t, unitPath, u, "nats-server", map[string]string{"CREDENTIALS_DIRECTORY": dir})
+		c := slices.Index(args, "-c")
+		if c < 0 || c+1 >= len(args) {
+			t.Fatalf("%s: ExecStart %q has no -c CONFIG", unitPath, args)
+		}
+		in.confs = append(in.confs, args[c+1])
+	}
+	return in
+}
+
+// memberWith returns the first member of f with role r.
+func memberWith(t *testing.T, f fleetFile, r string) string {
+	t.Helper()
+	for _, m := range f.Members {
+		if slices.Contains(m.Roles, r) {
+			return m.Name
+		}
+	}
+	t.Fatalf("the fleet has no %s member", r)
+	return ""
+}
+
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
+func TestNATSConfigs(t *testing.T) {
+	// Without the generated files the configs do not parse: there is no
+	// way to run them without authentication.
+	bare := t.TempDir()
+	for src, dst := range map[string]string{natsNodes[0]: "nats-server.conf", "nats/common.conf": "common.conf"} {
+		if err := os.WriteFile(filepath.Join(bare, dst), []byte(readFile(t, src)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := server.ProcessConfigFile(filepath.Join(bare, "nats-server.conf")); err == nil || !strings.Contains(err.Error(), "nats-auth.conf") {
+		t.Errorf("%s parses without the generated nats-auth.conf (err %v): clients must authenticate", natsNodes[0], err)
+	}
+
+	in := installNATS(t)
+	fleet := in.fleet
+	if fleet.Routes == nil || fleet.Routes.Password == "" {
+		t.Fatalf("the documented creds generate makes no route credentials: %+v", fleet)
+	}
+	admin, verifier, operator := memberWith(t, fleet, "admin"), memberWith(t, fleet, "verifier"), memberWith(t, fleet, "operator")
 	opts := make([]*server.Options, len(natsNodes))
 	names := map[string]bool{}
-	for i, f := range natsNodes {
+	for i, f := range in.confs {
+		where := natsNodes[i]
 		o, err := server.ProcessConfigFile(f)
 		if err != nil {
-			t.Fatalf("%s: %v", f, err)
+			t.Fatalf("%s: %v", where, err)
 		}
 		opts[i] = o
 		if !o.JetStream {
-			t.Errorf("%s: JetStream is off", f)
+			t.Errorf("%s: JetStream is off", where)
 		}
 		if !o.SyncAlways {
-			t.Errorf("%s: jetstream sync_interval is not always", f)
+			t.Errorf("%s: jetstream sync_interval is not always", where)
 		}
 		if o.StoreDir == "" {
-			t.Errorf("%s: no JetStream store_dir", f)
+			t.Errorf("%s: no JetStream store_dir", where)
 		}
 		if o.ServerName == "" || names[o.ServerName] {
-			t.Errorf("%s: server_name %q is empty or not unique", f, o.ServerName)
+			t.Errorf("%s: server_name %q is empty or not unique", where, o.ServerName)
 		}
 		names[o.ServerName] = true
 		if want := fmt.Sprintf("nats-%d", i+1); o.ServerName != want {
-			t.Errorf("%s: server_name %q, want %q (routes name the hosts nats-1..3)", f, o.ServerName, want)
+			t.Errorf("%s: server_name %q, want %q (routes name the hosts nats-1..3)", where, o.ServerName, want)
 		}
 		if o.Port == 0 || o.Cluster.Port == 0 || o.Port == o.Cluster.Port || o.HTTPPort == o.Port || o.HTTPPort == o.Cluster.Port {
-			t.Errorf("%s: client %d, cluster %d and monitoring %d ports must be set and distinct", f, o.Port, o.Cluster.Port, o.HTTPPort)
+			t.Errorf("%s: client %d, cluster %d and monitoring %d ports must be set and distinct", where, o.Port, o.Cluster.Port, o.HTTPPort)
 		}
 		if o.Cluster.Name != "keyledger" {
-			t.Errorf("%s: cluster name %q", f, o.Cluster.Name)
+			t.Errorf("%s: cluster name %q", where, o.Cluster.Name)
 		}
-		if len(o.Users) != 1 || o.Users[0].Username != "keyledger" || o.Users[0].Password != password {
-			t.Errorf("%s: want one user keyledger with the password from the environment", f)
+		// No anonymous access: no default user, no passwords or token,
+		// only the fleet's nkeys, each with its permissions.
+		if o.NoAuthUser != "" || len(o.Users) != 0 || o.Username != "" || o.Authorization != "" {
+			t.Errorf("%s: no_auth_user %q, %d password users, user %q, token set %v: want nkey users only",
+				where, o.NoAuthUser, len(o.Users), o.Username, o.Authorization != "")
+		}
+		perms := map[string]*server.Permissions{}
+		for _, nk := range o.Nkeys {
+			p := nk.Permissions
+			if p == nil || p.Publish == nil || p.Subscribe == nil || (len(p.Publish.Allow) == 0 && !slices.Contains(fleet.roles(memberOf(fleet, nk.Nkey)), "operator")) {
+				t.Errorf("%s: nkey user %s without publish and subscribe permissions", where, nk.Nkey)
+			}
+			perms[nk.Nkey] = p
+		}
+		for _, m := range fleet.Members {
+			if perms[m.NKey] == nil {
+				t.Errorf("%s: fleet member %s is not a user", where, m.Name)
+			}
+		}
+		if len(o.Nkeys) != len(fleet.Members) {
+			t.Errorf("%s: %d nkey users for %d fleet members", where, len(o.Nkeys), len(fleet.Members))
+		}
+		// What the roles may publish, as the server will enforce it.
+		for _, c := range []struct {
+			member, subject string
+			want            bool
+		}{
+			{verifier, "keyledger.keys.k_deploytest", false},
+			{verifier, "$JS.API.STREAM.DELETE.KEYS", false},
+			{verifier, "$JS.API.STREAM.UPDATE.KEYS", false},
+			{verifier, "$JS.API.STREAM.PURGE.KEYS", false},
+			{verifier, "$JS.API.STREAM.CREATE.KEYS", false},
+			{verifier, "keyledger.usage.live.batch." + admin, false},
+			{verifier, "keyledger.usage.live.batch." + verifier, true},
+			{verifier, "$JS.API.STREAM.INFO.KEYS", true},
+			{admin, "keyledger.keys.k_deploytest", true},
+			{admin, "$JS.API.STREAM.DELETE.KEYS", false},
+			{admin, "$JS.API.STREAM.UPDATE.KEYS", false},
+			{admin, "$JS.API.STREAM.PURGE.KEYS", false},
+			{operator, "$JS.API.STREAM.DELETE.KEYS", true},
+		} {
+			if got := mayPublish(perms[fleet.nkey(c.member)], c.subject); got != c.want {
+				t.Errorf("%s: %s may publish %s: %v, want %v", where, c.member, c.subject, got, c.want)
+			}
+		}
+		// Monitoring on loopback only (or off).
+		if o.HTTPPort != 0 && !isLoopback(o.HTTPHost) || o.HTTPSPort != 0 && !isLoopback(o.HTTPHost) {
+			t.Errorf("%s: monitoring on %q port %d/%d: want loopback only or off", where, o.HTTPHost, o.HTTPPort, o.HTTPSPort)
+		}
+		// Routes authenticate: nats-routes.conf's user is required on the
+		// cluster port, and presented in every route URL.
+		if o.Cluster.Username != fleet.Routes.Username || o.Cluster.Password != fleet.Routes.Password {
+			t.Errorf("%s: cluster authorization %q: want the generated route user and password", where, o.Cluster.Username)
 		}
 	}
-	// Each node routes to exactly the other two, at their cluster ports.
+	// Each server routes to all three (itself dropped), with the route
+	// credentials, at their cluster ports.
 	for i, o := range opts {
 		var got, want []string
 		for _, u := range o.Routes {
+			p, _ := u.User.Password()
+			if u.User.Username() != fleet.Routes.Username || p != fleet.Routes.Password {
+				t.Errorf("%s: route %s does not carry the route credentials", natsNodes[i], u.Redacted())
+			}
 			got = append(got, u.Scheme+"://"+u.Host)
 		}
-		for j, p := range opts {
-			if j != i {
-				want = append(want, fmt.Sprintf("nats-route://%s:%d", p.ServerName, p.Cluster.Port))
-			}
+		for _, p := range opts {
+			want = append(want, fmt.Sprintf("nats-route://%s:%d", p.ServerName, p.Cluster.Port))
 		}
 		sort.Strings(got)
 		if !slices.Equal(got, want) {
@@ -180,20 +307,26 @@ func TestNATSConfigs(t *testing.T) {
 	// Run the three configs as one cluster on loopback: same options, with
 	// addresses, ports and store dirs moved to this machine.
 	ports := freePorts(t, 3)
-	servers := make([]*server.Server, 3)
+	index := map[string]int{}
 	for i, o := range opts {
-		o.Host, o.Port = "127.0.0.1", server.RANDOM_PORT
+		index[fmt.Sprintf("%s:%d", o.ServerName, o.Cluster.Port)] = i
+	}
+	servers := make([]*server.Server, 3)
+	storeDirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	clientPorts := []int{server.RANDOM_PORT, server.RANDOM_PORT, server.RANDOM_PORT}
+	moveToLoopback := func(i int, o *server.Options) {
+		o.Host, o.Port = "127.0.0.1", clientPorts[i]
 		o.HTTPHost, o.HTTPPort = "", 0
 		o.Cluster.Host, o.Cluster.Port = "127.0.0.1", ports[i]
-		var routes []string
-		for j := range opts {
-			if j != i {
-				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[j]))
-			}
+		for _, u := range o.Routes {
+			u.Host = fmt.Sprintf("127.0.0.1:%d", ports[index[u.Host]])
 		}
-		o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
-		o.StoreDir = t.TempDir()
+		o.StoreDir = storeDirs[i]
 		o.NoSigs, o.NoLog = true, true
+	}
+	var clientURLs []string
+	for i, o := range opts {
+		moveToLoopback(i, o)
 		s, err := server.NewServer(o)
 		if err != nil {
 			t.Fatalf("%s: %v", natsNodes[i], err)
@@ -206,23 +339,34 @@ func TestNATSConfigs(t *testing.T) {
 		if !s.ReadyForConnections(10 * time.Second) {
 			t.Fatalf("%s: server not ready", natsNodes[i])
 		}
+		clientURLs = append(clientURLs, s.ClientURL())
+		clientPorts[i] = s.Addr().(*net.TCPAddr).Port
 	}
+	urls := strings.Join(clientURLs, ",")
 	if nc, err := nats.Connect(servers[0].ClientURL(), nats.Timeout(2*time.Second)); err == nil {
 		nc.Close()
 		t.Errorf("a client without credentials was let in")
 	}
-	nc, err := nats.Connect(servers[0].ClientURL(), nats.UserInfo("keyledger", password))
-	if err != nil {
-		t.Fatalf("connect with the configured user: %v", err)
+	// An nkey of another fleet is no better.
+	strangers, _ := runCredsGenerate(t, t.TempDir(), []string{"keyledger", "creds", "generate", "--dir", "x", "stranger=admin"})
+	if opt, err := nats.NkeyOptionFromSeed(filepath.Join(strangers, "stranger.nk")); err != nil {
+		t.Fatal(err)
+	} else if nc, err := nats.Connect(servers[0].ClientURL(), opt, nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Errorf("a client with an nkey the fleet does not list was let in")
 	}
-	defer nc.Close()
+	// A route that does not authenticate is refused.
+	checkRouteRefused(t, fmt.Sprintf("127.0.0.1:%d", ports[0]))
+
+	// The break-glass operator may create any stream: an R3 file stream
+	// needs all three servers in one JetStream cluster, so routes work.
+	nc, _ := natsAs(t, urls, operator, filepath.Join(in.work, "creds", operator+".nk"))
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// An R3 file stream needs all three servers in one JetStream cluster.
 	var stream jetstream.Stream
 	for {
 		actx, acancel := context.WithTimeout(ctx, 3*time.Second)
@@ -236,7 +380,7 @@ func TestNATSConfigs(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatalf("no R3 stream on the 3-node cluster: %v", err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // the cluster is electing its meta leader; retry bounded by ctx
 	}
 	if _, err := js.Publish(ctx, "deploytest.x", []byte("x")); err != nil {
 		t.Fatalf("publish to the R3 stream: %v", err)
@@ -252,6 +396,158 @@ func TestNATSConfigs(t *testing.T) {
 		if !s.JetStreamEnabled() || !s.JetStreamConfig().SyncAlways {
 			t.Errorf("%s: JetStream off or not syncing always at run time", s.Name())
 		}
+	}
+
+	// The systemd units of an admin and a verifier node, run as systemd
+	// would (their env files, their LoadCredential= directories) against
+	// this cluster: the generated permissions are enough for keyledger
+	// itself, and a verifier needs only its nkey and the keyring.
+	unitsOnExternalNATS(t, ctx, in, urls)
+
+	// What the server refuses, to the nodes' own nkeys.
+	seed := func(m string) string { return filepath.Join(in.work, "creds", m+".nk") }
+	vnc, verrs := natsAs(t, urls, verifier, seed(verifier))
+	for _, s := range []string{"keyledger.keys.k_deploytest", "$JS.API.STREAM.DELETE.KEYS", "$JS.API.STREAM.PURGE.KEYS",
+		"$JS.API.STREAM.UPDATE.KEYS", "keyledger.usage.live.batch." + admin} {
+		expectDenied(t, verifier, vnc, verrs, s)
+	}
+	if msg, err := vnc.Request("$JS.API.STREAM.INFO.KEYS", nil, 5*time.Second); err != nil || !strings.Contains(string(msg.Data), `"name":"KEYS"`) {
+		t.Errorf("%s cannot read KEYS' stream info: %v", verifier, err)
+	}
+	anc, aerrs := natsAs(t, urls, admin, seed(admin))
+	for _, s := range []string{"$JS.API.STREAM.DELETE.KEYS", "$JS.API.STREAM.UPDATE.KEYS", "$JS.API.STREAM.PURGE.KEYS"} {
+		expectDenied(t, admin, anc, aerrs, s)
+	}
+	keys, err := js.Stream(ctx, "KEYS")
+	if err != nil {
+		t.Fatalf("KEYS after the refused deletes: %v", err)
+	}
+	if c := keys.CachedInfo(); c.Config.Replicas != 3 || c.State.Msgs == 0 {
+		t.Errorf("KEYS: %d replicas, %d events: want the admin node's R3 stream with its create", c.Config.Replicas, c.State.Msgs)
+	}
+
+	// Rotating a member's nkey as deploy/README.md describes it: a new
+	// key for the same name and roles, its public key swapped into
+	// nats-auth.conf, the servers reloaded. The old seed is refused, the
+	// new one has the member's permissions.
+	rot, rotFleet := runCredsGenerate(t, t.TempDir(), []string{"keyledger", "creds", "generate", "--dir", "rot", verifier + "=verifier", "scratch=admin"})
+	oldKey, newKey := fleet.nkey(verifier), rotFleet.nkey(verifier)
+	for i, s := range servers {
+		auth := filepath.Join(filepath.Dir(in.confs[i]), "nats-auth.conf")
+		text := readFile(t, auth)
+		if strings.Count(text, oldKey) != 1 {
+			t.Fatalf("nats-auth.conf holds %s's public key %d times, want once", verifier, strings.Count(text, oldKey))
+		}
+		if err := os.WriteFile(auth, []byte(strings.Replace(text, oldKey, newKey, 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		o, err := server.ProcessConfigFile(in.confs[i])
+		if err != nil {
+			t.Fatalf("%s after the rotation: %v", natsNodes[i], err)
+		}
+		moveToLoopback(i, o)
+		if err := s.ReloadOptions(o); err != nil {
+			t.Fatalf("%s: reload after the rotation: %v", natsNodes[i], err)
+		}
+	}
+	vnc.Close()
+	if opt, err := nats.NkeyOptionFromSeed(seed(verifier)); err != nil {
+		t.Fatal(err)
+	} else if nc, err := nats.Connect(urls, opt, nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Errorf("%s's old nkey is still let in after the rotation", verifier)
+	}
+	rnc, rerrs := natsAs(t, urls, verifier, filepath.Join(rot, verifier+".nk"))
+	expectDenied(t, verifier+" (rotated)", rnc, rerrs, "keyledger.keys.k_deploytest")
+	if _, err := rnc.Request("$JS.API.STREAM.INFO.KEYS", nil, 5*time.Second); err != nil {
+		t.Errorf("%s's new nkey cannot read KEYS' stream info: %v", verifier, err)
+	}
+}
+
+// checkRouteRefused dials a cluster port and presents no credentials: the
+// server must announce that routes authenticate and refuse the CONNECT.
+func checkRouteRefused(t *testing.T, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("route port %s: %v", addr, err)
+	}
+	var info struct {
+		AuthRequired bool `json:"auth_required"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(strings.TrimSpace(line), "INFO ")), &info); err != nil || !info.AuthRequired {
+		t.Errorf("route port %s: INFO %q: want auth_required", addr, line)
+	}
+	fmt.Fprint(c, "CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"intruder\",\"cluster\":\"keyledger\"}\r\nPING\r\n")
+	rest, _ := io.ReadAll(r) // the server closes the connection
+	if !strings.Contains(string(rest), "Authorization Violation") || strings.Contains(string(rest), "PONG") {
+		t.Errorf("route port %s let a route without credentials in: %q", addr, rest)
+	}
+}
+
+// memberOf returns the fleet member with public nkey nk.
+func memberOf(f fleetFile, nk string) string {
+	for _, m := range f.Members {
+		if m.NKey == nk {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+// unitsOnExternalNATS runs keyledger-admin.service and
+// keyledger-verifier.service against the cluster at urls: a key created
+// on the admin node verifies on the verifier.
+func unitsOnExternalNATS(t *testing.T, ctx context.Context, in natsInstall, urls string) {
+	t.Helper()
+	bin := keyledgerBinary(t)
+	resolve := func(src string) string { return filepath.Join(in.work, src) }
+	ports := freePorts(t, 2)
+	token := "kla_deploytest_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	run := func(path string, envs []string, overrides map[string]string) *proc {
+		u := parseUnit(t, path)
+		vars := map[string]string{}
+		for _, e := range envs {
+			for k, v := range envValues(t, e) {
+				vars[k] = v
+			}
+		}
+		for k, v := range overrides {
+			vars[k] = v
+		}
+		vars["CREDENTIALS_DIRECTORY"] = loadCredentials(t, path, u, resolve)
+		args := execStart(t, path, u, bin, vars)
+		env := cleanEnv()
+		for k, v := range vars {
+			env = append(env, k+"="+v)
+		}
+		// --data last: the unit's state directory is the test's.
+		p := startServe(t, path, "http://"+vars["KEYLEDGER_HTTP"], env, append(args[1:], "--data", t.TempDir()))
+		p.waitReady(t, 60*time.Second)
+		return p
+	}
+	admin := run("systemd/keyledger-admin.service", []string{"systemd/keyledger.env", "systemd/secrets.env.example"}, map[string]string{
+		"KEYLEDGER_NATS": urls, "KEYLEDGER_CLUSTER": "", "KEYLEDGER_ROUTES": "", "KEYLEDGER_NATS_LISTEN": "",
+		"KEYLEDGER_HTTP": fmt.Sprintf("127.0.0.1:%d", ports[0]), "KEYLEDGER_ADMIN_TOKEN": token,
+	})
+	var created struct {
+		Key string `json:"key"`
+	}
+	if code := call(t, ctx, "POST", admin.url+"/v1/keys", token, `{"name":"deploytest","environment":"live"}`, &created); code != http.StatusCreated || created.Key == "" {
+		t.Fatalf("create on the admin unit: %d\n%s", code, admin.out.String())
+	}
+	verifier := run("systemd/keyledger-verifier.service", []string{"systemd/verifier.env"}, map[string]string{
+		"KEYLEDGER_NATS": urls, "KEYLEDGER_HTTP": fmt.Sprintf("127.0.0.1:%d", ports[1]),
+	})
+	if code := call(t, ctx, "GET", verifier.url+"/v1/authz", created.Key, "", nil); code != http.StatusOK {
+		t.Errorf("the verifier unit answers %d for a key the admin unit created, want 200\n%s", code, verifier.out.String())
 	}
 }
 
@@ -692,11 +988,26 @@ func checkFlags(t *testing.T, known map[string]bool, where string, args []string
 
 func TestComposeFile(t *testing.T) {
 	known := serveFlags(t)
+	text := readFile(t, "docker-compose.yml")
 	var doc map[string]any
-	if err := yaml.Unmarshal([]byte(readFile(t, "docker-compose.yml")), &doc); err != nil {
+	if err := yaml.Unmarshal([]byte(text), &doc); err != nil {
 		t.Fatalf("docker-compose.yml: %v", err)
 	}
 	services := mapOf(doc, "services")
+
+	// The documented one-time generation, run from a stand-in for the
+	// repository root: every file a container mounts must come out of it.
+	root := t.TempDir()
+	gen := docCommand(t, text, "creds generate")
+	_, fleet := runCredsGenerate(t, root, gen)
+	if d, _ := flagValue(gen, "dir"); d != "deploy/creds" {
+		t.Errorf("creds generate --dir %q: want deploy/creds, next to the compose file", d)
+	}
+	if !strings.Contains(readFile(t, ".gitignore"), "/creds/") || !strings.Contains(readFile(t, "Dockerfile.dockerignore"), "deploy/creds") {
+		t.Errorf("deploy/creds must be ignored by git (deploy/.gitignore) and kept out of the image's build context (Dockerfile.dockerignore)")
+	}
+	composeDir := filepath.Join(root, "deploy")
+
 	var admins, verifiers []string
 	for name, v := range services {
 		svc := v.(map[string]any)
@@ -714,21 +1025,76 @@ func TestComposeFile(t *testing.T) {
 		if node != name {
 			t.Errorf("%s: --node %q, want the service name", name, node)
 		}
-		if r, _ := flagValue(args, "replicas"); r != "3" {
-			t.Errorf("%s: --replicas %q, want 3 (every node sets the streams' replicas)", name, r)
+		checkNodeName(t, "docker-compose.yml", node)
+		// Only the HTTP port reaches the host, on loopback: not NATS
+		// (4222, 6222), not monitoring.
+		if p := strs(svc["ports"]); len(p) != 1 || !regexp.MustCompile(`^127\.0\.0\.1:\d+:8080$`).MatchString(p[0]) {
+			t.Errorf("%s: ports %v: want only 127.0.0.1:PORT:8080", name, p)
 		}
+		// Credentials: bind mounts of single generated files, read-only,
+		// never created on the host when missing.
+		mounts := map[string]string{} // target → file name
+		for _, v := range svc["volumes"].([]any) {
+			m, ok := v.(map[string]any)
+			if !ok {
+				continue // a named volume (admin data)
+			}
+			src, target := fmt.Sprint(m["source"]), fmt.Sprint(m["target"])
+			if m["type"] != "bind" || m["read_only"] != true || mapOf(m, "bind")["create_host_path"] != false {
+				t.Errorf("%s: mount of %s: want type bind, read_only, bind.create_host_path false", name, src)
+			}
+			if _, err := os.Stat(filepath.Join(composeDir, src)); err != nil {
+				t.Errorf("%s mounts %s, which the documented creds generate does not write", name, src)
+			}
+			mounts[target] = filepath.Base(src)
+		}
+		var want []string
 		switch role {
 		case "admin":
 			admins = append(admins, name)
+			dir, _ := flagValue(args, "credentials")
+			want = []string{"fleet.json", "trusted-signers", name + ".nk", name + ".signing-key"}
+			for _, f := range want {
+				if mounts[dir+"/"+f] != f {
+					t.Errorf("%s: --credentials %s holds no %s", name, dir, f)
+				}
+			}
+			if r := fleet.roles(name); !slices.Contains(r, "admin") || !slices.Contains(r, "analytics") {
+				t.Errorf("%s: the fleet gives it %v: want admin and analytics (it runs analytics)", name, r)
+			}
 		case "verifier":
 			verifiers = append(verifiers, name)
+			want = []string{name + ".nk", "trusted-signers"}
+			nk, _ := flagValue(args, "nats-nkey")
+			ts, _ := flagValue(args, "trusted-signers")
+			if mounts[nk] != name+".nk" || mounts[ts] != "trusted-signers" {
+				t.Errorf("%s: --nats-nkey %q and --trusted-signers %q are not its mounted nkey and keyring", name, nk, ts)
+			}
+			if r := fleet.roles(name); !slices.Equal(r, []string{"verifier"}) {
+				t.Errorf("%s: the fleet gives it %v: want verifier only", name, r)
+			}
+			for _, f := range []string{"credentials", "fleet", "signing-key", "replicas", "usage-max-age"} {
+				if _, ok := flagValue(args, f); ok {
+					t.Errorf("%s: a verifier takes no --%s", name, f)
+				}
+			}
 		default:
 			t.Errorf("%s: --role %q", name, role)
+		}
+		got := slices.Sorted(maps.Values(mounts))
+		sort.Strings(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s mounts %v: want exactly %v", name, got, want)
 		}
 	}
 	sort.Strings(admins)
 	if !slices.Equal(admins, []string{"admin-1", "admin-2", "admin-3"}) || len(verifiers) != 2 || services["clickhouse"] == nil {
 		t.Fatalf("want admin-1..3, 2 verifiers and clickhouse; got admins %v verifiers %v", admins, verifiers)
+	}
+	for _, m := range fleet.Members {
+		if services[m.Name] == nil && !slices.Equal(m.Roles, []string{"operator"}) {
+			t.Errorf("the fleet lists %s, which is no service", m.Name)
+		}
 	}
 	for _, name := range admins {
 		args := strs(mapOf(services, name)["command"])
@@ -747,6 +1113,9 @@ func TestComposeFile(t *testing.T) {
 		}
 		if l, _ := flagValue(args, "nats-listen"); l != "0.0.0.0:4222" {
 			t.Errorf("%s: --nats-listen %q: verifiers connect to it", name, l)
+		}
+		if r, _ := flagValue(args, "replicas"); r != "3" {
+			t.Errorf("%s: --replicas %q, want 3 (admin nodes create the streams)", name, r)
 		}
 		env := mapOf(services, name, "environment")
 		if !strings.Contains(fmt.Sprint(env["KEYLEDGER_ADMIN_TOKEN"]), "${KEYLEDGER_ADMIN_TOKEN:?") {
@@ -771,12 +1140,17 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
-func TestKubernetesManifests(t *testing.T) {
-	known := serveFlags(t)
-	files, _ := filepath.Glob("k8s/*.yaml")
-	if len(files) < 4 {
-		t.Fatalf("k8s manifests: %v", files)
+// checkNodeName: a node name is a NATS subject token and inbox prefix.
+func checkNodeName(t *testing.T, where, name string) {
+	t.Helper()
+	if err := klnats.ValidName(name); err != nil {
+		t.Errorf("%s: node name %q: %v", where, name, err)
 	}
+}
+
+// k8sObjects decodes every object of the given manifest files.
+func k8sObjects(t *testing.T, files ...string) map[string]map[string]any {
+	t.Helper()
 	objs := map[string]map[string]any{} // kind/name
 	for _, f := range files {
 		dec := yaml.NewDecoder(strings.NewReader(readFile(t, f)))
@@ -801,15 +1175,29 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
-	sts := objs["StatefulSet/keyledger-admin"]
-	dep := objs["Deployment/keyledger-verifier"]
-	if sts == nil || dep == nil {
-		t.Fatalf("want StatefulSet/keyledger-admin and Deployment/keyledger-verifier; have %v", slices.Sorted(mapKeys(objs)))
+	return objs
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	known := serveFlags(t)
+	files, _ := filepath.Glob("k8s/*.yaml")
+	if len(files) < 4 {
+		t.Fatalf("k8s manifests: %v", files)
 	}
-	spec := mapOf(sts, "spec")
+	objs := k8sObjects(t, files...)
+	sts := objs["StatefulSet/keyledger-admin"]
+	vsts := objs["StatefulSet/keyledger-verifier"]
+	if sts == nil || vsts == nil {
+		t.Fatalf("want StatefulSet/keyledger-admin and StatefulSet/keyledger-verifier; have %v", slices.Sorted(mapKeys(objs)))
+	}
+	spec, vspec := mapOf(sts, "spec"), mapOf(vsts, "spec")
 	if spec["replicas"] != 3 || spec["podManagementPolicy"] != "Parallel" {
 		t.Errorf("StatefulSet: replicas %v, podManagementPolicy %v: want 3 and Parallel (each pod waits for the others' quorum)",
 			spec["replicas"], spec["podManagementPolicy"])
+	}
+	vreplicas, _ := vspec["replicas"].(int)
+	if vreplicas < 1 {
+		t.Fatalf("verifier StatefulSet replicas %v", vspec["replicas"])
 	}
 	headless := objs["Service/"+fmt.Sprint(spec["serviceName"])]
 	if headless == nil || mapOf(headless, "spec")["clusterIP"] != "None" || mapOf(headless, "spec")["publishNotReadyAddresses"] != true {
@@ -822,10 +1210,10 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 		return cs[0].(map[string]any)
 	}
-	admin, verifier := container(sts), container(dep)
+	admin, verifier := container(sts), container(vsts)
 	aargs, vargs := strs(admin["args"]), strs(verifier["args"])
 	checkFlags(t, known, "StatefulSet keyledger-admin", aargs)
-	checkFlags(t, known, "Deployment keyledger-verifier", vargs)
+	checkFlags(t, known, "StatefulSet keyledger-verifier", vargs)
 
 	routes, _ := flagValue(aargs, "routes")
 	nurls, _ := flagValue(vargs, "nats")
@@ -841,11 +1229,23 @@ func TestKubernetesManifests(t *testing.T) {
 	if r, _ := flagValue(aargs, "replicas"); r != "3" {
 		t.Errorf("admin --replicas %q", r)
 	}
-	if r, _ := flagValue(vargs, "replicas"); r != "3" {
-		t.Errorf("verifier --replicas %q, want 3 (every node sets the streams' replicas)", r)
+	for _, f := range []string{"replicas", "credentials", "fleet", "signing-key", "usage-max-age"} {
+		if _, ok := flagValue(vargs, f); ok {
+			t.Errorf("verifier --%s: verifiers never create or change the streams, and hold no fleet file or signing key", f)
+		}
 	}
 	if r, _ := flagValue(vargs, "role"); r != "verifier" {
 		t.Errorf("verifier --role %q", r)
+	}
+	// Node names are the pod names, StatefulSet name + ordinal.
+	for _, c := range []struct {
+		args []string
+		sts  map[string]any
+	}{{aargs, sts}, {vargs, vsts}} {
+		if n, _ := flagValue(c.args, "node"); n != "$(POD_NAME)" {
+			t.Errorf("%v: --node %q, want $(POD_NAME) (the member its nkey belongs to)", mapOf(c.sts, "metadata")["name"], n)
+		}
+		checkNodeName(t, "k8s", fmt.Sprint(mapOf(c.sts, "metadata")["name"])+"-0")
 	}
 	// --data is the PersistentVolume of each admin pod.
 	vcts, _ := spec["volumeClaimTemplates"].([]any)
@@ -887,18 +1287,254 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
-	// kubectl's own kustomize build, where kubectl is installed.
+	checkK8sCredentials(t, objs, sts, vsts, admin, verifier, vreplicas)
+	checkNetworkPolicies(t, objs, admin)
+
+	// kubectl's own kustomize build, where kubectl is installed. secret.yaml
+	// is not a resource: an apply must never replace real credentials with
+	// its placeholders.
+	var kust map[string]any
+	if err := yaml.Unmarshal([]byte(readFile(t, "k8s/kustomization.yaml")), &kust); err != nil {
+		t.Fatal(err)
+	}
+	resources := strs(kust["resources"])
+	if slices.Contains(resources, "secret.yaml") {
+		t.Errorf("kustomization.yaml applies secret.yaml: its placeholders would overwrite the real Secrets")
+	}
+	var rendered []string
+	for _, r := range resources {
+		rendered = append(rendered, "k8s/"+r)
+	}
 	if kubectl, err := exec.LookPath("kubectl"); err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		out, err := exec.CommandContext(ctx, kubectl, "kustomize", "k8s").CombinedOutput()
-		if err != nil {
+		if want := len(k8sObjects(t, rendered...)); err != nil {
 			t.Errorf("kubectl kustomize deploy/k8s: %v\n%s", err, out)
-		} else if n := bytes.Count(append([]byte("\n"), out...), []byte("\nkind: ")); n != len(objs) {
-			t.Errorf("kubectl kustomize rendered %d objects, the files hold %d", n, len(objs))
+		} else if n := bytes.Count(append([]byte("\n"), out...), []byte("\nkind: ")); n != want {
+			t.Errorf("kubectl kustomize rendered %d objects, the listed resources hold %d", n, want)
 		}
 	} else {
 		t.Log("kubectl not installed: kustomization not rendered")
+	}
+}
+
+// checkK8sCredentials runs secret.yaml's documented commands (creds
+// generate, then kubectl create secret with --dry-run=client where kubectl
+// is installed) and checks that the Secrets hold exactly each role's
+// files, that the placeholders in secret.yaml have the same keys and
+// values keyledger refuses, and that the pods mount them where their
+// flags look.
+func checkK8sCredentials(t *testing.T, objs map[string]map[string]any, sts, vsts, admin, verifier map[string]any, vreplicas int) {
+	t.Helper()
+	text := readFile(t, "k8s/secret.yaml")
+	work := t.TempDir()
+	gen := docCommand(t, text, "creds generate")
+	_, fleet := runCredsGenerate(t, work, gen)
+	secretKeys := map[string][]string{}
+	for _, name := range []string{"keyledger-admin-creds", "keyledger-verifier-creds"} {
+		words := docCommand(t, text, "create secret generic "+name)
+		var keys []string
+		for _, w := range words {
+			if f, ok := strings.CutPrefix(w, "--from-file="); ok {
+				if _, err := os.Stat(filepath.Join(work, f)); err != nil {
+					t.Errorf("%s: --from-file=%s: the documented creds generate does not write it", name, f)
+				}
+				keys = append(keys, filepath.Base(f))
+			}
+		}
+		sort.Strings(keys)
+		secretKeys[name] = keys
+		if kubectl, err := exec.LookPath("kubectl"); err == nil && words[0] == "kubectl" {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			cmd := exec.CommandContext(ctx, kubectl, append(words[1:], "--dry-run=client", "-o", "yaml")...)
+			cmd.Dir = work
+			out, err := cmd.Output()
+			cancel()
+			var s map[string]any
+			if err == nil {
+				err = yaml.Unmarshal(out, &s)
+			}
+			if got := slices.Sorted(maps.Keys(mapOf(s, "data"))); err != nil || !slices.Equal(got, keys) {
+				t.Errorf("kubectl %s: %v: keys %v, want %v", strings.Join(words[1:], " "), err, got, keys)
+			}
+		}
+	}
+	var wantAdmin, wantVerifier []string
+	wantAdmin = append(wantAdmin, "fleet.json", "trusted-signers")
+	wantVerifier = append(wantVerifier, "trusted-signers")
+	for i := range 3 {
+		n := fmt.Sprintf("%s-%d", mapOf(sts, "metadata")["name"], i)
+		wantAdmin = append(wantAdmin, n+".nk", n+".signing-key")
+		if r := fleet.roles(n); !slices.Contains(r, "admin") || !slices.Contains(r, "analytics") {
+			t.Errorf("fleet member %s: roles %v, want admin and analytics", n, r)
+		}
+	}
+	for i := range vreplicas {
+		n := fmt.Sprintf("%s-%d", mapOf(vsts, "metadata")["name"], i)
+		wantVerifier = append(wantVerifier, n+".nk")
+		if r := fleet.roles(n); !slices.Equal(r, []string{"verifier"}) {
+			t.Errorf("fleet member %s: roles %v, want verifier (one member per verifier replica)", n, r)
+		}
+	}
+	sort.Strings(wantAdmin)
+	sort.Strings(wantVerifier)
+	want := map[string][]string{"keyledger-admin-creds": wantAdmin, "keyledger-verifier-creds": wantVerifier}
+	for name, keys := range want {
+		if !slices.Equal(secretKeys[name], keys) {
+			t.Errorf("documented Secret %s holds %v, want exactly %v", name, secretKeys[name], keys)
+		}
+		ph := objs["Secret/"+name]
+		if ph == nil {
+			t.Errorf("secret.yaml has no placeholder Secret %s", name)
+			continue
+		}
+		data := mapOf(ph, "stringData")
+		if got := slices.Sorted(maps.Keys(data)); !slices.Equal(got, keys) {
+			t.Errorf("placeholder Secret %s keys %v, want %v", name, got, keys)
+		}
+		for k, v := range data {
+			if placeholderAccepted(t, k, fmt.Sprint(v)) {
+				t.Errorf("placeholder %s/%s is accepted by keyledger: it must not be usable", name, k)
+			}
+		}
+	}
+	if fleet.Routes == nil {
+		t.Errorf("the documented creds generate has no --routes: the admin pods form a cluster")
+	}
+
+	// The pods mount their role's Secret, read-only, group-readable by
+	// their fsGroup (the files are not readable by uid 65532 otherwise),
+	// where their flags look.
+	mountOf := func(o, c map[string]any) (string, string) {
+		pod := mapOf(o, "spec", "template", "spec")
+		if g := mapOf(pod, "securityContext")["fsGroup"]; g != 65532 {
+			t.Errorf("%v: fsGroup %v, want 65532 (the secret files' group)", mapOf(o, "metadata")["name"], g)
+		}
+		vols := map[string]map[string]any{}
+		for _, v := range pod["volumes"].([]any) {
+			m := v.(map[string]any)
+			vols[fmt.Sprint(m["name"])] = m
+		}
+		for _, vm := range c["volumeMounts"].([]any) {
+			m := vm.(map[string]any)
+			sec := mapOf(vols[fmt.Sprint(m["name"])], "secret")
+			if sec == nil {
+				continue
+			}
+			if m["readOnly"] != true || (sec["defaultMode"] != 0o440 && sec["defaultMode"] != 0o400) {
+				t.Errorf("%v: secret %v mounted readOnly %v, defaultMode %v: want read-only, 0440 or 0400", mapOf(o, "metadata")["name"], sec["secretName"], m["readOnly"], sec["defaultMode"])
+			}
+			return fmt.Sprint(sec["secretName"]), fmt.Sprint(m["mountPath"])
+		}
+		return "", ""
+	}
+	aargs, vargs := strs(admin["args"]), strs(verifier["args"])
+	if s, p := mountOf(sts, admin); s != "keyledger-admin-creds" || !slices.Contains(aargs, "--credentials="+p) {
+		t.Errorf("admin pods mount secret %q at %q, args %v: want keyledger-admin-creds at their --credentials", s, p, aargs)
+	}
+	s, p := mountOf(vsts, verifier)
+	nk, _ := flagValue(vargs, "nats-nkey")
+	ts, _ := flagValue(vargs, "trusted-signers")
+	if s != "keyledger-verifier-creds" || nk != p+"/$(POD_NAME).nk" || ts != p+"/trusted-signers" {
+		t.Errorf("verifier pods mount secret %q at %q with --nats-nkey %q --trusted-signers %q: want keyledger-verifier-creds, their own nkey and the keyring", s, p, nk, ts)
+	}
+}
+
+// placeholderAccepted reports whether keyledger's own parsers accept a
+// placeholder value as the credential file it stands for.
+func placeholderAccepted(t *testing.T, key, value string) bool {
+	t.Helper()
+	switch {
+	case key == "fleet.json":
+		f := filepath.Join(t.TempDir(), key)
+		if err := os.WriteFile(f, []byte(value), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := klnats.LoadFleet(f)
+		return err == nil
+	case key == "trusted-signers":
+		_, err := events.ParseKeyring([]byte(value))
+		return err == nil
+	case strings.HasSuffix(key, ".nk"):
+		_, err := klnats.ParseIdentity([]byte(value), strings.TrimSuffix(key, ".nk"))
+		return err == nil
+	case strings.HasSuffix(key, ".signing-key"):
+		_, err := events.NewSigner(value)
+		return err == nil
+	}
+	t.Errorf("placeholder for unknown credential file %s", key)
+	return true
+}
+
+// checkNetworkPolicies evaluates the NetworkPolicies for the connections
+// that matter: a verifier reaches the admin pods' NATS client port and
+// nothing else of theirs; routes only between admin pods.
+func checkNetworkPolicies(t *testing.T, objs map[string]map[string]any, admin map[string]any) {
+	t.Helper()
+	var pols []map[string]any
+	for k, o := range objs {
+		if strings.HasPrefix(k, "NetworkPolicy/") {
+			pols = append(pols, o)
+		}
+	}
+	ports := map[string]int{}
+	for _, p := range admin["ports"].([]any) {
+		m := p.(map[string]any)
+		ports[fmt.Sprint(m["name"])] = m["containerPort"].(int)
+	}
+	if ports["nats"] != 4222 || ports["cluster"] != 6222 || ports["http"] != 8080 {
+		t.Fatalf("admin container ports %v: the policies are written for nats 4222, cluster 6222, http 8080", ports)
+	}
+	l := func(component string) map[string]string {
+		return map[string]string{"app.kubernetes.io/name": "keyledger", "app.kubernetes.io/component": component}
+	}
+	adminPod := k8sPod{"keyledger", l("admin")}
+	verifierPod := k8sPod{"keyledger", l("verifier")}
+	gateway := k8sPod{"keyledger", map[string]string{"app.kubernetes.io/name": "nginx"}}
+	ingress := k8sPod{"ingress-nginx", map[string]string{"app.kubernetes.io/name": "ingress-nginx"}}
+	dns := k8sPod{"kube-system", map[string]string{"k8s-app": "kube-dns"}}
+	clickhouse := k8sPod{"keyledger", map[string]string{"app": "clickhouse"}}
+	for _, c := range []struct {
+		what     string
+		src, dst k8sPod
+		port     int
+		proto    string
+		want     bool
+	}{
+		{"verifier → admin NATS clients", verifierPod, adminPod, 4222, "TCP", true},
+		{"verifier → admin HTTP (admin API)", verifierPod, adminPod, 8080, "TCP", false},
+		{"verifier → admin routes", verifierPod, adminPod, 6222, "TCP", false},
+		{"verifier → admin monitoring", verifierPod, adminPod, 8222, "TCP", false},
+		{"verifier → cluster DNS", verifierPod, dns, 53, "UDP", true},
+		{"verifier → another pod", verifierPod, clickhouse, 9000, "TCP", false},
+		{"admin → admin routes", adminPod, adminPod, 6222, "TCP", true},
+		{"admin → admin NATS clients", adminPod, adminPod, 4222, "TCP", true},
+		{"gateway → admin HTTP", gateway, adminPod, 8080, "TCP", true},
+		{"ingress controller → admin HTTP", ingress, adminPod, 8080, "TCP", true},
+		{"gateway → admin NATS clients", gateway, adminPod, 4222, "TCP", false},
+		{"gateway → admin routes", gateway, adminPod, 6222, "TCP", false},
+		{"ingress controller → admin routes", ingress, adminPod, 6222, "TCP", false},
+		{"gateway → verifier HTTP", gateway, verifierPod, 8080, "TCP", true},
+	} {
+		if got := policyAllows(pols, c.src, c.dst, c.port, c.proto); got != c.want {
+			t.Errorf("NetworkPolicy: %s (port %d): allowed %v, want %v", c.what, c.port, got, c.want)
+		}
+		// What a verifier may not reach, each side refuses on its own:
+		// the admin pods' ingress and the verifiers' egress.
+		if !c.want && c.src.labels["app.kubernetes.io/component"] == "verifier" && c.dst.labels["app.kubernetes.io/component"] == "admin" {
+			for _, kind := range []string{"Ingress", "Egress"} {
+				var only []map[string]any
+				for _, np := range pols {
+					if slices.Contains(strs(mapOf(np, "spec")["policyTypes"]), kind) {
+						only = append(only, np)
+					}
+				}
+				if policyAllows(only, c.src, c.dst, c.port, c.proto) {
+					t.Errorf("NetworkPolicy: %s (port %d): the %s policies alone allow it", c.what, c.port, kind)
+				}
+			}
+		}
 	}
 }
 
@@ -967,6 +1603,16 @@ func TestSystemdUnits(t *testing.T) {
 		"systemd/keyledger-verifier.service": {"systemd/verifier.env"},
 		"systemd/nats-server.service":        nil,
 	}
+	// The credentials as keyledger-admin.service documents generating them
+	// (one fleet for the nodes and, with deploy/nats, the NATS servers).
+	adminText := readFile(t, "systemd/keyledger-admin.service")
+	gen := docCommand(t, adminText, "creds generate")
+	if other := docCommand(t, readFile(t, "systemd/nats-server.service"), "creds generate"); !slices.Equal(gen, other) {
+		t.Errorf("keyledger-admin.service and nats-server.service document different fleets:\n%q\n%q", gen, other)
+	}
+	work := t.TempDir()
+	_, fleet := runCredsGenerate(t, work, gen)
+	credSources := map[string]string{} // unit → directory its credentials come from
 	for path, envs := range units {
 		u := parseUnit(t, path)
 		for k, want := range map[string]string{
@@ -977,31 +1623,120 @@ func TestSystemdUnits(t *testing.T) {
 				t.Errorf("%s: want %s=%s", path, k, want)
 			}
 		}
-		if len(u.keys["EnvironmentFile"]) == 0 || len(u.keys["StateDirectory"]) == 0 {
-			t.Errorf("%s: want an EnvironmentFile and a StateDirectory", path)
+		if len(u.keys["StateDirectory"]) == 0 {
+			t.Errorf("%s: want a StateDirectory", path)
+		}
+		// What LoadCredential= loads, by ID; ExecStart uses only those.
+		creds := map[string]string{}
+		for _, lc := range u.keys["LoadCredential"] {
+			id, src, ok := strings.Cut(lc, ":")
+			if !ok || !filepath.IsAbs(src) {
+				t.Errorf("%s: LoadCredential=%s: want ID:/absolute/path", path, lc)
+			}
+			creds[id] = src
+			credSources[path] = filepath.Dir(src)
+		}
+		cmd := strings.Join(u.exec, " ")
+		for _, m := range regexp.MustCompile(`\$\{CREDENTIALS_DIRECTORY\}/([\w.-]+)`).FindAllStringSubmatch(cmd, -1) {
+			if creds[m[1]] == "" {
+				t.Errorf("%s: ExecStart reads credential %s, which no LoadCredential= loads", path, m[1])
+			}
 		}
 		if strings.HasSuffix(u.exec[0], "/nats-server") {
-			if c := strings.Join(u.exec, " "); !strings.Contains(c, "-c /etc/nats/nats-server.conf") {
-				t.Errorf("%s: ExecStart %q", path, c)
+			if !strings.Contains(cmd, "-c ${CREDENTIALS_DIRECTORY}/nats-server.conf") {
+				t.Errorf("%s: ExecStart %q: want -c ${CREDENTIALS_DIRECTORY}/nats-server.conf", path, cmd)
+			}
+			// Every file the config includes is next to it.
+			want := append(natsIncludes(t, natsNodes[0]), "nats-server.conf")
+			if got := slices.Sorted(maps.Keys(creds)); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+				t.Errorf("%s loads %v: want nats-server.conf and what it includes, %v", path, got, want)
+			}
+			if len(u.keys["ExecReload"]) > 0 {
+				t.Errorf("%s: ExecReload would re-read the copies systemd made at start, not the changed files", path)
 			}
 			continue
 		}
+		if len(u.keys["EnvironmentFile"]) == 0 {
+			t.Errorf("%s: want an EnvironmentFile", path)
+		}
 		checkFlags(t, known, path, u.exec[1:])
-		// Every variable the command line uses is set by the env files.
-		vars := map[string]bool{}
+		// Every variable the command line uses is set by the env files
+		// (or by systemd: the credentials directory).
+		vars := map[string]string{}
 		for _, e := range envs {
-			for k := range envFile(t, e) {
-				vars[k] = true
+			for k, v := range envValues(t, e) {
+				vars[k] = v
 			}
 		}
-		for _, m := range regexp.MustCompile(`\$\{(\w+)\}`).FindAllStringSubmatch(strings.Join(u.exec, " "), -1) {
-			if !vars[m[1]] {
+		if vars["KEYLEDGER_CREDENTIALS"] != "" {
+			t.Errorf("%s: KEYLEDGER_CREDENTIALS would point the node at a whole credentials directory", path)
+		}
+		for _, m := range reVar.FindAllStringSubmatch(cmd, -1) {
+			if _, ok := vars[m[1]]; !ok && !(m[1] == "CREDENTIALS_DIRECTORY" && len(creds) > 0) {
 				t.Errorf("%s: ExecStart uses ${%s}, which %v do not set", path, m[1], envs)
+			}
+		}
+		node := vars["KEYLEDGER_NODE"]
+		checkNodeName(t, path, node)
+		// Each role's credentials, and only those.
+		args := u.exec[1:]
+		var want map[string]string // flag → credential ID
+		var member []string        // roles the fleet must give KEYLEDGER_NODE
+		switch role, _ := flagValue(args, "role"); role {
+		case "admin":
+			want = map[string]string{"fleet": "", "nats-nkey": "", "signing-key": "", "trusted-signers": ""}
+			member = []string{"admin"}
+		case "verifier":
+			want = map[string]string{"nats-nkey": "", "trusted-signers": ""}
+			member = []string{"verifier"}
+			for _, f := range []string{"credentials", "fleet", "signing-key", "replicas", "usage-max-age"} {
+				if _, ok := flagValue(args, f); ok {
+					t.Errorf("%s: a verifier takes no --%s", path, f)
+				}
+			}
+		default:
+			t.Errorf("%s: --role %q", path, role)
+		}
+		for f := range want {
+			v, _ := flagValue(args, f)
+			id, ok := strings.CutPrefix(v, "${CREDENTIALS_DIRECTORY}/")
+			if !ok {
+				t.Errorf("%s: --%s %q: want a file of ${CREDENTIALS_DIRECTORY}", path, f, v)
+			}
+			want[f] = id
+		}
+		if got, w := slices.Sorted(maps.Keys(creds)), slices.Sorted(maps.Values(want)); !slices.Equal(got, w) {
+			t.Errorf("%s loads credentials %v: want exactly %v", path, got, w)
+		}
+		for _, r := range member {
+			if !slices.Contains(fleet.roles(node), r) {
+				t.Errorf("%s: KEYLEDGER_NODE %s has roles %v in the documented fleet, want %s", path, node, fleet.roles(node), r)
+			}
+		}
+		// Each credential is installed, from the documented generation,
+		// and the nkey and signing key are KEYLEDGER_NODE's own.
+		installed := installLines(readFile(t, path))
+		for id, dst := range creds {
+			src, ok := installed[dst]
+			if !ok {
+				t.Errorf("%s: no install line puts a file at %s (credential %s)", path, dst, id)
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(work, src)); err != nil {
+				t.Errorf("%s: installs %s, which the documented creds generate does not write", path, src)
+			}
+			for flag, ext := range map[string]string{"nats-nkey": ".nk", "signing-key": ".signing-key"} {
+				if want[flag] == id && filepath.Base(src) != node+ext {
+					t.Errorf("%s: installs %s as its --%s, but KEYLEDGER_NODE is %s", path, src, flag, node)
+				}
 			}
 		}
 		if path == "systemd/keyledger-admin.service" && !envFile(t, "systemd/secrets.env.example")["KEYLEDGER_ADMIN_TOKEN"] {
 			t.Errorf("secrets.env.example does not hold KEYLEDGER_ADMIN_TOKEN")
 		}
+	}
+	if a, v := credSources["systemd/keyledger-admin.service"], credSources["systemd/keyledger-verifier.service"]; a == "" || a == v {
+		t.Errorf("admin and verifier credentials in %q and %q: want a directory per role", a, v)
 	}
 
 	// systemd's own checker, where installed: unknown keys, bad values.
@@ -1037,6 +1772,28 @@ func TestSystemdUnits(t *testing.T) {
 	if err != nil || len(filtered) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, strings.Join(filtered, "\n"))
 	}
+}
+
+var reVar = regexp.MustCompile(`\$\{(\w+)\}`)
+
+// natsIncludes returns the names of the files a NATS config includes,
+// transitively through the ones in deploy/nats/.
+func natsIncludes(t *testing.T, path string) []string {
+	t.Helper()
+	var out []string
+	for _, m := range regexp.MustCompile(`(?m)^\s*include\s+(\S+)`).FindAllStringSubmatch(readFile(t, path), -1) {
+		name := filepath.Base(m[1])
+		out = append(out, name)
+		if next := filepath.Join(filepath.Dir(path), name); fileExists(next) {
+			out = append(out, natsIncludes(t, next)...)
+		}
+	}
+	return out
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // ------------------------------------------------------- local-cluster.sh
@@ -1119,6 +1876,40 @@ func TestLocalClusterScript(t *testing.T) {
 	if !strings.Contains(out, filepath.Join(dir, "admin-token")) {
 		t.Errorf("start does not say where the admin token is:\n%s", out)
 	}
+	// Credentials: generated on the first start; every node runs with
+	// them, and the embedded servers let no anonymous client in.
+	credsDir := filepath.Join(dir, "credentials")
+	if !strings.Contains(out, credsDir) {
+		t.Errorf("start does not say where the credentials are:\n%s", out)
+	}
+	var fleet fleetFile
+	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(credsDir, "fleet.json"))), &fleet); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range pids {
+		n := fmt.Sprintf("n%d", i+1)
+		if r := fleet.roles(n); !slices.Contains(r, "admin") || !slices.Contains(r, "analytics") {
+			t.Errorf("fleet member %s: roles %v", n, r)
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, _ := flagValue(strings.Split(string(b), "\x00"), "credentials"); c != credsDir {
+			t.Errorf("%s runs with --credentials %q, want %s", n, c, credsDir)
+		}
+	}
+	if !slices.Equal(fleet.roles("v1"), []string{"verifier"}) || !slices.Equal(fleet.roles("operator"), []string{"operator"}) || fleet.Routes == nil {
+		t.Errorf("fleet: want verifier v1, the operator and route credentials: %+v", fleet)
+	}
+	var natsURLs []string
+	for i := range 3 {
+		natsURLs = append(natsURLs, fmt.Sprintf("nats://127.0.0.1:%d", bases[1]+i))
+	}
+	if nc, err := nats.Connect(natsURLs[0], nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Errorf("n1's NATS let a client without credentials in")
+	}
 	if out, err := run("status"); err != nil || strings.Count(out, " ready ") != 3 {
 		t.Errorf("status: %v\n%s", err, out)
 	}
@@ -1166,6 +1957,55 @@ func TestLocalClusterScript(t *testing.T) {
 			t.Errorf("revoked key on n%d right after the revoke: %d, want 401", i, code)
 		}
 	}
+
+	// A verifier follows the cluster with only its nkey and the keyring,
+	// as the script's header shows: it applies the ledger (the revoke
+	// included), and its nkey buys no more than the verifier role.
+	var key2 struct {
+		Key string `json:"key"`
+	}
+	if code := call(t, ctx, "POST", node(1)+"/v1/keys", token, `{"name":"y","environment":"live"}`, &key2); code != http.StatusCreated {
+		t.Fatalf("second create on n1: %d", code)
+	}
+	vcreds := t.TempDir()
+	for _, f := range []string{"v1.nk", "trusted-signers"} {
+		if err := os.WriteFile(filepath.Join(vcreds, f), []byte(readFile(t, filepath.Join(credsDir, f))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The command of the script's header, its defaults moved to this
+	// run: the credentials directory to one holding only v1's two files.
+	vcmd := docCommand(t, script, "serve --role verifier")
+	checkFlags(t, known, "local-cluster.sh header", vcmd[1:])
+	vaddr := fmt.Sprintf("127.0.0.1:%d", freePorts(t, 1)[0])
+	moved := strings.NewReplacer(".cache/local-cluster/credentials", vcreds, ".cache/local-cluster/v1", filepath.Join(t.TempDir(), "v1"),
+		"127.0.0.1:18091", vaddr, "nats://127.0.0.1:14231,nats://127.0.0.1:14232,nats://127.0.0.1:14233", strings.Join(natsURLs, ","))
+	var vargs []string
+	for _, w := range vcmd[1:] {
+		vargs = append(vargs, moved.Replace(w))
+	}
+	if strings.Contains(strings.Join(vargs, " "), ".cache") || strings.Contains(strings.Join(vargs, " "), ":1423") {
+		t.Fatalf("the header's verifier command %q uses paths or ports this test does not move", vcmd)
+	}
+	for _, f := range []string{"credentials", "fleet", "signing-key"} {
+		if _, ok := flagValue(vargs, f); ok {
+			t.Errorf("the header's verifier command passes --%s: a verifier needs only its nkey and the keyring", f)
+		}
+	}
+	v1 := startServe(t, "verifier v1", "http://"+vaddr, cleanEnv(), vargs)
+	v1.waitReady(t, 30*time.Second)
+	if code := call(t, ctx, "GET", v1.url+"/v1/authz", key2.Key, "", nil); code != http.StatusOK {
+		t.Errorf("verifier v1: a live key answers %d, want 200\n%s", code, v1.out.String())
+	}
+	if code := call(t, ctx, "GET", v1.url+"/v1/authz", created.Key, "", nil); code != http.StatusUnauthorized {
+		t.Errorf("verifier v1: the revoked key answers %d, want 401", code)
+	}
+	vnc, verrs := natsAs(t, strings.Join(natsURLs, ","), "v1", filepath.Join(vcreds, "v1.nk"))
+	for _, s := range []string{"keyledger.keys." + created.ID, "$JS.API.STREAM.DELETE.KEYS", "$JS.API.STREAM.UPDATE.KEYS", "keyledger.usage.live.batch.n1"} {
+		expectDenied(t, "v1", vnc, verrs, s)
+	}
+	vnc.Close()
+	v1.stop(t)
 
 	stopped = true
 	if out, err := run("stop"); err != nil {

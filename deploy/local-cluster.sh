@@ -18,6 +18,17 @@
 # The admin token (the same on the three nodes) is in $KEYLEDGER_CLUSTER_DIR/admin-token
 # and in each node's data dir, so the CLI finds it with --data:
 #   bin/keyledger keys create --name demo --url http://127.0.0.1:18081 --data .cache/local-cluster/n1
+#
+# Credentials: on the first start, `keyledger creds generate --routes` writes
+# $KEYLEDGER_CLUSTER_DIR/credentials: n1..n3 (admin+analytics), the verifiers
+# v1 and v2, and the break-glass operator; each node runs with
+# --credentials pointing there (its own n<i>.nk and n<i>.signing-key, the
+# fleet file, the keyring). A verifier follows the cluster with only its
+# nkey and the keyring:
+#   bin/keyledger serve --role verifier --node v1 --data .cache/local-cluster/v1 --http 127.0.0.1:18091 \
+#     --nats nats://127.0.0.1:14231,nats://127.0.0.1:14232,nats://127.0.0.1:14233 \
+#     --nats-nkey .cache/local-cluster/credentials/v1.nk --trusted-signers .cache/local-cluster/credentials/trusted-signers
+# and the nats CLI as the operator: nats --server nats://127.0.0.1:14231 --nkey .cache/local-cluster/credentials/operator.nk stream ls
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,6 +73,24 @@ build() {
 	(cd "$repo" && go build -o "$bin" ./cmd/keyledger)
 }
 
+# credentials generates the fleet's credentials once, into a temporary
+# directory renamed into place, so a failed run leaves nothing half-made.
+credentials() {
+	local c="$dir/credentials" tmp
+	[ -d "$c" ] && return 0
+	if [ -d "$dir/n1/jetstream" ]; then
+		# A ledger written before credentials: its events are unsigned and
+		# every node would refuse them.
+		log "$dir holds a cluster from before credentials (an unsigned ledger); remove it to start afresh"
+		return 1
+	fi
+	tmp="$dir/credentials.tmp.$$"
+	rm -rf "$tmp"
+	"$bin" creds generate --dir "$tmp" --routes n1=admin+analytics n2=admin+analytics n3=admin+analytics v1=verifier v2=verifier operator=operator >/dev/null
+	mv "$tmp" "$c"
+	log "credentials generated in $c"
+}
+
 token() {
 	local f="$dir/admin-token"
 	if [ ! -s "$f" ]; then
@@ -83,6 +112,7 @@ start_node() {
 		--role admin \
 		--node "n$i" \
 		--data "$dir/n$i" \
+		--credentials "$dir/credentials" \
 		--http "127.0.0.1:$((http_port + i - 1))" \
 		--nats-listen "127.0.0.1:$((nats_port + i - 1))" \
 		--cluster "127.0.0.1:$((route_port + i - 1))" \
@@ -100,6 +130,7 @@ print_urls() {
 		echo "n$i  $(url "$i")  nats://127.0.0.1:$((nats_port + i - 1))  log $dir/n$i.log"
 	done
 	echo "admin token: $dir/admin-token"
+	echo "credentials: $dir/credentials"
 }
 
 start() {
@@ -119,6 +150,7 @@ start() {
 	command -v curl >/dev/null || { log "curl is needed"; return 1; }
 	build
 	mkdir -p "$dir"
+	credentials
 	tok="$(token)"
 	# All three at once: each node waits at start for the JetStream quorum
 	# that only the other two can give it.

@@ -2,6 +2,7 @@ package events
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -80,6 +81,41 @@ func GenerateSigningKey(rand io.Reader, name string) (skey, vkey string, err err
 // Signer signs the ledger events an admin node writes.
 type Signer struct {
 	s note.Signer
+
+	// recent holds the SHA-256 of the last messages sealed, so that this
+	// node's own projector (Keyring.TrustSealedBy) need not check again
+	// a signature it made itself: ~50 µs saved on the writer's path of
+	// every write.
+	mu     sync.Mutex
+	recent map[[32]byte]struct{}
+	order  [][32]byte
+}
+
+// recentSealed bounds Signer.recent: far more than the writes in flight.
+const recentSealed = 4096
+
+func (s *Signer) remember(msg []byte) {
+	h := sha256.Sum256(msg)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recent == nil {
+		s.recent = make(map[[32]byte]struct{}, recentSealed)
+	}
+	if len(s.order) >= recentSealed {
+		delete(s.recent, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.recent[h] = struct{}{}
+	s.order = append(s.order, h)
+}
+
+// sealed reports whether s itself sealed msg recently.
+func (s *Signer) sealed(msg []byte) bool {
+	h := sha256.Sum256(msg)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.recent[h]
+	return ok
 }
 
 // NewSigner parses a private signing key (as GenerateSigningKey returns).
@@ -111,6 +147,7 @@ func (s *Signer) Seal(event []byte) ([]byte, error) {
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Internal, err, "cannot sign the event")
 	}
+	s.remember(msg)
 	return msg, nil
 }
 
@@ -137,6 +174,18 @@ type Keyring struct {
 	mu              sync.RWMutex
 	signers         map[string]TrustedSigner // by name+hash
 	unsignedThrough uint64
+	local           *Signer
+}
+
+// TrustSealedBy lets Open accept, without checking the signature again,
+// the exact bytes s sealed recently: this node's own writes, whose
+// signature it made itself (same bytes, so the same answer as a check).
+// s's key must be in the keyring and not retired; it is still checked
+// against retirement like any other.
+func (r *Keyring) TrustSealedBy(s *Signer) {
+	r.mu.Lock()
+	r.local = s
+	r.mu.Unlock()
 }
 
 // NewKeyring returns a keyring of the given verifier keys (no Until).
@@ -257,6 +306,14 @@ func (r *Keyring) Open(msg []byte, seq uint64) (event []byte, signer string, err
 		}
 		return nil, "", ErrUnsigned
 	}
+	r.mu.RLock()
+	local := r.local
+	r.mu.RUnlock()
+	if local != nil && local.sealed(msg) {
+		if ev, ok := r.openLocal(msg, local, seq); ok {
+			return ev, local.Name(), nil
+		}
+	}
 	n, err := note.Open(msg, r)
 	if err != nil {
 		var unverified *note.UnverifiedNoteError
@@ -285,6 +342,22 @@ func (r *Keyring) Open(msg []byte, seq uint64) (event []byte, signer string, err
 		return nil, "", ErrMalformedEnvelope
 	}
 	return []byte(strings.TrimSuffix(text, "\n")), n.Sigs[0].Name, nil
+}
+
+// openLocal splits a message the local signer sealed, if its key is still
+// trusted at seq; anything unexpected falls back to the full check.
+func (r *Keyring) openLocal(msg []byte, s *Signer, seq uint64) ([]byte, bool) {
+	r.mu.RLock()
+	t, ok := r.signers[s.KeyID()]
+	r.mu.RUnlock()
+	if !ok || t.Until != 0 && seq > t.Until {
+		return nil, false
+	}
+	i := bytes.LastIndex(msg, []byte("\n\n\u2014 "))
+	if i < 1 || msg[0] != '{' {
+		return nil, false
+	}
+	return msg[:i], true
 }
 
 // Unseal returns the event inside a stored ledger message without checking

@@ -89,6 +89,42 @@ func TestSealOpen(t *testing.T) {
 	})
 }
 
+func TestTrustSealedBy(t *testing.T) {
+	ids := eventstest.NewIDs(1)
+	a := eventstest.MustSigner(t, "admin-a", 1)
+	data, _ := events.Encode(eventstest.Created(t, ids, "key_a"))
+	sealed, err := a.Seal(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("own writes open without a second check, with the same answer", func(t *testing.T) {
+		r := eventstest.Keyring(t, a)
+		r.TrustSealedBy(a.Signer)
+		got, signer, err := r.Open(sealed, 3)
+		if err != nil || signer != "admin-a" || !bytes.Equal(got, data) {
+			t.Fatalf("Open = %q, %q, %v", got, signer, err)
+		}
+	})
+	t.Run("a retired local key is still refused", func(t *testing.T) {
+		r, err := events.ParseKeyring([]byte(a.VerifierKey + " until=2\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.TrustSealedBy(a.Signer)
+		if _, _, err := r.Open(sealed, 3); !errors.Is(err, events.ErrSignerRetired) {
+			t.Fatalf("err %v, want ErrSignerRetired", err)
+		}
+	})
+	t.Run("anything else is checked", func(t *testing.T) {
+		r := eventstest.Keyring(t, a)
+		r.TrustSealedBy(a.Signer)
+		tampered := bytes.Replace(sealed, []byte(`"key_a"`), []byte(`"key_b"`), 1)
+		if _, _, err := r.Open(tampered, 3); !errors.Is(err, events.ErrBadSignature) {
+			t.Fatalf("err %v, want ErrBadSignature", err)
+		}
+	})
+}
+
 func mustSealText(t *testing.T, text string) []byte {
 	t.Helper()
 	s := eventstest.MustSigner(t, "admin-a", 1)

@@ -158,15 +158,21 @@ func TestRegistry(t *testing.T) {
 func TestForgedHeartbeats(t *testing.T) {
 	fs := startFleetServer(t)
 	op := fs.connect(t, "op") // can publish anything: the bus is not the only guard
-	r, err := NewRegistry(fs.connect(t, "reg"), fs.fleet, nil)
+	regConn := fs.connect(t, "reg")
+	r, err := NewRegistry(regConn, fs.fleet, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	// The registry's subscription is in place on the server once its
+	// connection has made a round trip: no forgery below can miss it.
+	if err := regConn.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	n1 := fs.identity(t, "n1")
 	n2 := fs.identity(t, "n2")
 	claim := func(name string) []byte {
-		b, _ := json.Marshal(NodeStatus{Name: name, Role: "verifier", LastSeq: 99, CaughtUp: true, At: time.Now()})
+		b, _ := json.Marshal(NodeStatus{Name: name, Role: "verifier", Environment: keyledger.EnvLive, LastSeq: 99, CaughtUp: true, At: time.Now()})
 		return b
 	}
 	signed := func(id *Identity, b []byte) string {
@@ -255,6 +261,8 @@ func TestForgedHeartbeats(t *testing.T) {
 	})
 }
 
+// waitRejected waits until r has refused n heartbeats: those it can tell
+// at once, and those it verifies only when asked (Live settles them).
 func waitRejected(t *testing.T, r *Registry, n uint64) {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
@@ -262,6 +270,7 @@ func waitRejected(t *testing.T, r *Registry, n uint64) {
 		r.mu.Lock()
 		ch := r.changed
 		r.mu.Unlock()
+		r.Live()
 		if r.Rejected() >= n {
 			return
 		}

@@ -14,7 +14,10 @@ func TestConfig_Validate(t *testing.T) {
 		want string // "" = valid; else a word of the usage error
 	}{
 		{"defaults", func(*Config) {}, ""},
-		{"cluster member", func(c *Config) { c.Cluster, c.Routes = "127.0.0.1:6222", []string{"nats-route://127.0.0.1:6223"} }, ""},
+		{"cluster member", func(c *Config) {
+			c.Cluster, c.Routes, c.NATSListen = "127.0.0.1:6222", []string{"nats-route://127.0.0.1:6223"}, "127.0.0.1:4222"
+		}, ""},
+		{"cluster member without a client listener", func(c *Config) { c.Cluster, c.Routes = "127.0.0.1:6222", []string{"nats-route://127.0.0.1:6223"} }, "--nats-listen"},
 		{"verifier following NATS", func(c *Config) { c.Role, c.NATSURL = RoleVerifier, "nats://127.0.0.1:4222" }, ""},
 		{"sync interval", func(c *Config) { c.Sync = "2m" }, ""},
 		{"unknown role", func(c *Config) { c.Role = "boss" }, "--role"},

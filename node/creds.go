@@ -205,6 +205,7 @@ func loadCredentials(cfg *Config, log *slog.Logger) (*credentials, error) {
 			// Its own writes would be refused by every node, itself included.
 			return nil, configErr("the signing key %s is not in --trusted-signers (or is retired there)", c.signer.KeyID())
 		}
+		c.ring.TrustSealedBy(c.signer)
 	}
 	log.Info("credentials", "nkey", nkeyPath, "trusted_signers", len(c.ring.Signers()), "signing_key", c.signerID())
 	return c, nil

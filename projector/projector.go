@@ -463,7 +463,14 @@ func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 				continue
 			}
 			j := &pending{seq: meta.Sequence.Stream, subject: msg.Subject(), data: msg.Data(), done: make(chan struct{})}
-			jobs <- j
+			if len(order) == 0 {
+				// Nothing queued (the live tail): checking here
+				// saves a hand-off on the path of a revocation.
+				j.checked = p.checkMsg(j.seq, j.subject, j.data)
+				close(j.done)
+			} else {
+				jobs <- j
+			}
 			order <- j
 		}
 	}()
