@@ -113,6 +113,13 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	var lat, calls []time.Duration
+	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
+		stop, err := startCPUProfile(path)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	for _, k := range keys {
 		per, call, err := revokeOne(ctx, adminAPI, bases, k, pollEvery, authz)
 		if err != nil {
