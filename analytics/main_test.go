@@ -2,8 +2,6 @@ package analytics
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -52,12 +50,6 @@ func mustHaveClickHouseBinaries(tb testing.TB) {
 				"(with KEYLEDGER_CLICKHOUSE unset it installs ClickHouse) or ./scripts/clickhouse.sh start once", bin, err)
 		}
 	}
-}
-
-func randomName(prefix string) string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	return prefix + hex.EncodeToString(b)
 }
 
 // newDSN returns the DSN of a fresh database on the ClickHouse at addr,

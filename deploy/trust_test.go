@@ -7,7 +7,6 @@ package deploy_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,17 +114,6 @@ func runCredsGenerate(t *testing.T, cwd string, words []string) (string, fleetFi
 		t.Fatalf("fleet.json: %v", err)
 	}
 	return dir, f
-}
-
-// credsMembers returns the NAME=ROLES arguments of a creds generate command.
-func credsMembers(words []string) map[string][]string {
-	out := map[string][]string{}
-	for _, w := range words[3:] {
-		if name, roles, ok := strings.Cut(w, "="); ok && !strings.HasPrefix(w, "--") {
-			out[name] = strings.Split(roles, "+")
-		}
-	}
-	return out
 }
 
 // routeURLs runs deploy/nats/route-urls.sh as documented (words), in cwd.
@@ -566,11 +554,4 @@ func policyAllows(policies []map[string]any, src, dst k8sPod, port int, proto st
 		return !isolated || allowed
 	}
 	return direction("Ingress", "from", dst, src) && direction("Egress", "to", src, dst)
-}
-
-// withTimeout is a context bounded by d, cancelled at the end of the test.
-func withTimeout(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }

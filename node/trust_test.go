@@ -81,7 +81,22 @@ func TestNode_trust(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	t.Run("a key minted on the bus without a signature does not work", func(t *testing.T) {
+	t.Run("a key minted with the admin node's own NATS credentials but no signature does not work", func(t *testing.T) {
+		// The admin role may publish on keyledger.keys.*: what stops
+		// the forgery is the signature, not the bus.
+		adm, err := nats.LoadIdentity(filepath.Join(creds, node.NKeyFile(cfg.Name)), cfg.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		anc, err := natsgo.Connect(n.NATSURL(), append(adm.Options(), natsgo.MaxReconnects(0))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer anc.Close()
+		js, err := jetstream.New(anc)
+		if err != nil {
+			t.Fatal(err)
+		}
 		secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rand.Reader)
 		if err != nil {
 			t.Fatal(err)
