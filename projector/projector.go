@@ -121,6 +121,7 @@ type Projector struct {
 	fresh       atomic.Bool  // lastFresh within maxStale, as of the last tick
 	streamLast  atomic.Uint64
 	lastChecked uint64 // applied sequence at the previous check (monitor only)
+	suspect     string // the previous check's replacement finding (monitor only)
 
 	// waitCh is closed and replaced each time lastSeq advances.
 	waitMu sync.Mutex
@@ -329,23 +330,29 @@ func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval
 	cctx, cancel := context.WithTimeout(ctx, interval)
 	info, err := stream.Info(cctx)
 	cancel()
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		p.breakDown("KEYS was deleted")
-		return
-	}
+	// A missing stream is not proof of a deletion (a server catching up
+	// with its cluster may not know the stream yet): the node just
+	// cannot confirm it is current, and fails closed after MaxStaleness.
 	if err != nil {
-		return
-	}
-	if why := p.replaced(info); why != "" {
-		p.breakDown(why)
 		return
 	}
 	// A replica that has lost its cluster's majority still answers, but
 	// names no leader: it cannot know what was written since, so its
-	// answer proves nothing about freshness.
+	// answer proves nothing, about freshness or about history.
 	if info.Cluster != nil && info.Cluster.Leader == "" {
 		return
 	}
+	// A replaced stream is a permanent verdict: it takes the same answer
+	// from a leader twice in a row.
+	if why := p.replaced(info); why != "" {
+		if p.suspect == why {
+			p.breakDown(why)
+			return
+		}
+		p.suspect = why
+		return
+	}
+	p.suspect = ""
 	last, applied := info.State.LastSeq, p.lastSeq.Load()
 	p.streamLast.Store(last)
 	// Fresh when nothing is pending, or when the backlog is shrinking:
