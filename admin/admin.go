@@ -126,8 +126,11 @@ const (
 	WaitAll  Wait = "all"
 )
 
-// DefaultWaitTimeout bounds WaitAll.
-const DefaultWaitTimeout = 2 * time.Second
+// DefaultWaitTimeout bounds WaitAll. It is longer than a default lease
+// (5 s) plus its margin, so that a silent node can be proven refusing
+// before the wait gives up; the wait ends as soon as every node applied
+// the write or is proven refusing.
+const DefaultWaitTimeout = 10 * time.Second
 
 // Write describes who makes a write and how long it waits.
 type Write struct {
@@ -195,10 +198,15 @@ type Created struct {
 
 // Propagation says how far a write has spread, when the caller waited.
 type Propagation struct {
-	// AppliedBy is "n/m": n of the m live nodes applied the write.
+	// AppliedBy is "k/n": k of the n nodes that may be serving (this one
+	// included) applied the write.
 	AppliedBy string `json:"applied_by,omitempty"`
-	// PendingNodes had not applied it when the wait timed out.
-	PendingNodes []string `json:"pending_nodes,omitempty"`
+	// PendingNodes had not applied it when the call returned: each is in
+	// RefusingNodes (its freshness lease has certainly run out, so it
+	// refuses every key) or in UnprovenNodes (the wait ended first).
+	PendingNodes  []string `json:"pending_nodes,omitempty"`
+	RefusingNodes []string `json:"refusing_nodes,omitempty"`
+	UnprovenNodes []string `json:"unproven_nodes,omitempty"`
 }
 
 // Revoked is the answer to a revoke.
@@ -483,10 +491,15 @@ func (s *Service) propagate(ctx context.Context, seq uint64, w Write) Propagatio
 	fctx, fcancel := context.WithTimeout(ctx, timeout)
 	defer fcancel()
 	a := s.cfg.Fleet.WaitApplied(fctx, seq)
-	if len(a.Pending) > 0 {
-		s.cfg.Logger.Warn("write not applied by every live node in time", "seq", seq, "applied_by", a.String(), "pending", a.Pending)
+	switch {
+	case len(a.Unproven) > 0:
+		s.cfg.Logger.Warn("write not applied by every node, and not every other node proven refusing, in time",
+			"seq", seq, "applied_by", a.String(), "unproven", a.Unproven, "refusing", a.Refusing)
+	case len(a.Refusing) > 0:
+		s.cfg.Logger.Warn("write not applied by every node; the others have lost their lease and refuse every key",
+			"seq", seq, "applied_by", a.String(), "refusing", a.Refusing)
 	}
-	return Propagation{AppliedBy: a.String(), PendingNodes: a.Pending}
+	return Propagation{AppliedBy: a.String(), PendingNodes: a.Pending, RefusingNodes: a.Refusing, UnprovenNodes: a.Unproven}
 }
 
 // Revoke revokes a key for good. Revoking a revoked key is a conflict

@@ -57,6 +57,28 @@ type NodeStatus struct {
 	Fresh       bool                  `json:"fresh"`
 	Keys        int                   `json:"keys"`
 	At          time.Time             `json:"at"`
+	// LeaseMS is the node's freshness lease (its --max-staleness): an
+	// event appended at T is applied by the node, or the node refuses
+	// every key, by T + lease. 0 means the node serves whatever it has
+	// (--fail-open), so no wait can prove it refuses anything.
+	LeaseMS int64 `json:"lease_ms"`
+}
+
+// LeaseDrift and LeaseMargin are what a registry adds to a node's lease
+// before it counts the node, silent since, as refusing: clocks of two
+// machines may run at rates 10 % apart at worst, and a heartbeat may be
+// in flight. A node is assumed to announce itself at least every
+// HeartbeatInterval while it runs (the announcer's only job).
+const (
+	LeaseDrift  = 10 // percent
+	LeaseMargin = 250 * time.Millisecond
+)
+
+// fenceAfter is how long after a node's last heartbeat (or after an event
+// was appended, whichever is later) its lease has certainly run out.
+func fenceAfter(st NodeStatus) time.Duration {
+	lease := time.Duration(st.LeaseMS) * time.Millisecond
+	return lease + lease*LeaseDrift/100 + LeaseMargin
 }
 
 // Announcer publishes a node's status every HeartbeatInterval and whenever
@@ -158,6 +180,7 @@ func (a *Announcer) Close(ctx context.Context) error {
 // Registry follows the heartbeats of every node.
 type Registry struct {
 	keys     map[string]nkeys.KeyPair // public keys of the nodes that may announce
+	self     func() NodeStatus        // this node, always counted
 	rejected atomic.Uint64
 	log      *slog.Logger
 
@@ -190,13 +213,14 @@ type heartbeat struct {
 }
 
 // NewRegistry subscribes to heartbeats on nc and believes those signed by
-// the admin and verifier members of fleet.
-func NewRegistry(nc *natsgo.Conn, fleet *Fleet, log *slog.Logger) (*Registry, error) {
+// the admin and verifier members of fleet. self, if set, is this node's own
+// status: it is always part of the fleet a wait counts, heartbeat or not.
+func NewRegistry(nc *natsgo.Conn, fleet *Fleet, self func() NodeStatus, log *slog.Logger) (*Registry, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	r := &Registry{nodes: make(map[string]nodeEntry), changed: make(chan struct{}), now: time.Now,
-		keys: map[string]nkeys.KeyPair{}, log: log}
+		keys: map[string]nkeys.KeyPair{}, log: log, self: self}
 	for _, m := range fleet.Members {
 		if !m.Has(RoleAdmin) && !m.Has(RoleVerifier) {
 			continue
@@ -313,10 +337,14 @@ func (r *Registry) Close() error { return r.sub.Unsubscribe() }
 func (r *Registry) Live() []NodeStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.liveLocked()
+	return r.knownLocked(NodeTimeout, false)
 }
 
-func (r *Registry) liveLocked() []NodeStatus {
+// knownLocked returns the nodes heard from within d, or (lease) within
+// NodeTimeout plus the time their lease certainly takes to run out: those
+// that may still be serving. Verified heartbeats only; nodes silent for
+// longer than both are forgotten.
+func (r *Registry) knownLocked(d time.Duration, lease bool) []NodeStatus {
 	now := r.now()
 	out := make([]NodeStatus, 0, len(r.nodes))
 	for name, e := range r.nodes {
@@ -326,10 +354,14 @@ func (r *Registry) liveLocked() []NodeStatus {
 			r.settleLocked(name)
 			e = r.nodes[name]
 		}
-		if !e.verified || now.Sub(e.seen) > NodeTimeout {
-			if e.pending == nil || now.Sub(e.pending.seen) > NodeTimeout {
+		keep := NodeTimeout + fenceAfter(e.status)
+		if !e.verified || now.Sub(e.seen) > keep {
+			if e.pending == nil || now.Sub(e.pending.seen) > keep {
 				delete(r.nodes, name)
 			}
+			continue
+		}
+		if now.Sub(e.seen) > d && !(lease && now.Sub(e.seen) <= keep) {
 			continue
 		}
 		out = append(out, e.status)
@@ -338,51 +370,114 @@ func (r *Registry) liveLocked() []NodeStatus {
 	return out
 }
 
-// Applied says how many of the live nodes applied an event.
+// Applied says how many nodes of the fleet applied an event, and proves
+// what the others do: each of them is Refusing (its lease has certainly
+// run out, so it refuses every key) or, when the wait ended first,
+// Unproven.
 type Applied struct {
-	Seq     uint64   `json:"seq"`
-	Applied int      `json:"applied"`
-	Total   int      `json:"total"`
-	Pending []string `json:"pending,omitempty"` // nodes that had not applied it
+	Seq     uint64 `json:"seq"`
+	Applied int    `json:"applied"`
+	Total   int    `json:"total"`
+	// Pending had not applied the event: Refusing and Unproven together.
+	Pending  []string `json:"pending,omitempty"`
+	Refusing []string `json:"refusing,omitempty"`
+	Unproven []string `json:"unproven,omitempty"`
 }
 
-// String renders "n/m".
+// String renders "k/n".
 func (a Applied) String() string { return strconv.Itoa(a.Applied) + "/" + strconv.Itoa(a.Total) }
 
-// WaitApplied waits until every node live when it is called reports having
-// applied seq, or until ctx ends, and says who had and who had not.
+// Proven reports whether every node either applied the event or is
+// certainly refusing every key.
+func (a Applied) Proven() bool { return len(a.Unproven) == 0 }
+
+// WaitApplied waits until every node that may be serving — this node, and
+// every node heard from recently enough that its lease may still run — has
+// applied seq or has certainly lost its lease, or until ctx ends. Call it
+// after seq was acknowledged: a node's lease cannot outlast an event
+// appended before the call by more than fenceAfter.
 func (r *Registry) WaitApplied(ctx context.Context, seq uint64) Applied {
-	r.mu.Lock()
-	live := r.liveLocked()
-	r.mu.Unlock()
-	waiting := make(map[string]bool, len(live))
-	for _, n := range live {
-		waiting[n.Name] = true
+	start := r.now()
+	type waiter struct {
+		fence time.Time // refusing for certain from then on
+		self  bool
 	}
+	waiting := map[string]waiter{}
+	r.mu.Lock()
+	for _, st := range r.knownLocked(NodeTimeout, true) {
+		// A silent node renewed its lease at the latest a heartbeat
+		// interval after it was last heard (it announces itself every
+		// interval while it runs).
+		from := r.nodes[st.Name].seen.Add(HeartbeatInterval)
+		if from.Before(start) {
+			from = start
+		}
+		waiting[st.Name] = waiter{fence: from.Add(fenceAfter(st))}
+	}
+	r.mu.Unlock()
+	if r.self != nil {
+		st := r.self()
+		waiting[st.Name] = waiter{fence: start.Add(fenceAfter(st)), self: true}
+	}
+	total := len(waiting)
+	var refusing []string
+	applied := 0
 	for {
+		now := r.now()
+		var next time.Time
 		r.mu.Lock()
-		for name := range waiting {
-			if e := r.nodes[name]; e.pending != nil && e.pending.status.LastSeq >= seq {
-				r.settleLocked(name)
+		for name, w := range waiting {
+			var st NodeStatus
+			if w.self {
+				st = r.self()
+			} else {
+				if e := r.nodes[name]; e.pending != nil && e.pending.status.LastSeq >= seq {
+					r.settleLocked(name)
+				}
+				st = r.nodes[name].status
 			}
-			if e, ok := r.nodes[name]; ok && e.verified && e.status.LastSeq >= seq {
+			switch {
+			case st.LastSeq >= seq:
+				applied++
 				delete(waiting, name)
+			case st.LeaseMS > 0 && !now.Before(w.fence):
+				refusing = append(refusing, name)
+				delete(waiting, name)
+			case st.LeaseMS > 0 && (next.IsZero() || w.fence.Before(next)):
+				next = w.fence
 			}
 		}
 		ch := r.changed
 		r.mu.Unlock()
 		if len(waiting) == 0 {
-			return Applied{Seq: seq, Applied: len(live), Total: len(live)}
+			return r.applied(seq, applied, total, refusing, nil)
+		}
+		var t *time.Timer
+		var fenced <-chan time.Time
+		if !next.IsZero() {
+			t = time.NewTimer(next.Sub(now))
+			fenced = t.C
 		}
 		select {
 		case <-ch:
+		case <-fenced:
 		case <-ctx.Done():
-			pending := make([]string, 0, len(waiting))
+			unproven := make([]string, 0, len(waiting))
 			for name := range waiting {
-				pending = append(pending, name)
+				unproven = append(unproven, name)
 			}
-			sort.Strings(pending)
-			return Applied{Seq: seq, Applied: len(live) - len(pending), Total: len(live), Pending: pending}
+			return r.applied(seq, applied, total, refusing, unproven)
+		}
+		if t != nil {
+			t.Stop()
 		}
 	}
+}
+
+func (r *Registry) applied(seq uint64, applied, total int, refusing, unproven []string) Applied {
+	sort.Strings(refusing)
+	sort.Strings(unproven)
+	pending := append(append([]string(nil), refusing...), unproven...)
+	sort.Strings(pending)
+	return Applied{Seq: seq, Applied: applied, Total: total, Pending: pending, Refusing: refusing, Unproven: unproven}
 }

@@ -75,7 +75,7 @@ func waitLive(t *testing.T, r *Registry, timeout time.Duration, msg string) []No
 	deadline := time.After(timeout)
 	for {
 		r.mu.Lock()
-		live, changed := r.liveLocked(), r.changed
+		live, changed := r.knownLocked(NodeTimeout, false), r.changed
 		r.mu.Unlock()
 		if len(live) > 0 {
 			return live
@@ -118,7 +118,7 @@ func TestRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r, err := NewRegistry(nc, fs.fleet, nil)
+	r, err := NewRegistry(nc, fs.fleet, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestForgedHeartbeats(t *testing.T) {
 	fs := startFleetServer(t)
 	op := fs.connect(t, "op") // can publish anything: the bus is not the only guard
 	regConn := fs.connect(t, "reg")
-	r, err := NewRegistry(regConn, fs.fleet, nil)
+	r, err := NewRegistry(regConn, fs.fleet, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,5 +279,42 @@ func waitRejected(t *testing.T, r *Registry, n uint64) {
 		case <-deadline:
 			t.Fatalf("heartbeat not rejected (rejected %d, want %d)", r.Rejected(), n)
 		}
+	}
+}
+
+// TestWaitAppliedCountsItselfAndProvesTheRest: the serving node is always
+// counted (never "0/0"), a node that has not applied is reported as
+// refusing only once its lease has certainly run out, and as unproven when
+// the wait ends first.
+func TestWaitAppliedCountsItselfAndProvesTheRest(t *testing.T) {
+	fs := startFleetServer(t)
+	var seq atomic.Uint64
+	seq.Store(7)
+	self := func() NodeStatus {
+		return NodeStatus{Name: "reg", Role: "admin", Environment: keyledger.EnvLive, LastSeq: seq.Load(), LeaseMS: 100, At: time.Now()}
+	}
+	r, err := NewRegistry(fs.connect(t, "reg"), fs.fleet, self, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if got := r.WaitApplied(ctx, 5); got.String() != "1/1" || !got.Proven() {
+		t.Fatalf("with no heartbeat heard at all: %+v, want 1/1", got)
+	}
+	start := time.Now()
+	got := r.WaitApplied(ctx, 9)
+	if got.String() != "0/1" || len(got.Refusing) != 1 || got.Refusing[0] != "reg" || !got.Proven() {
+		t.Fatalf("a node that did not apply: %+v, want it refusing", got)
+	}
+	if min := 100*time.Millisecond + LeaseMargin; time.Since(start) < min {
+		t.Fatalf("counted as refusing after %v, before its lease and margin (%v) ran out", time.Since(start), min)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if got := r.WaitApplied(short, 9); len(got.Unproven) != 1 || got.Proven() {
+		t.Fatalf("a wait shorter than the lease: %+v, want it unproven", got)
 	}
 }

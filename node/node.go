@@ -144,7 +144,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if n.registry, err = nats.NewRegistry(n.nc, n.creds.fleet, n.log); err != nil {
+		if n.registry, err = nats.NewRegistry(n.nc, n.creds.fleet, n.status, n.log); err != nil {
 			return nil, err
 		}
 		if err := n.openAnalytics(ctx, metrics); err != nil {
@@ -332,12 +332,21 @@ func (n *Node) analyticsNow() *analytics.Analytics {
 	return n.analytics
 }
 
+// leaseMS is the lease the node announces: none with --fail-open, which
+// serves whatever its table holds, so no wait can count it as refusing.
+func (n *Node) leaseMS() int64 {
+	if n.cfg.FailOpen {
+		return 0
+	}
+	return n.projector.Lease().Milliseconds()
+}
+
 // status is this node's heartbeat.
 func (n *Node) status() nats.NodeStatus {
 	st := n.projector.Stats()
 	return nats.NodeStatus{
 		Name: n.cfg.Name, Role: n.cfg.Role, Environment: n.cfg.Environment, LastSeq: st.LastSeq,
-		CaughtUp: st.CaughtUp, Fresh: st.Fresh, Keys: st.Keys, At: time.Now().UTC(),
+		CaughtUp: st.CaughtUp, Fresh: st.Fresh, Keys: st.Keys, At: time.Now().UTC(), LeaseMS: n.leaseMS(),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	_ "unsafe" // for go:linkname
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
@@ -33,8 +34,11 @@ type Options struct {
 	// has the stream's latest events (connection down, consumer stalled)
 	// before Fresh turns false (default 5s).
 	MaxStaleness time.Duration
-	// Now is the clock of the staleness checks (default time.Now).
+	// Now is the wall clock (default time.Now).
 	Now func() time.Time
+	// Mono is the monotonic clock of the freshness lease, in nanoseconds
+	// (default Monotonic). Tests stop or jump it.
+	Mono func() int64
 	// OnAdvance, if set, is called after each applied sequence, on the
 	// apply goroutine: it must not block (e.g. Announcer.Notify).
 	OnAdvance func(seq uint64)
@@ -80,6 +84,13 @@ type Stats struct {
 	Fresh    bool
 }
 
+// Monotonic is the process's monotonic clock in nanoseconds: unaffected by
+// wall-clock steps, and running while the process is stopped. (~25 ns, the
+// vDSO clock read; the runtime's own nanotime saves only 1.5 ns of it.)
+func Monotonic() int64 { return int64(time.Since(monoBase)) }
+
+var monoBase = time.Now()
+
 // Projector follows KEYS and maintains a Table (and optionally the full key
 // records). It is the table's only writer.
 type Projector struct {
@@ -115,13 +126,16 @@ type Projector struct {
 
 	// Staleness: the monitor records when it last confirmed that this
 	// node had every event in the stream.
-	maxStale    time.Duration
-	now         func() time.Time
-	lastFresh   atomic.Int64 // unix nanos
-	fresh       atomic.Bool  // lastFresh within maxStale, as of the last tick
-	streamLast  atomic.Uint64
-	lastChecked uint64 // applied sequence at the previous check (monitor only)
-	suspect     string // the previous check's replacement finding (monitor only)
+	maxStale time.Duration
+	now      func() time.Time
+	// The freshness lease (see Fresh): the node may serve until
+	// leaseUntil on the monotonic clock; a confirmation waits in
+	// confirming until the events it vouches for are applied.
+	mono       func() int64
+	leaseUntil atomic.Int64
+	confirming atomic.Pointer[confirmation]
+	streamLast atomic.Uint64
+	suspect    string // the previous check's replacement finding (monitor only)
 
 	// waitCh is closed and replaced each time lastSeq advances.
 	waitMu sync.Mutex
@@ -154,6 +168,9 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Mono == nil {
+		opts.Mono = Monotonic
+	}
 	if opts.SnapshotEvery == 0 {
 		opts.SnapshotEvery = 10_000
 	}
@@ -167,6 +184,7 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		snapEvery:    opts.SnapshotEvery,
 		snapInterval: opts.SnapshotInterval,
 		now:          opts.Now,
+		mono:         opts.Mono,
 		js:           js,
 		catalog:      opts.Catalog,
 		log:          opts.Logger,
@@ -212,12 +230,60 @@ func (p *Projector) Stats() Stats {
 	return st
 }
 
-// Fresh reports whether the node has confirmed, within MaxStaleness, that
-// it holds every event in the stream. A node that is not fresh may be
-// missing a revocation.
-// The monitor keeps the answer current several times per MaxStaleness, so
-// asking costs one atomic load and no clock read on the verify path.
-func (p *Projector) Fresh() bool { return p.fresh.Load() }
+// Fresh reports whether the node holds its freshness lease: it confirmed,
+// less than MaxStaleness ago on the monotonic clock, that it had applied
+// every event the stream held at the moment it asked. A node that is not
+// fresh may be missing a revocation and refuses every key.
+//
+// The lease is read on every request, so a node that was paused (SIGSTOP,
+// a GC pause, VM steal, a partition) refuses keys from its first request
+// after the lease ran out, before any timer of its own has fired. And it
+// is what makes `applied_by` a proof: an event appended at time T is, by
+// T + MaxStaleness, either applied by a node or refused with everything
+// else, since no lease granted before T outlives that and none granted
+// after T is granted before the event is applied. Cost: one monotonic
+// clock read.
+func (p *Projector) Fresh() bool { return p.mono() < p.leaseUntil.Load() }
+
+// Lease returns the lease duration (MaxStaleness): how long after an
+// event was appended a node that has not applied it may still serve.
+func (p *Projector) Lease() time.Duration { return p.maxStale }
+
+// confirmation is a freshness check answered by the stream: at sent
+// (monotonic), the stream held events up to target.
+type confirmation struct {
+	sent   int64
+	target uint64
+}
+
+// confirm records a check's answer and grants the lease as soon as the
+// node has applied what it vouches for (now, or in advance).
+func (p *Projector) confirm(c *confirmation) {
+	if p.lastSeq.Load() >= c.target {
+		p.renew(c.sent)
+		return
+	}
+	p.confirming.Store(c)
+	// The apply loop may have passed target between the load and the
+	// store: look again.
+	if p.lastSeq.Load() >= c.target && p.confirming.CompareAndSwap(c, nil) {
+		p.renew(c.sent)
+	}
+}
+
+// renew extends the lease to sent + MaxStaleness (never shortens it).
+func (p *Projector) renew(sent int64) {
+	if p.broken.Load() != nil {
+		return
+	}
+	until := sent + int64(p.maxStale)
+	for {
+		old := p.leaseUntil.Load()
+		if until <= old || p.leaseUntil.CompareAndSwap(old, until) {
+			return
+		}
+	}
+}
 
 // Ready reports whether the node may answer verifications: caught up with
 // the stream and fresh (never once Broken).
@@ -240,7 +306,7 @@ func (p *Projector) breakDown(why string) {
 	if !p.broken.CompareAndSwap(nil, &why) {
 		return
 	}
-	p.fresh.Store(false)
+	p.leaseUntil.Store(0)
 	p.log.Error("projector: refusing every verification: the KEYS stream is not the one this node followed", "reason", why)
 	if p.onReject != nil {
 		p.onReject(Rejection{Reason: "stream_replaced", Detail: why})
@@ -303,7 +369,6 @@ func (p *Projector) monitor(ctx context.Context, stream jetstream.Stream) {
 		case <-t.C:
 		}
 		p.check(ctx, stream, interval)
-		p.fresh.Store(p.broken.Load() == nil && p.now().UnixNano()-p.lastFresh.Load() <= int64(p.maxStale))
 	}
 }
 
@@ -327,6 +392,9 @@ func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval
 	if nc := p.js.Conn(); nc == nil || !nc.IsConnected() {
 		return
 	}
+	// The confirmation dates from before the question: whatever the
+	// answer says the stream held, it held by then at the latest.
+	sent := p.mono()
 	cctx, cancel := context.WithTimeout(ctx, interval)
 	info, err := stream.Info(cctx)
 	cancel()
@@ -353,14 +421,8 @@ func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval
 		return
 	}
 	p.suspect = ""
-	last, applied := info.State.LastSeq, p.lastSeq.Load()
-	p.streamLast.Store(last)
-	// Fresh when nothing is pending, or when the backlog is shrinking:
-	// a node replaying a burst is not stale, a stalled consumer is.
-	if applied >= last || applied > p.lastChecked {
-		p.lastFresh.Store(p.now().UnixNano())
-	}
-	p.lastChecked = applied
+	p.streamLast.Store(info.State.LastSeq)
+	p.confirm(&confirmation{sent: sent, target: info.State.LastSeq})
 }
 
 // Start begins following KEYS from its first message. It returns once the
@@ -371,6 +433,7 @@ func (p *Projector) Start(ctx context.Context) error {
 	if err != nil {
 		return keyledger.Wrap(keyledger.Unavailable, err, "KEYS stream is not available")
 	}
+	sent := p.mono()
 	info, err := stream.Info(ctx)
 	if err != nil {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS stream state")
@@ -404,8 +467,7 @@ func (p *Projector) Start(ctx context.Context) error {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot follow KEYS stream")
 	}
 	p.streamLast.Store(p.target)
-	p.lastFresh.Store(p.now().UnixNano())
-	p.fresh.Store(true)
+	p.confirm(&confirmation{sent: sent, target: p.target})
 	if p.lastSeq.Load() >= p.target {
 		p.markCaughtUp()
 	}
@@ -688,6 +750,9 @@ func (p *Projector) advance(seq uint64, data []byte) {
 	// The hash costs ~1 µs per event; the signature check before it, ~50.
 	p.head.Store(&headState{seq: seq, hash: sha256.Sum256(data)})
 	p.lastSeq.Store(seq)
+	if c := p.confirming.Load(); c != nil && seq >= c.target && p.confirming.CompareAndSwap(c, nil) {
+		p.renew(c.sent)
+	}
 	p.waitMu.Lock()
 	close(p.waitCh)
 	p.waitCh = make(chan struct{})
