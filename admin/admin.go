@@ -378,6 +378,18 @@ func (s *Service) Import(ctx context.Context, req ImportRequest, w Write) (*KeyV
 	if err != nil {
 		return nil, err
 	}
+	// The check above races with other imports of the same hash: each
+	// gets its own key id and lands. Every node applies only the first
+	// (in stream order) and ignores the rest, so the answer comes from
+	// this node's table once it has applied this event: the loser is
+	// told, and its event stays inert in the ledger.
+	switch e := s.cfg.Projector.Table().Lookup(&h); {
+	case e == nil:
+		return nil, keyledger.Errorf(keyledger.Unavailable, "import %s recorded but not yet applied on this node: check GET /v1/keys/%s", ev.KeyID, ev.KeyID)
+	case e.ID != ev.KeyID:
+		return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyExists,
+			Message: "a key with this hash is already in the ledger (" + e.ID + "); this import has no effect"}
+	}
 	return &KeyView{Key: k, Status: k.StatusAt(s.cfg.Now())}, nil
 }
 

@@ -206,3 +206,49 @@ func TestService_List(t *testing.T) {
 		}
 	}
 }
+
+// TestService_Import_race: ten concurrent imports of one hash. Before,
+// all ten answered 201 and nine phantom keys sat in the ledger, listed as
+// created but never in any table; now exactly one succeeds, the others
+// are told the hash is taken.
+func TestService_Import_race(t *testing.T) {
+	svc, p := MustOpenService(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hash := keyledger.HashSecret("sk_legacy_0123456789abcdef").String()
+	var wg sync.WaitGroup
+	errs := make([]error, 10)
+	ids := make([]string, 10)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := svc.Import(ctx, admin.ImportRequest{CreateRequest: admin.CreateRequest{Name: "legacy", Environment: keyledger.EnvLive}, Hash: hash},
+				admin.Write{Actor: "tester"})
+			errs[i] = err
+			if v != nil {
+				ids[i] = v.ID
+			}
+		}()
+	}
+	wg.Wait()
+	won := ""
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			if won != "" {
+				t.Fatalf("two imports of one hash succeeded: %s and %s", won, ids[i])
+			}
+			won = ids[i]
+		case keyledger.ErrorCode(err) != keyledger.Conflict:
+			t.Fatalf("import %d: %v, want a conflict", i, err)
+		}
+	}
+	if won == "" {
+		t.Fatal("no import succeeded")
+	}
+	h, _ := keyledger.ParseHash(hash)
+	if e := p.Table().Lookup(&h); e == nil || e.ID != won {
+		t.Fatalf("the table holds %+v for the hash, want %s", e, won)
+	}
+}

@@ -12,6 +12,7 @@ package events
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"time"
 
@@ -211,8 +212,8 @@ func Validate(ev Event) error {
 		if len(e.Permissions) == 0 {
 			return keyledger.Errorf(keyledger.Invalid, "permissions must not be empty")
 		}
-		if e.ExpiresAt != nil && !encodable(*e.ExpiresAt) {
-			return keyledger.Errorf(keyledger.Invalid, "expires_at must be between years 1 and 9999 in UTC")
+		if e.ExpiresAt != nil && !expiryInRange(*e.ExpiresAt) {
+			return errExpiryRange
 		}
 		if e.RateLimit != nil {
 			if err := e.RateLimit.Validate(); err != nil {
@@ -229,8 +230,11 @@ func Validate(ev Event) error {
 		if err := ValidKeyID(e.RolledTo); err != nil {
 			return keyledger.Errorf(keyledger.Invalid, "rolled_to: %s", keyledger.ErrorMessage(err))
 		}
-		if e.ExpiresAt.IsZero() || !encodable(e.ExpiresAt) {
-			return keyledger.Errorf(keyledger.Invalid, "expires_at is required (years 1 to 9999)")
+		if e.ExpiresAt.IsZero() {
+			return keyledger.Errorf(keyledger.Invalid, "expires_at is required")
+		}
+		if !expiryInRange(e.ExpiresAt) {
+			return errExpiryRange
 		}
 	case *KeyRevoked:
 		if h.Type != TypeKeyRevoked {
@@ -257,6 +261,17 @@ func Validate(ev Event) error {
 	}
 	return nil
 }
+
+// Expiries are compared as nanoseconds since 1970 on the verify path:
+// they must fit an int64 (1677-09-21 to 2262-04-11). Beyond, a key would
+// have been dead on arrival while listed active.
+var (
+	minExpiry      = time.Unix(0, math.MinInt64)
+	maxExpiry      = time.Unix(0, math.MaxInt64)
+	errExpiryRange = keyledger.Errorf(keyledger.Invalid, "expires_at must be between 1677-09-22 and 2262-04-11")
+)
+
+func expiryInRange(t time.Time) bool { return t.After(minExpiry) && t.Before(maxExpiry) }
 
 // encodable reports whether t survives RFC 3339 in UTC: years 1–9999.
 func encodable(t time.Time) bool {

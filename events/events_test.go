@@ -207,6 +207,11 @@ func TestDecode_Rejects(t *testing.T) {
 		{name: "rate_limit zero rate", typ: events.TypeKeyCreated, set: []mut{{"rate_limit", map[string]any{"per_second": 0, "burst": 1}}}},
 		{name: "rate_limit zero burst", typ: events.TypeKeyCreated, set: []mut{{"rate_limit", map[string]any{"per_second": 1, "burst": 0}}}},
 		{name: "expires_at garbage", typ: events.TypeKeyCreated, set: []mut{{"expires_at", "soon"}}},
+		// Past 2262-04-11 the expiry does not fit the int64 nanoseconds
+		// the verify path compares: the key was dead on arrival while
+		// listed active.
+		{name: "expires_at after 2262", typ: events.TypeKeyCreated, set: []mut{{"expires_at", "2262-04-12T00:00:00Z"}}},
+		{name: "expires_at before 1677", typ: events.TypeKeyCreated, set: []mut{{"expires_at", "1600-01-01T00:00:00Z"}}},
 		{name: "unknown outcome", typ: events.TypeKeyUsed, set: []mut{{"outcome", "bogus"}}},
 		{name: "outcome invalid", typ: events.TypeKeyUsed, set: []mut{{"outcome", "invalid"}}},
 		{name: "outcome missing", typ: events.TypeKeyUsed, set: []mut{{"outcome", deleteField}}},

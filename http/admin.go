@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -30,6 +31,31 @@ type api struct {
 	// proxies are the peers whose X-Forwarded-For / X-Real-IP name the
 	// actor_ip of the events a request causes.
 	proxies *proxySet
+	outages outageLog
+}
+
+// outageLog logs unavailable (503) answers with their cause: the first
+// at once, then at most one line a second with how many it stands for, so
+// an outage is in the log without a line per request.
+type outageLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (o *outageLog) log(log *slog.Logger, r *http.Request, err error) {
+	o.mu.Lock()
+	now := time.Now()
+	if now.Sub(o.last) < time.Second {
+		o.suppressed++
+		o.mu.Unlock()
+		return
+	}
+	n := o.suppressed
+	o.last, o.suppressed = now, 0
+	o.mu.Unlock()
+	log.Warn("admin request answered 503", "method", r.Method, "path", redactSecrets(r.URL.Path), "err", err,
+		"similar_since_last_line", n)
 }
 
 type actorKey struct{}
@@ -46,8 +72,11 @@ func callerOf(r *http.Request) caller {
 
 // fail writes err; internal errors, and only those, are logged as faults.
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if keyledger.ErrorCode(err) == keyledger.Internal {
+	switch keyledger.ErrorCode(err) {
+	case keyledger.Internal:
 		a.log.Error("internal error", "method", r.Method, "path", redactSecrets(r.URL.Path), "err", err)
+	case keyledger.Unavailable:
+		a.outages.log(a.log, r, err)
 	}
 	WriteError(w, err)
 }

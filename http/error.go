@@ -103,6 +103,11 @@ func WriteError(w http.ResponseWriter, err error) {
 	}
 	status := HTTPStatus(err)
 	b, _ := json.Marshal(ErrorBody(err))
+	if status == http.StatusServiceUnavailable && h.Get("Retry-After") == "" {
+		// Unavailable is temporary by definition (no leader yet, a node
+		// catching up): say when to try again.
+		h["Retry-After"] = retryAfterOne
+	}
 	w.WriteHeader(status)
 	w.Write(append(b, '\n'))
 }
@@ -110,5 +115,6 @@ func WriteError(w http.ResponseWriter, err error) {
 var (
 	jsonContentType = []string{"application/json"}
 	noStore         = []string{"no-store"}
+	retryAfterOne   = []string{"1"}
 	bearerChallenge = []string{`Bearer realm="keyledger"`}
 )

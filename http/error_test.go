@@ -148,3 +148,20 @@ func TestWriteError(t *testing.T) {
 		})
 	}
 }
+
+// An unavailable answer is temporary by definition: it says when to retry.
+func TestWriteError_unavailableSaysWhenToRetry(t *testing.T) {
+	for _, tc := range []struct {
+		err   error
+		retry string
+	}{
+		{keyledger.Errorf(keyledger.Unavailable, "no leader yet"), "1"},
+		{keyledger.Errorf(keyledger.Invalid, "bad"), ""},
+	} {
+		w := httptest.NewRecorder()
+		khttp.WriteError(w, tc.err)
+		if got := w.Header().Get("Retry-After"); got != tc.retry {
+			t.Errorf("%v: Retry-After %q, want %q", tc.err, got, tc.retry)
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -33,10 +35,26 @@ type Log struct {
 	stream jetstream.Stream
 	signer *events.Signer
 	ring   *events.Keyring
-	// retries of an append whose outcome is unknown (timeout, no responders).
-	retries int
-	backoff time.Duration
+	// WriteTimeout bounds how long an append, or a read of the ledger,
+	// keeps retrying while the stream has no leader (an election takes
+	// seconds; see DefaultWriteTimeout). Set it before use.
+	WriteTimeout time.Duration
+	backoff      time.Duration
+	retried      atomic.Uint64
 }
+
+// Retried counts the attempts that failed for want of a leader and were
+// tried again.
+func (l *Log) Retried() uint64 { return l.retried.Load() }
+
+// DefaultWriteTimeout is how long a write or a ledger read rides through a
+// leader election before it gives up: elections after a leader's death
+// took 4–15 s in fault runs on one machine, so twice that.
+const DefaultWriteTimeout = 30 * time.Second
+
+// attemptTimeout bounds one request to the stream: one sent before a new
+// leader exists may never be answered, and must not eat the whole budget.
+const attemptTimeout = 2 * time.Second
 
 // OpenLog returns the ledger on an existing KEYS stream. Appends are
 // signed by signer; reads are checked against ring.
@@ -48,7 +66,7 @@ func OpenLog(ctx context.Context, js jetstream.JetStream, signer *events.Signer,
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "KEYS stream is not available")
 	}
-	return &Log{js: js, stream: s, signer: signer, ring: ring, retries: 5, backoff: 50 * time.Millisecond}, nil
+	return &Log{js: js, stream: s, signer: signer, ring: ring, WriteTimeout: DefaultWriteTimeout, backoff: 50 * time.Millisecond}, nil
 }
 
 // ErrConflict is returned by Append when the key's subject has moved past
@@ -74,33 +92,60 @@ func (l *Log) Append(ctx context.Context, ev events.Event, expect uint64) (uint6
 		return 0, err
 	}
 	subj := KeySubject(h.KeyID)
-	wait := l.backoff
-	for attempt := 0; ; attempt++ {
+	var seq uint64
+	err = l.retry(ctx, func(ctx context.Context) error {
 		ack, err := l.js.Publish(ctx, subj, data,
 			jetstream.WithMsgID(h.EventID),
 			jetstream.WithExpectStream(KeysStream),
 			jetstream.WithExpectLastSequencePerSubject(expect))
 		if err == nil && !ack.Duplicate {
-			return ack.Sequence, nil
+			seq = ack.Sequence
+			return nil
 		}
 		if err == nil || isWrongLastSequence(err) {
 			// A duplicate ack, or a conflict, may be our own earlier
 			// attempt — or another event that reused this event_id.
 			// Only the very same bytes on the same subject count as ours.
-			if seq, ok := l.landed(ctx, subj, data, h.EventID); ok {
-				return seq, nil
+			var ok bool
+			if seq, ok = l.landed(ctx, subj, data, h.EventID); ok {
+				return nil
 			}
-			return 0, ErrConflict
+			return ErrConflict
 		}
-		if ctx.Err() != nil || attempt >= l.retries || !retryable(err) {
-			return 0, keyledger.Wrap(keyledger.Unavailable, err, "the ledger did not accept the event")
+		return err
+	})
+	if errors.Is(err, ErrConflict) {
+		return 0, ErrConflict
+	}
+	if err != nil {
+		return 0, keyledger.Wrap(keyledger.Unavailable, err, "the ledger did not accept the event")
+	}
+	return seq, nil
+}
+
+// retry runs op until it succeeds, fails for good, or WriteTimeout (or
+// ctx) ends: an error that may mean "no leader yet" is tried again, each
+// attempt with its own short deadline, with a growing pause between.
+// Every attempt of an append carries the same event id, so a retry can
+// never write it twice.
+func (l *Log) retry(ctx context.Context, op func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, l.WriteTimeout)
+	defer cancel()
+	wait := l.backoff
+	for {
+		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
+		err := op(actx)
+		acancel()
+		if err == nil || !retryable(err) {
+			return err
 		}
+		l.retried.Add(1)
 		select {
 		case <-ctx.Done():
-			return 0, keyledger.Wrap(keyledger.Unavailable, ctx.Err(), "the ledger did not accept the event")
+			return fmt.Errorf("%w (still failing after %v: %w)", err, l.WriteTimeout, ctx.Err())
 		case <-time.After(wait):
 		}
-		wait *= 2
+		wait = min(2*wait, 500*time.Millisecond)
 	}
 }
 
@@ -109,6 +154,7 @@ func (l *Log) Append(ctx context.Context, ev events.Event, expect uint64) (uint6
 func (l *Log) landed(ctx context.Context, subj string, data []byte, eventID string) (uint64, bool) {
 	m, err := l.stream.GetLastMsgForSubject(ctx, subj)
 	if err != nil {
+		// Unknown: the caller's retry asks again, same Msg-Id.
 		return 0, false
 	}
 	if m.Header.Get(jetstream.MsgIDHeader) == eventID && bytes.Equal(m.Data, data) {
@@ -126,17 +172,20 @@ func isWrongLastSequence(err error) bool {
 	return false
 }
 
-// retryable reports whether an append may have failed without an answer
-// from the stream, so trying again (same Msg-Id) is safe and useful.
+// retryable reports whether a request to the stream may have failed only
+// for want of a leader, so trying again (same Msg-Id) is safe and useful:
+// no answer at all, or the stream answering that it cannot serve now.
 func retryable(err error) bool {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		return false // the stream answered; trying again changes nothing
+		// 503: JetStream or the stream is not available (no leader,
+		// no quorum); any other answer is final.
+		return apiErr.Code == 503
 	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, natsgo.ErrTimeout) ||
 		errors.Is(err, natsgo.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, natsgo.ErrConnectionClosed) || errors.Is(err, natsgo.ErrConnectionReconnecting) ||
-		errors.Is(err, natsgo.ErrDisconnected)
+		errors.Is(err, natsgo.ErrDisconnected) || errors.Is(err, jetstream.ErrJetStreamNotEnabled)
 }
 
 // Last returns the last event of a key and its sequence, or a NotFound error.
@@ -144,7 +193,11 @@ func (l *Log) Last(ctx context.Context, keyID string) (Record, error) {
 	if err := events.ValidKeyID(keyID); err != nil {
 		return Record{}, keyledger.Errorf(keyledger.NotFound, "no key %q", keyID)
 	}
-	m, err := l.stream.GetLastMsgForSubject(ctx, KeySubject(keyID))
+	var m *jetstream.RawStreamMsg
+	err := l.retry(ctx, func(ctx context.Context) (err error) {
+		m, err = l.stream.GetLastMsgForSubject(ctx, KeySubject(keyID))
+		return err
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return Record{}, keyledger.Errorf(keyledger.NotFound, "no key %q", keyID)
 	}
@@ -189,7 +242,11 @@ func (l *Log) History(ctx context.Context, keyID string) ([]Record, error) {
 	subj := KeySubject(keyID)
 	var out []Record
 	for seq := uint64(1); ; {
-		m, err := l.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		var m *jetstream.RawStreamMsg
+		err := l.retry(ctx, func(ctx context.Context) (err error) {
+			m, err = l.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+			return err
+		})
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/keyledger/keyledger/events/eventstest"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/nats/natstest"
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -426,4 +428,71 @@ func TestLog_AppendUnavailable(t *testing.T) {
 			t.Fatalf("Last(server stopped) = %v; an outage must not read as 'no such key'", err)
 		}
 	})
+}
+
+// TestLog_ridesThroughAnOutage: an append made while the stream cannot
+// answer (its server down, as during a leader election) is retried, with
+// the same event id, until the stream is back, and lands exactly once.
+// Before, it gave up after ~1.5 s with "the ledger did not accept the
+// event".
+func TestLog_ridesThroughAnOutage(t *testing.T) {
+	dir := t.TempDir()
+	e1 := natstest.MustStartIn(t, dir, "127.0.0.1:0")
+	url := e1.Server.ClientURL()
+	id := e1.Identity(t, natstest.Admin)
+	nc, err := natsgo.Connect(url, append(id.Options(), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(20*time.Millisecond))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	log, err := nats.OpenLog(ctx, js, e1.Signer.Signer, e1.Keyring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.WriteTimeout = 45 * time.Second
+	e1.Stop()
+
+	ids := eventstest.NewIDs(9)
+	ev := eventstest.Created(t, ids, "key_outage")
+	type result struct {
+		seq uint64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		seq, err := log.Append(ctx, ev, 0)
+		done <- result{seq, err}
+	}()
+	// The append is retrying: only then does the stream come back.
+	for log.Retried() == 0 {
+		select {
+		case r := <-done:
+			t.Fatalf("append returned while the stream was down: %d %v", r.seq, r.err)
+		case <-ctx.Done():
+			t.Fatal("the append never retried")
+		case <-time.After(10 * time.Millisecond): // polling a counter
+		}
+	}
+	e2 := natstest.MustStartIn(t, dir, strings.TrimPrefix(url, "nats://"))
+	r := <-done
+	if r.err != nil || r.seq == 0 {
+		t.Fatalf("append after the outage: %d %v", r.seq, r.err)
+	}
+	s, err := e2.JS.Stream(ctx, nats.KeysStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("KEYS holds %d messages, want the event exactly once", info.State.Msgs)
+	}
 }

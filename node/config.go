@@ -61,9 +61,13 @@ type Config struct {
 	UsageMaxAge          time.Duration
 	UsageLinger          time.Duration
 	MaxStaleness         time.Duration
-	FailOpen             bool
-	ShutdownTimeout      time.Duration
-	Logger               *slog.Logger
+	// WriteTimeout bounds how long a ledger write or read rides through a
+	// leader election before it answers 503 (default
+	// nats.DefaultWriteTimeout).
+	WriteTimeout    time.Duration
+	FailOpen        bool
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
 	// NoUsage records no KeyUsed events. Only benchmarks set it, to show
 	// what usage publishing costs.
 	NoUsage bool

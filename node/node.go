@@ -144,6 +144,9 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, err
 		}
+		if cfg.WriteTimeout > 0 {
+			ledger.WriteTimeout = cfg.WriteTimeout
+		}
 		if n.registry, err = nats.NewRegistry(n.nc, n.creds.fleet, n.status, n.log); err != nil {
 			return nil, err
 		}

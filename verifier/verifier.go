@@ -242,8 +242,17 @@ func retryAfter(lim *rate.Limiter, now time.Time) time.Duration {
 	if missing <= 0 {
 		return 0
 	}
-	return time.Duration(missing / float64(lim.Limit()) * float64(time.Second))
+	// A tiny rate (1e-9/s is valid) would overflow a Duration: cap it
+	// at a day, which a client should read as "not soon".
+	secs := missing / float64(lim.Limit())
+	if !(secs < maxRetryAfter.Seconds()) {
+		return maxRetryAfter
+	}
+	return time.Duration(secs * float64(time.Second))
 }
+
+// maxRetryAfter caps Retry-After.
+const maxRetryAfter = 24 * time.Hour
 
 func (v *Verifier) record(req *Request, res Result, now time.Time) {
 	ev := events.KeyUsed{

@@ -106,8 +106,21 @@ func TestVerifier_Verify_rateLimit(t *testing.T) {
 	limited, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) {
 		e.RateLimit = &keyledger.RateLimit{PerSecond: 1, Burst: 1}
 	})
+	glacial, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) {
+		e.RateLimit = &keyledger.RateLimit{PerSecond: 1e-12, Burst: 1}
+	})
 	tv := f.Verifier(keyledger.EnvTest, nil)
 	lv := f.Verifier(keyledger.EnvLive, nil)
+
+	t.Run("a tiny rate's retry-after is capped, not overflowed", func(t *testing.T) {
+		lv.Verify(&verifier.Request{Key: glacial})
+		res := lv.Verify(&verifier.Request{Key: glacial})
+		// 1e12 s does not fit a Duration's nanoseconds: it used to wrap
+		// around to a negative Retry-After.
+		if res.Outcome != keyledger.OutcomeRateLimited || res.RetryAfter != 24*time.Hour {
+			t.Fatalf("%v, retry after %v; want rate_limited, 24h", res.Outcome, res.RetryAfter)
+		}
+	})
 
 	t.Run("test key: burst then 429 with retry-after, refills with time", func(t *testing.T) {
 		for i := 0; i < 3; i++ { // burst 3

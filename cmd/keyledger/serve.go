@@ -52,6 +52,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.UsageMaxAge, "usage-max-age", 7*24*time.Hour, "how long USAGE keeps events")
 	fs.DurationVar(&cfg.UsageLinger, "usage-linger", nats.DefaultUsageLinger, "how long a batch of KeyUsed events waits for more before it is published (negative: no wait)")
 	fs.DurationVar(&cfg.MaxStaleness, "max-staleness", 5*time.Second, "refuse verifications (503) when the node cannot confirm it is current for this long")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", nats.DefaultWriteTimeout, "how long a ledger write or read retries through a leader election before answering 503")
 	fs.BoolVar(&cfg.FailOpen, "fail-open", false, "keep verifying from a stale table instead of answering 503 (unsafe: a revoked key may pass)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a clean shutdown may take")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
