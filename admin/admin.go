@@ -471,7 +471,7 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 		return nil, err
 	}
 	prop := s.propagate(ctx, seq, w)
-	oldView, err := s.Get(id)
+	oldView, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -493,17 +493,23 @@ func (s *Service) propagate(ctx context.Context, seq uint64, w Write) Propagatio
 	if err := s.cfg.Projector.WaitApplied(lctx, seq); err != nil {
 		s.cfg.Logger.Warn("write recorded but not yet applied on this node", "seq", seq, "err", err)
 	}
-	if w.Wait != WaitAll || s.cfg.Fleet == nil {
+	if s.cfg.Fleet == nil {
 		return Propagation{}
 	}
 	timeout := w.Timeout
 	if timeout <= 0 {
 		timeout = DefaultWaitTimeout
 	}
+	if w.Wait != WaitAll {
+		// No wait, but still the truth as of now: who has applied it
+		// so far (the rest unproven).
+		timeout = 0
+	}
 	fctx, fcancel := context.WithTimeout(ctx, timeout)
 	defer fcancel()
 	a := s.cfg.Fleet.WaitApplied(fctx, seq)
 	switch {
+	case w.Wait != WaitAll:
 	case len(a.Unproven) > 0:
 		s.cfg.Logger.Warn("write not applied by every node, and not every other node proven refusing, in time",
 			"seq", seq, "applied_by", a.String(), "unproven", a.Unproven, "refusing", a.Refusing)
@@ -553,17 +559,30 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 		}
 		prop := s.propagate(ctx, seq, w)
 		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", w.Actor, "actor_ip", w.ActorIP, "seq", seq, "applied_by", prop.AppliedBy)
-		k, err := s.Get(id)
+		k, err := s.local(id)
 		if err != nil {
-			return nil, err
+			// The revocation landed: never answer 404 for it. This
+			// node has not applied it yet; say what is known.
+			at := ev.At
+			k = &KeyView{Key: keyledger.Key{ID: id, RevokedAt: &at, RevokedBy: w.Actor, RevokeReason: reason, Revision: seq},
+				Status: keyledger.StatusRevoked}
 		}
 		return &Revoked{KeyView: *k, Propagation: prop}, nil
 	}
 	return nil, keyledger.Errorf(keyledger.Conflict, "key %s is being changed concurrently; try again", id)
 }
 
-// Get returns a key's record as this node knows it.
-func (s *Service) Get(id string) (*KeyView, error) {
+// Get returns a key's record, reflecting every write acknowledged before
+// the call (see barrier).
+func (s *Service) Get(ctx context.Context, id string) (*KeyView, error) {
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
+	return s.local(id)
+}
+
+// local returns a key's record as this node knows it now.
+func (s *Service) local(id string) (*KeyView, error) {
 	k, ok := s.cfg.Projector.Key(id)
 	if !ok {
 		return nil, keyledger.Errorf(keyledger.NotFound, "no key %q", id)
@@ -571,15 +590,37 @@ func (s *Service) Get(id string) (*KeyView, error) {
 	return &KeyView{Key: k, Status: k.StatusAt(s.cfg.Now())}, nil
 }
 
-// List returns the keys matching f, newest first.
-func (s *Service) List(f projector.Filter) []KeyView {
+// barrier is the read barrier that lets any admin node read its own and
+// every other node's writes: it asks the stream for its last sequence and
+// waits until this node has applied it. A write acknowledged anywhere
+// before the call is in the answer; a node that cannot catch up within
+// ApplyTimeout answers 503 rather than an out-of-date record.
+func (s *Service) barrier(ctx context.Context) error {
+	seq, err := s.cfg.Log.LastSeq(ctx)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+	defer cancel()
+	if err := s.cfg.Projector.WaitApplied(wctx, seq); err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "this node has not caught up with the ledger; try again or ask another node")
+	}
+	return nil
+}
+
+// List returns the keys matching f, newest first, reflecting every write
+// acknowledged before the call.
+func (s *Service) List(ctx context.Context, f projector.Filter) ([]KeyView, error) {
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
 	now := s.cfg.Now()
 	keys := s.cfg.Projector.Keys(f, now)
 	out := make([]KeyView, len(keys))
 	for i, k := range keys {
 		out[i] = KeyView{Key: k, Status: k.StatusAt(now)}
 	}
-	return out
+	return out, nil
 }
 
 // History returns a key's events from the ledger: its audit trail.

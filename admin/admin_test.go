@@ -201,7 +201,7 @@ func TestService_List(t *testing.T) {
 		{projector.Filter{Owner: "a", Status: keyledger.StatusActive}, 1},
 		{projector.Filter{Owner: "nobody"}, 0},
 	} {
-		if got := svc.List(tc.f); len(got) != tc.want {
+		if got, err := svc.List(ctx, tc.f); err != nil || len(got) != tc.want {
 			t.Errorf("filter %+v: %d keys, want %d", tc.f, len(got), tc.want)
 		}
 	}

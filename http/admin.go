@@ -183,7 +183,7 @@ func handleWrite[Req, Res any](a *api, w http.ResponseWriter, r *http.Request, d
 }
 
 func (a *api) create(w http.ResponseWriter, r *http.Request) {
-	handleWrite(a, w, r, admin.WaitNone, false, http.StatusCreated, func(ctx context.Context, req admin.CreateRequest, w8 admin.Write) (*admin.Created, string, error) {
+	handleWrite(a, w, r, admin.WaitAll, false, http.StatusCreated, func(ctx context.Context, req admin.CreateRequest, w8 admin.Write) (*admin.Created, string, error) {
 		res, err := a.svc.Create(ctx, req, w8)
 		if err != nil {
 			return nil, "", err
@@ -237,7 +237,7 @@ func (a *api) roll(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) importKey(w http.ResponseWriter, r *http.Request) {
-	handleWrite(a, w, r, admin.WaitNone, false, http.StatusCreated, func(ctx context.Context, req admin.ImportRequest, w8 admin.Write) (*admin.KeyView, string, error) {
+	handleWrite(a, w, r, admin.WaitAll, false, http.StatusCreated, func(ctx context.Context, req admin.ImportRequest, w8 admin.Write) (*admin.KeyView, string, error) {
 		k, err := a.svc.Import(ctx, req, w8)
 		if err != nil {
 			return nil, "", err
@@ -259,7 +259,7 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) get(w http.ResponseWriter, r *http.Request) {
-	k, err := a.svc.Get(r.PathValue("id"))
+	k, err := a.svc.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -297,7 +297,11 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Status = st
 	}
-	keys := a.svc.List(f)
+	keys, err := a.svc.List(r.Context(), f)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
 	a.svc.WithUsage(r.Context(), keys)
 	WriteJSON(w, http.StatusOK, map[string]any{"keys": keys})
 }

@@ -188,6 +188,28 @@ func retryable(err error) bool {
 		errors.Is(err, natsgo.ErrDisconnected) || errors.Is(err, jetstream.ErrJetStreamNotEnabled)
 }
 
+// LastSeq returns the stream's last sequence: every event acknowledged
+// before the call is at or below it.
+func (l *Log) LastSeq(ctx context.Context) (uint64, error) {
+	var seq uint64
+	err := l.retry(ctx, func(ctx context.Context) error {
+		info, err := l.stream.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.Cluster != nil && info.Cluster.Leader == "" {
+			// A replica without a leader may not know the latest writes.
+			return jetstream.ErrNoStreamResponse
+		}
+		seq = info.State.LastSeq
+		return nil
+	})
+	if err != nil {
+		return 0, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the ledger")
+	}
+	return seq, nil
+}
+
 // Last returns the last event of a key and its sequence, or a NotFound error.
 func (l *Log) Last(ctx context.Context, keyID string) (Record, error) {
 	if err := events.ValidKeyID(keyID); err != nil {
