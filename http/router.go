@@ -41,6 +41,12 @@ type RouterOptions struct {
 	// value), or one listener's share when the admin API has a listener of
 	// its own.
 	Endpoints Endpoints
+	// MaxConns caps the connections the server holds at once (0: 256 Ki,
+	// fasthttp's default); MaxConnsPerIP caps those of one client
+	// address (0: none). Past a cap a new connection is answered 503 and
+	// closed, and the rest keep being served.
+	MaxConns      int
+	MaxConnsPerIP int
 }
 
 // Endpoints selects which of a node's endpoints a router serves.

@@ -49,7 +49,12 @@ func NewServer(o RouterOptions) *Server {
 	if o.Verifier != nil && o.Endpoints.verifier() {
 		authz = NewVerifierHandlerTrusting(o.Verifier, o.TrustedProxies)
 	}
-	return newServer(authz, NewRouter(o), o.Logger, o.Token)
+	s := newServer(authz, NewRouter(o), o.Logger, o.Token)
+	if o.MaxConns > 0 {
+		s.fast.Concurrency = o.MaxConns
+	}
+	s.fast.MaxConnsPerIP = o.MaxConnsPerIP
+	return s
 }
 
 // newServer answers forward auth with authz (nil: through rest too) and

@@ -1,6 +1,7 @@
 package http
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -287,5 +288,60 @@ func TestScrubLogLine(t *testing.T) {
 		if got := scrubLogLine(tc.in, tok); got != tc.want {
 			t.Errorf("scrubLogLine(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestServer_connectionCaps: past --max-conns-per-ip one client address
+// gets a refusal for its next connection, while the connections it holds
+// are still served. Without a cap one client could hold every descriptor
+// the node has.
+func TestServer_connectionCaps(t *testing.T) {
+	rest := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		WriteJSON(w, http.StatusOK, map[string]string{"ok": "yes"})
+	})
+	srv := NewServer(RouterOptions{MaxConnsPerIP: 2})
+	srv.fast.Handler = newServer(nil, rest, slog.New(slog.DiscardHandler), "").fast.Handler
+	if err := srv.Open("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Close(ctx)
+	}()
+	addr := srv.Addr().String()
+	request := func(c net.Conn) string {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("GET /x HTTP/1.1\r\nHost: k\r\n\r\n")); err != nil {
+			return err.Error()
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return err.Error()
+		}
+		return line
+	}
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := request(c); !strings.Contains(got, " 200 ") {
+			t.Fatalf("connection within the cap: %q", got)
+		}
+		held = append(held, c)
+	}
+	third, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	if got := request(third); strings.Contains(got, " 200 ") {
+		t.Fatalf("a third connection from one address was served: %q", got)
+	}
+	if got := request(held[0]); !strings.Contains(got, " 200 ") {
+		t.Fatalf("a held connection stopped being served: %q", got)
 	}
 }

@@ -1,6 +1,8 @@
 package nats
 
 import (
+	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strconv"
@@ -35,6 +37,10 @@ type ServerConfig struct {
 	Cluster     string
 	ClusterName string
 	Routes      []string
+	// Logger, if set, receives the server's warnings and errors (a full
+	// disk, a lost route, an authentication failure); notices go to it
+	// at debug level. Without it the server logs nothing.
+	Logger *slog.Logger
 	// Fleet is who may connect and what each member may do. It is
 	// required: the server never accepts an anonymous client, on any
 	// listener, nor an unauthenticated route (a cluster needs
@@ -121,9 +127,15 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 			opts.Routes = append(opts.Routes, u)
 		}
 	}
+	if cfg.Logger != nil {
+		opts.NoLog = false
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Internal, err, "cannot configure the embedded NATS server")
+	}
+	if cfg.Logger != nil {
+		s.SetLoggerV2(serverLog{cfg.Logger.With("component", "nats-server")}, false, false, false)
 	}
 	go s.Start()
 	// A cluster member is ready for clients before its peers are up;
@@ -160,3 +172,16 @@ func (s *Server) Stop() {
 	s.Shutdown()
 	s.WaitForShutdown()
 }
+
+// serverLog adapts nats-server's logger to slog. The server redacts
+// passwords in the URLs it logs; nkeys it names are public keys.
+type serverLog struct{ log *slog.Logger }
+
+func (l serverLog) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l serverLog) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l serverLog) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l serverLog) Fatalf(format string, v ...any) {
+	l.log.Error("fatal: " + fmt.Sprintf(format, v...))
+}
+func (l serverLog) Debugf(format string, v ...any) {}
+func (l serverLog) Tracef(format string, v ...any) {}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -67,6 +68,9 @@ type StreamConfig struct {
 	// UsageMaxAge and UsageMaxBytes bound USAGE (0 = defaults: 7 days, 10 GiB).
 	UsageMaxAge   time.Duration
 	UsageMaxBytes int64
+	// Logger hears, every 10 s at most, why EnsureStreams is still
+	// waiting: start-up must not hang silently.
+	Logger *slog.Logger
 }
 
 func (c StreamConfig) withDefaults() StreamConfig {
@@ -139,6 +143,9 @@ func UsageStreamConfig(c StreamConfig) jetstream.StreamConfig {
 // idempotent, so every admin node calls it at start. In a cluster that is still electing its
 // JetStream meta leader it retries until ctx ends.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) error {
+	c = c.withDefaults()
+	start := time.Now()
+	var lastLog time.Time
 	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c)} {
 		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 			// Each attempt gets its own deadline: a request sent before
@@ -181,6 +188,19 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 			raced := errors.Is(err, jetstream.ErrStreamNameAlreadyInUse)
 			if !raced && errors.As(err, &apiErr) && apiErr.Code == 400 && apiErr.ErrorCode != 10005 && apiErr.ErrorCode != 10023 {
 				return keyledger.Wrap(keyledger.Invalid, err, fmt.Sprintf("cannot create stream %s: %s", cfg.Name, apiErr.Description))
+			}
+			// Insufficient resources that last: on a single server it
+			// is the disk (USAGE reserves UsageMaxBytes), not a peer
+			// still starting. Say so rather than wait forever.
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == 10023 && time.Since(start) > 30*time.Second {
+				return keyledger.Wrap(keyledger.Unavailable, err, fmt.Sprintf(
+					"cannot create stream %s: JetStream has not the storage it reserves (%d bytes for USAGE: see --usage-max-bytes; free disk space)",
+					cfg.Name, c.UsageMaxBytes))
+			}
+			if c.Logger != nil && time.Since(lastLog) >= 10*time.Second {
+				lastLog = time.Now()
+				c.Logger.Warn("waiting for JetStream to create the streams", "stream", cfg.Name, "err", err,
+					"waited", time.Since(start).Round(time.Second))
 			}
 			select {
 			case <-ctx.Done():

@@ -59,8 +59,15 @@ type Config struct {
 	TestRateLimit        keyledger.RateLimit
 	Name                 string
 	UsageMaxAge          time.Duration
-	UsageLinger          time.Duration
-	MaxStaleness         time.Duration
+	// UsageMaxBytes bounds USAGE (and is what JetStream reserves for it
+	// on disk); 0 = 10 GiB.
+	UsageMaxBytes int64
+	// MaxConns and MaxConnsPerIP cap the HTTP connections a listener
+	// holds, in all and per client address (0: fasthttp's 256 Ki; none).
+	MaxConns      int
+	MaxConnsPerIP int
+	UsageLinger   time.Duration
+	MaxStaleness  time.Duration
 	// WriteTimeout bounds how long a ledger write or read rides through a
 	// leader election before it answers 503 (default
 	// nats.DefaultWriteTimeout).

@@ -98,7 +98,8 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	// Admin nodes own the streams; verifier nodes only follow them.
 	if isAdmin {
-		err = nats.EnsureStreams(ctx, n.js, nats.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge})
+		err = nats.EnsureStreams(ctx, n.js, nats.StreamConfig{Replicas: cfg.Replicas, UsageMaxAge: cfg.UsageMaxAge,
+			UsageMaxBytes: cfg.UsageMaxBytes, Logger: n.log})
 	} else {
 		err = nats.WaitStreams(ctx, n.js)
 	}
@@ -138,7 +139,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	})
 
 	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log,
-		TrustedProxies: cfg.TrustedProxies}
+		TrustedProxies: cfg.TrustedProxies, MaxConns: cfg.MaxConns, MaxConnsPerIP: cfg.MaxConnsPerIP}
 	if isAdmin {
 		ledger, err := nats.OpenLog(ctx, n.js, n.creds.signer, n.creds.ring)
 		if err != nil {
@@ -290,7 +291,7 @@ func (n *Node) connect() error {
 		sc := nats.ServerConfig{
 			Name: cfg.Name, StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Listen: cfg.NATSListen,
 			Cluster: cfg.Cluster, ClusterName: cfg.ClusterName, Routes: cfg.Routes, SyncAlways: cfg.Sync == "always",
-			Fleet: n.creds.fleet,
+			Fleet: n.creds.fleet, Logger: n.log,
 		}
 		if !sc.SyncAlways {
 			sc.SyncInterval, _ = time.ParseDuration(cfg.Sync)
@@ -304,7 +305,9 @@ func (n *Node) connect() error {
 		n.log.Info("embedded NATS server", "listen", cfg.NATSListen, "cluster", cfg.Cluster,
 			"store", sc.StoreDir, "sync", cfg.Sync)
 	}
-	if n.js, err = jetstream.New(n.nc); err != nil {
+	// An asynchronous publish (usage batches) that is never acknowledged
+	// fails after this long instead of waiting forever.
+	if n.js, err = jetstream.New(n.nc, jetstream.WithPublishAsyncTimeout(10*time.Second)); err != nil {
 		return keyledger.Wrap(keyledger.Internal, err, "jetstream")
 	}
 	return nil
