@@ -561,11 +561,13 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", w.Actor, "actor_ip", w.ActorIP, "seq", seq, "applied_by", prop.AppliedBy)
 		k, err := s.local(id)
 		if err != nil {
-			// The revocation landed: never answer 404 for it. This
-			// node has not applied it yet; say what is known.
+			k = &KeyView{Key: keyledger.Key{ID: id}}
+		}
+		if k.RevokedAt == nil {
+			// The revocation landed: never answer 404 or "active" for
+			// it because this node has not applied it yet.
 			at := ev.At
-			k = &KeyView{Key: keyledger.Key{ID: id, RevokedAt: &at, RevokedBy: w.Actor, RevokeReason: reason, Revision: seq},
-				Status: keyledger.StatusRevoked}
+			k.RevokedAt, k.RevokedBy, k.RevokeReason, k.Revision, k.Status = &at, w.Actor, reason, seq, keyledger.StatusRevoked
 		}
 		return &Revoked{KeyView: *k, Propagation: prop}, nil
 	}

@@ -31,8 +31,15 @@ const NodesPingSubject = "keyledger.ping.nodes"
 // happens; it also announces at once after applying a KEYS event.
 const HeartbeatInterval = time.Second
 
-// NodeTimeout is how long a node may stay silent before registries drop it.
+// NodeTimeout is how long a node may stay silent before registries stop
+// listing it as live.
 const NodeTimeout = 3 * HeartbeatInterval
+
+// NodeMemory is how long a registry keeps counting a silent node in a
+// wait's n (as refusing, once its lease has certainly run out): a node
+// that was just paused or cut off is still part of the fleet, and
+// `applied_by` must not hide it.
+const NodeMemory = time.Minute
 
 // HeaderSignature carries a heartbeat's signature: base64 of the Ed25519
 // signature, by the node's own nkey, over the message body.
@@ -341,9 +348,9 @@ func (r *Registry) Live() []NodeStatus {
 }
 
 // knownLocked returns the nodes heard from within d, or (lease) within
-// NodeTimeout plus the time their lease certainly takes to run out: those
-// that may still be serving. Verified heartbeats only; nodes silent for
-// longer than both are forgotten.
+// NodeMemory or NodeTimeout plus the time their lease certainly takes to
+// run out, whichever is longer: those a wait counts. Verified heartbeats
+// only; nodes silent for longer are forgotten.
 func (r *Registry) knownLocked(d time.Duration, lease bool) []NodeStatus {
 	now := r.now()
 	out := make([]NodeStatus, 0, len(r.nodes))
@@ -354,7 +361,7 @@ func (r *Registry) knownLocked(d time.Duration, lease bool) []NodeStatus {
 			r.settleLocked(name)
 			e = r.nodes[name]
 		}
-		keep := NodeTimeout + fenceAfter(e.status)
+		keep := max(NodeTimeout+fenceAfter(e.status), NodeMemory)
 		if !e.verified || now.Sub(e.seen) > keep {
 			if e.pending == nil || now.Sub(e.pending.seen) > keep {
 				delete(r.nodes, name)

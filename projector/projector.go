@@ -362,15 +362,40 @@ func (p *Projector) monitor(ctx context.Context, stream jetstream.Stream) {
 	interval = min(max(interval, 50*time.Millisecond), time.Second)
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	last := p.mono()
+	var quarantine int64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		now := p.mono()
+		if now-last > int64(2*interval) {
+			// This process was stopped (SIGSTOP, a long GC pause, VM
+			// steal). So perhaps was its embedded server, which may
+			// still think itself the stream's leader and answer with
+			// what the stream held before the pause: no answer renews
+			// the lease until a deposed leader has certainly heard of
+			// its successor.
+			quarantine = now + int64(max(p.maxStale, pauseQuarantine))
+			p.confirming.Store(nil)
+			p.log.Warn("projector: this process was paused; refusing keys until the stream can be trusted again",
+				"paused_for", time.Duration(now-last).Round(time.Millisecond))
+		}
+		last = now
+		if now < quarantine {
+			continue
+		}
 		p.check(ctx, stream, interval)
+		last = p.mono()
 	}
 }
+
+// pauseQuarantine is the least time a paused node waits before it trusts
+// the stream's answers again: a few of NATS's Raft heartbeats, after which
+// a leader that was paused with the node has stepped down.
+const pauseQuarantine = 5 * time.Second
 
 // replaced says how info shows that KEYS is not the stream this projector
 // has followed, or "". The ledger never loses an event: a different
