@@ -238,6 +238,24 @@ func ownRequest(rest http.Handler) http.Handler {
 		}
 		o.TransferEncoding = slices.Clone(r.TransferEncoding)
 		o.Trailer = nil
-		rest.ServeHTTP(w, &o)
+		// The adaptor's request context is fasthttp's RequestCtx itself,
+		// reused for the next request once this one returns: a context
+		// derived from it (a timeout around a ledger write) has a
+		// goroutine of the context package read it later, a data race
+		// with that reuse. The handler gets a context of its own, ended
+		// when it returns or the server shuts down.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if shutdown := r.Context().Done(); shutdown != nil {
+			// Read now, while the RequestCtx is this request's.
+			go func() {
+				select {
+				case <-shutdown:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+		}
+		rest.ServeHTTP(w, o.WithContext(ctx))
 	})
 }
