@@ -30,13 +30,25 @@ const (
 // Times are RFC 3339. Errors are keyledger error envelopes. The handler does
 // no authentication: mount it behind the admin token check.
 func NewAnalyticsHandler(a *analytics.Analytics, log *slog.Logger) http.Handler {
-	return &analyticsHandler{a: a, log: log}
+	return &analyticsHandler{get: func() *analytics.Analytics { return a }, log: log}
+}
+
+// NewAnalyticsHandlerFunc is NewAnalyticsHandler over analytics that may
+// come up later: get returns nil while it has not (ClickHouse down at
+// start), and the endpoints answer 503 saying analytics is degraded.
+func NewAnalyticsHandlerFunc(get func() *analytics.Analytics, log *slog.Logger) http.Handler {
+	return &analyticsHandler{get: get, log: log}
 }
 
 type analyticsHandler struct {
-	a   *analytics.Analytics
+	get func() *analytics.Analytics
+	a   *analytics.Analytics // this request's
 	log *slog.Logger
 }
+
+// errAnalyticsDegraded answers while analytics waits for ClickHouse.
+var errAnalyticsDegraded = keyledger.Errorf(keyledger.Unavailable,
+	"analytics is degraded: ClickHouse did not answer when this node started; the node retries, and usage is kept in JetStream meanwhile")
 
 var allowedParams = map[string][]string{
 	PathUsage:  {"key_id", "owner", "from", "to", "interval"},
@@ -47,6 +59,12 @@ var allowedParams = map[string][]string{
 
 // ServeHTTP routes, validates and answers one request.
 func (h *analyticsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a := h.get()
+	if a == nil {
+		WriteError(w, errAnalyticsDegraded)
+		return
+	}
+	h = &analyticsHandler{get: h.get, a: a, log: h.log}
 	allowed, ok := allowedParams[r.URL.Path]
 	if !ok {
 		WriteError(w, errNoEndpoint(r.URL.Path))

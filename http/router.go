@@ -28,6 +28,9 @@ type RouterOptions struct {
 	// behind the token. On an admin node without it those endpoints answer
 	// 503 saying analytics is off.
 	Analytics *analytics.Analytics
+	// AnalyticsLater, when set instead, is analytics that may come up
+	// after the node (nil until then).
+	AnalyticsLater func() *analytics.Analytics
 	// Metrics, if set, serves /metrics without authentication.
 	Metrics http.Handler
 	Logger  *slog.Logger
@@ -116,8 +119,11 @@ func NewRouter(o RouterOptions) http.Handler {
 			mux.Handle("/v1/keys/import", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.importKey})))
 			mux.Handle("/v1/nodes", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.nodes})))
 			var ah http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteError(w, errAnalyticsOff) })
-			if o.Analytics != nil {
+			switch {
+			case o.Analytics != nil:
 				ah = NewAnalyticsHandler(o.Analytics, o.Logger)
+			case o.AnalyticsLater != nil:
+				ah = NewAnalyticsHandlerFunc(o.AnalyticsLater, o.Logger)
 			}
 			for _, p := range AnalyticsPaths {
 				mux.Handle(p, a.auth(ah))

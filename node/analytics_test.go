@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -143,4 +144,65 @@ func TestNode_analyticsOff(t *testing.T) {
 	if code != 503 || !strings.Contains(string(body), "--clickhouse") {
 		t.Fatalf("%d %s", code, body)
 	}
+}
+
+// TestNode_analyticsDegraded: ClickHouse not answering at start does not
+// stop a node. Before, `serve --clickhouse` failed to start. Now the node
+// verifies, its analytics endpoints answer 503 saying analytics is
+// degraded, and analytics comes up by itself once ClickHouse answers.
+func TestNode_analyticsDegraded(t *testing.T) {
+	addr := analyticstest.Addr(t)
+	db := analyticstest.MustTempDatabase(t, addr)
+	// ClickHouse is reached through a port where nothing listens yet.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := l.Addr().String()
+	l.Close()
+
+	const token = "degraded-token-0123456789"
+	cfg := nodetest.Config(t.TempDir(), io.Discard)
+	cfg.Name, cfg.AdminToken, cfg.ClickHouse = "deg", token, analyticstest.DSN(late, db)
+	cfg.DetectInterval, cfg.RetentionMonths = -1, -1
+	n := nodetest.MustOpenConfig(t, cfg)
+	c := &nodetest.Caller{T: t, Base: n.URL(), Token: token}
+	nodetest.WaitReady(t, c)
+	code, _, body := c.Call("POST", "/v1/keys", token, `{"name":"d","environment":"live"}`)
+	if code != 201 {
+		t.Fatalf("create with ClickHouse down: %d %s", code, body)
+	}
+	secret := between(string(body), `"key":"`, `"`)
+	if code, _, _ := c.Call("GET", "/v1/authz", secret, ""); code != 200 {
+		t.Fatalf("verify with ClickHouse down: %d", code)
+	}
+	if code, _, body := c.Call("GET", "/v1/audit", token, ""); code != 503 || !strings.Contains(string(body), "degraded") {
+		t.Fatalf("audit with ClickHouse down: %d %s, want 503 degraded", code, body)
+	}
+
+	// ClickHouse "returns": a forwarder on that port to the real one.
+	fwd, err := net.Listen("tcp", late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fwd.Close()
+	go func() {
+		for {
+			in, err := fwd.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", addr)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			go func() { io.Copy(out, in); out.Close() }()
+			go func() { io.Copy(in, out); in.Close() }()
+		}
+	}()
+	nodetest.WaitFor(t, 60*time.Second, "analytics up, with the key's creation in the audit", func() bool {
+		code, _, body := c.Call("GET", "/v1/audit", token, "")
+		return code == 200 && strings.Contains(string(body), "KeyCreated")
+	})
 }

@@ -47,6 +47,8 @@ type Node struct {
 	announcer   *nats.Announcer
 	registry    *nats.Registry // admin role only
 	alerts      sync.WaitGroup // RaiseAlert calls in flight; Close waits
+	bg          sync.WaitGroup // the analytics retry; Close waits
+	stopRetry   context.CancelFunc
 	analyticsMu sync.Mutex
 	analytics   *analytics.Analytics // admin role with ClickHouse
 	http        *khttp.Server
@@ -155,14 +157,16 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 			return nil, err
 		}
 		var usage admin.UsageSource
-		if n.analytics != nil {
-			usage = lastUsed{n.analytics}
+		if cfg.ClickHouse != "" {
+			usage = lastUsed{n}
 		}
 		routes.Admin = admin.New(admin.Config{
 			Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Fleet: n.registry, Usage: usage, Logger: n.log,
 		})
 		routes.Token = n.token
-		routes.Analytics = n.analytics
+		if cfg.ClickHouse != "" {
+			routes.AnalyticsLater = n.analyticsNow
+		}
 	}
 	adminRoutes := routes
 	if cfg.AdminHTTPAddr != "" {
@@ -213,34 +217,79 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 }
 
-// openAnalytics starts analytics when ClickHouse is configured.
+// openAnalytics starts analytics when ClickHouse is configured. ClickHouse
+// not answering does not stop the node: it verifies, and analytics comes
+// up when ClickHouse does (usage waits in JetStream meanwhile).
 func (n *Node) openAnalytics(ctx context.Context, metrics *prometheus.Registry) error {
 	if n.cfg.ClickHouse == "" {
 		n.log.Info("analytics off (no --clickhouse): usage, audit and alerts endpoints answer 503")
 		return nil
 	}
-	a, err := analytics.Open(ctx, analytics.Config{Keyring: n.creds.ring,
+	prometheus.RegisterAnalyticsUp(metrics, func() bool { return n.analyticsNow() != nil })
+	cfg := analytics.Config{Keyring: n.creds.ring,
 		DSN: n.cfg.ClickHouse, JetStream: n.js, NATS: n.nc, DetectInterval: n.cfg.DetectInterval,
 		WebhookURL: n.cfg.AlertWebhook, RetentionMonths: n.cfg.RetentionMonths, Logger: n.log, Registerer: metrics,
-	})
+	}
+	err := n.startAnalytics(ctx, cfg)
+	if err == nil || keyledger.ErrorCode(err) != keyledger.Unavailable {
+		return err
+	}
+	n.log.Warn("analytics degraded: ClickHouse unavailable; verifying without it and retrying every 5 s",
+		"clickhouse", redactURLs(n.cfg.ClickHouse), "err", err)
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	n.stopRetry = cancel
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+			}
+			actx, acancel := context.WithTimeout(rctx, 30*time.Second)
+			err := n.startAnalytics(actx, cfg)
+			acancel()
+			if err == nil {
+				return
+			}
+			n.log.Debug("analytics still degraded", "err", err)
+		}
+	}()
+	return nil
+}
+
+// startAnalytics opens and starts analytics and makes it the node's.
+func (n *Node) startAnalytics(ctx context.Context, cfg analytics.Config) error {
+	a, err := analytics.Open(ctx, cfg)
 	if err != nil {
+		return err
+	}
+	if err := a.Start(ctx); err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		a.Close(cctx)
+		cancel()
 		return err
 	}
 	n.analyticsMu.Lock()
 	n.analytics = a
 	n.analyticsMu.Unlock()
-	if err := a.Start(ctx); err != nil {
-		return err
-	}
 	n.log.Info("analytics on", "clickhouse", redactURLs(n.cfg.ClickHouse), "detect_interval", n.cfg.DetectInterval)
 	return nil
 }
 
-// lastUsed adapts analytics to the admin API's usage source.
-type lastUsed struct{ a *analytics.Analytics }
+// lastUsed adapts analytics to the admin API's usage source; without
+// analytics yet (degraded), listings carry no usage figures.
+type lastUsed struct{ n *Node }
 
 func (u lastUsed) LastUsed(ctx context.Context, ids []string) (map[string]admin.KeyUse, error) {
-	m, err := u.a.LastUsed(ctx, ids)
+	a := u.n.analyticsNow()
+	if a == nil {
+		return nil, nil
+	}
+	m, err := a.LastUsed(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -422,8 +471,12 @@ func (n *Node) Close(ctx context.Context) error {
 		n.log.Info("usage events flushed", "published", st.Published, "shed", st.Shed, "failed", st.Failed)
 	}
 	n.alerts.Wait() // bounded: RaiseAlert gives up after 5 s
-	if n.analytics != nil {
-		if err := n.analytics.Close(ctx); err != nil {
+	if n.stopRetry != nil {
+		n.stopRetry()
+		n.bg.Wait()
+	}
+	if a := n.analyticsNow(); a != nil {
+		if err := a.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("analytics: %w", err))
 		}
 	}

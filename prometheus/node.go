@@ -80,3 +80,12 @@ func b2f(b bool) float64 {
 func Handler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
+
+// RegisterAnalyticsUp exports whether analytics is up (1) or degraded, or
+// waiting for ClickHouse (0): /readyz is about verification only.
+func RegisterAnalyticsUp(reg prometheus.Registerer, up func() bool) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyledger_analytics_up",
+		Help: "1 when analytics runs, 0 while it waits for ClickHouse (the node verifies either way).",
+	}, func() float64 { return b2f(up()) }))
+}
