@@ -333,7 +333,10 @@ func (p *Projector) rejectedTotal() uint64 {
 // reject counts and reports an event that is not applied.
 func (p *Projector) reject(seq uint64, subject string, err error) {
 	reason := events.RejectReason(err)
-	p.rejected[reason].Add(1)
+	if p.rejected[reason].Add(1) == 1 && reason == "unsigned" {
+		p.log.Warn("projector: the ledger holds unsigned events, which no node applies; a ledger written before signing is adopted with --trust-unsigned-through SEQ (see README, Security)",
+			"first_seq", seq)
+	}
 	// Logged once per event (no secret can be in it: only hashes are
 	// ever published, and the event body is not logged).
 	p.log.Error("projector: ledger event refused", "seq", seq, "subject", clipSubject(subject), "reason", reason, "err", err.Error())
