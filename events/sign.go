@@ -253,6 +253,13 @@ func (r *Keyring) TrustUnsignedThrough(seq uint64) {
 	r.mu.Unlock()
 }
 
+// UnsignedThrough returns the sequence TrustUnsignedThrough set (0: none).
+func (r *Keyring) UnsignedThrough() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.unsignedThrough
+}
+
 // Signers lists the keyring's keys, sorted.
 func (r *Keyring) Signers() []TrustedSigner {
 	r.mu.RLock()

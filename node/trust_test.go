@@ -161,3 +161,72 @@ func TestNode_trust(t *testing.T) {
 		}
 	})
 }
+
+// TestNode_adoptsAnUnsignedLedgerOnlyWhenTold: a ledger written before
+// events were signed is refused until the operator names, at start, the
+// last sequence to adopt; events after it must still be signed.
+func TestNode_adoptsAnUnsignedLedgerOnlyWhenTold(t *testing.T) {
+	dir := t.TempDir()
+	logs := &nodetest.SyncBuffer{}
+	cfg := nodetest.Config(dir, logs)
+	cfg.NATSListen = "127.0.0.1:0"
+	n := nodetest.MustOpenConfig(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// The old ledger: an unsigned KeyCreated, as keyledger wrote before.
+	op, err := nats.LoadIdentity(filepath.Join(dir, "credentials", node.NKeyFile("operator")), "operator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := natsgo.Connect(n.NATSURL(), append(op.Options(), natsgo.MaxReconnects(0))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func() (string, uint64) {
+		secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := events.NewKeyID()
+		data, err := events.Encode(&events.KeyCreated{
+			Header: events.NewHeader(events.TypeKeyCreated, id, "admin-token", time.Now()), Name: "old",
+			Environment: keyledger.EnvLive, Permissions: []string{"all"}, Hash: keyledger.HashSecret(secret).String(), Hint: keyledger.Hint(secret),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := js.Publish(ctx, nats.KeySubject(id), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secret, ack.Sequence
+	}
+	old, seq := publish()
+	after, _ := publish() // written after the adoption point: never applied
+	nc.Close()
+	c := &nodetest.Caller{T: t, Base: n.URL(), Token: n.Token()}
+	if code, _, _ := c.Call("GET", "/v1/authz", old, ""); code != 401 {
+		t.Fatalf("an unsigned key answered %d without --trust-unsigned-through", code)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.TrustUnsignedThrough = seq
+	n2 := nodetest.MustOpenConfig(t, cfg)
+	c2 := &nodetest.Caller{T: t, Base: n2.URL(), Token: n2.Token()}
+	nodetest.WaitReady(t, c2)
+	if code, _, _ := c2.Call("GET", "/v1/authz", old, ""); code != 200 {
+		t.Fatalf("the adopted key answered %d", code)
+	}
+	if code, _, _ := c2.Call("GET", "/v1/authz", after, ""); code != 401 {
+		t.Fatalf("an unsigned key after the adoption point answered %d", code)
+	}
+	if !strings.Contains(logs.String(), "trust-unsigned-through") {
+		t.Fatal("the adoption was not logged")
+	}
+}

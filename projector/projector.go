@@ -653,7 +653,7 @@ func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Str
 			p.log.Warn("projector: snapshot not used", "path", path, "err", err)
 			continue
 		}
-		meta, err := p.loadSnapshot(path, snapshotMeta{streamCreated: p.streamID, seq: streamLast})
+		meta, err := p.loadSnapshot(path, snapshotMeta{streamCreated: p.streamID, seq: streamLast, unsignedThrough: p.ring.UnsignedThrough()})
 		if errors.Is(err, errReplaced) {
 			return err
 		}
@@ -717,7 +717,7 @@ func (p *Projector) Snapshot() (string, error) {
 		return "", errors.New("projector: nothing applied yet")
 	}
 	seq := h.seq
-	path, err := p.writeSnapshot(p.snapDir, snapshotMeta{streamCreated: p.streamID, seq: seq, head: h.hash})
+	path, err := p.writeSnapshot(p.snapDir, snapshotMeta{streamCreated: p.streamID, seq: seq, head: h.hash, unsignedThrough: p.ring.UnsignedThrough()})
 	if err != nil {
 		return "", fmt.Errorf("projector: writing snapshot: %w", err)
 	}

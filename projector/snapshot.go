@@ -52,6 +52,10 @@ type snapshotMeta struct {
 	// head is the SHA-256 of the stored bytes of the event at seq: the
 	// stream a snapshot is used with must still hold that very event.
 	head [32]byte
+	// unsignedThrough is the keyring's adoption of unsigned events when
+	// the snapshot was taken: a table built under another one is not this
+	// node's table (adopting an old ledger must replay it).
+	unsignedThrough uint64
 }
 
 // errReplaced marks a snapshot whose stream is not the one the node
@@ -68,13 +72,15 @@ func peekSnapshotMeta(path string) (snapshotMeta, error) {
 		return snapshotMeta{}, err
 	}
 	defer f.Close()
-	var b [len(snapshotMagic) + 16 + 32]byte
+	var b [len(snapshotMagic) + 16 + 32 + 8]byte
 	if _, err := io.ReadFull(f, b[:]); err != nil || string(b[:len(snapshotMagic)]) != snapshotMagic {
 		return snapshotMeta{}, fmt.Errorf("%w: not a version-2 snapshot", errSnapshot)
 	}
 	r := &snapReader{b: b[len(snapshotMagic):]}
 	m := snapshotMeta{streamCreated: int64(r.u64()), seq: r.u64()}
 	copy(m.head[:], r.b)
+	r.b = r.b[32:]
+	m.unsignedThrough = r.u64()
 	return m, nil
 }
 
@@ -144,6 +150,7 @@ func (p *Projector) writeSnapshot(dir string, meta snapshotMeta) (string, error)
 	s.u64(uint64(meta.streamCreated))
 	s.u64(meta.seq)
 	s.w.Write(meta.head[:])
+	s.u64(meta.unsignedThrough)
 	s.u64(uint64(len(entries)))
 	s.u64(uint64(len(records)))
 	s.uvarint(uint64(len(ownerTab)))
@@ -338,6 +345,10 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	}
 	copy(meta.head[:], r.b)
 	r.b = r.b[32:]
+	meta.unsignedThrough = r.u64()
+	if meta.unsignedThrough != want.unsignedThrough {
+		return snapshotMeta{}, fmt.Errorf("%w: taken with --trust-unsigned-through %d, this node runs with %d", errSnapshot, meta.unsignedThrough, want.unsignedThrough)
+	}
 	if meta.streamCreated != want.streamCreated {
 		return snapshotMeta{}, fmt.Errorf("%w: snapshot taken of another KEYS stream", errReplaced)
 	}
