@@ -44,6 +44,7 @@ type UsageStats struct {
 	Failed    uint64 // publish failed or was not acknowledged
 	Buffered  int    // waiting now
 	Messages  uint64 // USAGE messages acknowledged (each a batch of events)
+	Retried   uint64 // batches published again after a failure
 }
 
 // UsagePublisher publishes KeyUsed events to USAGE off the request path:
@@ -57,7 +58,7 @@ type UsagePublisher struct {
 	ch     chan events.KeyUsed
 	closed atomic.Bool
 
-	published, shed, failed, messages atomic.Uint64
+	published, shed, failed, messages, retried atomic.Uint64
 
 	// bufs holds each environment's batch; reused while acknowledgements
 	// come back in time.
@@ -115,7 +116,7 @@ func (u *UsagePublisher) Record(ev events.KeyUsed) {
 // Stats returns the publisher's counters.
 func (u *UsagePublisher) Stats() UsageStats {
 	return UsageStats{Published: u.published.Load(), Shed: u.shed.Load(), Failed: u.failed.Load(),
-		Buffered: len(u.ch), Messages: u.messages.Load()}
+		Buffered: len(u.ch), Messages: u.messages.Load(), Retried: u.retried.Load()}
 }
 
 // Start runs the publishing goroutine until Close.
@@ -233,6 +234,8 @@ func (u *UsagePublisher) flush() {
 	var (
 		futures [3]jetstream.PubAckFuture
 		counts  [3]int
+		ids     [3]string
+		retry   [3][]byte
 	)
 	for i := range u.bufs {
 		b := &u.bufs[i]
@@ -240,12 +243,13 @@ func (u *UsagePublisher) flush() {
 			continue
 		}
 		counts[i] = b.n
-		f, err := u.js.PublishAsync(UsageBatchSubject(keyledger.Environment(i), b.node), b.data)
+		// One id per batch, for every attempt: a retry of a batch that
+		// did land is dropped by the stream's duplicate window.
+		ids[i] = events.NewID()
+		f, err := u.js.PublishAsync(UsageBatchSubject(keyledger.Environment(i), b.node), b.data, jetstream.WithMsgID(ids[i]))
 		if err != nil {
-			u.failed.Add(uint64(b.n))
-			u.opts.Logger.Warn("usage: publish failed", "events", b.n, "err", err)
 			// The client may still hold the bytes: start a new buffer.
-			b.data, b.n = nil, 0
+			retry[i], b.data, b.n = b.data, nil, 0
 			continue
 		}
 		futures[i] = f
@@ -259,8 +263,7 @@ func (u *UsagePublisher) flush() {
 		}
 		b := &u.bufs[i]
 		if timedOut {
-			u.failed.Add(uint64(counts[i]))
-			b.data, b.n = nil, 0
+			retry[i], b.data, b.n = b.data, nil, 0
 			continue
 		}
 		select {
@@ -269,15 +272,44 @@ func (u *UsagePublisher) flush() {
 			u.messages.Add(1)
 			b.data, b.n = b.data[:0], 0
 		case err := <-f.Err():
-			u.failed.Add(uint64(counts[i]))
-			u.opts.Logger.Warn("usage: events not stored", "events", counts[i], "err", err)
-			b.data, b.n = nil, 0
+			u.opts.Logger.Debug("usage: batch not stored; retrying", "events", counts[i], "err", err)
+			retry[i], b.data, b.n = b.data, nil, 0
 		case <-timeout.C:
 			timedOut = true
-			u.failed.Add(uint64(counts[i]))
-			u.opts.Logger.Warn("usage: acknowledgement timed out", "events", counts[i])
 			// A late retry may still send these bytes: never reuse them.
-			b.data, b.n = nil, 0
+			retry[i], b.data, b.n = b.data, nil, 0
 		}
 	}
+	for i, data := range retry {
+		if data != nil {
+			u.retryBatch(UsageBatchSubject(keyledger.Environment(i), u.bufs[i].node), data, ids[i], counts[i])
+		}
+	}
+}
+
+// retryBatch publishes a failed batch again, synchronously, a few times
+// within AckTimeout, before counting its events as failed. Events keep
+// queueing meanwhile (and are shed, counted, if the queue fills).
+func (u *UsagePublisher) retryBatch(subject string, data []byte, id string, n int) {
+	deadline := time.Now().Add(u.opts.AckTimeout)
+	wait := 100 * time.Millisecond
+	var err error
+	for attempt := 0; attempt < 4 && time.Now().Before(deadline); attempt++ {
+		u.retried.Add(1)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		_, err = u.js.Publish(ctx, subject, data, jetstream.WithMsgID(id))
+		cancel()
+		if err == nil {
+			u.published.Add(uint64(n))
+			u.messages.Add(1)
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-time.After(time.Until(deadline)):
+		}
+		wait *= 2
+	}
+	u.failed.Add(uint64(n))
+	u.opts.Logger.Warn("usage: batch not stored after retries", "events", n, "err", err)
 }

@@ -153,3 +153,52 @@ func BenchmarkUsagePublisher(b *testing.B) {
 	b.ReportMetric(float64(st.Published)/time.Since(start).Seconds(), "published/s")
 	b.ReportMetric(float64(st.Shed), "shed")
 }
+
+// TestUsagePublisher_retriesAFailedBatch: a batch the stream does not take
+// (USAGE missing for a moment) is published again within AckTimeout, not
+// dropped at the first failure, and lands once.
+func TestUsagePublisher_retriesAFailedBatch(t *testing.T) {
+	env := natstest.MustStart(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := env.JS.DeleteStream(ctx, nats.UsageStream); err != nil {
+		t.Fatal(err)
+	}
+	up := nats.NewUsagePublisher(env.JS, nats.UsageOptions{Batch: 64, AckTimeout: 30 * time.Second})
+	up.Start(ctx)
+	f := verifiertest.New(t)
+	live, _ := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	v := verifier.New(f.P.Table(), verifier.Config{Environment: keyledger.EnvLive, Node: "node-a", Usage: up})
+	const n = 10
+	for range n {
+		v.Verify(&verifier.Request{Key: live})
+	}
+	for up.Stats().Retried == 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("no retry")
+		case <-time.After(10 * time.Millisecond): // polling a counter
+		}
+	}
+	if err := nats.EnsureStreams(ctx, env.JS, nats.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := up.Stats(); st.Published != n || st.Failed != 0 {
+		t.Fatalf("stats %+v: want all %d published after the retry, none failed", st, n)
+	}
+	s, err := env.JS.Stream(ctx, nats.UsageStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every acknowledged batch is stored once: no retry stored twice.
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != up.Stats().Messages {
+		t.Fatalf("USAGE holds %d messages, the publisher had %d acknowledged", info.State.Msgs, up.Stats().Messages)
+	}
+}
