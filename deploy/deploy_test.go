@@ -29,10 +29,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyledger/keyledger/internal/buildtest"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -46,51 +47,17 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-var (
-	tmpDir    string
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
-	var err error
-	tmpDir, err = os.MkdirTemp("", "keyledger-deploy-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(tmpDir)
+	buildtest.Cleanup()
 	os.Exit(code)
-}
-
-// keyledgerBinary builds ./cmd/keyledger the way deploy/Dockerfile does
-// (static, CGO off), once per run.
-func keyledgerBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binPath = filepath.Join(tmpDir, "keyledger")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", binPath, "./cmd/keyledger")
-		cmd.Dir = ".."
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/keyledger: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
 }
 
 // serveFlags returns the flag names `keyledger serve -h` lists.
 func serveFlags(t *testing.T) map[string]bool {
 	t.Helper()
 	var stderr bytes.Buffer
-	cmd := exec.Command(keyledgerBinary(t), "serve", "-h")
+	cmd := exec.Command(buildtest.Keyledger(t), "serve", "-h")
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
 	if err := cmd.Run(); err != nil {
@@ -507,7 +474,7 @@ func memberOf(f fleetFile, nk string) string {
 // on the admin node verifies on the verifier.
 func unitsOnExternalNATS(t *testing.T, ctx context.Context, in natsInstall, urls string) {
 	t.Helper()
-	bin := keyledgerBinary(t)
+	bin := buildtest.Keyledger(t)
 	resolve := func(src string) string { return filepath.Join(in.work, src) }
 	ports := freePorts(t, 2)
 	token := "kla_deploytest_" + strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -1746,7 +1713,7 @@ func TestSystemdUnits(t *testing.T) {
 		return
 	}
 	dir := t.TempDir()
-	bin := keyledgerBinary(t)
+	bin := buildtest.Keyledger(t)
 	var names []string
 	for path := range units {
 		s := readFile(t, path)
@@ -1822,7 +1789,7 @@ func TestLocalClusterScript(t *testing.T) {
 	bases := freeBases(t, 3, 3)
 	env := append(os.Environ(),
 		"KEYLEDGER_CLUSTER_DIR="+dir,
-		"KEYLEDGER_BIN="+keyledgerBinary(t),
+		"KEYLEDGER_BIN="+buildtest.Keyledger(t),
 		fmt.Sprintf("KEYLEDGER_CLUSTER_HTTP_PORT=%d", bases[0]),
 		fmt.Sprintf("KEYLEDGER_CLUSTER_NATS_PORT=%d", bases[1]),
 		fmt.Sprintf("KEYLEDGER_CLUSTER_ROUTE_PORT=%d", bases[2]),

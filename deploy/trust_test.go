@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keyledger/keyledger/internal/buildtest"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -103,7 +104,7 @@ func runCredsGenerate(t *testing.T, cwd string, words []string) (string, fleetFi
 	if !ok {
 		t.Fatalf("%q: no --dir", words)
 	}
-	cmd := exec.Command(keyledgerBinary(t), words[1:]...)
+	cmd := exec.Command(buildtest.Keyledger(t), words[1:]...)
 	cmd.Dir = cwd
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(words, " "), err, out)
@@ -253,7 +254,7 @@ type proc struct {
 func startServe(t *testing.T, name, url string, env, args []string) *proc {
 	t.Helper()
 	p := &proc{name: name, url: url, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(keyledgerBinary(t), args...)
+	p.cmd = exec.Command(buildtest.Keyledger(t), args...)
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {

@@ -6,7 +6,6 @@
 package faults
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,47 +15,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-)
 
-var (
-	tmpDir    string
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	"github.com/keyledger/keyledger/internal/buildtest"
 )
 
 func TestMain(m *testing.M) {
-	var err error
-	tmpDir, err = os.MkdirTemp("", "keyledger-faults-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(tmpDir)
+	buildtest.Cleanup()
 	os.Exit(code)
-}
-
-func keyledgerBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binPath = filepath.Join(tmpDir, "keyledger")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", binPath, "./cmd/keyledger")
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/keyledger: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
 }
 
 func freePorts(t *testing.T, n int) []int {
@@ -96,7 +65,7 @@ const adminToken = "faults-admin-token-0123456789"
 
 func startCluster(t *testing.T, maxStaleness time.Duration) *cluster {
 	t.Helper()
-	bin := keyledgerBinary(t)
+	bin := buildtest.Keyledger(t)
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "credentials")
 	if out, err := exec.Command(bin, "creds", "generate", "--dir", creds, "--routes",

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/events"
 	"github.com/nats-io/nats-server/v2/server"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -111,16 +112,10 @@ func (f *Fleet) Member(name string) (Member, bool) {
 }
 
 // ValidName checks a member name: it becomes a subject token and an inbox
-// prefix.
+// prefix, so it follows the rule of key ids (events.ValidKeyID).
 func ValidName(name string) error {
-	if name == "" || len(name) > 64 {
-		return keyledger.Errorf(keyledger.Invalid, "member name must be 1 to 64 characters")
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return keyledger.Errorf(keyledger.Invalid, "member name %q may hold only letters, digits, '-' and '_'", name)
-		}
+	if events.ValidKeyID(name) != nil {
+		return keyledger.Errorf(keyledger.Invalid, "member name %s must be 1 to 64 letters, digits, '-' and '_'", keyledger.Quote(name))
 	}
 	return nil
 }

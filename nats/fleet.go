@@ -344,14 +344,15 @@ func (r *Registry) Close() error { return r.sub.Unsubscribe() }
 func (r *Registry) Live() []NodeStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.knownLocked(NodeTimeout, false)
+	return r.knownLocked(false)
 }
 
-// knownLocked returns the nodes heard from within d, or (lease) within
-// NodeMemory or NodeTimeout plus the time their lease certainly takes to
-// run out, whichever is longer: those a wait counts. Verified heartbeats
-// only; nodes silent for longer are forgotten.
-func (r *Registry) knownLocked(d time.Duration, lease bool) []NodeStatus {
+// knownLocked returns the nodes heard from within NodeTimeout (live), or
+// with all every node still remembered: heard within NodeMemory or
+// NodeTimeout plus the time its lease certainly takes to run out,
+// whichever is longer — those a wait counts. Verified heartbeats only;
+// nodes silent for longer are forgotten.
+func (r *Registry) knownLocked(all bool) []NodeStatus {
 	now := r.now()
 	out := make([]NodeStatus, 0, len(r.nodes))
 	for name, e := range r.nodes {
@@ -368,7 +369,7 @@ func (r *Registry) knownLocked(d time.Duration, lease bool) []NodeStatus {
 			}
 			continue
 		}
-		if now.Sub(e.seen) > d && !(lease && now.Sub(e.seen) <= keep) {
+		if !all && now.Sub(e.seen) > NodeTimeout {
 			continue
 		}
 		out = append(out, e.status)
@@ -411,7 +412,7 @@ func (r *Registry) WaitApplied(ctx context.Context, seq uint64) Applied {
 	}
 	waiting := map[string]waiter{}
 	r.mu.Lock()
-	for _, st := range r.knownLocked(NodeTimeout, true) {
+	for _, st := range r.knownLocked(true) {
 		// A silent node renewed its lease at the latest a heartbeat
 		// interval after it was last heard (it announces itself every
 		// interval while it runs).

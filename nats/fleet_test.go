@@ -75,7 +75,7 @@ func waitLive(t *testing.T, r *Registry, timeout time.Duration, msg string) []No
 	deadline := time.After(timeout)
 	for {
 		r.mu.Lock()
-		live, changed := r.knownLocked(NodeTimeout, false), r.changed
+		live, changed := r.knownLocked(false), r.changed
 		r.mu.Unlock()
 		if len(live) > 0 {
 			return live
