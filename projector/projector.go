@@ -80,6 +80,9 @@ type Stats struct {
 	LastSeq  uint64 // last applied stream sequence
 	Lag      uint64 // stream events not yet applied, as of the last check
 	Keys     int    // entries in the table
+	// Snapshot is the sequence of the snapshot the table was loaded from
+	// at Start; 0 when the node replayed the stream from the beginning.
+	Snapshot uint64
 	CaughtUp bool
 	Fresh    bool
 }
@@ -149,6 +152,11 @@ type Projector struct {
 	snapSeq      atomic.Uint64 // sequence of the newest snapshot written or loaded
 	streamID     int64         // KEYS creation time: snapshots are only valid for it
 	snapMu       sync.Mutex    // one snapshot at a time
+	loadedSeq    uint64        // sequence of the snapshot loaded at Start (0: none)
+	// cutMu makes a snapshot a consistent cut: the apply loop holds it
+	// for each event, a snapshot while it collects the (immutable)
+	// entries and records it will write.
+	cutMu sync.Mutex
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -223,6 +231,7 @@ func (p *Projector) Stats() Stats {
 	st := Stats{
 		Applied: p.applied.Load(), Ignored: p.ignored.Load(), Poison: p.poison.Load(), Rejected: p.rejectedTotal(),
 		LastSeq: p.lastSeq.Load(), Keys: p.table.Len(), CaughtUp: p.caughtUp.Load(), Fresh: p.Fresh(),
+		Snapshot: p.loadedSeq,
 	}
 	if sl := p.streamLast.Load(); sl > st.LastSeq {
 		st.Lag = sl - st.LastSeq
@@ -663,6 +672,7 @@ func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Str
 		}
 		p.lastSeq.Store(meta.seq)
 		p.snapSeq.Store(meta.seq)
+		p.loadedSeq = meta.seq
 		p.head.Store(&headState{seq: meta.seq, hash: meta.head})
 		p.log.Info("projector: snapshot loaded", "path", path, "seq", meta.seq, "keys", p.table.Len(),
 			"took", time.Since(start).Round(time.Millisecond))
@@ -711,13 +721,12 @@ func (p *Projector) Snapshot() (string, error) {
 	}
 	p.snapMu.Lock()
 	defer p.snapMu.Unlock()
-	// The head before the table: see snapshot.go.
-	h := p.head.Load()
-	if h == nil {
-		return "", errors.New("projector: nothing applied yet")
+	c, err := p.cut()
+	if err != nil {
+		return "", err
 	}
-	seq := h.seq
-	path, err := p.writeSnapshot(p.snapDir, snapshotMeta{streamCreated: p.streamID, seq: seq, head: h.hash, unsignedThrough: p.ring.UnsignedThrough()})
+	seq := c.meta.seq
+	path, err := p.writeSnapshot(p.snapDir, c)
 	if err != nil {
 		return "", fmt.Errorf("projector: writing snapshot: %w", err)
 	}
@@ -822,6 +831,8 @@ func (p *Projector) checkMsg(seq uint64, subject string, data []byte) checked {
 
 // applyChecked applies what check found, on the apply goroutine.
 func (p *Projector) applyChecked(seq uint64, subject string, data []byte, c checked) {
+	p.cutMu.Lock()
+	defer p.cutMu.Unlock()
 	if seq <= p.lastSeq.Load() {
 		p.ignored.Add(1)
 		return

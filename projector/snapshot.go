@@ -29,11 +29,9 @@ import (
 //	entries, then records (admin nodes), fixed order of fields
 //	SHA-256 of everything above
 //
-// All integers are little-endian or uvarints. A snapshot is taken while
-// events keep being applied, so it may hold some events after its sequence;
-// replaying those again changes nothing, because applying is idempotent
-// (a second create of an id and a second revoke are ignored). A snapshot
-// that is corrupt, of another version, of another stream, or ahead of the
+// All integers are little-endian or uvarints. A snapshot is a consistent
+// cut: the table and the records exactly as of its sequence, nothing
+// applied after it (see Projector.cut). A snapshot that is corrupt, of another version, of another stream, or ahead of the
 // stream is skipped, and the node replays from the start: never a wrong
 // table.
 
@@ -106,23 +104,46 @@ func (s *snapWriter) time(t *time.Time) {
 	s.u64(uint64(t.UnixNano()))
 }
 
-// writeSnapshot writes the projector's table (and records) as of at least
-// meta.seq to dir, atomically: temp file, fsync, rename.
-func (p *Projector) writeSnapshot(dir string, meta snapshotMeta) (string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
+// snapshotCut is what a snapshot holds, collected in one instant between
+// two events: entries and records are never modified once stored (every
+// change stores a copy), so pointers to them are the state at the cut.
+type snapshotCut struct {
+	meta    snapshotMeta
+	entries []*Entry
+	records []*keyledger.Key
+}
+
+// cut collects a consistent cut of the table and the records. It holds
+// the apply loop for as long as collecting the pointers takes (about
+// 20 ms per million keys); encoding and writing happen after.
+func (p *Projector) cut() (*snapshotCut, error) {
+	p.cutMu.Lock()
+	defer p.cutMu.Unlock()
+	h := p.head.Load()
+	if h == nil {
+		return nil, errors.New("projector: nothing applied yet")
 	}
-	var entries []*Entry
-	p.table.Range(func(e *Entry) bool { entries = append(entries, e); return true })
-	var records []keyledger.Key
+	c := &snapshotCut{meta: snapshotMeta{streamCreated: p.streamID, seq: h.seq, head: h.hash, unsignedThrough: p.ring.UnsignedThrough()}}
+	c.entries = make([]*Entry, 0, p.table.Len())
+	p.table.Range(func(e *Entry) bool { c.entries = append(c.entries, e); return true })
 	if p.records != nil {
 		p.recMu.RLock()
-		records = make([]keyledger.Key, 0, len(p.records))
+		c.records = make([]*keyledger.Key, 0, len(p.records))
 		for _, k := range p.records {
-			records = append(records, *k)
+			c.records = append(c.records, k)
 		}
 		p.recMu.RUnlock()
 	}
+	return c, nil
+}
+
+// writeSnapshot writes a cut to dir, atomically: temp file, fsync,
+// rename.
+func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	meta, entries, records := c.meta, c.entries, c.records
 	owners, permLists := map[string]uint32{}, map[string]uint32{}
 	var ownerTab []string
 	var permTab [][]string
@@ -186,8 +207,7 @@ func (p *Projector) writeSnapshot(dir string, meta snapshotMeta) (string, error)
 			s.uvarint(uint64(e.RateLimit.Burst))
 		}
 	}
-	for i := range records {
-		k := &records[i]
+	for _, k := range records {
 		s.str(k.ID)
 		s.str(k.Name)
 		s.str(k.Owner)

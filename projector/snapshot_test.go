@@ -2,6 +2,7 @@ package projector_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -80,7 +81,6 @@ func sameRecords(t *testing.T, a, b *projector.Projector) {
 	}
 	for i := range ka {
 		x, y := ka[i], kb[i]
-		x.Revision, y.Revision = 0, 0 // a fuzzy snapshot may carry later revisions
 		if !reflect.DeepEqual(x, y) {
 			t.Fatalf("record %d differs:\n%+v\n%+v", i, x, y)
 		}
@@ -254,52 +254,91 @@ func TestProjector_streamReplaced(t *testing.T) {
 	})
 }
 
-// Snapshots taken while events keep arriving are fuzzy but still restore
-// the exact table once the tail is replayed.
+// Snapshots taken while events keep arriving are consistent cuts: each
+// one is used on load (none is refused as inconsistent, forcing a full
+// replay) and gives the exact table once the tail is replayed.
 func TestProjector_snapshotWhileWriting(t *testing.T) {
 	env := natstest.MustStart(t)
 	log := env.MustLog(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	p := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: dir}, 0)
-	type result struct {
-		last uint64
-		err  error
+	// Four writers, so that events land while a snapshot is being cut.
+	const writers = 4
+	errs := make(chan error, writers)
+	for range writers {
+		go func() {
+			_, err := tryAppendKeys(log, 150)
+			errs <- err
+		}()
 	}
-	done := make(chan result, 1)
-	go func() {
-		last, err := tryAppendKeys(log, 400)
-		done <- result{last, err}
-	}()
-	// The writer appends 534 events (400 creates, 134 revokes): take a
-	// snapshot once each hundred more are applied, so they are taken
-	// mid-stream, not after the fact.
+	// Snapshot as fast as possible until the writers are done, keeping a
+	// copy of each distinct one.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for i := 0; i < 5; i++ {
-		if err := p.WaitApplied(wctx, uint64(100*(i+1))); err != nil {
+	if err := p.WaitApplied(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	kept := map[uint64]string{}
+	for running := writers; running > 0; {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+			running--
+			continue
+		default:
+		}
+		path, err := p.Snapshot()
+		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := p.Snapshot(); err != nil {
+		b, err := os.ReadFile(path)
+		if err != nil {
 			t.Fatal(err)
 		}
+		name := filepath.Base(path)
+		var snapSeq uint64
+		if _, err := fmt.Sscanf(name, "snap-%d.bin", &snapSeq); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := kept[snapSeq]; ok {
+			continue
+		}
+		d := filepath.Join(t.TempDir(), "snap")
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		kept[snapSeq] = d
 	}
-	r := <-done
-	if r.err != nil {
-		t.Fatal(r.err)
+	info, err := env.JS.Stream(ctx, nats.KeysStream)
+	if err != nil {
+		t.Fatal(err)
 	}
-	last := r.last
+	last := info.CachedInfo().State.LastSeq
 	if err := p.WaitApplied(ctx, last); err != nil {
 		t.Fatal(err)
 	}
 	p.Close(ctx)
-	// Restore from the newest snapshot on disk, taken mid-stream or at the end.
-	p2 := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: dir}, last)
-	defer p2.Close(ctx)
+	if len(kept) < 3 {
+		t.Fatalf("only %d distinct snapshots taken during the writes", len(kept))
+	}
 	full := mustFollow(t, env, projector.Options{Records: true}, last)
 	defer full.Close(ctx)
-	if p2.Table().Digest() != full.Table().Digest() {
-		t.Fatal("restored table differs")
+	for seq, d := range kept {
+		p2 := mustFollow(t, env, projector.Options{Records: true, SnapshotDir: d}, last)
+		if got := p2.Stats().Snapshot; got != seq {
+			t.Fatalf("the snapshot at %d was not used (loaded %d): taken mid-write, it was inconsistent", seq, got)
+		}
+		if p2.Table().Digest() != full.Table().Digest() {
+			t.Fatalf("table restored from the snapshot at %d differs", seq)
+		}
+		sameRecords(t, p2, full)
+		p2.Close(ctx)
 	}
-	sameRecords(t, p2, full)
+	t.Logf("%d snapshots taken during %d events, all used and exact", len(kept), last)
 }
