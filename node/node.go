@@ -114,7 +114,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		Catalog: catalog, Records: isAdmin, Logger: n.log, MaxStaleness: cfg.MaxStaleness, Keyring: n.creds.ring,
 		SnapshotDir: filepath.Join(cfg.DataDir, "snapshots"),
 		OnAdvance:   func(uint64) { n.announcer.Notify() },
-		OnReject:    n.onReject,
+		OnReject:    n.onReject, Name: cfg.Name,
 	})
 	if err := n.projector.Start(ctx); err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ import (
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // Options configure a Projector.
@@ -57,6 +58,11 @@ type Options struct {
 	// the stream being replaced, on the goroutine that found it; it must
 	// not block (e.g. raise an alert asynchronously).
 	OnReject func(Rejection)
+	// Name prefixes the name of this projector's consumer on KEYS (the
+	// node's name), so an operator can tell whose it is
+	// (`nats consumer ls KEYS`). A random suffix keeps two processes
+	// of one name, or a restart, from colliding.
+	Name string
 }
 
 // Rejection is an event the projector refused to apply, or (Seq 0,
@@ -77,9 +83,12 @@ type Stats struct {
 	Rejected uint64 // events refused: unsigned, forged, on the wrong subject
 	Ignored  uint64 // duplicates and out-of-order events, safely skipped
 	Poison   uint64 // undecodable events, skipped
-	LastSeq  uint64 // last applied stream sequence
-	Lag      uint64 // stream events not yet applied, as of the last check
-	Keys     int    // entries in the table
+	// Filled counts events read from the stream's leader because the
+	// consumer delivered nothing while the stream held more (see fill).
+	Filled  uint64
+	LastSeq uint64 // last applied stream sequence
+	Lag     uint64 // stream events not yet applied, as of the last check
+	Keys    int    // entries in the table
 	// Snapshot is the sequence of the snapshot the table was loaded from
 	// at Start; 0 when the node replayed the stream from the beginning.
 	Snapshot uint64
@@ -116,6 +125,15 @@ type Projector struct {
 	applied  atomic.Uint64
 	ignored  atomic.Uint64
 	poison   atomic.Uint64
+	filled   atomic.Uint64
+	// fills carries events the monitor read from the stream's leader to
+	// the apply loop (see fill).
+	fills chan *pending
+	// gapAt is the last applied sequence when the previous check found
+	// the stream ahead of it (0 when it did not); monitor only.
+	gapAt   uint64
+	gapSeen bool
+	filling bool // a fill episode is under way (logged once)
 
 	ring     *events.Keyring
 	onReject func(Rejection)
@@ -158,6 +176,7 @@ type Projector struct {
 	// entries and records it will write.
 	cutMu sync.Mutex
 
+	name   string
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -200,6 +219,8 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		owners:       make(map[string]string),
 		perms:        make(map[string]*[]string),
 		waitCh:       make(chan struct{}),
+		fills:        make(chan *pending),
+		name:         consumerPrefix(opts.Name),
 		ring:         opts.Keyring,
 		onReject:     opts.OnReject,
 		rejected:     make(map[string]*atomic.Uint64, len(RejectReasons)),
@@ -230,6 +251,7 @@ func (p *Projector) CaughtUp() bool { return p.caughtUp.Load() }
 func (p *Projector) Stats() Stats {
 	st := Stats{
 		Applied: p.applied.Load(), Ignored: p.ignored.Load(), Poison: p.poison.Load(), Rejected: p.rejectedTotal(),
+		Filled:  p.filled.Load(),
 		LastSeq: p.lastSeq.Load(), Keys: p.table.Len(), CaughtUp: p.caughtUp.Load(), Fresh: p.Fresh(),
 		Snapshot: p.loadedSeq,
 	}
@@ -370,8 +392,15 @@ type headState struct {
 // and that the projector has applied everything the stream holds (or is
 // still making progress towards it).
 func (p *Projector) monitor(ctx context.Context, stream jetstream.Stream) {
-	interval := p.maxStale / 5
-	interval = min(max(interval, 50*time.Millisecond), time.Second)
+	// Checks every 250 ms at most: each one is one request to the
+	// stream's leader, and it bounds how long a stalled consumer can hold
+	// the table back (see fill).
+	interval := min(max(p.maxStale/10, 50*time.Millisecond), 250*time.Millisecond)
+	timeout := min(max(p.maxStale/5, 100*time.Millisecond), time.Second)
+	// A gap between ticks longer than this is a pause of the process, not
+	// scheduling noise (a busy machine delays a ticker by some hundreds
+	// of milliseconds; Raft elections take seconds).
+	pauseAfter := max(2*interval, time.Second)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	last := p.mono()
@@ -383,7 +412,7 @@ func (p *Projector) monitor(ctx context.Context, stream jetstream.Stream) {
 		case <-t.C:
 		}
 		now := p.mono()
-		if now-last > int64(2*interval) {
+		if now-last > int64(pauseAfter) {
 			// This process was stopped (SIGSTOP, a long GC pause, VM
 			// steal). So perhaps was its embedded server, which may
 			// still think itself the stream's leader and answer with
@@ -399,9 +428,24 @@ func (p *Projector) monitor(ctx context.Context, stream jetstream.Stream) {
 		if now < quarantine {
 			continue
 		}
-		p.check(ctx, stream, interval)
+		p.check(ctx, stream, timeout)
 		last = p.mono()
 	}
+}
+
+// consumerPrefix returns the name prefix of a projector's consumer:
+// "projector-NAME-RANDOM", with the characters NATS forbids in consumer
+// names replaced. (nats.go appends "_SERIAL".)
+func consumerPrefix(name string) string {
+	b := []byte("projector-")
+	for i := 0; i < len(name) && i < 64; i++ {
+		c := name[i]
+		if c <= ' ' || c == '.' || c == '*' || c == '>' || c == '/' || c == '\\' || c >= 0x7f {
+			c = '_'
+		}
+		b = append(b, c)
+	}
+	return string(b) + "-" + nuid.Next()
 }
 
 // pauseQuarantine is the least time a paused node waits before it trusts
@@ -425,14 +469,14 @@ func (p *Projector) replaced(info *jetstream.StreamInfo) string {
 	return ""
 }
 
-func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval time.Duration) {
+func (p *Projector) check(ctx context.Context, stream jetstream.Stream, timeout time.Duration) {
 	if nc := p.js.Conn(); nc == nil || !nc.IsConnected() {
 		return
 	}
 	// The confirmation dates from before the question: whatever the
 	// answer says the stream held, it held by then at the latest.
 	sent := p.mono()
-	cctx, cancel := context.WithTimeout(ctx, interval)
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	info, err := stream.Info(cctx)
 	cancel()
 	// A missing stream is not proof of a deletion (a server catching up
@@ -460,6 +504,57 @@ func (p *Projector) check(ctx context.Context, stream jetstream.Stream, interval
 	p.suspect = ""
 	p.streamLast.Store(info.State.LastSeq)
 	p.confirm(&confirmation{sent: sent, target: info.State.LastSeq})
+
+	// The stream held more than this node had applied at the previous
+	// check too, and nothing was applied since: the consumer is stalled.
+	applied := p.lastSeq.Load()
+	stalled := info.State.LastSeq > applied && p.gapSeen && p.gapAt == applied
+	p.gapSeen, p.gapAt = info.State.LastSeq > applied, applied
+	if stalled {
+		p.fill(ctx, stream, applied, info.State.LastSeq, timeout)
+	} else if p.filling && !p.gapSeen {
+		p.filling = false
+		p.log.Info("projector: the KEYS consumer delivers again", "seq", applied)
+	}
+}
+
+// fill reads the events after applied, up to last, from the stream's
+// leader and hands them to the apply loop. It is what keeps a node's
+// table moving when its consumer is stuck: an ordered consumer lives on
+// one server, and when that server dies it is recreated only after
+// missed heartbeats and a consumer-create request that can wait up to
+// 10 s for a new meta leader (nats.go retries with backoff), measured at
+// ~13 s. The leader that answered the check answers these too, so the
+// table lags a stalled consumer by at most two checks. Duplicates of what
+// the consumer later delivers are skipped by sequence. Reads stop at
+// timeout, so a long gap (the consumer lost during a replay) is filled
+// over several checks while the consumer recovers.
+func (p *Projector) fill(ctx context.Context, stream jetstream.Stream, applied, last uint64, timeout time.Duration) {
+	if !p.filling {
+		p.filling = true
+		p.log.Warn("projector: the KEYS consumer delivers nothing while the stream holds more; reading the missing events from the stream's leader",
+			"applied", applied, "stream_last", last)
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for seq := applied + 1; seq <= last; seq++ {
+		m, err := stream.GetMsg(cctx, seq)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+				p.log.Warn("projector: reading a missing event from the stream failed", "seq", seq, "err", err)
+			}
+			return
+		}
+		j := &pending{seq: seq, subject: m.Subject, data: m.Data, done: make(chan struct{})}
+		j.checked = p.checkMsg(j.seq, j.subject, j.data)
+		close(j.done)
+		select {
+		case p.fills <- j:
+			p.filled.Add(1)
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // Start begins following KEYS from its first message. It returns once the
@@ -497,6 +592,7 @@ func (p *Projector) Start(ctx context.Context) error {
 	// to apply (events ≥ keys, so this errs on the roomy side).
 	p.table.reserve(p.table.Len() + int(info.State.LastSeq-p.lastSeq.Load()))
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		NamePrefix:    p.name,
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   p.lastSeq.Load() + 1,
 	})
@@ -591,7 +687,17 @@ func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 			}
 		}()
 	}
-	for j := range order {
+	for {
+		var j *pending
+		select {
+		case next, ok := <-order:
+			if !ok {
+				checkers.Wait()
+				return
+			}
+			j = next
+		case j = <-p.fills:
+		}
 		<-j.done
 		p.applyChecked(j.seq, j.subject, j.data, j.checked)
 		// Caught up means: applied the sequence the stream's leader
@@ -601,7 +707,6 @@ func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 			p.markCaughtUp()
 		}
 	}
-	checkers.Wait()
 }
 
 // pending is a message between the reader, its checker and the apply loop.

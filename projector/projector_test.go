@@ -407,3 +407,74 @@ func BenchmarkProjector_Fresh(b *testing.B) {
 		p.Fresh()
 	}
 }
+
+// TestProjector_stalledConsumer is the collateral stall of the fault run:
+// a node's consumer lives on one server, and when it stops delivering
+// (its server died; here it is paused, which keeps its heartbeats going
+// so nats.go never recreates it) the node's table froze while the stream
+// moved on. Now the node reads what its consumer withholds from the
+// stream's leader, within two checks.
+func TestProjector_stalledConsumer(t *testing.T) {
+	env := natstest.MustStart(t)
+	log := env.MustLog(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p := projector.New(env.JS, projector.Options{Keyring: env.Keyring, MaxStaleness: time.Second, Name: "stalled.node"})
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	c, secret, err := tryCreated(events.NewKeyID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, err := log.Append(ctx, c, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitApplied(ctx, seq); err != nil {
+		t.Fatal(err)
+	}
+
+	// Pause the node's consumer, found by its name, for longer than the test.
+	stream, err := env.JS.Stream(ctx, nats.KeysStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paused []string
+	names := stream.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if strings.HasPrefix(name, "projector-stalled_node-") {
+			if _, err := env.JS.PauseConsumer(ctx, nats.KeysStream, name, time.Now().Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			paused = append(paused, name)
+		}
+	}
+	if names.Err() != nil || len(paused) != 1 {
+		t.Fatalf("the projector's consumer, by name: %v (err %v)", paused, names.Err())
+	}
+
+	seq, err = log.Append(ctx, revoked(c.KeyID), seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitApplied(ctx, seq); err != nil {
+		t.Fatalf("the revoke never reached the node whose consumer stalled: %v", err)
+	}
+	h := keyledger.HashSecret(secret)
+	if e := p.Table().Lookup(&h); e == nil || !e.Revoked {
+		t.Fatal("the key is not revoked in the table")
+	}
+	if st := p.Stats(); st.Filled == 0 {
+		t.Fatalf("applied without filling: %+v", st)
+	}
+	// And the node stays fresh: the lease follows the filled events.
+	deadline := time.Now().Add(10 * time.Second)
+	for !p.Fresh() {
+		if time.Now().After(deadline) {
+			t.Fatal("not fresh again after the fill")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the lease
+	}
+}

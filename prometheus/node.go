@@ -47,6 +47,8 @@ func RegisterNode(reg prometheus.Registerer, p *projector.Projector, u *nats.Usa
 			func() float64 { return float64(p.Stats().Ignored) }),
 		counter("keyledger_projector_poison_total", "Undecodable KEYS events skipped.",
 			func() float64 { return float64(p.Stats().Poison) }),
+		counter("keyledger_projector_filled_total", "KEYS events read from the stream's leader because this node's consumer had stalled.",
+			func() float64 { return float64(p.Stats().Filled) }),
 		counter("keyledger_usage_published_total", "KeyUsed events acknowledged by the USAGE stream.",
 			func() float64 { return float64(u.Stats().Published) }),
 		counter("keyledger_usage_shed_total", "KeyUsed events dropped because the publish buffer was full.",
