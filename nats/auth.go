@@ -212,6 +212,12 @@ func Permissions(m Member) *server.Permissions {
 			api+"STREAM.INFO."+KeysStream, api+"STREAM.INFO."+UsageStream, api+"STREAM.MSG.GET."+KeysStream,
 			api+"CONSUMER.CREATE."+KeysStream+".*", api+"CONSUMER.CREATE."+KeysStream+".*.>",
 			api+"CONSUMER.MSG.NEXT."+KeysStream+".*", api+"CONSUMER.INFO."+KeysStream+".*",
+			// An ordered consumer deletes the consumer it replaces
+			// (names are random, so this is any KEYS consumer; the
+			// analytics durable is denied below). Deleting another
+			// node's consumer only makes it recreate one: its table
+			// keeps moving meanwhile (see projector.fill).
+			api+"CONSUMER.DELETE."+KeysStream+".*",
 			UsageBatchSubject(keyledger.EnvLive, m.Name), UsageBatchSubject(keyledger.EnvTest, m.Name),
 			NodesSubjectPrefix+m.Name)
 		sub = append(sub, NodesPingSubject)
@@ -236,7 +242,8 @@ func Permissions(m Member) *server.Permissions {
 		api + "STREAM.DELETE.>", api + "STREAM.PURGE.>", api + "STREAM.UPDATE." + KeysStream,
 		api + "STREAM.MSG.DELETE.>", api + "STREAM.SNAPSHOT.>", api + "STREAM.RESTORE.>",
 		api + "STREAM.PEER.REMOVE.>", api + "STREAM.LEADER.STEPDOWN.>", api + "CONSUMER.LEADER.STEPDOWN.>",
-		api + "CONSUMER.DELETE.>", api + "CONSUMER.DURABLE.CREATE.>", api + "CONSUMER.PAUSE.>",
+		api + "CONSUMER.DELETE." + KeysStream + "." + AnalyticsKeysDurable, api + "CONSUMER.DELETE." + UsageStream + ".>",
+		api + "CONSUMER.DURABLE.CREATE.>", api + "CONSUMER.PAUSE.>",
 		api + "CONSUMER.UNPIN.>", api + "ACCOUNT.PURGE.>", api + "META.>", api + "SERVER.>", "$SYS.>",
 	}
 	if !m.Has(RoleAnalytics) {

@@ -39,8 +39,12 @@ type Log struct {
 	// keeps retrying while the stream has no leader (an election takes
 	// seconds; see DefaultWriteTimeout). Set it before use.
 	WriteTimeout time.Duration
-	backoff      time.Duration
-	retried      atomic.Uint64
+	// Storage, if set, says why the local store cannot take an append
+	// now (Server.StorageError): an append then fails at once with it,
+	// instead of retrying an append no retry can land.
+	Storage func() error
+	backoff time.Duration
+	retried atomic.Uint64
 }
 
 // Retried counts the attempts that failed for want of a leader and were
@@ -94,6 +98,11 @@ func (l *Log) Append(ctx context.Context, ev events.Event, expect uint64) (uint6
 	subj := KeySubject(h.KeyID)
 	var seq uint64
 	err = l.retry(ctx, func(ctx context.Context) error {
+		if l.Storage != nil {
+			if err := l.Storage(); err != nil {
+				return err
+			}
+		}
 		ack, err := l.js.Publish(ctx, subj, data,
 			jetstream.WithMsgID(h.EventID),
 			jetstream.WithExpectStream(KeysStream),
@@ -116,6 +125,9 @@ func (l *Log) Append(ctx context.Context, ev events.Event, expect uint64) (uint6
 	})
 	if errors.Is(err, ErrConflict) {
 		return 0, ErrConflict
+	}
+	if l.Storage != nil && l.Storage() != nil {
+		return 0, l.Storage()
 	}
 	if err != nil {
 		return 0, keyledger.Wrap(keyledger.Unavailable, err, "the ledger did not accept the event")

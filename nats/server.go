@@ -1,12 +1,16 @@
 package nats
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -63,6 +67,17 @@ func splitHostPort(what, hp string) (string, int, error) {
 // Server is a running embedded NATS server.
 type Server struct {
 	*server.Server
+	log   *slog.Logger
+	jsCfg server.JetStreamConfig
+	// storeErr is the write error that stopped JetStream's store (a full
+	// or read-only disk), until the watchdog has restarted JetStream.
+	storeErr atomic.Pointer[string]
+	cancel   context.CancelFunc
+	done     chan struct{}
+	// probeEvery and probeSize pace and size the watchdog's check that
+	// the disk takes writes again.
+	probeEvery time.Duration
+	probeSize  int
 }
 
 // StartServer starts an embedded NATS server and waits until it accepts
@@ -127,24 +142,117 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 			opts.Routes = append(opts.Routes, u)
 		}
 	}
-	if cfg.Logger != nil {
-		opts.NoLog = false
+	// The server always logs to us: its errors are how a failed store
+	// (full or read-only disk) is noticed, with or without a Logger.
+	opts.NoLog = false
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	s, err := server.NewServer(opts)
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Internal, err, "cannot configure the embedded NATS server")
 	}
-	if cfg.Logger != nil {
-		s.SetLoggerV2(serverLog{cfg.Logger.With("component", "nats-server")}, false, false, false)
-	}
-	go s.Start()
+	s := &Server{Server: ns, log: log, probeEvery: 2 * time.Second, probeSize: 4 << 20}
+	ns.SetLoggerV2(serverLog{log: log.With("component", "nats-server"), onWriteError: s.storeFailed}, false, false, false)
+	go ns.Start()
 	// A cluster member is ready for clients before its peers are up;
 	// callers wait for a JetStream meta leader through EnsureStreams.
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
 		return nil, keyledger.Errorf(keyledger.Unavailable, "embedded NATS server did not start (is %s in use?)", cfg.Listen)
 	}
-	return &Server{s}, nil
+	if c := ns.JetStreamConfig(); c != nil {
+		s.jsCfg = *c
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel, s.done = cancel, make(chan struct{})
+	go func() {
+		defer close(s.done)
+		s.watch(ctx)
+	}()
+	return s, nil
+}
+
+// storeFailed records the write error the server reported (once).
+func (s *Server) storeFailed(msg string) {
+	if s.storeErr.CompareAndSwap(nil, &msg) {
+		s.log.Error("ledger storage failed: JetStream refuses every write to its store until it is restarted; keyledger restarts it as soon as the disk takes writes again",
+			"store_dir", s.jsCfg.StoreDir, "cause", msg, "clustered", s.JetStreamIsClustered())
+	}
+}
+
+// StorageError reports why a standalone server cannot store events now
+// (a full or read-only disk), or nil. Appends fail at once with it
+// instead of riding out their write timeout: no retry helps until the disk
+// recovers. A cluster member returns nil: the other replicas still
+// accept writes while this one is out.
+func (s *Server) StorageError() error {
+	if s.storeErr.Load() == nil || s.JetStreamIsClustered() {
+		return nil
+	}
+	return errStorage
+}
+
+// StorageFailed reports whether the store has failed and not yet
+// recovered, clustered or not.
+func (s *Server) StorageFailed() bool { return s.storeErr.Load() != nil }
+
+var errStorage = keyledger.Errorf(keyledger.Unavailable,
+	"the ledger's storage on this node is full or read-only; writes resume by themselves once it takes writes again")
+
+// watch restarts JetStream once a failed store's disk takes writes again:
+// nats-server keeps a store's first write error for good (until a
+// restart), so freeing space alone would not bring writes back.
+func (s *Server) watch(ctx context.Context) {
+	t := time.NewTicker(s.probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.storeErr.Load() == nil || s.jsCfg.StoreDir == "" {
+			continue
+		}
+		if err := probeDisk(s.jsCfg.StoreDir, s.probeSize); err != nil {
+			continue
+		}
+		if err := s.restartJetStream(); err != nil {
+			s.log.Error("ledger storage: restarting JetStream failed; trying again", "err", err)
+			continue
+		}
+		s.storeErr.Store(nil)
+		s.log.Info("ledger storage recovered: JetStream restarted and accepts writes again", "store_dir", s.jsCfg.StoreDir)
+	}
+}
+
+// restartJetStream reloads every stream from disk, which clears their
+// write errors. Clients stay connected; consumers recreate themselves.
+func (s *Server) restartJetStream() error {
+	if err := s.ShutdownJetStream(); err != nil {
+		return err
+	}
+	cfg := s.jsCfg
+	// EnableJetStream appends the "jetstream" directory itself.
+	cfg.StoreDir = filepath.Dir(cfg.StoreDir)
+	return s.EnableJetStream(&cfg)
+}
+
+// probeDisk writes, syncs and removes size bytes in dir: proof that the
+// disk takes writes again.
+func probeDisk(dir string, size int) error {
+	f, err := os.CreateTemp(dir, ".keyledger-probe-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.Write(make([]byte, size)); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // nkeyUsers turns the fleet into the server's users.
@@ -169,17 +277,33 @@ func (s *Server) Connect(id *Identity, opts ...natsgo.Option) (*natsgo.Conn, err
 
 // Stop shuts the server down and waits until it has.
 func (s *Server) Stop() {
+	if s.cancel != nil {
+		s.cancel()
+		<-s.done
+	}
 	s.Shutdown()
 	s.WaitForShutdown()
 }
 
 // serverLog adapts nats-server's logger to slog. The server redacts
 // passwords in the URLs it logs; nkeys it names are public keys.
-type serverLog struct{ log *slog.Logger }
+type serverLog struct {
+	log *slog.Logger
+	// onWriteError hears the server's "critical write error" reports:
+	// a store (stream, consumer, meta group) that failed to write stops
+	// taking writes for good.
+	onWriteError func(msg string)
+}
 
 func (l serverLog) Noticef(format string, v ...any) { l.log.Debug(fmt.Sprintf(format, v...)) }
 func (l serverLog) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
-func (l serverLog) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l serverLog) Errorf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.log.Error(msg)
+	if l.onWriteError != nil && strings.Contains(strings.ToLower(msg), "critical write error") {
+		l.onWriteError(msg)
+	}
+}
 func (l serverLog) Fatalf(format string, v ...any) {
 	l.log.Error("fatal: " + fmt.Sprintf(format, v...))
 }

@@ -130,6 +130,9 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		ready = func() bool { return n.projector.CaughtUp() && n.projector.Broken() == "" }
 	}
 	metrics := prometheus.NewRegistry()
+	if n.nats != nil {
+		prometheus.RegisterStorageFailed(metrics, n.nats.StorageFailed)
+	}
 	prometheus.RegisterNode(metrics, n.projector, n.usage)
 	var usage verifier.Recorder = prometheus.NewVerifyMetrics(metrics, n.usage)
 	if cfg.NoUsage {
@@ -149,6 +152,9 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		if cfg.WriteTimeout > 0 {
 			ledger.WriteTimeout = cfg.WriteTimeout
+		}
+		if n.nats != nil {
+			ledger.Storage = n.nats.StorageError
 		}
 		if n.registry, err = nats.NewRegistry(n.nc, n.creds.fleet, n.status, n.log); err != nil {
 			return nil, err

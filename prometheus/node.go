@@ -91,3 +91,12 @@ func RegisterAnalyticsUp(reg prometheus.Registerer, up func() bool) {
 		Help: "1 when analytics runs, 0 while it waits for ClickHouse (the node verifies either way).",
 	}, func() float64 { return b2f(up()) }))
 }
+
+// RegisterStorageFailed exports whether the embedded NATS server's store
+// has failed (a full or read-only disk) and not yet recovered.
+func RegisterStorageFailed(reg prometheus.Registerer, failed func() bool) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyledger_storage_failed",
+		Help: "1 while the embedded NATS server's store refuses writes (full or read-only disk); it recovers by itself once the disk takes writes.",
+	}, func() float64 { return b2f(failed()) }))
+}
