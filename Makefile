@@ -6,7 +6,7 @@ GO ?= go
 DATA ?= ./data
 HTTP ?= 127.0.0.1:8080
 
-.PHONY: run run-no-analytics test check build bench bench-all fuzz clickhouse-start clickhouse-stop clean
+.PHONY: run run-no-analytics test check build bench bench-all faults fuzz clickhouse-start clickhouse-stop clean
 
 build:
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -31,6 +31,10 @@ bench-all: build
 	./scripts/bench-deps.sh
 	./scripts/clickhouse.sh start
 	./bin/keyledger bench all
+
+# The long fault run: each scenario of ./faults for DURATION (default 60s).
+faults:
+	./scripts/faults.sh $(DURATION)
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s .

@@ -126,10 +126,11 @@ const (
 	WaitAll  Wait = "all"
 )
 
-// DefaultWaitTimeout bounds WaitAll. It is longer than a default lease
-// (5 s) plus its margin, so that a silent node can be proven refusing
-// before the wait gives up; the wait ends as soon as every node applied
-// the write or is proven refusing.
+// DefaultWaitTimeout bounds WaitAll, or the time the fleet needs to prove
+// a silent node refusing when its leases are longer (see
+// nats.Registry.ProofTimeout): a default wait never ends before a proof
+// was possible. The wait ends as soon as every node applied the write or
+// is proven refusing.
 const DefaultWaitTimeout = 10 * time.Second
 
 // Write describes who makes a write and how long it waits.
@@ -499,6 +500,9 @@ func (s *Service) propagate(ctx context.Context, seq uint64, w Write) Propagatio
 	timeout := w.Timeout
 	if timeout <= 0 {
 		timeout = DefaultWaitTimeout
+		if p, ok := s.cfg.Fleet.(interface{ ProofTimeout() time.Duration }); ok {
+			timeout = max(timeout, p.ProofTimeout())
+		}
 	}
 	if w.Wait != WaitAll {
 		// No wait, but still the truth as of now: who has applied it

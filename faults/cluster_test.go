@@ -47,6 +47,8 @@ type proc struct {
 	natsURL  string
 	args     []string
 	logPath  string
+	data     string
+	disk     string // the tmpfs data is on, if any
 	mu       sync.Mutex
 	cmd      *exec.Cmd
 	log      *os.File
@@ -81,6 +83,9 @@ const adminToken = "faults-admin-token-0123456789"
 type clusterOptions struct {
 	lease      time.Duration // --max-staleness
 	clickhouse string        // --clickhouse, "" for none
+	// smallDisk, if set, puts n1's data directory on a tmpfs of this
+	// size, which the disk_full scenario fills.
+	smallDisk string
 }
 
 func startCluster(t *testing.T, o clusterOptions) *cluster {
@@ -92,8 +97,16 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "credentials")
 	if out, err := exec.Command(bin, "creds", "generate", "--dir", creds, "--routes",
-		"n1=admin", "n2=admin", "n3=admin", "operator=operator").CombinedOutput(); err != nil {
+		"n1=admin+analytics", "n2=admin+analytics", "n3=admin+analytics", "operator=operator").CombinedOutput(); err != nil {
 		t.Fatalf("creds generate: %v\n%s", err, out)
+	}
+	var disk string
+	if o.smallDisk != "" {
+		disk = t.TempDir()
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+o.smallDisk+",mode=0700", "tmpfs", disk).CombinedOutput(); err != nil {
+			t.Fatalf("the disk_full scenario fills a disk of its own: mounting a tmpfs needs root: %v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", "-l", disk).Run() })
 	}
 	ports := freePorts(t, 9)
 	c := &cluster{t: t, bin: bin, dir: dir, creds: creds, token: adminToken, lease: o.lease}
@@ -106,8 +119,12 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 			}
 		}
 		p := &proc{name: name, url: fmt.Sprintf("http://127.0.0.1:%d", ports[i]),
-			natsURL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3+i]), logPath: filepath.Join(dir, name+".log")}
-		p.args = []string{"serve", "--node", name, "--data", filepath.Join(dir, name),
+			natsURL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3+i]), logPath: filepath.Join(dir, name+".log"),
+			data: filepath.Join(dir, name)}
+		if i == 0 && disk != "" {
+			p.data, p.disk = filepath.Join(disk, name), disk
+		}
+		p.args = []string{"serve", "--node", name, "--data", p.data, "--usage-max-bytes", "16777216",
 			"--http", fmt.Sprintf("127.0.0.1:%d", ports[i]), "--nats-listen", fmt.Sprintf("127.0.0.1:%d", ports[3+i]),
 			"--cluster", fmt.Sprintf("127.0.0.1:%d", ports[6+i]), "--routes", strings.Join(routes, ","),
 			"--replicas", "3", "--credentials", creds, "--admin-token", adminToken,
@@ -322,6 +339,19 @@ func do(client *http.Client, method string, p *proc, path, bearer, body string) 
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, b
+}
+
+// metric reads one unlabelled metric of a node (-1 if it has none).
+func (c *cluster) metric(p *proc, name string) float64 {
+	_, b := do(verifyClient, "GET", p, "/metrics", "", "")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return -1
 }
 
 // filled reads keyledger_projector_filled_total of each node: events a

@@ -7,8 +7,10 @@ package faults
 
 import (
 	"encoding/json"
+	"flag"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,9 +18,27 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	code := m.Run()
 	buildtest.Cleanup()
+	if path := os.Getenv("KEYLEDGER_FAULTS_REPORT"); path != "" {
+		reports.mu.Lock()
+		os.WriteFile(path, []byte(strings.Join(reports.lines, "\n")+"\n"), 0o644)
+		reports.mu.Unlock()
+	}
 	os.Exit(code)
+}
+
+// reports collects each scenario's figures for KEYLEDGER_FAULTS_REPORT.
+var reports struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func addReport(line string) {
+	reports.mu.Lock()
+	defer reports.mu.Unlock()
+	reports.lines = append(reports.lines, line)
 }
 
 // TestPausedNodeNeverServesARevokedKey is the fault run's first finding:

@@ -23,6 +23,7 @@ type op struct {
 	appliedBy  string
 	refusing   []string
 	unproven   []string
+	answer     string // a failed write's body, clipped
 }
 
 // acked reports whether a write was acknowledged.
@@ -180,6 +181,9 @@ func (c *cluster) write(p *proc, kind, id, path, body string) *op {
 	o := &op{kind: kind, node: p.name, key: id, start: time.Now()}
 	code, b := c.do("POST", p, path, c.token, body)
 	o.end, o.code = time.Now(), code
+	if o.failed() {
+		o.answer = tail(string(b), 160)
+	}
 	var r struct {
 		ID        string   `json:"id"`
 		Key       string   `json:"key"`
@@ -210,6 +214,8 @@ type report struct {
 	WorstWrite     time.Duration
 	WorstRecovery  time.Duration
 	FailedWrites   int // by nodes the harness had up
+	failures       map[string]int
+	fatal          string
 	Filled         int // events nodes read from the leader past a stalled consumer
 	SlowestWrite   time.Duration
 	problems       []string
@@ -288,48 +294,77 @@ func (h *history) check(t *testing.T, c *cluster, scenario, owner string) *repor
 	for _, p := range c.nodes {
 		c.waitReady(p, 90*time.Second)
 	}
-	for _, p := range c.nodes {
-		code, b := c.do("GET", p, "/v1/keys?owner="+owner, c.token, "")
-		var list struct {
-			Keys []struct {
-				ID, Name, Status string
-			}
+	var wg sync.WaitGroup
+	parts := make([]*report, len(c.nodes))
+	for i, p := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			parts[i] = h.checkNode(c, p, owner, created, revokeStart)
+		}()
+	}
+	wg.Wait()
+	for _, part := range parts {
+		if part.fatal != "" {
+			t.Fatal(part.fatal)
 		}
-		if code != 200 || json.Unmarshal(b, &list) != nil {
-			t.Fatalf("list on %s: %d %s", p.name, code, b)
+		r.Lost += part.Lost
+		r.Duplicates += part.Duplicates
+		r.Wrong += part.Wrong
+		for _, p := range part.problems {
+			r.problem("%s", p)
 		}
-		names := map[string]int{}
-		byID := map[string]string{}
-		for _, k := range list.Keys {
-			names[k.Name]++
-			byID[k.ID] = k.Status
+	}
+	return r
+}
+
+// checkNode asks one node, at the end of a run, about every key the run
+// created: listed once, with the right status, and answering the
+// verification it should. It runs beside the other nodes' checks.
+func (h *history) checkNode(c *cluster, p *proc, owner string, created map[string]*op, revokeStart map[string]time.Time) *report {
+	r := &report{}
+	code, b := c.do("GET", p, "/v1/keys?owner="+owner, c.token, "")
+	var list struct {
+		Keys []struct {
+			ID, Name, Status string
 		}
-		for name, n := range names {
-			if n > 1 {
-				r.Duplicates += n - 1
-				r.problem("%s lists %d keys named %s", p.name, n, name)
-			}
+	}
+	if code != 200 || json.Unmarshal(b, &list) != nil {
+		r.fatal = fmt.Sprintf("list on %s: %d %s", p.name, code, tail(string(b), 300))
+		return r
+	}
+	names := map[string]int{}
+	byID := map[string]string{}
+	for _, k := range list.Keys {
+		names[k.Name]++
+		byID[k.ID] = k.Status
+	}
+	for name, n := range names {
+		if n > 1 {
+			r.Duplicates += n - 1
+			r.problem("%s lists %d keys named %s", p.name, n, name)
 		}
-		for id, cr := range created {
-			st, ok := byID[id]
-			want := "active"
-			if h.revoked[id] != nil {
-				want = "revoked"
-			}
-			switch {
-			case !ok:
-				r.Lost++
-				r.problem("%s lost acknowledged key %s", p.name, id)
-			case st != want && !(want == "active" && revokeStart[id] != time.Time{}):
-				r.Lost++
-				r.problem("%s lists %s as %s, want %s", p.name, id, st, want)
-			}
-			code, _ := c.do("GET", p, "/v1/authz", cr.secret, "")
-			switch {
-			case want == "revoked" && code != 401, want == "active" && revokeStart[id] == time.Time{} && code != 200:
-				r.Wrong++
-				r.problem("%s answers %d for %s (%s) after the run", p.name, code, id, want)
-			}
+	}
+	for id, cr := range created {
+		st, ok := byID[id]
+		want := "active"
+		if h.revoked[id] != nil {
+			want = "revoked"
+		}
+		_, revoking := revokeStart[id]
+		switch {
+		case !ok:
+			r.Lost++
+			r.problem("%s lost acknowledged key %s", p.name, id)
+		case st != want && !(want == "active" && revoking):
+			r.Lost++
+			r.problem("%s lists %s as %s, want %s", p.name, id, st, want)
+		}
+		code, _ := c.do("GET", p, "/v1/authz", cr.secret, "")
+		switch {
+		case want == "revoked" && code != 401, want == "active" && !revoking && code != 200:
+			r.Wrong++
+			r.problem("%s answers %d for %s (%s) after the run", p.name, code, id, want)
 		}
 	}
 	return r
@@ -377,6 +412,10 @@ func (h *history) availability(r *report) {
 				}
 				if o.kind != "verify" && o.failed() {
 					r.FailedWrites++
+					if r.failures == nil {
+						r.failures = map[string]int{}
+					}
+					r.failures[o.node+": "+o.answer]++
 				}
 				switch {
 				case o.failed() && since.IsZero():

@@ -2,9 +2,12 @@ package faults
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -13,6 +16,9 @@ import (
 // test` runs it) into a long one: faults injected again and again for
 // that long (`make faults`).
 var duration = flag.Duration("duration", 0, "run each fault scenario this long, injecting its fault repeatedly (0: once)")
+
+// -lease sets the nodes' --max-staleness (default: the product's, 5s).
+var lease = flag.Duration("lease", 5*time.Second, "the nodes' --max-staleness")
 
 // scenario is a fault and how to heal it; inject blocks until the cluster
 // is whole again.
@@ -67,6 +73,27 @@ var scenarios = []scenario{
 		h.up(d)
 		c.waitReady(p, 60*time.Second)
 	}},
+	// A full disk on one node: its store stops; the cluster goes on; the
+	// node's store comes back by itself once space is freed.
+	{"disk_full", func(t *testing.T, c *cluster, h *history) {
+		p := c.nodes[0]
+		if p.disk == "" {
+			t.Fatal("n1 has no disk of its own")
+		}
+		filler := filepath.Join(p.disk, "filler")
+		fillDisk(t, filler)
+		// Until the node's store notices (its next write).
+		waitUntil(t, 30*time.Second, "n1's store to fail on the full disk", func() bool {
+			return c.metric(p, "keyledger_storage_failed") == 1
+		})
+		hold(3 * time.Second)
+		if err := os.Remove(filler); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, 60*time.Second, "n1's store to recover", func() bool {
+			return c.metric(p, "keyledger_storage_failed") == 0
+		})
+	}},
 	{"restart_all", func(t *testing.T, c *cluster, h *history) {
 		var downs []*downtime
 		for _, p := range c.nodes {
@@ -81,6 +108,37 @@ var scenarios = []scenario{
 			c.waitReady(p, 90*time.Second)
 		}
 	}},
+}
+
+// fillDisk writes a file until its disk is full.
+func fillDisk(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling the disk: %v", err)
+			}
+			return
+		}
+	}
+}
+
+// waitUntil polls ok until it holds, or fails the test after d.
+func waitUntil(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a process from outside
+	}
 }
 
 func (c *cluster) mustLeader(t *testing.T) *proc {
@@ -113,8 +171,7 @@ func (c *cluster) killAndRestart(t *testing.T, h *history, p *proc, down time.Du
 func TestFaults(t *testing.T) {
 	// The default lease (--max-staleness 5s): the figures are those of a
 	// cluster as it ships.
-	c := startCluster(t, clusterOptions{lease: 5 * time.Second})
-	var lines []string
+	c := startCluster(t, clusterOptions{lease: *lease, smallDisk: "256m"})
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			c.t = t
@@ -144,7 +201,10 @@ func TestFaults(t *testing.T) {
 			r := h.check(t, c, sc.name, owner)
 			r.Filled = c.filledSince(filledBefore)
 			t.Log(r.String())
-			lines = append(lines, r.String())
+			for why, n := range r.failures {
+				t.Logf("%d failed writes: %s", n, why)
+			}
+			addReport(r.String())
 			for _, p := range r.problems {
 				t.Error(p)
 			}
@@ -155,8 +215,5 @@ func TestFaults(t *testing.T) {
 				t.Fatalf("the workload did too little to show anything: %s", r)
 			}
 		})
-	}
-	if path := os.Getenv("KEYLEDGER_FAULTS_REPORT"); path != "" {
-		os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
 	}
 }

@@ -378,6 +378,23 @@ func (r *Registry) knownLocked(all bool) []NodeStatus {
 	return out
 }
 
+// ProofTimeout is how long a wait may need to prove every node that is
+// not applying an event refusing: the longest fence of the nodes known
+// (and of this one) after a heartbeat interval of silence, plus half a
+// second. A wait bounded by less may end with nodes unproven.
+func (r *Registry) ProofTimeout() time.Duration {
+	var longest time.Duration
+	r.mu.Lock()
+	for _, st := range r.knownLocked(true) {
+		longest = max(longest, fenceAfter(st))
+	}
+	r.mu.Unlock()
+	if r.self != nil {
+		longest = max(longest, fenceAfter(r.self()))
+	}
+	return HeartbeatInterval + longest + 500*time.Millisecond
+}
+
 // Applied says how many nodes of the fleet applied an event, and proves
 // what the others do: each of them is Refusing (its lease has certainly
 // run out, so it refuses every key) or, when the wait ended first,

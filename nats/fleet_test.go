@@ -318,3 +318,21 @@ func TestWaitAppliedCountsItselfAndProvesTheRest(t *testing.T) {
 		t.Fatalf("a wait shorter than the lease: %+v, want it unproven", got)
 	}
 }
+
+// A default wait must be long enough to prove a silent node refusing: with
+// 20 s leases, the old fixed 10 s wait always ended with it unproven.
+func TestProofTimeoutCoversTheLongestLease(t *testing.T) {
+	fs := startFleetServer(t)
+	self := func() NodeStatus {
+		return NodeStatus{Name: "reg", Role: "admin", Environment: keyledger.EnvLive, LeaseMS: 20000, At: time.Now()}
+	}
+	r, err := NewRegistry(fs.connect(t, "reg"), fs.fleet, self, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	fence := 20*time.Second + 20*time.Second*LeaseDrift/100 + LeaseMargin
+	if got := r.ProofTimeout(); got < HeartbeatInterval+fence {
+		t.Fatalf("ProofTimeout = %v with a 20 s lease; a silent node is proven refusing only after %v", got, HeartbeatInterval+fence)
+	}
+}

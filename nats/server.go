@@ -78,6 +78,7 @@ type Server struct {
 	// the disk takes writes again.
 	probeEvery time.Duration
 	probeSize  int
+	clustered  bool
 }
 
 // StartServer starts an embedded NATS server and waits until it accepts
@@ -153,7 +154,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Internal, err, "cannot configure the embedded NATS server")
 	}
-	s := &Server{Server: ns, log: log, probeEvery: 2 * time.Second, probeSize: 4 << 20}
+	s := &Server{Server: ns, log: log, probeEvery: 2 * time.Second, probeSize: 4 << 20, clustered: cfg.Cluster != ""}
 	ns.SetLoggerV2(serverLog{log: log.With("component", "nats-server"), onWriteError: s.storeFailed}, false, false, false)
 	go ns.Start()
 	// A cluster member is ready for clients before its peers are up;
@@ -178,7 +179,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 func (s *Server) storeFailed(msg string) {
 	if s.storeErr.CompareAndSwap(nil, &msg) {
 		s.log.Error("ledger storage failed: JetStream refuses every write to its store until it is restarted; keyledger restarts it as soon as the disk takes writes again",
-			"store_dir", s.jsCfg.StoreDir, "cause", msg, "clustered", s.JetStreamIsClustered())
+			"store_dir", s.jsCfg.StoreDir, "cause", msg, "clustered", s.clustered)
 	}
 }
 
@@ -188,7 +189,7 @@ func (s *Server) storeFailed(msg string) {
 // recovers. A cluster member returns nil: the other replicas still
 // accept writes while this one is out.
 func (s *Server) StorageError() error {
-	if s.storeErr.Load() == nil || s.JetStreamIsClustered() {
+	if s.storeErr.Load() == nil || s.clustered {
 		return nil
 	}
 	return errStorage

@@ -168,6 +168,11 @@ func loadCredentials(cfg *Config, log *slog.Logger) (*credentials, error) {
 		if cfg.Role == RoleAdmin && !m.Has(nats.RoleAdmin) {
 			return nil, configErr("node %q runs the admin role but the fleet gives it %v", cfg.Name, m.Roles)
 		}
+		if cfg.ClickHouse != "" && !m.Has(nats.RoleAnalytics) {
+			// Without the role the bus refuses its consumers, and
+			// analytics would retry for ever.
+			return nil, configErr("--clickhouse: node %q runs analytics but the fleet gives it %v; generate its credentials with %s=admin+analytics", cfg.Name, m.Roles, cfg.Name)
+		}
 	}
 	if ringPath == "" {
 		return nil, configErr("--trusted-signers: the keyring of admin signing keys is required")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -228,5 +229,29 @@ func TestNode_adoptsAnUnsignedLedgerOnlyWhenTold(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "trust-unsigned-through") {
 		t.Fatal("the adoption was not logged")
+	}
+}
+
+// A node told to run analytics whose fleet entry lacks the analytics role
+// would have its consumers refused by the bus and retry for ever, with a
+// permission violation in the log every 30 s: it refuses to start, saying
+// how to fix it.
+func TestNode_analyticsNeedsItsRole(t *testing.T) {
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "credentials")
+	if err := node.GenerateCredentials(creds, []nats.Member{{Name: "a1", Roles: []nats.Role{nats.RoleAdmin}}}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg := nodetest.Config(filepath.Join(dir, "data"), io.Discard)
+	cfg.Name, cfg.Credentials, cfg.ClickHouse = "a1", creds, "clickhouse://127.0.0.1:1/x"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n, err := node.Open(ctx, cfg)
+	if err == nil {
+		n.Close(ctx)
+		t.Fatal("a node ran analytics without the analytics role")
+	}
+	if !strings.Contains(err.Error(), "a1=admin+analytics") {
+		t.Fatalf("the error does not say how to fix it: %v", err)
 	}
 }

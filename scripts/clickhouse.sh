@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/clickhouse.sh start|stop|status|wait
+# scripts/clickhouse.sh start|stop|status|wait|install
 #
 # Runs the project's own ClickHouse server (Debian's clickhouse-server 18.16)
 # on loopback, with its own config, ports and data directory, so it never
@@ -148,8 +148,9 @@ start) start ;;
 stop) stop ;;
 status) status ;;
 wait) wait_up && echo "127.0.0.1:$port" ;;
+install) install ;;
 *)
-	echo "usage: $0 start|stop|status|wait" >&2
+	echo "usage: $0 start|stop|status|wait|install" >&2
 	exit 2
 	;;
 esac
