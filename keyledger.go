@@ -6,6 +6,7 @@
 package keyledger
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -65,20 +66,29 @@ func (e *Environment) UnmarshalText(b []byte) error {
 // Status is the lifecycle state of a key as seen at a point in time.
 type Status string
 
-// Key statuses. Revoked is final: no later event can make a key active again.
+// Key statuses. Revoked is final: no later event can make a key active
+// again. Disabled is not: an enable makes the key active again.
 const (
-	StatusActive  Status = "active"
-	StatusRevoked Status = "revoked"
-	StatusExpired Status = "expired"
+	StatusActive   Status = "active"
+	StatusRevoked  Status = "revoked"
+	StatusExpired  Status = "expired"
+	StatusDisabled Status = "disabled"
 )
 
 // ParseStatus parses a status filter value.
 func ParseStatus(s string) (Status, error) {
 	switch Status(s) {
-	case StatusActive, StatusRevoked, StatusExpired:
+	case StatusActive, StatusRevoked, StatusExpired, StatusDisabled:
 		return Status(s), nil
 	}
-	return "", Errorf(Invalid, "status must be active, revoked or expired, not %q", s)
+	return "", Errorf(Invalid, "status must be active, revoked, expired or disabled, not %q", s)
+}
+
+// AdminScope limits an admin key to one owner's keys: it sees, creates,
+// updates, rolls and revokes only those, and other owners' keys do not
+// exist for it (404).
+type AdminScope struct {
+	Owner string `json:"owner"`
 }
 
 // RateLimit is a token bucket: PerSecond tokens refill each second, up to
@@ -124,16 +134,34 @@ type Key struct {
 	RolledTo   string `json:"rolled_to,omitempty"`
 	// Imported keys were issued elsewhere; only their hash came in.
 	Imported bool `json:"imported,omitempty"`
+	// Metadata is the operator's JSON object about the key (see
+	// ValidateMetadata); AllowedIPs, when set, are the only addresses the
+	// key may be used from (see ParseAllowlist).
+	Metadata   json.RawMessage `json:"metadata,omitempty"`
+	AllowedIPs []string        `json:"allowed_ips,omitempty"`
+	// AdminScope, on a key holding the admin permission, limits it to
+	// one owner.
+	AdminScope *AdminScope `json:"admin_scope,omitempty"`
+	// Disabled keys are refused (401) until enabled again.
+	Disabled   bool       `json:"disabled,omitempty"`
+	DisabledAt *time.Time `json:"disabled_at,omitempty"`
+	DisabledBy string     `json:"disabled_by,omitempty"`
+	// UpdatedAt and UpdatedBy are those of the last KeyUpdated.
+	UpdatedAt *time.Time `json:"updated_at,omitempty"`
+	UpdatedBy string     `json:"updated_by,omitempty"`
 	// Revision is the KEYS stream sequence of the last event applied to
 	// this key; a writer passes it back to get optimistic concurrency.
 	Revision uint64 `json:"revision"`
 }
 
-// StatusAt reports the key's status at now. Revocation wins over expiry.
+// StatusAt reports the key's status at now. Revocation wins over
+// everything, an operator's disable over expiry.
 func (k *Key) StatusAt(now time.Time) Status {
 	switch {
 	case k.RevokedAt != nil:
 		return StatusRevoked
+	case k.Disabled:
+		return StatusDisabled
 	case k.ExpiresAt != nil && !now.Before(*k.ExpiresAt):
 		return StatusExpired
 	}

@@ -15,10 +15,12 @@ const (
 	OutcomeForbidden           // lacks the required permission
 	OutcomeRateLimited         // over its token bucket
 	OutcomeUnavailable         // the node cannot vouch for its table (stale)
+	OutcomeDisabled            // disabled (reversibly) by an operator
+	OutcomeIPNotAllowed        // used from an address outside its allowed_ips
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"valid", "malformed", "unknown", "revoked", "env_mismatch", "expired", "forbidden", "rate_limited", "unavailable"}
+var outcomeNames = [numOutcomes]string{"valid", "malformed", "unknown", "revoked", "env_mismatch", "expired", "forbidden", "rate_limited", "unavailable", "disabled", "ip_not_allowed"}
 
 // String returns the wire name used in KeyUsed events and metrics.
 func (o Outcome) String() string {
@@ -52,7 +54,7 @@ func (o Outcome) Code() Code {
 	switch o {
 	case OutcomeValid:
 		return ""
-	case OutcomeForbidden:
+	case OutcomeForbidden, OutcomeIPNotAllowed:
 		return Forbidden
 	case OutcomeRateLimited:
 		return RateLimited

@@ -13,6 +13,7 @@ package events
 import (
 	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,10 +29,13 @@ type Type string
 
 // The event types.
 const (
-	TypeKeyCreated Type = "KeyCreated"
-	TypeKeyRevoked Type = "KeyRevoked"
-	TypeKeyRolled  Type = "KeyRolled"
-	TypeKeyUsed    Type = "KeyUsed"
+	TypeKeyCreated  Type = "KeyCreated"
+	TypeKeyRevoked  Type = "KeyRevoked"
+	TypeKeyRolled   Type = "KeyRolled"
+	TypeKeyUsed     Type = "KeyUsed"
+	TypeKeyUpdated  Type = "KeyUpdated"
+	TypeKeyDisabled Type = "KeyDisabled"
+	TypeKeyEnabled  Type = "KeyEnabled"
 )
 
 // Event is a decoded event of any type.
@@ -73,6 +77,67 @@ type KeyCreated struct {
 	// Imported marks a key whose secret was issued elsewhere: only its
 	// hash was brought in, and it need not have keyledger's format.
 	Imported bool `json:"imported,omitempty"`
+	// Metadata, AllowedIPs and AdminScope: see keyledger.Key.
+	Metadata   json.RawMessage       `json:"metadata,omitempty"`
+	AllowedIPs []string              `json:"allowed_ips,omitempty"`
+	AdminScope *keyledger.AdminScope `json:"admin_scope,omitempty"`
+}
+
+// Prev binds a reversible event to the key's history: it is the stream
+// sequence of the key's last event when the event was written (the
+// expected last sequence of its append). A node applies the event only
+// if no event of the key was applied after Prev, so a signed event copied
+// back into the stream later (a replayed enable, an old permission set)
+// is refused: its Prev is behind the key's history.
+type Prev struct {
+	Prev uint64 `json:"prev"`
+}
+
+// Fields a KeyUpdated may change.
+const (
+	FieldName        = "name"
+	FieldPermissions = "permissions"
+	FieldRateLimit   = "rate_limit"
+	FieldExpiresAt   = "expires_at"
+	FieldMetadata    = "metadata"
+	FieldAllowedIPs  = "allowed_ips"
+)
+
+// UpdatableFields lists them, in the order events list them.
+var UpdatableFields = []string{FieldName, FieldPermissions, FieldRateLimit, FieldExpiresAt, FieldMetadata, FieldAllowedIPs}
+
+// KeyUpdated changes the fields named in Changed to the values it holds
+// (a null rate_limit, expires_at, metadata or allowed_ips clears it).
+// Fields not in Changed are left as they were, whatever the event holds.
+type KeyUpdated struct {
+	Header
+	Prev
+	Changed     []string             `json:"changed"`
+	Reason      string               `json:"reason,omitempty"`
+	Name        string               `json:"name,omitempty"`
+	Permissions []string             `json:"permissions,omitempty"`
+	RateLimit   *keyledger.RateLimit `json:"rate_limit,omitempty"`
+	ExpiresAt   *time.Time           `json:"expires_at,omitempty"`
+	Metadata    json.RawMessage      `json:"metadata,omitempty"`
+	AllowedIPs  []string             `json:"allowed_ips,omitempty"`
+}
+
+// Changes reports whether the event changes field.
+func (e *KeyUpdated) Changes(field string) bool { return slices.Contains(e.Changed, field) }
+
+// KeyDisabled makes a key refused (401) until a KeyEnabled; unlike a
+// revocation it can be undone.
+type KeyDisabled struct {
+	Header
+	Prev
+	Reason string `json:"reason,omitempty"`
+}
+
+// KeyEnabled undoes a KeyDisabled. It never revives a revoked key.
+type KeyEnabled struct {
+	Header
+	Prev
+	Reason string `json:"reason,omitempty"`
 }
 
 // KeyRolled records that a key was replaced by RolledTo and now expires at
@@ -161,6 +226,12 @@ func Decode(data []byte) (Event, error) {
 		ev = new(KeyRolled)
 	case TypeKeyUsed:
 		ev = new(KeyUsed)
+	case TypeKeyUpdated:
+		ev = new(KeyUpdated)
+	case TypeKeyDisabled:
+		ev = new(KeyDisabled)
+	case TypeKeyEnabled:
+		ev = new(KeyEnabled)
 	default:
 		return nil, keyledger.Errorf(keyledger.Invalid, "unknown event type %q", h.Type)
 	}
@@ -220,6 +291,55 @@ func Validate(ev Event) error {
 				return err
 			}
 		}
+		if err := validExtras(e.Metadata, e.AllowedIPs); err != nil {
+			return err
+		}
+		if e.AdminScope != nil && e.AdminScope.Owner == "" {
+			return keyledger.Errorf(keyledger.Invalid, "admin_scope.owner is required")
+		}
+	case *KeyUpdated:
+		if h.Type != TypeKeyUpdated {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyUpdated)
+		}
+		if err := ValidKeyID(h.KeyID); err != nil {
+			return err
+		}
+		if len(e.Changed) == 0 {
+			return keyledger.Errorf(keyledger.Invalid, "changed must name at least one field")
+		}
+		for i, f := range e.Changed {
+			if !slices.Contains(UpdatableFields, f) || slices.Contains(e.Changed[:i], f) {
+				return keyledger.Errorf(keyledger.Invalid, "changed: %s is not an updatable field, or is named twice", keyledger.Quote(f))
+			}
+		}
+		if e.Changes(FieldPermissions) && len(e.Permissions) == 0 {
+			return keyledger.Errorf(keyledger.Invalid, "permissions must not be empty")
+		}
+		if e.Changes(FieldExpiresAt) && e.ExpiresAt != nil && !expiryInRange(*e.ExpiresAt) {
+			return errExpiryRange
+		}
+		if e.Changes(FieldRateLimit) && e.RateLimit != nil {
+			if err := e.RateLimit.Validate(); err != nil {
+				return err
+			}
+		}
+		if err := validExtras(e.Metadata, e.AllowedIPs); err != nil {
+			return err
+		}
+	case *KeyDisabled:
+		if h.Type != TypeKeyDisabled {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyDisabled)
+		}
+		if err := ValidKeyID(h.KeyID); err != nil {
+			return err
+		}
+	case *KeyEnabled:
+		if h.Type != TypeKeyEnabled {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyEnabled)
+		}
+		if err := ValidKeyID(h.KeyID); err != nil {
+			return err
+		}
 	case *KeyRolled:
 		if h.Type != TypeKeyRolled {
 			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyRolled)
@@ -258,6 +378,20 @@ func Validate(ev Event) error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// validExtras checks metadata and allowed_ips as they are stored: already
+// canonical (the admin API writes them so).
+func validExtras(meta json.RawMessage, ips []string) error {
+	if len(meta) > 0 {
+		if _, err := keyledger.ValidateMetadata(meta); err != nil {
+			return err
+		}
+	}
+	if _, _, err := keyledger.ParseAllowlist(ips); err != nil {
+		return err
 	}
 	return nil
 }

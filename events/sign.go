@@ -44,6 +44,9 @@ var (
 	ErrMalformedEnvelope = errors.New("event envelope is malformed")
 	// ErrSubjectMismatch: the event names a key other than its subject's.
 	ErrSubjectMismatch = errors.New("event key_id does not match its subject")
+	// ErrReplayed: a reversible event whose Prev is not the key's last
+	// event: a copy of an old event put back into the stream.
+	ErrReplayed = errors.New("event does not follow the key's last event (replayed)")
 )
 
 // RejectReason is the stable, low-cardinality name of why an event was
@@ -62,6 +65,8 @@ func RejectReason(err error) string {
 		return "malformed"
 	case errors.Is(err, ErrSubjectMismatch):
 		return "subject_mismatch"
+	case errors.Is(err, ErrReplayed):
+		return "replayed"
 	default:
 		return "invalid"
 	}

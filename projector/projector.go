@@ -3,6 +3,7 @@ package projector
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -75,7 +76,7 @@ type Rejection struct {
 }
 
 // RejectReasons are the values of Rejection.Reason for events.
-var RejectReasons = []string{"unsigned", "unknown_signer", "bad_signature", "signer_retired", "malformed", "subject_mismatch", "invalid"}
+var RejectReasons = []string{"unsigned", "unknown_signer", "bad_signature", "signer_retired", "malformed", "subject_mismatch", "replayed", "invalid"}
 
 // Stats counts what the projector has seen.
 type Stats struct {
@@ -954,6 +955,7 @@ func (p *Projector) applyChecked(seq uint64, subject string, data []byte, c chec
 	default:
 		p.Apply(seq, c.ev)
 	}
+	p.stored(seq, subject)
 	p.advance(seq, data)
 }
 
@@ -968,8 +970,156 @@ func (p *Projector) Apply(seq uint64, ev events.Event) {
 		p.applyRevoked(seq, e)
 	case *events.KeyRolled:
 		p.applyRolled(seq, e)
+	case *events.KeyUpdated:
+		p.applyUpdated(seq, e)
+	case *events.KeyDisabled:
+		p.applySwitch(seq, &e.Header, e.Prev.Prev, true)
+	case *events.KeyEnabled:
+		p.applySwitch(seq, &e.Header, e.Prev.Prev, false)
 	default:
 		p.ignored.Add(1)
+	}
+}
+
+// follows reports whether a reversible event with prev may apply to the
+// entry: prev must be the last event stored on the key's subject. A copy
+// of an old signed event, put back into the stream, has a Prev behind it.
+func (p *Projector) follows(seq uint64, ent *Entry, prev uint64, keyID string) bool {
+	if ent.Rev == 0 || prev == ent.Rev {
+		return true
+	}
+	p.reject(seq, nats.KeySubject(keyID), fmt.Errorf("%w: prev %d, the key's last event is %d", events.ErrReplayed, prev, ent.Rev))
+	return false
+}
+
+// applyUpdated changes the fields a KeyUpdated names. A revoked key never
+// changes, and no update pushes a rolled key's expiry past its roll's.
+func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
+	d := p.table.data.Load()
+	s := p.table.byID(d, e.KeyID)
+	if s < 0 {
+		p.ignore("update of unknown key", seq, e.KeyID)
+		return
+	}
+	old := d.slots[s].Load()
+	if !p.follows(seq, old, e.Prev.Prev, e.KeyID) {
+		return
+	}
+	if old.Revoked {
+		p.ignore("update of revoked key", seq, e.KeyID)
+		return
+	}
+	c := old.clone()
+	x := Extra{}
+	if old.Extra != nil {
+		x = *old.Extra
+	}
+	if e.Changes(events.FieldPermissions) {
+		c.Perms, c.names = p.permMask(e.Permissions), p.internPerms(e.Permissions)
+	}
+	if e.Changes(events.FieldRateLimit) {
+		c.RateLimit = e.RateLimit
+	}
+	if e.Changes(events.FieldExpiresAt) {
+		c.ExpiresAt = 0
+		if e.ExpiresAt != nil {
+			c.ExpiresAt = e.ExpiresAt.UnixNano()
+		}
+		if x.RollCap != 0 && (c.ExpiresAt == 0 || c.ExpiresAt > x.RollCap) {
+			c.ExpiresAt = x.RollCap
+		}
+	}
+	if e.Changes(events.FieldMetadata) {
+		x.Metadata = e.Metadata
+	}
+	if e.Changes(events.FieldAllowedIPs) {
+		x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
+	}
+	c.Extra = nil
+	if !x.empty() {
+		c.Extra = &x
+	}
+	c.Rev = seq
+	p.table.replace(s, c)
+	p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) {
+		if e.Changes(events.FieldName) {
+			k.Name = e.Name
+		}
+		if e.Changes(events.FieldPermissions) {
+			k.Permissions = e.Permissions
+		}
+		if e.Changes(events.FieldRateLimit) {
+			k.RateLimit = e.RateLimit
+		}
+		if e.Changes(events.FieldExpiresAt) {
+			k.ExpiresAt = nil
+			if c.ExpiresAt != 0 {
+				t := time.Unix(0, c.ExpiresAt).UTC()
+				k.ExpiresAt = &t
+			}
+		}
+		if e.Changes(events.FieldMetadata) {
+			k.Metadata = json.RawMessage(e.Metadata)
+		}
+		if e.Changes(events.FieldAllowedIPs) {
+			k.AllowedIPs = x.AllowedIPs
+		}
+		at := e.At
+		k.UpdatedAt, k.UpdatedBy = &at, e.Actor
+	})
+	p.applied.Add(1)
+}
+
+// applySwitch disables (off) or enables a key. A revoked key stays
+// revoked; disabling a disabled key (or enabling an enabled one) changes
+// nothing but the key's last event.
+func (p *Projector) applySwitch(seq uint64, h *events.Header, prev uint64, off bool) {
+	d := p.table.data.Load()
+	s := p.table.byID(d, h.KeyID)
+	if s < 0 {
+		p.ignore("disable or enable of unknown key", seq, h.KeyID)
+		return
+	}
+	old := d.slots[s].Load()
+	if !p.follows(seq, old, prev, h.KeyID) {
+		return
+	}
+	if old.Revoked {
+		p.ignore("disable or enable of revoked key", seq, h.KeyID)
+		return
+	}
+	c := old.clone()
+	c.Disabled, c.Rev = off, seq
+	p.table.replace(s, c)
+	p.updateRecord(h.KeyID, seq, func(k *keyledger.Key) {
+		k.Disabled = off
+		if off {
+			at := h.At
+			k.DisabledAt, k.DisabledBy = &at, h.Actor
+		} else {
+			k.DisabledAt, k.DisabledBy = nil, ""
+		}
+	})
+	p.applied.Add(1)
+}
+
+// stored records that an event at seq is the last one on keyID's subject,
+// whatever became of it (applied, ignored or refused), for the Prev check
+// of the key's next reversible event.
+func (p *Projector) stored(seq uint64, subject string) {
+	id, ok := strings.CutPrefix(subject, nats.KeysSubjectPrefix)
+	if !ok {
+		return
+	}
+	d := p.table.data.Load()
+	s := p.table.byID(d, id)
+	if s < 0 {
+		return
+	}
+	if e := d.slots[s].Load(); e.Rev != seq {
+		c := e.clone()
+		c.Rev = seq
+		p.table.replace(s, c)
 	}
 }
 
@@ -997,6 +1147,15 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		RateLimit:   e.RateLimit,
 		Imported:    e.Imported,
 		names:       p.internPerms(e.Permissions),
+		Rev:         seq,
+	}
+	x := Extra{Metadata: e.Metadata}
+	x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
+	if e.AdminScope != nil {
+		x.Scope = p.intern(e.AdminScope.Owner)
+	}
+	if !x.empty() {
+		ent.Extra = &x
 	}
 	if e.ExpiresAt != nil {
 		ent.ExpiresAt = e.ExpiresAt.UnixNano()
@@ -1007,6 +1166,10 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 			ID: e.KeyID, Name: e.Name, Environment: e.Environment, Permissions: e.Permissions,
 			Owner: e.Owner, Hash: e.Hash, Hint: e.Hint, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit,
 			CreatedAt: e.At, CreatedBy: e.Actor, Revision: seq, RolledFrom: e.RolledFrom, Imported: e.Imported,
+			Metadata: e.Metadata, AdminScope: e.AdminScope,
+		}
+		if ent.Extra != nil {
+			k.AllowedIPs = ent.Extra.AllowedIPs
 		}
 		p.recMu.Lock()
 		p.records[e.KeyID] = k
@@ -1027,7 +1190,9 @@ func (p *Projector) applyRevoked(seq uint64, e *events.KeyRevoked) {
 		p.ignore("revoke of revoked key", seq, e.KeyID)
 		return
 	}
-	p.table.replace(s, old.revokedCopy())
+	rc := old.revokedCopy()
+	rc.Rev = seq
+	p.table.replace(s, rc)
 	p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) {
 		at := e.At
 		k.RevokedAt, k.RevokedBy, k.RevokeReason = &at, e.Actor, e.Reason
@@ -1052,7 +1217,13 @@ func (p *Projector) applyRolled(seq uint64, e *events.KeyRolled) {
 		return
 	}
 	c := old.clone()
-	c.ExpiresAt = exp
+	c.ExpiresAt, c.Rev = exp, seq
+	x := Extra{}
+	if old.Extra != nil {
+		x = *old.Extra
+	}
+	x.RollCap = exp
+	c.Extra = &x
 	p.table.replace(s, c)
 	p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) {
 		at := e.ExpiresAt.UTC()

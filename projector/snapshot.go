@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,8 +38,14 @@ import (
 
 // Version 2 records the hash of the event at its sequence: a node checks
 // it against the stream before trusting the snapshot (see
-// Projector.checkSnapshotHead).
-const snapshotMagic = "KLSNAP02"
+// Projector.checkSnapshotHead). Version 3 adds what keys that change
+// carry: per entry its last event (Rev), disabled flag and Extra; per
+// record metadata, allowed IPs, admin scope, disable and update stamps.
+// Version 2 files still load (their entries' Rev is unknown, 0).
+const (
+	snapshotMagic   = "KLSNAP03"
+	snapshotMagicV2 = "KLSNAP02"
+)
 
 // snapshotName is the file name of the snapshot at seq; names sort by seq.
 func snapshotName(seq uint64) string { return fmt.Sprintf("snap-%020d.bin", seq) }
@@ -71,8 +78,8 @@ func peekSnapshotMeta(path string) (snapshotMeta, error) {
 	}
 	defer f.Close()
 	var b [len(snapshotMagic) + 16 + 32 + 8]byte
-	if _, err := io.ReadFull(f, b[:]); err != nil || string(b[:len(snapshotMagic)]) != snapshotMagic {
-		return snapshotMeta{}, fmt.Errorf("%w: not a version-2 snapshot", errSnapshot)
+	if _, err := io.ReadFull(f, b[:]); err != nil || !knownMagic(string(b[:len(snapshotMagic)])) {
+		return snapshotMeta{}, fmt.Errorf("%w: not a version-2 or -3 snapshot", errSnapshot)
 	}
 	r := &snapReader{b: b[len(snapshotMagic):]}
 	m := snapshotMeta{streamCreated: int64(r.u64()), seq: r.u64()}
@@ -81,6 +88,8 @@ func peekSnapshotMeta(path string) (snapshotMeta, error) {
 	m.unsignedThrough = r.u64()
 	return m, nil
 }
+
+func knownMagic(m string) bool { return m == snapshotMagic || m == snapshotMagicV2 }
 
 // errSnapshot marks a snapshot that must not be used.
 var errSnapshot = errors.New("unusable snapshot")
@@ -96,6 +105,12 @@ func (s *snapWriter) u64(v uint64) {
 	s.w.Write(s.buf[:8])
 }
 func (s *snapWriter) str(v string) { s.uvarint(uint64(len(v))); s.w.WriteString(v) }
+func (s *snapWriter) strs(v []string) {
+	s.uvarint(uint64(len(v)))
+	for _, x := range v {
+		s.str(x)
+	}
+}
 func (s *snapWriter) time(t *time.Time) {
 	if t == nil {
 		s.u64(0)
@@ -200,11 +215,24 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		if e.Imported {
 			flags |= 0x20
 		}
+		if e.Disabled {
+			flags |= 0x10
+		}
+		if e.Extra != nil {
+			flags |= 0x08
+		}
 		s.w.WriteByte(flags)
 		s.u64(uint64(e.ExpiresAt))
 		if e.RateLimit != nil {
 			s.u64(math.Float64bits(e.RateLimit.PerSecond))
 			s.uvarint(uint64(e.RateLimit.Burst))
+		}
+		s.uvarint(e.Rev)
+		if x := e.Extra; x != nil {
+			s.strs(x.AllowedIPs)
+			s.str(string(x.Metadata))
+			s.str(x.Scope)
+			s.u64(uint64(x.RollCap))
 		}
 	}
 	for _, k := range records {
@@ -239,6 +267,23 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		} else {
 			s.w.WriteByte(0)
 		}
+		s.str(string(k.Metadata))
+		s.strs(k.AllowedIPs)
+		if k.AdminScope != nil {
+			s.w.WriteByte(1)
+			s.str(k.AdminScope.Owner)
+		} else {
+			s.w.WriteByte(0)
+		}
+		if k.Disabled {
+			s.w.WriteByte(1)
+		} else {
+			s.w.WriteByte(0)
+		}
+		s.time(k.DisabledAt)
+		s.str(k.DisabledBy)
+		s.time(k.UpdatedAt)
+		s.str(k.UpdatedBy)
 	}
 	if err := s.w.Flush(); err != nil {
 		return "", err
@@ -335,6 +380,17 @@ func (r *snapReader) str() string {
 	r.b = r.b[n:]
 	return s
 }
+func (r *snapReader) strs(max int) []string {
+	n := r.uvarint()
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, min(n, uint64(max)))
+	for i := range out {
+		out[i] = r.str()
+	}
+	return out
+}
 func (r *snapReader) time() *time.Time {
 	v := r.u64()
 	if v == 0 {
@@ -351,9 +407,10 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	if err != nil {
 		return snapshotMeta{}, err
 	}
-	if len(data) < len(snapshotMagic)+sha256.Size || string(data[:len(snapshotMagic)]) != snapshotMagic {
-		return snapshotMeta{}, fmt.Errorf("%w: not a version-2 snapshot", errSnapshot)
+	if len(data) < len(snapshotMagic)+sha256.Size || !knownMagic(string(data[:len(snapshotMagic)])) {
+		return snapshotMeta{}, fmt.Errorf("%w: not a version-2 or -3 snapshot", errSnapshot)
 	}
+	v3 := string(data[:len(snapshotMagic)]) == snapshotMagic
 	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
 	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
 		return snapshotMeta{}, fmt.Errorf("%w: checksum mismatch", errSnapshot)
@@ -424,6 +481,24 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 			e.RateLimit = &keyledger.RateLimit{PerSecond: math.Float64frombits(r.u64()), Burst: int(r.uvarint())}
 		}
 		e.Perms = permMasks[pi]
+		if v3 {
+			e.Disabled = flags&0x10 != 0
+			e.Rev = r.uvarint()
+			if flags&0x08 != 0 {
+				x := &Extra{AllowedIPs: r.strs(len(body))}
+				if m := r.str(); m != "" {
+					x.Metadata = []byte(m)
+				}
+				x.Scope, x.RollCap = r.str(), int64(r.u64())
+				if len(x.AllowedIPs) > 0 {
+					var err error
+					if x.Allowlist, _, err = keyledger.ParseAllowlist(x.AllowedIPs); err != nil {
+						return snapshotMeta{}, fmt.Errorf("%w: bad allowlist", errSnapshot)
+					}
+				}
+				e.Extra = x
+			}
+		}
 		if r.err != nil {
 			break
 		}
@@ -456,6 +531,18 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		k.Revision = r.u64()
 		k.RolledFrom, k.RolledTo = r.str(), r.str()
 		k.Imported = r.byte1() == 1
+		if v3 {
+			if m := r.str(); m != "" {
+				k.Metadata = json.RawMessage(m)
+			}
+			k.AllowedIPs = r.strs(len(body))
+			if r.byte1() == 1 {
+				k.AdminScope = &keyledger.AdminScope{Owner: r.str()}
+			}
+			k.Disabled = r.byte1() == 1
+			k.DisabledAt, k.DisabledBy = r.time(), r.str()
+			k.UpdatedAt, k.UpdatedBy = r.time(), r.str()
+		}
 		if records != nil {
 			records[k.ID] = k
 		}

@@ -36,10 +36,64 @@ type Entry struct {
 	ExpiresAt int64
 	// RateLimit is the key's own limit; nil means the environment default.
 	RateLimit *keyledger.RateLimit
+	// Disabled keys are refused until enabled again.
+	Disabled bool
+	// Rev is the stream sequence of the last event stored on the key's
+	// subject (applied or not): a reversible event applies only if its
+	// Prev is Rev. 0 means unknown (loaded from a version-2 snapshot),
+	// and any Prev is then taken once.
+	Rev uint64
+	// Extra is what few keys have (nil for most): metadata, an IP
+	// allowlist, an admin scope, a roll's expiry cap.
+	Extra *Extra
 
 	names   *[]string // permission names as issued, interned per distinct list
 	limiter atomic.Pointer[rate.Limiter]
 	headers atomic.Pointer[Headers]
+}
+
+// Extra holds an entry's rarely set fields, so that keys without them
+// pay one nil pointer.
+type Extra struct {
+	// Allowlist is nil when every address may use the key; AllowedIPs
+	// are its entries as written in the ledger.
+	Allowlist  *keyledger.Allowlist
+	AllowedIPs []string
+	// Metadata is the key's compact JSON object (shared, never modified).
+	Metadata []byte
+	// Scope is the owner an admin key is limited to ("" for none).
+	Scope string
+	// RollCap is the expiry a roll gave the key (Unix ns): no update may
+	// push the key's expiry past it. 0 for keys never rolled.
+	RollCap int64
+}
+
+func (x *Extra) empty() bool {
+	return x == nil || x.Allowlist == nil && len(x.Metadata) == 0 && x.Scope == "" && x.RollCap == 0
+}
+
+// Allowlist returns the key's allowlist (nil: any address).
+func (e *Entry) Allowlist() *keyledger.Allowlist {
+	if e.Extra == nil {
+		return nil
+	}
+	return e.Extra.Allowlist
+}
+
+// Metadata returns the key's metadata (nil: none). Do not modify it.
+func (e *Entry) Metadata() []byte {
+	if e.Extra == nil {
+		return nil
+	}
+	return e.Extra.Metadata
+}
+
+// Scope returns the owner an admin key is limited to, or "".
+func (e *Entry) Scope() string {
+	if e.Extra == nil {
+		return ""
+	}
+	return e.Extra.Scope
 }
 
 // Permissions returns the permission names the key was issued with. The
@@ -94,7 +148,8 @@ func (e *Entry) revokedCopy() *Entry {
 // clone copies e but for its lazily made state.
 func (e *Entry) clone() *Entry {
 	return &Entry{Hash: e.Hash, ID: e.ID, Owner: e.Owner, Environment: e.Environment, Revoked: e.Revoked,
-		Imported: e.Imported, Perms: e.Perms, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit, names: e.names}
+		Imported: e.Imported, Perms: e.Perms, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit, names: e.names,
+		Disabled: e.Disabled, Rev: e.Rev, Extra: e.Extra}
 }
 
 // Table maps secret hashes to entries. Lookups take no lock at all: the
