@@ -14,6 +14,7 @@ package verifier
 
 import (
 	"math"
+	"net/netip"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -204,10 +205,20 @@ func (v *Verifier) check(req *Request, now *time.Time) Result {
 		return Result{Outcome: keyledger.OutcomeUnknown}
 	case e.Revoked:
 		return Result{Outcome: keyledger.OutcomeRevoked, Entry: e}
+	case e.Disabled:
+		return Result{Outcome: keyledger.OutcomeDisabled, Entry: e}
 	case e.Environment != v.cfg.Environment:
 		return Result{Outcome: keyledger.OutcomeEnvMismatch, Entry: e}
 	case e.ExpiresAt != 0 && v.clock(now).UnixNano() >= e.ExpiresAt:
 		return Result{Outcome: keyledger.OutcomeExpired, Entry: e}
+	}
+	if e.Extra != nil && e.Extra.Allowlist != nil {
+		// Only keys with a list pay for parsing the address. An
+		// address that does not parse (none known) is not on any list.
+		ip, _ := netip.ParseAddr(req.IP)
+		if !e.Extra.Allowlist.Allows(ip) {
+			return Result{Outcome: keyledger.OutcomeIPNotAllowed, Entry: e}
+		}
 	}
 	if req.Permission != "" {
 		bit, _ := v.cfg.Catalog.Bit(req.Permission)
@@ -273,6 +284,10 @@ func (v *Verifier) record(req *Request, res Result, now time.Time) {
 	v.cfg.Usage.Record(ev)
 }
 
+// ErrIPNotAllowed refuses a key used from an address outside its
+// allowed_ips. It says no more: the list is the key owner's business.
+var ErrIPNotAllowed = keyledger.Errorf(keyledger.Forbidden, "this API key may not be used from the request's source address")
+
 // ErrNotReady is the refusal of every key while the table cannot be
 // trusted.
 var ErrNotReady = keyledger.Errorf(keyledger.Unavailable, "this node cannot vouch for its key table yet (catching up with the ledger, or cut off from it)")
@@ -284,6 +299,8 @@ func OutcomeError(o keyledger.Outcome, permission string, retry time.Duration) e
 		return nil
 	case keyledger.OutcomeForbidden:
 		return keyledger.Errorf(keyledger.Forbidden, "API key lacks permission %q", permission)
+	case keyledger.OutcomeIPNotAllowed:
+		return ErrIPNotAllowed
 	case keyledger.OutcomeRateLimited:
 		return keyledger.Errorf(keyledger.RateLimited, "rate limit exceeded for this key; retry after %d s", RetrySeconds(retry))
 	case keyledger.OutcomeUnavailable:

@@ -1,6 +1,7 @@
 package verifier_test
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +22,13 @@ func TestVerifier_Verify(t *testing.T) {
 	exp := f.Now.Add(time.Minute)
 	expiring, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) { e.ExpiresAt = &exp })
 	unknown, _ := keyledger.DefaultFormat.New(keyledger.EnvLive, f.Rand)
+	disabled, disabledID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	f.Disable(t, disabledID)
+	reenabled, reenabledID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	f.Disable(t, reenabledID)
+	f.Enable(t, reenabledID)
+	fromHere, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) { e.AllowedIPs = []string{"2001:db8::/32", "192.0.2.0/24"} })
+	fromElsewhere, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) { e.AllowedIPs = []string{"203.0.113.0/24", "2001:db8::1"} })
 	v := f.Verifier(keyledger.EnvLive, nil)
 
 	flip := []byte(live)
@@ -51,6 +59,10 @@ func TestVerifier_Verify(t *testing.T) {
 			verifierFn: func() *verifier.Verifier { return f.Verifier(keyledger.EnvTest, nil) }},
 		{name: "expired", key: expiring, want: keyledger.OutcomeExpired, advanceBy: time.Minute},
 		{name: "not expired yet", key: expiring, want: keyledger.OutcomeValid, advanceBy: time.Minute - time.Nanosecond},
+		{name: "disabled", key: disabled, want: keyledger.OutcomeDisabled, wantKeyID: disabledID},
+		{name: "disabled, then enabled", key: reenabled, want: keyledger.OutcomeValid, wantKeyID: reenabledID},
+		{name: "allowlisted source", key: fromHere, want: keyledger.OutcomeValid},
+		{name: "source outside the allowlist", key: fromElsewhere, want: keyledger.OutcomeIPNotAllowed},
 		{name: "node not ready", key: live, want: keyledger.OutcomeUnavailable,
 			verifierFn: func() *verifier.Verifier { return f.Verifier(keyledger.EnvLive, func() bool { return false }) }},
 	}
@@ -241,15 +253,23 @@ func BenchmarkVerify(b *testing.B) {
 	for i := 0; i < 100_000; i++ {
 		f.MustCreate(b, keyledger.EnvLive, nil, nil)
 	}
+	// A key with an allowlist of 10 prefixes, the request's address
+	// matching the last one.
+	var ips []string
+	for i := range 9 {
+		ips = append(ips, fmt.Sprintf("198.51.%d.0/24", i))
+	}
+	listed, _ := f.MustCreate(b, keyledger.EnvLive, []string{"workflows:read"}, func(e *events.KeyCreated) { e.AllowedIPs = append(ips, "2001:db8::/32") })
 	v := verifier.New(f.P.Table(), verifier.Config{Environment: keyledger.EnvLive})
 	for _, bc := range []struct{ name, key, perm string }{
 		{"valid", valid, "workflows:read"},
+		{"valid_allowlisted", listed, "workflows:read"},
 		{"bad_checksum", string(bad), ""},
 		{"unknown", unknown, ""},
 		{"revoked", revoked, ""},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			req := &verifier.Request{Key: bc.key, Permission: bc.perm}
+			req := &verifier.Request{Key: bc.key, Permission: bc.perm, IP: "2001:db8::7"}
 			b.ReportAllocs()
 			for b.Loop() {
 				v.Verify(req)
@@ -258,7 +278,7 @@ func BenchmarkVerify(b *testing.B) {
 		b.Run(bc.name+"/parallel", func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
-				req := &verifier.Request{Key: bc.key, Permission: bc.perm}
+				req := &verifier.Request{Key: bc.key, Permission: bc.perm, IP: "2001:db8::7"}
 				for pb.Next() {
 					v.Verify(req)
 				}

@@ -22,6 +22,7 @@ type Fixture struct {
 	P      *projector.Projector
 	signer *eventstest.Signer
 	seq    uint64
+	last   map[string]uint64 // each key's last event
 	Rand   *rand.ChaCha8
 	Now    time.Time
 	mu     sync.Mutex
@@ -54,6 +55,22 @@ func (f *Fixture) apply(tb testing.TB, ev events.Event) {
 	tb.Helper()
 	f.seq++
 	f.P.ApplyMsg(f.seq, nats.KeySubject(ev.Head().KeyID), f.signer.MustSeal(tb, ev))
+	if f.last == nil {
+		f.last = map[string]uint64{}
+	}
+	f.last[ev.Head().KeyID] = f.seq
+}
+
+// Disable disables key id; Enable enables it again.
+func (f *Fixture) Disable(tb testing.TB, id string) {
+	tb.Helper()
+	f.apply(tb, &events.KeyDisabled{Header: events.NewHeader(events.TypeKeyDisabled, id, "test", f.Now), Prev: events.Prev{Prev: f.last[id]}})
+}
+
+// Enable enables key id.
+func (f *Fixture) Enable(tb testing.TB, id string) {
+	tb.Helper()
+	f.apply(tb, &events.KeyEnabled{Header: events.NewHeader(events.TypeKeyEnabled, id, "test", f.Now), Prev: events.Prev{Prev: f.last[id]}})
 }
 
 // MustCreate issues a key into the table and returns its secret and id.
