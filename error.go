@@ -32,6 +32,9 @@ const (
 	ReasonBodyTooLarge     = "body_too_large"
 	ReasonUnsupportedMedia = "unsupported_media_type"
 	ReasonHeadersTooLarge  = "headers_too_large"
+	// ReasonRevisionMismatch: an If-Match named a revision the key has
+	// moved past (HTTP 412).
+	ReasonRevisionMismatch = "revision_mismatch"
 )
 
 // Error is the one error type of keyledger. Message is safe to show to the

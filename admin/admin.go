@@ -7,9 +7,13 @@ package admin
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -139,7 +143,13 @@ type Write struct {
 	ActorIP string
 	Wait    Wait
 	Timeout time.Duration // for WaitAll; default DefaultWaitTimeout
+	// Scope, when set, is the one owner the caller may act for (an
+	// owner-scoped admin key): other owners' keys do not exist for it.
+	Scope string
 }
+
+// mine reports whether the caller may see key k.
+func (w Write) mine(k keyledger.Key) bool { return w.Scope == "" || k.Owner == w.Scope }
 
 // Service issues, revokes and reads keys.
 type Service struct {
@@ -177,6 +187,10 @@ type CreateRequest struct {
 	Owner       string                `json:"owner"`
 	ExpiresAt   *time.Time            `json:"expires_at"`
 	RateLimit   *keyledger.RateLimit  `json:"rate_limit"`
+	Metadata    json.RawMessage       `json:"metadata"`
+	AllowedIPs  []string              `json:"allowed_ips"`
+	// AdminScope limits a key holding the admin permission to one owner.
+	AdminScope *keyledger.AdminScope `json:"admin_scope"`
 }
 
 // KeyView is a key record as the API shows it, with its current status.
@@ -240,7 +254,7 @@ func checkText(field, s string, max int, required bool) error {
 // Create issues a key. The secret is in the result and nowhere else: the
 // event carries only its SHA-256.
 func (s *Service) Create(ctx context.Context, req CreateRequest, w Write) (*Created, error) {
-	perms, err := s.validate(&req)
+	perms, err := s.validate(&req, w)
 	if err != nil {
 		return nil, err
 	}
@@ -262,12 +276,21 @@ func (s *Service) Create(ctx context.Context, req CreateRequest, w Write) (*Crea
 }
 
 // validate checks a key's metadata and returns its normalized permissions.
-func (s *Service) validate(req *CreateRequest) ([]string, error) {
+func (s *Service) validate(req *CreateRequest, w Write) ([]string, error) {
 	if err := checkText("name", req.Name, maxNameLen, true); err != nil {
 		return nil, err
 	}
 	if err := checkText("owner", req.Owner, maxOwnerLen, false); err != nil {
 		return nil, err
+	}
+	if w.Scope != "" {
+		// An owner-scoped admin key issues keys for its owner only.
+		if req.Owner == "" {
+			req.Owner = w.Scope
+		}
+		if req.Owner != w.Scope {
+			return nil, errOtherOwner(w.Scope)
+		}
 	}
 	if req.Environment == keyledger.EnvUnknown {
 		return nil, keyledger.Errorf(keyledger.Invalid, "environment is required: \"live\" or \"test\"")
@@ -288,8 +311,57 @@ func (s *Service) validate(req *CreateRequest) ([]string, error) {
 			return nil, err
 		}
 	}
+	if req.Metadata, err = keyledger.ValidateMetadata(req.Metadata); err != nil {
+		return nil, err
+	}
+	if _, req.AllowedIPs, err = keyledger.ParseAllowlist(req.AllowedIPs); err != nil {
+		return nil, err
+	}
+	if w.Scope != "" && req.AdminScope == nil && slices.Contains(perms, keyledger.PermissionAdmin) {
+		req.AdminScope = &keyledger.AdminScope{Owner: w.Scope}
+	}
+	if err := checkScope(perms, req.AdminScope, req.Owner, w); err != nil {
+		return nil, err
+	}
+	if req.AdminScope != nil && req.AdminScope.Owner == "" {
+		req.AdminScope = &keyledger.AdminScope{Owner: w.Scope}
+		if w.Scope == "" {
+			req.AdminScope = &keyledger.AdminScope{Owner: req.Owner}
+		}
+	}
 	return perms, nil
 }
+
+// checkScope refuses what would let a scoped caller out of its owner: an
+// admin key it issues (or grants admin to) is scoped to its own owner.
+func checkScope(perms []string, scope *keyledger.AdminScope, owner string, w Write) error {
+	admin := slices.Contains(perms, keyledger.PermissionAdmin)
+	if scope != nil && !admin {
+		return keyledger.Errorf(keyledger.Invalid, "admin_scope is only for keys holding the admin permission")
+	}
+	if scope != nil {
+		if err := checkText("admin_scope.owner", scope.Owner, maxOwnerLen, false); err != nil {
+			return err
+		}
+	}
+	if w.Scope == "" {
+		return nil
+	}
+	if admin && (scope == nil || scope.Owner != "" && scope.Owner != w.Scope) {
+		return keyledger.Errorf(keyledger.Forbidden, "this admin key is limited to owner %s: the admin keys it issues must be too (\"admin_scope\":{\"owner\":%s})",
+			keyledger.Quote(w.Scope), keyledger.Quote(w.Scope))
+	}
+	return nil
+}
+
+// errOtherOwner refuses a scoped caller's write for another owner.
+func errOtherOwner(scope string) error {
+	return keyledger.Errorf(keyledger.Forbidden, "this admin key is limited to owner %s", keyledger.Quote(scope))
+}
+
+// errNoKey is the answer for a key that does not exist, or that the
+// caller may not see (no existence oracle).
+func errNoKey(id string) error { return keyledger.Errorf(keyledger.NotFound, "no key %q", id) }
 
 func (s *Service) header(t events.Type, id string, w Write) events.Header {
 	h := events.NewHeader(t, id, w.Actor, s.cfg.Now())
@@ -308,6 +380,9 @@ func (s *Service) createdEvent(req CreateRequest, perms []string, hash, hint str
 		Hint:        hint,
 		ExpiresAt:   req.ExpiresAt,
 		RateLimit:   req.RateLimit,
+		Metadata:    req.Metadata,
+		AllowedIPs:  req.AllowedIPs,
+		AdminScope:  req.AdminScope,
 	}
 }
 
@@ -340,6 +415,7 @@ func (s *Service) appendCreated(ctx context.Context, ev *events.KeyCreated, w Wr
 		ID: ev.KeyID, Name: ev.Name, Environment: ev.Environment, Permissions: ev.Permissions, Owner: ev.Owner,
 		Hint: ev.Hint, ExpiresAt: ev.ExpiresAt, RateLimit: ev.RateLimit, CreatedAt: ev.At, CreatedBy: w.Actor,
 		Revision: seq, RolledFrom: ev.RolledFrom, Imported: ev.Imported,
+		Metadata: ev.Metadata, AllowedIPs: ev.AllowedIPs, AdminScope: ev.AdminScope,
 	}, prop, nil
 }
 
@@ -358,7 +434,7 @@ type ImportRequest struct {
 // accept it as it is. Importing a hash that is already in the ledger is a
 // conflict.
 func (s *Service) Import(ctx context.Context, req ImportRequest, w Write) (*KeyView, error) {
-	perms, err := s.validate(&req.CreateRequest)
+	perms, err := s.validate(&req.CreateRequest, w)
 	if err != nil {
 		return nil, err
 	}
@@ -415,8 +491,8 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 		return nil, keyledger.Errorf(keyledger.Invalid, "expire_old_in must be between 0s and 8760h")
 	}
 	old, ok := s.cfg.Projector.Key(id)
-	if !ok {
-		return nil, keyledger.Errorf(keyledger.NotFound, "no key %q", id)
+	if !ok || !w.mine(old) {
+		return nil, errNoKey(id)
 	}
 	now := s.cfg.Now()
 	switch old.StatusAt(now) {
@@ -435,7 +511,8 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 	// The new key inherits the old one's expiry: rolling must not turn a
 	// trial key into a permanent one.
 	req := CreateRequest{Name: old.Name, Environment: old.Environment, Permissions: old.Permissions,
-		Owner: old.Owner, ExpiresAt: old.ExpiresAt, RateLimit: old.RateLimit}
+		Owner: old.Owner, ExpiresAt: old.ExpiresAt, RateLimit: old.RateLimit,
+		Metadata: old.Metadata, AllowedIPs: old.AllowedIPs, AdminScope: old.AdminScope}
 	secret, err := s.cfg.Format.New(req.Environment, s.cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -472,7 +549,7 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 		return nil, err
 	}
 	prop := s.propagate(ctx, seq, w)
-	oldView, err := s.Get(ctx, id)
+	oldView, err := s.Get(ctx, id, w)
 	if err != nil {
 		return nil, err
 	}
@@ -531,6 +608,13 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 		return nil, err
 	}
 	alreadyRevoked := errRevoked(id)
+	if w.Scope != "" {
+		if k, err := s.Get(ctx, id, w); err != nil {
+			return nil, err
+		} else if k.RevokedAt != nil {
+			return nil, alreadyRevoked
+		}
+	}
 	// Optimistic concurrency: append expecting the sequence of the key's
 	// last event. The first try takes it from this node's records, which
 	// saves a round trip; they may lag, but then the append fails and
@@ -580,11 +664,15 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 
 // Get returns a key's record, reflecting every write acknowledged before
 // the call (see barrier).
-func (s *Service) Get(ctx context.Context, id string) (*KeyView, error) {
+func (s *Service) Get(ctx context.Context, id string, w Write) (*KeyView, error) {
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
-	return s.local(id)
+	k, err := s.local(id)
+	if err != nil || !w.mine(k.Key) {
+		return nil, errNoKey(id)
+	}
+	return k, nil
 }
 
 // local returns a key's record as this node knows it now.
@@ -616,9 +704,15 @@ func (s *Service) barrier(ctx context.Context) error {
 
 // List returns the keys matching f, newest first, reflecting every write
 // acknowledged before the call.
-func (s *Service) List(ctx context.Context, f projector.Filter) ([]KeyView, error) {
+func (s *Service) List(ctx context.Context, f projector.Filter, w Write) ([]KeyView, error) {
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
+	}
+	if w.Scope != "" {
+		if f.Owner != "" && f.Owner != w.Scope {
+			return []KeyView{}, nil
+		}
+		f.Owner = w.Scope
 	}
 	now := s.cfg.Now()
 	keys := s.cfg.Projector.Keys(f, now)
@@ -630,6 +724,294 @@ func (s *Service) List(ctx context.Context, f projector.Filter) ([]KeyView, erro
 }
 
 // History returns a key's events from the ledger: its audit trail.
-func (s *Service) History(ctx context.Context, id string) ([]nats.Record, error) {
+func (s *Service) History(ctx context.Context, id string, w Write) ([]nats.Record, error) {
+	if w.Scope != "" {
+		if _, err := s.Get(ctx, id, w); err != nil {
+			return nil, err
+		}
+	}
 	return s.cfg.Log.History(ctx, id)
+}
+
+// Updated is the answer to an update, a disable or an enable.
+type Updated struct {
+	KeyView
+	// Changed names the fields the write changed (none: nothing to do,
+	// and nothing was written).
+	Changed []string `json:"changed"`
+	Propagation
+}
+
+// Patch is a JSON merge patch (RFC 7396) of a key's changeable fields:
+// name, permissions, rate_limit, expires_at, metadata (merged member by
+// member; null removes a member) and allowed_ips. A member set to null
+// clears rate_limit, expires_at, metadata or allowed_ips; name and
+// permissions cannot be null. "reason" is recorded in the event, not on
+// the key. Any other member is refused.
+type Patch map[string]json.RawMessage
+
+// immutable are the key's fields a patch may name but not change.
+var immutable = []string{"id", "environment", "owner", "hash", "hint", "created_at", "created_by", "revoked_at",
+	"revoked_by", "revoke_reason", "rolled_from", "rolled_to", "imported", "admin_scope", "disabled", "revision", "status"}
+
+// Update applies a merge patch to key id. ifMatch, when not 0, is the
+// revision the caller last read: the update happens only if the key is
+// still at it (else a conflict with reason revision_mismatch, HTTP 412).
+// A revoked key cannot change (conflict). Like a revoke, the update is in
+// force on every node it reports in applied_by when the call returns: a
+// narrowed permission set is refused there from then on.
+func (s *Service) Update(ctx context.Context, id string, patch Patch, ifMatch uint64, w Write) (*Updated, error) {
+	if len(patch) == 0 {
+		return nil, keyledger.Errorf(keyledger.Invalid, "the patch names no field (updatable: %s)", strings.Join(events.UpdatableFields, ", "))
+	}
+	for name := range patch {
+		switch {
+		case name == "reason" || slices.Contains(events.UpdatableFields, name):
+		case slices.Contains(immutable, name):
+			return nil, keyledger.Errorf(keyledger.Invalid, "%s cannot be changed (disable, enable, roll or revoke the key instead)", name)
+		default:
+			return nil, keyledger.Errorf(keyledger.Invalid, "unknown field %s (updatable: %s)", keyledger.Quote(clipName(name)), strings.Join(events.UpdatableFields, ", "))
+		}
+	}
+	var reason string
+	if raw, ok := patch["reason"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &reason); err != nil {
+			return nil, keyledger.Errorf(keyledger.Invalid, "reason must be a string")
+		}
+		if err := checkText("reason", reason, maxReasonLen, false); err != nil {
+			return nil, err
+		}
+	}
+	return s.change(ctx, id, ifMatch, w, func(k keyledger.Key) (events.Event, []string, error) {
+		ev := &events.KeyUpdated{Header: s.header(events.TypeKeyUpdated, id, w), Reason: reason}
+		if err := s.applyPatch(ev, k, patch, w); err != nil {
+			return nil, nil, err
+		}
+		if len(ev.Changed) == 0 {
+			return nil, nil, nil
+		}
+		return ev, ev.Changed, nil
+	})
+}
+
+// SetDisabled disables (off) or enables key id. Disabling a disabled key,
+// or enabling an enabled one, writes nothing. A revoked key can be neither
+// (conflict).
+func (s *Service) SetDisabled(ctx context.Context, id string, off bool, reason string, w Write) (*Updated, error) {
+	if err := checkText("reason", reason, maxReasonLen, false); err != nil {
+		return nil, err
+	}
+	return s.change(ctx, id, 0, w, func(k keyledger.Key) (events.Event, []string, error) {
+		if k.Disabled == off {
+			return nil, nil, nil
+		}
+		if off {
+			return &events.KeyDisabled{Header: s.header(events.TypeKeyDisabled, id, w), Reason: reason}, []string{"disabled"}, nil
+		}
+		return &events.KeyEnabled{Header: s.header(events.TypeKeyEnabled, id, w), Reason: reason}, []string{"disabled"}, nil
+	})
+}
+
+// change runs one reversible write with optimistic concurrency: read the
+// key as of every write acknowledged before (the read barrier), let make
+// build the event from it, append it expecting the key's last sequence,
+// and on a concurrent change read again (at most 5 times). The event's
+// Prev is that sequence, which binds it to the key's history.
+func (s *Service) change(ctx context.Context, id string, ifMatch uint64, w Write,
+	build func(keyledger.Key) (events.Event, []string, error)) (*Updated, error) {
+	var expect uint64
+	for attempt := 0; attempt < 8; attempt++ {
+		if attempt > 0 {
+			// A conflict: the key's subject moved, or a write to it is
+			// still in flight at the stream's leader. Wait a little,
+			// read the subject's last event, and build on a table that
+			// has applied it: never on a state older than what the
+			// append will expect (that would lose the other update).
+			select {
+			case <-ctx.Done():
+				return nil, keyledger.Wrap(keyledger.Unavailable, ctx.Err(), "update interrupted")
+			case <-time.After(time.Duration(1<<attempt) * time.Millisecond):
+			}
+			last, err := s.cfg.Log.Last(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			wctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+			err = s.cfg.Projector.WaitApplied(wctx, last.Seq)
+			cancel()
+			if err != nil {
+				return nil, keyledger.Wrap(keyledger.Unavailable, err, "this node has not caught up with the ledger; try again or ask another node")
+			}
+			expect = last.Seq
+		}
+		k, err := s.Get(ctx, id, w)
+		if err != nil {
+			return nil, err
+		}
+		if attempt == 0 {
+			expect = k.Revision
+		}
+		// The record's revision is its last applied event; the subject
+		// may end with events no node applied (forgeries), which an
+		// If-Match does not have to name.
+		if ifMatch != 0 && k.Revision != ifMatch {
+			return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonRevisionMismatch,
+				Message: fmt.Sprintf("key %s is at revision %d, not %d: read it again", id, k.Revision, ifMatch)}
+		}
+		if k.RevokedAt != nil {
+			return nil, errRevoked(id)
+		}
+		ev, changed, err := build(k.Key)
+		if err != nil {
+			return nil, err
+		}
+		if ev == nil {
+			return &Updated{KeyView: *k, Changed: []string{}}, nil
+		}
+		setPrev(ev, expect)
+		seq, err := s.append(ctx, ev, expect)
+		if errors.Is(err, nats.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		prop := s.propagate(ctx, seq, w)
+		s.cfg.Logger.Info("key changed", "key_id", id, "type", ev.Head().Type, "changed", changed, "actor", w.Actor,
+			"actor_ip", w.ActorIP, "seq", seq, "applied_by", prop.AppliedBy)
+		view, err := s.local(id)
+		if err != nil || view.Revision < seq {
+			// Landed, but this node has not applied it (its answer
+			// named it pending): say what was written.
+			return &Updated{KeyView: *k, Changed: changed, Propagation: prop}, nil
+		}
+		return &Updated{KeyView: *view, Changed: changed, Propagation: prop}, nil
+	}
+	return nil, keyledger.Errorf(keyledger.Conflict, "key %s is being changed concurrently; try again", id)
+}
+
+func setPrev(ev events.Event, prev uint64) {
+	switch e := ev.(type) {
+	case *events.KeyUpdated:
+		e.Prev.Prev = prev
+	case *events.KeyDisabled:
+		e.Prev.Prev = prev
+	case *events.KeyEnabled:
+		e.Prev.Prev = prev
+	}
+}
+
+func clipName(s string) string {
+	if len(s) > 64 {
+		return s[:64]
+	}
+	return s
+}
+
+// applyPatch fills ev with the fields patch changes on k, each checked
+// as at creation; a field set to what it already is is no change.
+func (s *Service) applyPatch(ev *events.KeyUpdated, k keyledger.Key, patch Patch, w Write) error {
+	isNull := func(raw json.RawMessage) bool { return strings.TrimSpace(string(raw)) == "null" }
+	for _, field := range events.UpdatableFields {
+		raw, ok := patch[field]
+		if !ok {
+			continue
+		}
+		switch field {
+		case events.FieldName:
+			var name string
+			if isNull(raw) || json.Unmarshal(raw, &name) != nil {
+				return keyledger.Errorf(keyledger.Invalid, "name must be a string")
+			}
+			if err := checkText("name", name, maxNameLen, true); err != nil {
+				return err
+			}
+			if name != k.Name {
+				ev.Name = name
+				ev.Changed = append(ev.Changed, field)
+			}
+		case events.FieldPermissions:
+			var names []string
+			if isNull(raw) || json.Unmarshal(raw, &names) != nil {
+				return keyledger.Errorf(keyledger.Invalid, "permissions must be an array of permission names")
+			}
+			perms, err := s.cfg.Catalog.Normalize(names)
+			if err != nil {
+				return err
+			}
+			if err := checkScope(perms, k.AdminScope, k.Owner, w); err != nil {
+				return err
+			}
+			if slices.Contains(perms, keyledger.PermissionAdmin) && !slices.Contains(k.Permissions, keyledger.PermissionAdmin) && k.AdminScope == nil && w.Scope != "" {
+				return errOtherOwner(w.Scope)
+			}
+			if !slices.Equal(perms, k.Permissions) {
+				ev.Permissions = perms
+				ev.Changed = append(ev.Changed, field)
+			}
+		case events.FieldRateLimit:
+			var rl *keyledger.RateLimit
+			if !isNull(raw) {
+				rl = new(keyledger.RateLimit)
+				if err := json.Unmarshal(raw, rl); err != nil {
+					return keyledger.Errorf(keyledger.Invalid, "rate_limit must be {\"per_second\":…,\"burst\":…} or null")
+				}
+				if err := rl.Validate(); err != nil {
+					return err
+				}
+			}
+			if !reflect.DeepEqual(rl, k.RateLimit) {
+				ev.RateLimit = rl
+				ev.Changed = append(ev.Changed, field)
+			}
+		case events.FieldExpiresAt:
+			var at *time.Time
+			if !isNull(raw) {
+				var t time.Time
+				if err := json.Unmarshal(raw, &t); err != nil {
+					return keyledger.Errorf(keyledger.Invalid, "expires_at must be an RFC 3339 time or null")
+				}
+				t = t.UTC()
+				if !t.After(s.cfg.Now()) {
+					return keyledger.Errorf(keyledger.Invalid, "expires_at must be in the future")
+				}
+				at = &t
+			}
+			if k.RolledTo != "" && k.ExpiresAt != nil && (at == nil || at.After(*k.ExpiresAt)) {
+				return keyledger.Errorf(keyledger.Conflict, "key %s was rolled to %s: its expiry cannot move past %s", k.ID, k.RolledTo, k.ExpiresAt.Format(time.RFC3339))
+			}
+			if !(at == nil && k.ExpiresAt == nil || at != nil && k.ExpiresAt != nil && at.Equal(*k.ExpiresAt)) {
+				ev.ExpiresAt = at
+				ev.Changed = append(ev.Changed, field)
+			}
+		case events.FieldMetadata:
+			var meta json.RawMessage
+			var err error
+			if !isNull(raw) {
+				if meta, err = keyledger.MergePatch(k.Metadata, raw); err != nil {
+					return err
+				}
+			}
+			if string(meta) != string(k.Metadata) {
+				ev.Metadata = meta
+				ev.Changed = append(ev.Changed, field)
+			}
+		case events.FieldAllowedIPs:
+			var ips []string
+			if !isNull(raw) {
+				if err := json.Unmarshal(raw, &ips); err != nil {
+					return keyledger.Errorf(keyledger.Invalid, "allowed_ips must be an array of IP addresses and CIDR prefixes, or null")
+				}
+			}
+			_, canon, err := keyledger.ParseAllowlist(ips)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(canon, k.AllowedIPs) {
+				ev.AllowedIPs = canon
+				ev.Changed = append(ev.Changed, field)
+			}
+		}
+	}
+	return nil
 }

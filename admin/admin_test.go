@@ -58,7 +58,7 @@ func TestService_Create(t *testing.T) {
 			t.Fatalf("table entry %+v", e)
 		}
 		// And the ledger holds the hash, never the secret.
-		hist, err := svc.History(ctx, c.ID)
+		hist, err := svc.History(ctx, c.ID, admin.Write{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func TestService_Revoke(t *testing.T) {
 	if _, err := svc.Revoke(ctx, "../../etc", "", admin.Write{Actor: "tester"}); !errors.Is(err, keyledger.ErrNotFound) {
 		t.Fatalf("bad id: %v, want not_found", err)
 	}
-	hist, err := svc.History(ctx, c.ID)
+	hist, err := svc.History(ctx, c.ID, admin.Write{})
 	if err != nil || len(hist) != 2 {
 		t.Fatalf("history %v %v", hist, err)
 	}
@@ -163,7 +163,7 @@ func TestService_Revoke_race(t *testing.T) {
 		if wins != 1 {
 			t.Fatalf("round %d: %d revokes won, want exactly 1", round, wins)
 		}
-		hist, err := svc.History(ctx, c.ID)
+		hist, err := svc.History(ctx, c.ID, admin.Write{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +201,7 @@ func TestService_List(t *testing.T) {
 		{projector.Filter{Owner: "a", Status: keyledger.StatusActive}, 1},
 		{projector.Filter{Owner: "nobody"}, 0},
 	} {
-		if got, err := svc.List(ctx, tc.f); err != nil || len(got) != tc.want {
+		if got, err := svc.List(ctx, tc.f, admin.Write{}); err != nil || len(got) != tc.want {
 			t.Errorf("filter %+v: %d keys, want %d", tc.f, len(got), tc.want)
 		}
 	}

@@ -82,6 +82,11 @@ func RetryAfter(err error) time.Duration {
 // kept as it came). It is the building block of every other method, and
 // the way to reach an endpoint this package has no method for.
 func (c *Client) Do(ctx context.Context, method, path string, auth bool, body, out any) error {
+	return c.DoWith(ctx, method, path, auth, nil, body, out)
+}
+
+// DoWith is Do with extra request headers (e.g. If-Match).
+func (c *Client) DoWith(ctx context.Context, method, path string, auth bool, header map[string]string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -96,6 +101,9 @@ func (c *Client) Do(ctx context.Context, method, path string, auth bool, body, o
 		return keyledger.Wrap(keyledger.Invalid, err, fmt.Sprintf("bad node URL %s", keyledger.Quote(c.BaseURL)))
 	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -109,6 +110,46 @@ func (c *Client) RollKey(ctx context.Context, id string, grace time.Duration, o 
 		ExpireOldIn string `json:"expire_old_in"`
 	}{grace.String()}
 	if err := c.Do(ctx, http.MethodPost, "/v1/keys/"+url.PathEscape(id)+"/roll"+o.query(), true, body, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// UpdateKey applies a JSON merge patch to a key (PATCH /v1/keys/{id}):
+// name, permissions, rate_limit, expires_at, metadata, allowed_ips, and a
+// "reason". ifMatch, when not 0, is the revision the caller read: the
+// update happens only if the key is still at it (else a revision_mismatch
+// conflict).
+func (c *Client) UpdateKey(ctx context.Context, id string, patch map[string]any, ifMatch uint64, o WriteOptions) (*admin.Updated, error) {
+	var hdr map[string]string
+	if ifMatch != 0 {
+		hdr = map[string]string{"If-Match": `"` + strconv.FormatUint(ifMatch, 10) + `"`}
+	}
+	var res admin.Updated
+	if err := c.DoWith(ctx, http.MethodPatch, "/v1/keys/"+url.PathEscape(id)+o.query(), true, hdr, patch, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// DisableKey makes a key refused until EnableKey (POST
+// /v1/keys/{id}/disable); by default it waits until every live node
+// refuses it.
+func (c *Client) DisableKey(ctx context.Context, id, reason string, o WriteOptions) (*admin.Updated, error) {
+	return c.switchKey(ctx, id, "disable", reason, o)
+}
+
+// EnableKey undoes DisableKey (POST /v1/keys/{id}/enable).
+func (c *Client) EnableKey(ctx context.Context, id, reason string, o WriteOptions) (*admin.Updated, error) {
+	return c.switchKey(ctx, id, "enable", reason, o)
+}
+
+func (c *Client) switchKey(ctx context.Context, id, op, reason string, o WriteOptions) (*admin.Updated, error) {
+	var res admin.Updated
+	body := struct {
+		Reason string `json:"reason"`
+	}{reason}
+	if err := c.Do(ctx, http.MethodPost, "/v1/keys/"+url.PathEscape(id)+"/"+op+o.query(), true, body, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil

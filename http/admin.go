@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,13 @@ type actorKey struct{}
 // caller is who made an admin request.
 type caller struct {
 	actor, ip string
+	// scope is the owner an owner-scoped admin key is limited to.
+	scope string
+}
+
+// write is what a read needs to know of its caller: its scope.
+func (c caller) write() admin.Write {
+	return admin.Write{Actor: c.actor, ActorIP: c.ip, Scope: c.scope}
 }
 
 func callerOf(r *http.Request) caller {
@@ -122,14 +130,18 @@ func (a *api) auth(next http.Handler) http.Handler {
 			res := a.verifier.Verify(&verifier.Request{Key: tok, Permission: keyledger.PermissionAdmin, IP: ip,
 				UserAgent: r.Header.Get("User-Agent"), Method: r.Method, Path: redactSecrets(r.URL.Path)})
 			if !res.Valid() {
-				if res.Outcome == keyledger.OutcomeForbidden {
-					WriteError(w, keyledger.Errorf(keyledger.Forbidden, "this key lacks the admin permission"))
-					return
+				switch res.Outcome {
+				case keyledger.OutcomeForbidden, keyledger.OutcomeIPNotAllowed:
+					// A valid key that may not administer gets the
+					// same answer as an invalid one: a 403 would tell
+					// whoever holds it that it works elsewhere.
+					WriteError(w, keyledger.ErrUnauthorized)
+				default:
+					WriteError(w, verifier.OutcomeError(res.Outcome, keyledger.PermissionAdmin, res.RetryAfter))
 				}
-				WriteError(w, verifier.OutcomeError(res.Outcome, keyledger.PermissionAdmin, res.RetryAfter))
 				return
 			}
-			c.actor = res.Entry.ID
+			c.actor, c.scope = res.Entry.ID, res.Entry.Scope()
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, c)))
 	})
@@ -194,8 +206,8 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) {
 
 // writeOptions reads ?wait=all|none and ?timeout=DURATION.
 func writeOptions(r *http.Request, def admin.Wait) (admin.Write, error) {
-	c := callerOf(r)
-	w := admin.Write{Actor: c.actor, ActorIP: c.ip, Wait: def}
+	w := callerOf(r).write()
+	w.Wait = def
 	q := r.URL.Query()
 	switch v := q.Get("wait"); v {
 	case "":
@@ -258,12 +270,68 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (a *api) get(w http.ResponseWriter, r *http.Request) {
-	k, err := a.svc.Get(r.Context(), r.PathValue("id"))
+// etag is a key's revision as an entity tag, for If-Match.
+func etag(rev uint64) string { return `"` + strconv.FormatUint(rev, 10) + `"` }
+
+// ifMatch reads If-Match: a revision, bare or quoted ("17", 17); 0 when
+// absent. "*" matches any revision.
+func ifMatch(r *http.Request) (uint64, error) {
+	v := strings.TrimSpace(header(r, "If-Match"))
+	if v == "" || v == "*" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(strings.Trim(strings.TrimPrefix(v, "W/"), `"`), 10, 64)
+	if err != nil || n == 0 {
+		return 0, keyledger.Errorf(keyledger.Invalid, "If-Match must be a key's revision, e.g. \"17\" (the ETag of GET /v1/keys/{id})")
+	}
+	return n, nil
+}
+
+func (a *api) update(w http.ResponseWriter, r *http.Request) {
+	match, err := ifMatch(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
+	handleWrite(a, w, r, admin.WaitAll, false, http.StatusOK, func(ctx context.Context, patch admin.Patch, w8 admin.Write) (*admin.Updated, string, error) {
+		res, err := a.svc.Update(ctx, r.PathValue("id"), patch, match, w8)
+		if err == nil {
+			w.Header().Set("ETag", etag(res.Revision))
+		}
+		return res, "", err
+	})
+}
+
+func (a *api) setDisabled(off bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		handleWrite(a, w, r, admin.WaitAll, true, http.StatusOK, func(ctx context.Context, req revokeRequest, w8 admin.Write) (*admin.Updated, string, error) {
+			res, err := a.svc.SetDisabled(ctx, r.PathValue("id"), off, req.Reason, w8)
+			if err == nil {
+				w.Header().Set("ETag", etag(res.Revision))
+			}
+			return res, "", err
+		})
+	}
+}
+
+// scopedOut refuses endpoints that span owners to owner-scoped admin keys.
+func (a *api) scopedOut(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c := callerOf(r); c.scope != "" {
+			a.fail(w, r, keyledger.Errorf(keyledger.Forbidden, "this admin key is limited to owner %s; this endpoint spans owners", keyledger.Quote(c.scope)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) {
+	k, err := a.svc.Get(r.Context(), r.PathValue("id"), callerOf(r).write())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	w.Header().Set("ETag", etag(k.Revision))
 	views := []admin.KeyView{*k}
 	a.svc.WithUsage(r.Context(), views)
 	WriteJSON(w, http.StatusOK, views[0])
@@ -297,7 +365,7 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Status = st
 	}
-	keys, err := a.svc.List(r.Context(), f)
+	keys, err := a.svc.List(r.Context(), f, callerOf(r).write())
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -327,7 +395,7 @@ type HistoryEntry struct {
 
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	recs, err := a.svc.History(r.Context(), id)
+	recs, err := a.svc.History(r.Context(), id, callerOf(r).write())
 	if err != nil {
 		a.fail(w, r, err)
 		return

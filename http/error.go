@@ -26,6 +26,7 @@ var reasonStatus = map[string]int{
 	keyledger.ReasonBodyTooLarge:     http.StatusRequestEntityTooLarge,
 	keyledger.ReasonUnsupportedMedia: http.StatusUnsupportedMediaType,
 	keyledger.ReasonHeadersTooLarge:  http.StatusRequestHeaderFieldsTooLarge,
+	keyledger.ReasonRevisionMismatch: http.StatusPreconditionFailed,
 }
 
 // HTTPStatus returns the HTTP status for err.

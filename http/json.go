@@ -13,12 +13,13 @@ import (
 )
 
 // DecodeJSON reads a JSON request body into v: at most limit bytes, of
-// content type application/json (or none), no unknown fields, one value.
+// content type application/json (or none; application/merge-patch+json,
+// RFC 7396's, for PATCH), no unknown fields, one value.
 // Its errors are keyledger errors for the envelope.
 func DecodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt := strings.TrimSpace(strings.ToLower(strings.SplitN(ct, ";", 2)[0]))
-		if mt != "application/json" {
+		if mt != "application/json" && !(mt == "application/merge-patch+json" && r.Method == http.MethodPatch) {
 			return &keyledger.Error{Code: keyledger.Invalid, Reason: keyledger.ReasonUnsupportedMedia,
 				Message: fmt.Sprintf("content type must be application/json, not %q", mt)}
 		}

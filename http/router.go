@@ -112,12 +112,14 @@ func NewRouter(o RouterOptions) http.Handler {
 		}
 		if o.Admin != nil {
 			mux.Handle("/v1/keys", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.list, "POST": a.create})))
-			mux.Handle("/v1/keys/{id}", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.get})))
+			mux.Handle("/v1/keys/{id}", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.get, "PATCH": a.update})))
+			mux.Handle("/v1/keys/{id}/disable", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.setDisabled(true)})))
+			mux.Handle("/v1/keys/{id}/enable", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.setDisabled(false)})))
 			mux.Handle("/v1/keys/{id}/revoke", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.revoke})))
 			mux.Handle("/v1/keys/{id}/events", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.events})))
 			mux.Handle("/v1/keys/{id}/roll", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.roll})))
 			mux.Handle("/v1/keys/import", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.importKey})))
-			mux.Handle("/v1/nodes", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.nodes})))
+			mux.Handle("/v1/nodes", a.auth(a.scopedOut(a.methods(map[string]http.HandlerFunc{"GET": a.nodes}))))
 			var ah http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteError(w, errAnalyticsOff) })
 			switch {
 			case o.Analytics != nil:
@@ -126,7 +128,7 @@ func NewRouter(o RouterOptions) http.Handler {
 				ah = NewAnalyticsHandlerFunc(o.AnalyticsLater, o.Logger)
 			}
 			for _, p := range AnalyticsPaths {
-				mux.Handle(p, a.auth(ah))
+				mux.Handle(p, a.auth(a.scopedOut(ah)))
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package http
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -114,6 +115,8 @@ type VerifyResponse struct {
 	Owner       string     `json:"owner"`
 	Permissions []string   `json:"permissions"`
 	ExpiresAt   *time.Time `json:"expires_at"`
+	// Metadata is the key's metadata object, when it has one.
+	Metadata json.RawMessage `json:"metadata,omitempty"`
 }
 
 func (h *VerifierHandler) verify(w http.ResponseWriter, r *http.Request) {
@@ -143,7 +146,8 @@ func (h *VerifierHandler) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e := res.Entry
-	resp := VerifyResponse{Valid: true, KeyID: e.ID, Environment: e.Environment.String(), Owner: e.Owner, Permissions: e.Permissions()}
+	resp := VerifyResponse{Valid: true, KeyID: e.ID, Environment: e.Environment.String(), Owner: e.Owner, Permissions: e.Permissions(),
+		Metadata: e.Metadata()}
 	if e.ExpiresAt != 0 {
 		t := time.Unix(0, e.ExpiresAt).UTC()
 		resp.ExpiresAt = &t

@@ -57,6 +57,20 @@ var httpClient = &http.Client{Timeout: 30 * time.Second}
 
 // do sends a request through the library client and decodes a JSON answer
 // into out, or the error envelope into a *keyledger.Error.
+// doWith is an authenticated do with extra request headers.
+func (c *clientFlags) doWith(ctx context.Context, method, path string, header map[string]string, body, out any) error {
+	cl := c.client()
+	tok, err := c.adminToken()
+	if err != nil {
+		return err
+	}
+	cl.Token = tok
+	if _, err := url.Parse(c.url); err != nil {
+		return usageErr("bad --url: %v", err)
+	}
+	return cl.DoWith(ctx, method, path, true, header, body, out)
+}
+
 func (c *clientFlags) do(ctx context.Context, method, path string, auth bool, body, out any) error {
 	cl := c.client()
 	if auth {

@@ -21,7 +21,7 @@ import (
 
 func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageErr("keys needs a subcommand: create, list, show, revoke, roll, events")
+		return usageErr("keys needs a subcommand: create, list, show, update, disable, enable, revoke, roll, events")
 	}
 	fs := flag.NewFlagSet("keys "+args[0], flag.ContinueOnError)
 	c := addClientFlags(fs)
@@ -32,10 +32,12 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return keysList(ctx, fs, c, args[1:], stdout)
 	case "roll":
 		return keysRoll(ctx, fs, c, args[1:], stdout)
-	case "show", "revoke", "events":
+	case "update":
+		return keysUpdate(ctx, fs, c, args[1:], stdout)
+	case "show", "revoke", "events", "disable", "enable":
 		var reason *string
-		if args[0] == "revoke" {
-			reason = fs.String("reason", "", "why the key is revoked (kept in the ledger)")
+		if args[0] == "revoke" || args[0] == "disable" || args[0] == "enable" {
+			reason = fs.String("reason", "", "why (kept in the ledger)")
 		}
 		pos, err := parseArgs(fs, args[1:])
 		if err != nil {
@@ -49,8 +51,8 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		switch args[0] {
 		case "show":
 			err = c.do(ctx, "GET", "/v1/keys/"+id, true, nil, &raw)
-		case "revoke":
-			err = c.do(ctx, "POST", "/v1/keys/"+id+"/revoke", true, map[string]string{"reason": *reason}, &raw)
+		case "revoke", "disable", "enable":
+			err = c.do(ctx, "POST", "/v1/keys/"+id+"/"+args[0], true, map[string]string{"reason": *reason}, &raw)
 		case "events":
 			err = c.do(ctx, "GET", "/v1/keys/"+id+"/events", true, nil, &raw)
 		}
@@ -67,8 +69,13 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := json.Unmarshal(raw, &k); err != nil {
 			return err
 		}
-		if args[0] == "revoke" {
+		switch args[0] {
+		case "revoke":
 			fmt.Fprintf(stdout, "Revoked %s. Every node refuses it from now on; this cannot be undone.\n\n", k.ID)
+		case "disable":
+			fmt.Fprintf(stdout, "Disabled %s. Every node refuses it until `keyledger keys enable %s`.\n\n", k.ID, k.ID)
+		case "enable":
+			fmt.Fprintf(stdout, "Enabled %s.\n\n", k.ID)
 		}
 		if args[0] == "show" && k.Uses30d != nil {
 			defer fmt.Fprintf(stdout, "%-14s %s\n%-14s %d\n", "last_used_at", fmtTime(k.LastUsedAt), "uses_30d", *k.Uses30d)
@@ -105,6 +112,103 @@ func keysRoll(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []stri
 		fmt.Fprintf(stdout, "The old key keeps working until %s.\n\n", fmtTime(r.Old.ExpiresAt))
 	}
 	return printKey(stdout, &r.KeyView)
+}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func keysUpdate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {
+	var name, perms, expires, reason string
+	var ips, meta stringList
+	fs.Func("name", "new name", func(v string) error { name = v; return nil })
+	fs.Func("permissions", "comma-separated permissions, replacing the key's", func(v string) error { perms = v; return nil })
+	fs.Func("expires", `new expiry: RFC 3339, a duration from now, or "never"`, func(v string) error { expires = v; return nil })
+	fs.Var(&ips, "allow-ip", `allowed source address or CIDR (repeatable; "none" clears the list)`)
+	fs.Var(&meta, "meta", "metadata member key=value (repeatable; key= removes it)")
+	fs.StringVar(&reason, "reason", "", "why (kept in the ledger)")
+	ifMatch := fs.Uint64("if-match", 0, "only if the key is still at this revision")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageErr("keys update takes one key id")
+	}
+	patch := map[string]any{}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["name"] {
+		patch["name"] = name
+	}
+	if set["permissions"] {
+		patch["permissions"] = strings.Split(perms, ",")
+	}
+	if set["expires"] {
+		switch expires {
+		case "never":
+			patch["expires_at"] = nil
+		default:
+			t, err := time.Parse(time.RFC3339, expires)
+			if err != nil {
+				d, derr := time.ParseDuration(expires)
+				if derr != nil {
+					return usageErr("--expires wants an RFC 3339 time, a duration or never, not %q", expires)
+				}
+				t = time.Now().Add(d)
+			}
+			patch["expires_at"] = t.UTC().Format(time.RFC3339Nano)
+		}
+	}
+	if len(ips) == 1 && ips[0] == "none" {
+		patch["allowed_ips"] = nil
+	} else if len(ips) > 0 {
+		patch["allowed_ips"] = []string(ips)
+	}
+	if len(meta) > 0 {
+		m := map[string]any{}
+		for _, kv := range meta {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return usageErr("--meta wants key=value, not %q", kv)
+			}
+			if v == "" {
+				m[k] = nil
+			} else {
+				m[k] = v
+			}
+		}
+		patch["metadata"] = m
+	}
+	if len(patch) == 0 {
+		return usageErr("keys update needs something to change: --name, --permissions, --expires, --allow-ip, --meta")
+	}
+	if reason != "" {
+		patch["reason"] = reason
+	}
+	var hdr map[string]string
+	if *ifMatch != 0 {
+		hdr = map[string]string{"If-Match": fmt.Sprintf("%q", fmt.Sprint(*ifMatch))}
+	}
+	var raw json.RawMessage
+	if err := c.doWith(ctx, "PATCH", "/v1/keys/"+url.PathEscape(pos[0]), hdr, patch, &raw); err != nil {
+		return err
+	}
+	if c.json {
+		return printJSON(stdout, raw)
+	}
+	var u admin.Updated
+	if err := json.Unmarshal(raw, &u); err != nil {
+		return err
+	}
+	if len(u.Changed) == 0 {
+		fmt.Fprintf(stdout, "Nothing to change on %s.\n\n", u.ID)
+	} else {
+		fmt.Fprintf(stdout, "Updated %s (%s), applied by %s.\n\n", u.ID, strings.Join(u.Changed, ", "), orDash(u.AppliedBy))
+	}
+	return printKey(stdout, &u.KeyView)
 }
 
 func keysCreate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {
@@ -175,6 +279,18 @@ func printKey(w io.Writer, k *admin.KeyView) error {
 	if k.RevokedAt != nil {
 		rows = append(rows, []string{"revoked_at", fmtTime(k.RevokedAt)}, []string{"revoked_by", k.RevokedBy},
 			[]string{"revoke_reason", orDash(k.RevokeReason)})
+	}
+	if k.Disabled {
+		rows = append(rows, []string{"disabled_at", fmtTime(k.DisabledAt)}, []string{"disabled_by", k.DisabledBy})
+	}
+	if len(k.AllowedIPs) > 0 {
+		rows = append(rows, []string{"allowed_ips", strings.Join(k.AllowedIPs, ",")})
+	}
+	if len(k.Metadata) > 0 {
+		rows = append(rows, []string{"metadata", string(k.Metadata)})
+	}
+	if k.AdminScope != nil {
+		rows = append(rows, []string{"admin_scope", "owner " + k.AdminScope.Owner})
 	}
 	rows = append(rows, []string{"revision", fmt.Sprint(k.Revision)})
 	for _, r := range rows {
