@@ -77,6 +77,11 @@ func (h *VerifierHandler) AuthzFastHTTP(ctx *fasthttp.RequestCtx) {
 	rh.SetCanonical(keyKeyID, bytesView(kh.ID[0])) // the values are copied
 	rh.SetCanonical(keyKeyOwner, bytesView(kh.Owner[0]))
 	rh.SetCanonical(keyKeyEnvironment, bytesView(kh.Environment[0]))
+	if len(h.meta) > 0 {
+		for i, v := range res.Entry.MetaValues(h.meta) {
+			rh.SetCanonical(h.metaBytes[i], bytesView(headerValue(v)))
+		}
+	}
 	ctx.SetStatusCode(http.StatusOK)
 }
 

@@ -2,6 +2,7 @@ package http_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -46,7 +47,14 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 	test, _ := f.MustCreate(t, keyledger.EnvTest, nil, nil)
 	revoked, revokedID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
 	f.Revoke(t, revokedID)
+	withMeta, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) {
+		e.Metadata = json.RawMessage(`{"plan":"pro","tenant":"Zürich\r\nX-Admin: yes","n":5,"deep":{"a":1}}`)
+	})
+	disabled, disabledID := f.MustCreate(t, keyledger.EnvLive, nil, nil)
+	f.Disable(t, disabledID)
+	fenced, _ := f.MustCreate(t, keyledger.EnvLive, nil, func(e *events.KeyCreated) { e.AllowedIPs = []string{"203.0.113.0/24"} })
 	h := khttp.NewVerifierHandler(f.Verifier(keyledger.EnvLive, nil))
+	h.SetMetaHeaders([]string{"plan", "tenant", "n", "deep", "missing"})
 	base := MustServeFastHTTP(t, h)
 	client := &http.Client{Timeout: 5 * time.Second}
 
@@ -72,9 +80,18 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 			"X-Required-Permission": "storage:write"}},
 		{"unknown permission", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + live,
 			"X-Required-Permission": "nope:nope"}},
+		{"metadata headers", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + withMeta}},
+		{"attack: a client's own metadata header", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + live,
+			"X-Key-Meta-Plan": "enterprise"}},
+		{"disabled", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + disabled}},
+		{"allowlisted, from elsewhere", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + fenced,
+			"X-Real-IP": "198.51.100.9"}},
+		{"allowlisted, from inside", "GET", "/v1/authz", map[string]string{"Authorization": "Bearer " + fenced,
+			"X-Real-IP": "203.0.113.44"}},
 	}
 	compared := []string{"Content-Type", "Cache-Control", "Www-Authenticate", "Retry-After",
-		"X-Key-Id", "X-Key-Owner", "X-Key-Environment"}
+		"X-Key-Id", "X-Key-Owner", "X-Key-Environment",
+		"X-Key-Meta-Plan", "X-Key-Meta-Tenant", "X-Key-Meta-N", "X-Key-Meta-Deep", "X-Key-Meta-Missing"}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			// net/http, through the handler directly.
@@ -112,6 +129,27 @@ func TestHandler_AuthzFastHTTP_parity(t *testing.T) {
 				if got, w := resp.Header.Get(k), want.Header.Get(k); got != w {
 					t.Errorf("header %s: fasthttp %q, net/http %q", k, got, w)
 				}
+			}
+			if want.StatusCode == 200 {
+				// Every configured member is answered, empty when the
+				// key has none: a gateway copying the header then
+				// overwrites whatever the client sent.
+				for _, k := range []string{"X-Key-Meta-Plan", "X-Key-Meta-Missing"} {
+					if _, ok := resp.Header[k]; !ok {
+						t.Errorf("header %s missing from a 200", k)
+					}
+				}
+			}
+			if tc.name == "metadata headers" {
+				for k, v := range map[string]string{"X-Key-Meta-Plan": "pro", "X-Key-Meta-Tenant": "Z%C3%BCrich%0D%0AX-Admin: yes",
+					"X-Key-Meta-N": "5", "X-Key-Meta-Deep": "", "X-Key-Meta-Missing": ""} {
+					if got := resp.Header.Get(k); got != v {
+						t.Errorf("%s = %q, want %q", k, got, v)
+					}
+				}
+			}
+			if tc.name == "attack: a client's own metadata header" && resp.Header.Get("X-Key-Meta-Plan") != "" {
+				t.Errorf("the client's X-Key-Meta-Plan came back: %q", resp.Header.Get("X-Key-Meta-Plan"))
 			}
 			gotEv := f.Used[0]
 			for _, ev := range []*events.KeyUsed{&gotEv, &wantEv} {

@@ -19,6 +19,12 @@ type RouterOptions struct {
 	// Admin set, it also lets ledger keys holding the reserved "admin"
 	// permission use the admin API besides the bootstrap token.
 	Verifier *verifier.Verifier
+	// AuthzMetaHeaders are metadata members forward auth hands to the
+	// upstream on a valid key: member "plan" as X-Key-Meta-Plan (see
+	// ValidMetaHeader). The header is always set, empty when the key has
+	// no such member, so a client's own header of that name never
+	// reaches the upstream through a gateway that copies it.
+	AuthzMetaHeaders []string
 	// Admin serves the admin endpoints behind the token; nil on
 	// verifier-only nodes, which serve none of them.
 	Admin *admin.Service
@@ -98,6 +104,7 @@ func NewRouter(o RouterOptions) http.Handler {
 	mux := http.NewServeMux()
 	if o.Verifier != nil {
 		vh := &VerifierHandler{v: o.Verifier, proxies: proxies}
+		vh.SetMetaHeaders(o.AuthzMetaHeaders)
 		paths := VerifierPaths
 		if !o.Endpoints.verifier() {
 			paths = healthPaths

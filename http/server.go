@@ -48,6 +48,7 @@ func NewServer(o RouterOptions) *Server {
 	var authz *VerifierHandler
 	if o.Verifier != nil && o.Endpoints.verifier() {
 		authz = NewVerifierHandlerTrusting(o.Verifier, o.TrustedProxies)
+		authz.SetMetaHeaders(o.AuthzMetaHeaders)
 	}
 	s := newServer(authz, NewRouter(o), o.Logger, o.Token)
 	if o.MaxConns > 0 {

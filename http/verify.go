@@ -2,8 +2,10 @@ package http
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +33,68 @@ const MaxVerifyBody = 8 << 10
 type VerifierHandler struct {
 	v       *verifier.Verifier
 	proxies *proxySet
+	// meta are the metadata members answered as headers, with their
+	// header names (canonical, and as bytes for fasthttp).
+	meta      []string
+	metaNames []string
+	metaBytes [][]byte
+}
+
+// ValidMetaHeader checks a metadata member name for --authz-meta-headers:
+// 1 to 32 letters, digits, '-' or '_'.
+func ValidMetaHeader(field string) error {
+	if field == "" || len(field) > 32 {
+		return keyledger.Errorf(keyledger.Invalid, "--authz-meta-headers: member names are 1 to 32 characters")
+	}
+	for i := 0; i < len(field); i++ {
+		c := field[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return keyledger.Errorf(keyledger.Invalid, "--authz-meta-headers: %s may hold only letters, digits, '-' and '_'", keyledger.Quote(field))
+		}
+	}
+	return nil
+}
+
+// SetMetaHeaders makes forward auth answer the metadata members fields
+// as X-Key-Meta-<Field> headers (names checked by ValidMetaHeader). Call
+// it before serving.
+func (h *VerifierHandler) SetMetaHeaders(fields []string) {
+	h.meta, h.metaNames, h.metaBytes = nil, nil, nil
+	for _, f := range fields {
+		if ValidMetaHeader(f) != nil {
+			continue
+		}
+		name := textproto.CanonicalMIMEHeaderKey("X-Key-Meta-" + f)
+		h.meta = append(h.meta, f)
+		h.metaNames = append(h.metaNames, name)
+		h.metaBytes = append(h.metaBytes, []byte(name))
+	}
+}
+
+// headerValue makes a metadata value safe as a header value: at most 256
+// bytes, printable ASCII kept, every other byte (controls, CR, LF,
+// non-ASCII) and '%' percent-encoded. Clean values are returned as they
+// are.
+func headerValue(v string) string {
+	const max = 256
+	clean := len(v) <= max
+	for i := 0; clean && i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c > 0x7e || c == '%' {
+			clean = false
+		}
+	}
+	if clean {
+		return v
+	}
+	var b strings.Builder
+	for i := 0; i < len(v) && b.Len() < max; i++ {
+		if c := v[i]; c < 0x20 || c > 0x7e || c == '%' {
+			fmt.Fprintf(&b, "%%%02X", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // NewVerifierHandler returns the HTTP handler of v. It believes the
@@ -99,6 +163,11 @@ func (h *VerifierHandler) authz(w http.ResponseWriter, r *http.Request) {
 	hdr["X-Key-Id"] = kh.ID
 	hdr["X-Key-Owner"] = kh.Owner
 	hdr["X-Key-Environment"] = kh.Environment
+	if len(h.meta) > 0 {
+		for i, v := range res.Entry.MetaValues(h.meta) {
+			hdr[h.metaNames[i]] = []string{headerValue(v)}
+		}
+	}
 	w.WriteHeader(http.StatusOK)
 }
 

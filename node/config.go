@@ -9,6 +9,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	khttp "github.com/keyledger/keyledger/http"
 )
 
 // Roles of a node.
@@ -91,6 +92,9 @@ type Config struct {
 	// request is recorded as it reached the node. nil: loopback only
 	// (khttp.DefaultTrustedProxies); empty, non-nil: nobody.
 	TrustedProxies []netip.Prefix
+	// AuthzMetaHeaders are the metadata members forward auth answers as
+	// X-Key-Meta-<Member> headers (see khttp.RouterOptions).
+	AuthzMetaHeaders []string
 	// AdminHTTPAddr, if set, serves the admin API, analytics and /metrics
 	// on a listener of their own, and HTTPAddr only the verifier's
 	// endpoints, so that a gateway reaching /v1/authz cannot reach them.
@@ -154,6 +158,11 @@ func (c *Config) Validate() error {
 	for _, p := range c.TrustedProxies {
 		if !p.IsValid() {
 			return configErr("--trusted-proxies holds an invalid prefix")
+		}
+	}
+	for _, f := range c.AuthzMetaHeaders {
+		if err := khttp.ValidMetaHeader(f); err != nil {
+			return configErr("%s", keyledger.ErrorMessage(err))
 		}
 	}
 	return nil

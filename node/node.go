@@ -144,7 +144,8 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	})
 
 	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log,
-		TrustedProxies: cfg.TrustedProxies, MaxConns: cfg.MaxConns, MaxConnsPerIP: cfg.MaxConnsPerIP}
+		TrustedProxies: cfg.TrustedProxies, MaxConns: cfg.MaxConns, MaxConnsPerIP: cfg.MaxConnsPerIP,
+		AuthzMetaHeaders: cfg.AuthzMetaHeaders}
 	if isAdmin {
 		ledger, err := nats.OpenLog(ctx, n.js, n.creds.signer, n.creds.ring)
 		if err != nil {

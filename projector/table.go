@@ -7,6 +7,7 @@ package projector
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"encoding/binary"
 	"hash/maphash"
 	"math/bits"
@@ -50,6 +51,39 @@ type Entry struct {
 	names   *[]string // permission names as issued, interned per distinct list
 	limiter atomic.Pointer[rate.Limiter]
 	headers atomic.Pointer[Headers]
+	meta    atomic.Pointer[[]string]
+}
+
+// MetaValues returns, for each of fields, the key's top-level metadata
+// member of that name as text: a string as it is, a number or a boolean
+// as JSON writes it, "" for anything else or nothing. It is made once
+// per key, on first use (a node asks with one field list: the first
+// answer is kept).
+func (e *Entry) MetaValues(fields []string) []string {
+	if v := e.meta.Load(); v != nil {
+		return *v
+	}
+	vals := make([]string, len(fields))
+	if md := e.Metadata(); len(md) > 0 {
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(md, &obj) == nil {
+			for i, f := range fields {
+				raw, ok := obj[f]
+				if !ok {
+					continue
+				}
+				var s string
+				switch {
+				case json.Unmarshal(raw, &s) == nil:
+					vals[i] = s
+				case len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9' || string(raw) == "true" || string(raw) == "false"):
+					vals[i] = string(raw)
+				}
+			}
+		}
+	}
+	e.meta.CompareAndSwap(nil, &vals)
+	return *e.meta.Load()
 }
 
 // Extra holds an entry's rarely set fields, so that keys without them

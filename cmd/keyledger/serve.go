@@ -63,6 +63,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.DetectInterval, "detect-interval", 30*time.Second, "how often the anomaly detector runs")
 	fs.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "POST every alert as JSON to this URL")
 	fs.IntVar(&cfg.RetentionMonths, "retention-months", 13, "months of raw usage rows kept in ClickHouse (rollups are kept)")
+	var metaHeaders string
+	fs.StringVar(&metaHeaders, "authz-meta-headers", "", "metadata members forward auth hands to the upstream, e.g. plan,tenant → X-Key-Meta-Plan, X-Key-Meta-Tenant")
 	if pos, err := parseArgs(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -76,6 +78,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return usageErr("--trusted-proxies: %s", keyledger.ErrorMessage(err))
 	}
 	cfg.Permissions = cli.SplitList(perms)
+	cfg.AuthzMetaHeaders = cli.SplitList(metaHeaders)
 	cfg.Routes = cli.SplitList(routes)
 	switch logFormat {
 	case "json":
