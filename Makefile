@@ -46,6 +46,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzAuthz -fuzztime 30s ./http/
 	$(GO) test -run '^$$' -fuzz FuzzTrustedProxies -fuzztime 30s ./http/
 	$(GO) test -run '^$$' -fuzz FuzzFindSecret -fuzztime 30s .
+	$(GO) test -run '^$$' -fuzz FuzzParseAllowlist -fuzztime 30s .
+	$(GO) test -run '^$$' -fuzz FuzzMergePatch -fuzztime 30s .
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyUsed -fuzztime 30s ./analytics/
 
 clickhouse-start:
