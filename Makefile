@@ -48,6 +48,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzFindSecret -fuzztime 30s .
 	$(GO) test -run '^$$' -fuzz FuzzParseAllowlist -fuzztime 30s .
 	$(GO) test -run '^$$' -fuzz FuzzMergePatch -fuzztime 30s .
+	$(GO) test -run '^$$' -fuzz FuzzPatch -fuzztime 30s ./admin/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyUsed -fuzztime 30s ./analytics/
 
 clickhouse-start:
