@@ -761,7 +761,7 @@ func quote(s string) string {
 	return b.String()
 }
 
-// keyRow is one KeyCreated, KeyRolled or KeyRevoked event as stored in key_events.
+// keyRow is one key lifecycle event as stored in key_events.
 type keyRow struct {
 	eventID     uuid.UUID
 	typ         string
@@ -778,9 +778,10 @@ type keyRow struct {
 	hint        string
 	expiresMS   uint64
 	seq         uint64
+	changed     []string
 }
 
-const keyColumns = "event_id, type, key_id, actor, ts, ms, reason, name, owner, environment, permissions, hint, expires_at_ms, stream_seq, actor_ip"
+const keyColumns = "event_id, type, key_id, actor, ts, ms, reason, name, owner, environment, permissions, hint, expires_at_ms, stream_seq, actor_ip, changed"
 
 // keysSink buffers key lifecycle rows. Key events are few; every query of
 // key_events deduplicates (FINAL), so no redelivery check is needed.
@@ -825,11 +826,32 @@ func (s *keysSink) add(subject string, data []byte, seq uint64, _ bool) error {
 	case *events.KeyRolled:
 		r.reason = "rolled to " + e.RolledTo
 		r.expiresMS = uint64(max(e.ExpiresAt.UnixMilli(), 0))
+	case *events.KeyUpdated:
+		// The fields it changed, and the new name, permissions and
+		// expiry when those are among them (metadata and allowlists
+		// stay in the ledger: GET /v1/keys/{id}/events).
+		r.reason, r.changed = e.Reason, e.Changed
+		if e.Changes(events.FieldName) {
+			r.name = e.Name
+		}
+		if e.Changes(events.FieldPermissions) {
+			r.permissions = e.Permissions
+		}
+		if e.Changes(events.FieldExpiresAt) && e.ExpiresAt != nil {
+			r.expiresMS = uint64(max(e.ExpiresAt.UnixMilli(), 0))
+		}
+	case *events.KeyDisabled:
+		r.reason = e.Reason
+	case *events.KeyEnabled:
+		r.reason = e.Reason
 	default:
 		return fmt.Errorf("a %s event does not belong on the %s stream", h.Type, nats.KeysStream)
 	}
 	if r.permissions == nil {
 		r.permissions = []string{}
+	}
+	if r.changed == nil {
+		r.changed = []string{}
 	}
 	s.rows = append(s.rows, r)
 	s.max = max(s.max, r.sec)
@@ -851,7 +873,7 @@ func (s *keysSink) write(ctx context.Context) (int, int, error) {
 	defer b.Close()
 	for _, r := range s.rows {
 		if err := b.Append(r.eventID, r.typ, r.keyID, r.actor, time.Unix(r.sec, 0).UTC(), r.ms, r.reason,
-			r.name, r.owner, r.env, r.permissions, r.hint, r.expiresMS, r.seq, r.actorIP); err != nil {
+			r.name, r.owner, r.env, r.permissions, r.hint, r.expiresMS, r.seq, r.actorIP, r.changed); err != nil {
 			return 0, 0, err
 		}
 	}

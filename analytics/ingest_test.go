@@ -3,8 +3,10 @@ package analytics
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -615,5 +617,57 @@ func TestConsumerDeletedWhileRunning(t *testing.T) {
 	})
 	if c := usageCounts(t, a.conn); c != (counts{1000, 1000, 1000}) {
 		t.Fatalf("counts = %+v, want 1000 each", c)
+	}
+}
+
+// Keys that change are in the audit: every KeyUpdated with the fields it
+// changed (and the new permissions when those changed), every disable and
+// enable with its reason. Before, analytics dead-lettered them, and the
+// audit trail lost every change of a key.
+func TestAuditOfKeysThatChange(t *testing.T) {
+	t.Parallel()
+	tj := MustStartJetStream(t)
+	a := MustOpen(t, Config{JetStream: tj.js})
+	MustStart(t, a)
+	ctx := context.Background()
+	t0 := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	h := func(typ events.Type, at time.Time) events.Header {
+		hd := events.NewHeader(typ, "key_c1", "alice@example.com", at)
+		hd.ActorIP = "192.0.2.7"
+		return hd
+	}
+	up := &events.KeyUpdated{Header: h(events.TypeKeyUpdated, t0.Add(time.Minute)), Prev: events.Prev{Prev: 1},
+		Changed: []string{events.FieldPermissions, events.FieldMetadata}, Reason: "least privilege",
+		Permissions: []string{"storage:read"}, Metadata: json.RawMessage(`{"plan":"pro"}`)}
+	off := &events.KeyDisabled{Header: h(events.TypeKeyDisabled, t0.Add(2*time.Minute)), Prev: events.Prev{Prev: 2}, Reason: "investigating"}
+	on := &events.KeyEnabled{Header: h(events.TypeKeyEnabled, t0.Add(3*time.Minute)), Prev: events.Prev{Prev: 3}, Reason: "cleared"}
+	for _, ev := range []events.Event{created("key_c1", "acme", keyledger.EnvLive, t0), up, off, on} {
+		publishKeyEvent(t, tj.js, ev)
+	}
+	var evs []AuditEvent
+	waitFor(t, 30*time.Second, "4 audit events", func() (bool, string) {
+		var err error
+		evs, err = a.Audit(ctx, AuditQuery{KeyID: "key_c1"})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(evs) == 4, fmt.Sprint(len(evs))
+	})
+	u := evs[1]
+	if u.Type != "KeyUpdated" || u.Reason != "least privilege" || !slices.Equal(u.Changed, []string{"permissions", "metadata"}) ||
+		!slices.Equal(u.Permissions, []string{"storage:read"}) || u.ActorIP != "192.0.2.7" {
+		t.Errorf("update = %+v", u)
+	}
+	if evs[2].Type != "KeyDisabled" || evs[2].Reason != "investigating" || evs[3].Type != "KeyEnabled" || evs[3].Permissions != nil {
+		t.Errorf("disable, enable = %+v, %+v", evs[2], evs[3])
+	}
+	for _, tc := range []struct {
+		typ  string
+		want int
+	}{{"updated", 1}, {"KeyDisabled", 1}, {"enabled", 1}} {
+		got, err := a.Audit(ctx, AuditQuery{KeyID: "key_c1", Type: tc.typ})
+		if err != nil || len(got) != tc.want {
+			t.Errorf("Audit(type %s) = %d events, %v", tc.typ, len(got), err)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package analytics
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -122,6 +123,8 @@ type AuditEvent struct {
 	Environment string     `json:"environment,omitempty"`
 	Permissions []string   `json:"permissions,omitempty"`
 	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	// Changed names the fields a KeyUpdated changed.
+	Changed []string `json:"changed,omitempty"`
 }
 
 // AuditResult is the body of GET /v1/audit.
@@ -319,7 +322,8 @@ func (a *Analytics) Quota(ctx context.Context, owner, month string) (Quota, erro
 	return Quota{Owner: owner, Month: month, Used: used}, nil
 }
 
-// ParseEventType accepts KeyCreated, KeyRevoked, created or revoked.
+// ParseEventType accepts an event type (KeyCreated, …) or its short form
+// (created, revoked, rolled, updated, disabled, enabled).
 func ParseEventType(s string) (string, error) {
 	switch strings.ToLower(s) {
 	case "":
@@ -330,8 +334,14 @@ func ParseEventType(s string) (string, error) {
 		return string(events.TypeKeyRevoked), nil
 	case "keyrolled", "rolled":
 		return string(events.TypeKeyRolled), nil
+	case "keyupdated", "updated":
+		return string(events.TypeKeyUpdated), nil
+	case "keydisabled", "disabled":
+		return string(events.TypeKeyDisabled), nil
+	case "keyenabled", "enabled":
+		return string(events.TypeKeyEnabled), nil
 	}
-	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated, KeyRolled or KeyRevoked, not %s", keyledger.Quote(s))
+	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled or KeyEnabled, not %s", keyledger.Quote(s))
 }
 
 func checkLimit(n int) (int, error) {
@@ -370,7 +380,7 @@ func (a *Analytics) Audit(ctx context.Context, q AuditQuery) ([]AuditEvent, erro
 		conds = append(conds, c)
 	}
 	rows, err := a.conn.Query(ctx, fmt.Sprintf(`SELECT type, toString(event_id), key_id, actor, toUInt64(ts), ms, reason,
-		name, owner, environment, permissions, expires_at_ms, actor_ip
+		name, owner, environment, permissions, expires_at_ms, actor_ip, changed
 		FROM key_events FINAL WHERE %s ORDER BY ts, ms, event_id LIMIT %d`, strings.Join(conds, " AND "), limit))
 	if err != nil {
 		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot query the audit trail")
@@ -382,7 +392,7 @@ func (a *Analytics) Audit(ctx context.Context, q AuditQuery) ([]AuditEvent, erro
 		var sec, expires uint64
 		var ms uint16
 		if err := rows.Scan(&e.Type, &e.EventID, &e.KeyID, &e.Actor, &sec, &ms, &e.Reason,
-			&e.Name, &e.Owner, &e.Environment, &e.Permissions, &expires, &e.ActorIP); err != nil {
+			&e.Name, &e.Owner, &e.Environment, &e.Permissions, &expires, &e.ActorIP, &e.Changed); err != nil {
 			return nil, keyledger.Wrap(keyledger.Internal, err, "cannot read the audit trail")
 		}
 		e.At = time.UnixMilli(int64(sec)*1000 + int64(ms)).UTC()
@@ -390,7 +400,7 @@ func (a *Analytics) Audit(ctx context.Context, q AuditQuery) ([]AuditEvent, erro
 			t := time.UnixMilli(int64(expires)).UTC()
 			e.ExpiresAt = &t
 		}
-		if e.Type != string(events.TypeKeyCreated) {
+		if e.Type != string(events.TypeKeyCreated) && !slices.Contains(e.Changed, events.FieldPermissions) {
 			e.Permissions = nil
 		}
 		out = append(out, e)

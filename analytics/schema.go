@@ -29,7 +29,7 @@ type migration struct {
 //   - usage_minute: per-minute counts per key and outcome, fed by a
 //     materialized view (SummingMergeTree: read with sum()).
 //   - usage_key_ip_hour: per-hour counts per key and IP (new_source).
-//   - key_events: KeyCreated / KeyRevoked, the audit trail and the
+//   - key_events: every key lifecycle event, the audit trail and the
 //     key → owner / environment table.
 //   - alerts: detector findings.
 var migrations = []migration{
@@ -111,6 +111,9 @@ var migrations = []migration{
 	// already exists" (code 44) from a racing node as success.
 	{2, "actor_ip on key events", []string{
 		`ALTER TABLE key_events ADD COLUMN actor_ip String`,
+	}},
+	{3, "the fields a KeyUpdated changed", []string{
+		`ALTER TABLE key_events ADD COLUMN changed Array(String)`,
 	}},
 }
 

@@ -111,7 +111,8 @@ TO keyledger.usage_key_ip_hour_local AS
 SELECT key_id, ip, toStartOfHour(ts) AS hour, count() AS count
 FROM keyledger.usage_events_local WHERE key_id != '' GROUP BY key_id, ip, hour;
 
--- KeyCreated / KeyRevoked: the audit trail.
+-- Key lifecycle events (KeyCreated, KeyRolled, KeyRevoked, KeyUpdated,
+-- KeyDisabled, KeyEnabled): the audit trail.
 CREATE TABLE IF NOT EXISTS keyledger.key_events_local ON CLUSTER '{cluster}' (
 	event_id UUID,
 	type String,
@@ -127,7 +128,8 @@ CREATE TABLE IF NOT EXISTS keyledger.key_events_local ON CLUSTER '{cluster}' (
 	hint String,
 	expires_at_ms UInt64,
 	stream_seq UInt64,
-	actor_ip String
+	actor_ip String,
+	changed Array(String)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/keyledger/key_events_local', '{replica}')
 PARTITION BY toYYYYMM(ts)
 ORDER BY (key_id, ts, event_id);
