@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,6 +118,11 @@ type Projector struct {
 
 	recMu   sync.RWMutex
 	records map[string]*keyledger.Key // nil unless Options.Records
+	// byTime orders the records by creation (see keyIndex), byOwner
+	// each owner's (keyed by the interned owner). Kept with records,
+	// under recMu.
+	byTime  *keyIndex
+	byOwner map[string]*keyIndex
 
 	lastSeq  atomic.Uint64
 	caughtUp atomic.Bool
@@ -234,6 +238,7 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 	}
 	if opts.Records {
 		p.records = make(map[string]*keyledger.Key)
+		p.byTime, p.byOwner = &keyIndex{}, make(map[string]*keyIndex)
 	}
 	return p
 }
@@ -1173,6 +1178,7 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		}
 		p.recMu.Lock()
 		p.records[e.KeyID] = k
+		p.indexRecord(k, ent.Owner)
 		p.recMu.Unlock()
 	}
 	p.applied.Add(1)
@@ -1244,6 +1250,7 @@ func (p *Projector) updateRecord(id string, seq uint64, f func(*keyledger.Key)) 
 		f(&c)
 		c.Revision = seq
 		p.records[id] = &c
+		p.reindex(&c)
 	}
 }
 
@@ -1303,12 +1310,23 @@ type Filter struct {
 	Status      keyledger.Status
 }
 
-// Keys returns copies of the records matching f, newest first. It needs
-// Options.Records.
+// Keys returns copies of the records matching f, newest first (by
+// CreatedAt, then by ID, as Page orders them). It needs Options.Records.
+// It reads the whole set (an owner's, with an owner filter) in one go;
+// the admin API pages with Page.
 func (p *Projector) Keys(f Filter, now time.Time) []keyledger.Key {
 	p.recMu.RLock()
-	out := make([]keyledger.Key, 0, len(p.records))
-	for _, k := range p.records {
+	defer p.recMu.RUnlock()
+	x := p.byTime
+	if f.Owner != "" {
+		x = p.byOwner[f.Owner]
+	}
+	if x == nil {
+		return []keyledger.Key{}
+	}
+	out := make([]keyledger.Key, 0, x.n)
+	for at := x.last(); at.c >= 0; at = x.prev(at) {
+		k := x.at(at).k
 		if f.Owner != "" && k.Owner != f.Owner ||
 			f.Environment != keyledger.EnvUnknown && k.Environment != f.Environment ||
 			f.Status != "" && k.StatusAt(now) != f.Status {
@@ -1316,12 +1334,5 @@ func (p *Projector) Keys(f Filter, now time.Time) []keyledger.Key {
 		}
 		out = append(out, *k)
 	}
-	p.recMu.RUnlock()
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
-			return out[i].CreatedAt.After(out[j].CreatedAt)
-		}
-		return out[i].ID > out[j].ID
-	})
 	return out
 }

@@ -27,7 +27,9 @@ import (
 //	header: stream identity (created, unix ns), last applied sequence,
 //	        entry count, record count
 //	owner table and permission-list table (each distinct value once)
-//	entries, then records (admin nodes), fixed order of fields
+//	entries, then records (admin nodes), fixed order of fields; records
+//	oldest first (the record index's order, so that a load rebuilds the
+//	index without sorting; a file in any order still loads)
 //	SHA-256 of everything above
 //
 // All integers are little-endian or uvarints. A snapshot is a consistent
@@ -144,8 +146,18 @@ func (p *Projector) cut() (*snapshotCut, error) {
 	if p.records != nil {
 		p.recMu.RLock()
 		c.records = make([]*keyledger.Key, 0, len(p.records))
-		for _, k := range p.records {
-			c.records = append(c.records, k)
+		if p.byTime.n == len(p.records) {
+			// In index order, oldest first: loading rebuilds the index
+			// without sorting.
+			for _, ch := range p.byTime.chunks {
+				for _, e := range ch {
+					c.records = append(c.records, e.k)
+				}
+			}
+		} else {
+			for _, k := range p.records {
+				c.records = append(c.records, k)
+			}
 		}
 		p.recMu.RUnlock()
 	}
@@ -508,8 +520,10 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		table.insert(e)
 	}
 	var records map[string]*keyledger.Key
+	var ordered []*keyledger.Key // in file order, for the index
 	if p.records != nil {
 		records = make(map[string]*keyledger.Key, nRecords)
+		ordered = make([]*keyledger.Key, 0, nRecords)
 	}
 	for i := uint64(0); i < nRecords && r.err == nil; i++ {
 		k := &keyledger.Key{ID: r.str(), Name: r.str(), Owner: r.str(), Hash: r.str(), Hint: r.str()}
@@ -545,6 +559,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		}
 		if records != nil {
 			records[k.ID] = k
+			ordered = append(ordered, k)
 		}
 	}
 	if r.err != nil {
@@ -570,8 +585,11 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		p.perms[strings.Join(*l, "\x00")] = l
 	}
 	if records != nil {
+		// Records are written in index order (see cut), so this is a
+		// pass over them; an older snapshot's are sorted here.
+		byTime, byOwner := buildIndexes(ordered, p.intern)
 		p.recMu.Lock()
-		p.records = records
+		p.records, p.byTime, p.byOwner = records, byTime, byOwner
 		p.recMu.Unlock()
 	}
 	return meta, nil

@@ -7,8 +7,8 @@ package projector
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"encoding/binary"
+	"encoding/json"
 	"hash/maphash"
 	"math/bits"
 	"sort"
