@@ -723,6 +723,40 @@ func (s *Service) List(ctx context.Context, f projector.Filter, w Write) ([]KeyV
 	return out, nil
 }
 
+// KeyPage is one page of GET /v1/keys.
+type KeyPage struct {
+	Keys []KeyView `json:"keys"`
+	// NextCursor fetches the next page; "" on the last.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// Page returns one page of keys, newest first, reflecting every write
+// acknowledged before the call. A scoped caller sees its owner's keys only.
+func (s *Service) Page(ctx context.Context, q projector.PageQuery, w Write) (*KeyPage, error) {
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
+	if w.Scope != "" {
+		if q.Owner != "" && q.Owner != w.Scope {
+			return &KeyPage{Keys: []KeyView{}}, nil
+		}
+		q.Owner = w.Scope
+	}
+	now := s.cfg.Now()
+	if q.Now.IsZero() {
+		q.Now = now
+	}
+	pg, err := s.cfg.Projector.Page(q)
+	if err != nil {
+		return nil, err
+	}
+	out := &KeyPage{Keys: make([]KeyView, len(pg.Keys)), NextCursor: pg.NextCursor}
+	for i, k := range pg.Keys {
+		out.Keys[i] = KeyView{Key: k, Status: k.StatusAt(q.Now)}
+	}
+	return out, nil
+}
+
 // History returns a key's events from the ledger: its audit trail.
 func (s *Service) History(ctx context.Context, id string, w Write) ([]nats.Record, error) {
 	if w.Scope != "" {

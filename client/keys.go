@@ -16,7 +16,9 @@ import (
 type KeyFilter struct {
 	Owner       string
 	Environment string // live or test
-	Status      string // active, expired or revoked
+	Status      string // active, expired, revoked or disabled
+	NamePrefix  string
+	Hint        string
 }
 
 // WriteOptions say how long a write waits before answering (the query
@@ -70,23 +72,47 @@ func (c *Client) Key(ctx context.Context, id string) (*admin.KeyView, error) {
 	return &res, nil
 }
 
-// Keys lists keys (GET /v1/keys).
-func (c *Client) Keys(ctx context.Context, f KeyFilter) ([]admin.KeyView, error) {
+// KeysPage reads one page of keys, newest first (GET /v1/keys): limit 0
+// is the node's default (100); cursor "" the first page. The page's
+// NextCursor is "" on the last one.
+func (c *Client) KeysPage(ctx context.Context, f KeyFilter, limit int, cursor string) (*admin.KeyPage, error) {
 	v := url.Values{}
 	set(v, "owner", f.Owner)
 	set(v, "environment", f.Environment)
 	set(v, "status", f.Status)
+	set(v, "name_prefix", f.NamePrefix)
+	set(v, "hint", f.Hint)
+	set(v, "cursor", cursor)
+	if limit > 0 {
+		v.Set("limit", strconv.Itoa(limit))
+	}
 	path := "/v1/keys"
 	if len(v) > 0 {
 		path += "?" + v.Encode()
 	}
-	var res struct {
-		Keys []admin.KeyView `json:"keys"`
-	}
+	var res admin.KeyPage
 	if err := c.Do(ctx, http.MethodGet, path, true, nil, &res); err != nil {
 		return nil, err
 	}
-	return res.Keys, nil
+	return &res, nil
+}
+
+// Keys lists every key matching f, newest first, reading page after page
+// of 1000.
+func (c *Client) Keys(ctx context.Context, f KeyFilter) ([]admin.KeyView, error) {
+	var all []admin.KeyView
+	cursor := ""
+	for {
+		p, err := c.KeysPage(ctx, f, 1000, cursor)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, p.Keys...)
+		if p.NextCursor == "" {
+			return all, nil
+		}
+		cursor = p.NextCursor
+	}
 }
 
 // RevokeKey revokes a key for good (POST /v1/keys/{id}/revoke); by default

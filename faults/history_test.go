@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -323,19 +324,30 @@ func (h *history) check(t *testing.T, c *cluster, scenario, owner string) *repor
 // verification it should. It runs beside the other nodes' checks.
 func (h *history) checkNode(c *cluster, p *proc, owner string, created map[string]*op, revokeStart map[string]time.Time) *report {
 	r := &report{}
-	code, b := c.do("GET", p, "/v1/keys?owner="+owner, c.token, "")
-	var list struct {
-		Keys []struct {
-			ID, Name, Status string
+	type listed struct{ ID, Name, Status string }
+	var keys []listed
+	for cursor := ""; ; {
+		path := "/v1/keys?limit=1000&owner=" + url.QueryEscape(owner)
+		if cursor != "" {
+			path += "&cursor=" + url.QueryEscape(cursor)
 		}
-	}
-	if code != 200 || json.Unmarshal(b, &list) != nil {
-		r.fatal = fmt.Sprintf("list on %s: %d %s", p.name, code, tail(string(b), 300))
-		return r
+		code, b := c.do("GET", p, path, c.token, "")
+		var page struct {
+			Keys       []listed
+			NextCursor string `json:"next_cursor"`
+		}
+		if code != 200 || json.Unmarshal(b, &page) != nil {
+			r.fatal = fmt.Sprintf("list on %s: %d %s", p.name, code, tail(string(b), 300))
+			return r
+		}
+		keys = append(keys, page.Keys...)
+		if cursor = page.NextCursor; cursor == "" {
+			break
+		}
 	}
 	names := map[string]int{}
 	byID := map[string]string{}
-	for _, k := range list.Keys {
+	for _, k := range keys {
 		names[k.Name]++
 		byID[k.ID] = k.Status
 	}

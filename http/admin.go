@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -337,25 +338,30 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 	WriteJSON(w, http.StatusOK, views[0])
 }
 
+// listParams are the query parameters of GET /v1/keys.
+var listParams = []string{"owner", "environment", "status", "name_prefix", "hint", "limit", "cursor"}
+
 func (a *api) list(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	var f projector.Filter
-	for name := range q {
-		switch name {
-		case "owner", "environment", "status":
-		default:
-			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "unknown query parameter %s (filters: owner, environment, status)", keyledger.Quote(name)))
+	var pq projector.PageQuery
+	for name, vals := range q {
+		if !slices.Contains(listParams, name) {
+			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "unknown query parameter %s (filters: %s)", keyledger.Quote(name), strings.Join(listParams, ", ")))
+			return
+		}
+		if len(vals) > 1 {
+			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "query parameter %s given %d times", name, len(vals)))
 			return
 		}
 	}
-	f.Owner = q.Get("owner")
+	pq.Owner, pq.NamePrefix, pq.Hint, pq.Cursor = q.Get("owner"), q.Get("name_prefix"), q.Get("hint"), q.Get("cursor")
 	if s := q.Get("environment"); s != "" {
 		env, err := keyledger.ParseEnvironment(s)
 		if err != nil {
 			a.fail(w, r, err)
 			return
 		}
-		f.Environment = env
+		pq.Environment = env
 	}
 	if s := q.Get("status"); s != "" {
 		st, err := keyledger.ParseStatus(s)
@@ -363,15 +369,23 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, err)
 			return
 		}
-		f.Status = st
+		pq.Status = st
 	}
-	keys, err := a.svc.List(r.Context(), f, callerOf(r).write())
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > projector.MaxPageLimit {
+			a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "limit must be an integer from 1 to %d", projector.MaxPageLimit))
+			return
+		}
+		pq.Limit = n
+	}
+	page, err := a.svc.Page(r.Context(), pq, callerOf(r).write())
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	a.svc.WithUsage(r.Context(), keys)
-	WriteJSON(w, http.StatusOK, map[string]any{"keys": keys})
+	a.svc.WithUsage(r.Context(), page.Keys)
+	WriteJSON(w, http.StatusOK, page)
 }
 
 func (a *api) nodes(w http.ResponseWriter, r *http.Request) {

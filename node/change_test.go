@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -220,6 +221,73 @@ func TestNode_keysThatChange(t *testing.T) {
 		}
 		if code, _, body := c.Call("PATCH", "/v1/keys/key_nope", c.Token, `{"name":"w"}`); code != 404 {
 			t.Errorf("PATCH of an unknown key: %d %s", code, body)
+		}
+	})
+
+	t.Run("paging visits every key once while keys are being created", func(t *testing.T) {
+		before := map[string]bool{}
+		for i := range 120 {
+			k := create(fmt.Sprintf(`{"name":"page-%d","environment":"live","owner":"pager"}`, i))
+			before[k.ID] = true
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() { // more keys while the pages are read
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c.Try("POST", "/v1/keys", c.Token, fmt.Sprintf(`{"name":"late-%d","environment":"live","owner":"pager"}`, i))
+			}
+		}()
+		seen := map[string]int{}
+		pages := 0
+		for cursor := ""; ; pages++ {
+			path := "/v1/keys?owner=pager&limit=17"
+			if cursor != "" {
+				path += "&cursor=" + url.QueryEscape(cursor)
+			}
+			code, _, body := c.Call("GET", path, c.Token, "")
+			var page struct {
+				Keys []struct {
+					ID string
+				}
+				NextCursor string `json:"next_cursor"`
+			}
+			if code != 200 || json.Unmarshal(body, &page) != nil || len(page.Keys) > 17 {
+				t.Fatalf("page %d: %d %s", pages, code, body)
+			}
+			for _, k := range page.Keys {
+				seen[k.ID]++
+			}
+			if cursor = page.NextCursor; cursor == "" {
+				break
+			}
+		}
+		close(stop)
+		<-done
+		for id := range before {
+			if seen[id] != 1 {
+				t.Fatalf("key %s seen %d times over %d pages", id, seen[id], pages)
+			}
+		}
+		for id, n := range seen {
+			if n != 1 {
+				t.Fatalf("key %s seen %d times", id, n)
+			}
+		}
+		if code, _, body := c.Call("GET", "/v1/keys?cursor=garbage", c.Token, ""); code != 400 {
+			t.Fatalf("a forged cursor: %d %s", code, body)
+		}
+		if code, _, body := c.Call("GET", "/v1/keys?limit=1001", c.Token, ""); code != 400 {
+			t.Fatalf("limit 1001: %d %s", code, body)
+		}
+		code, _, body := c.Call("GET", "/v1/keys?owner=pager&name_prefix=page-11", c.Token, "")
+		if code != 200 || strings.Count(string(body), `"name":"page-11`) != 11 { // page-11, page-110 … page-119
+			t.Fatalf("name_prefix: %d %s", code, body)
 		}
 	})
 

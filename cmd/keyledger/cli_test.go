@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -44,6 +45,43 @@ func TestCLI(t *testing.T) {
 	if code, out, _ := cli("verify", created.Key); code != 1 || !strings.Contains(out, "unauthorized") {
 		t.Fatalf("verify test key at live node: %d %s", code, out)
 	}
+	t.Run("keys that change", func(t *testing.T) {
+		code, out, errOut := cli("keys", "create", "--name", "changing", "--owner", "team-b", "--json")
+		var k struct{ Key, ID string }
+		if code != 0 || json.Unmarshal([]byte(out), &k) != nil {
+			t.Fatalf("create: %d %s %s", code, out, errOut)
+		}
+		code, out, errOut = cli("keys", "update", k.ID, "--name", "changed", "--permissions", "storage:read",
+			"--allow-ip", "203.0.113.0/24", "--allow-ip", "2001:db8::/32", "--meta", "plan=pro", "--reason", "tighten")
+		if code != 0 || !strings.Contains(out, "Updated "+k.ID) || !strings.Contains(out, "203.0.113.0/24,2001:db8::/32") || !strings.Contains(out, `{"plan":"pro"}`) {
+			t.Fatalf("update: %d %s %s", code, out, errOut)
+		}
+		if code, out, _ := cli("keys", "update", k.ID, "--meta", "plan=", "--allow-ip", "none"); code != 0 || strings.Contains(out, "203.0.113") || strings.Contains(out, `"plan"`) {
+			t.Fatalf("clearing: %d %s", code, out)
+		}
+		if code, _, errOut := cli("keys", "update", k.ID, "--name", "x", "--if-match", "1"); code != 1 || !strings.Contains(errOut, "revision_mismatch") {
+			t.Fatalf("stale --if-match: %d %s", code, errOut)
+		}
+		if code, out, _ := cli("keys", "disable", k.ID, "--reason", "pause"); code != 0 || !strings.Contains(out, "disabled") {
+			t.Fatalf("disable: %d %s", code, out)
+		}
+		if code, out, _ := cli("verify", k.Key); code != 1 || !strings.Contains(out, "unauthorized") {
+			t.Fatalf("verify a disabled key: %d %s", code, out)
+		}
+		if code, out, _ := cli("keys", "enable", k.ID); code != 0 || !strings.Contains(out, "active") {
+			t.Fatalf("enable: %d %s", code, out)
+		}
+		for i := range 5 {
+			cli("keys", "create", "--name", fmt.Sprintf("paged-%d", i), "--owner", "team-c")
+		}
+		code, out, _ = cli("keys", "list", "--owner", "team-c", "--limit", "2")
+		if code != 0 || strings.Count(out, "paged-") != 2 || !strings.Contains(out, "--cursor") {
+			t.Fatalf("one page: %d %s", code, out)
+		}
+		if code, out, _ := cli("keys", "list", "--owner", "team-c", "--limit", "2", "--all"); code != 0 || strings.Count(out, "paged-") != 5 || strings.Contains(out, "--cursor") {
+			t.Fatalf("--all: %d %s", code, out)
+		}
+	})
 	if code, out, _ := cli("keys", "revoke", created.ID, "--reason", "rotated"); code != 0 || !strings.Contains(out, "revoked") {
 		t.Fatalf("revoke: %d %s", code, out)
 	}

@@ -304,39 +304,64 @@ func printKey(w io.Writer, k *admin.KeyView) error {
 func keysList(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {
 	owner := fs.String("owner", "", "only keys of this owner")
 	env := fs.String("environment", "", "only live or test keys")
-	status := fs.String("status", "", "only active, revoked or expired keys")
+	status := fs.String("status", "", "only active, revoked, expired or disabled keys")
+	prefix := fs.String("name-prefix", "", "only keys whose name starts with this")
+	hint := fs.String("hint", "", "only the key whose secret ends with these 4 characters")
+	limit := fs.Int("limit", 100, "keys per page (at most 1000)")
+	cursor := fs.String("cursor", "", "the page after this cursor (printed under a page)")
+	all := fs.Bool("all", false, "every matching key, page after page")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	q := url.Values{}
-	for k, v := range map[string]string{"owner": *owner, "environment": *env, "status": *status} {
+	for k, v := range map[string]string{"owner": *owner, "environment": *env, "status": *status, "name_prefix": *prefix, "hint": *hint} {
 		if v != "" {
 			q.Set(k, v)
 		}
 	}
-	path := "/v1/keys"
-	if len(q) > 0 {
-		path += "?" + q.Encode()
-	}
-	var raw json.RawMessage
-	if err := c.do(ctx, "GET", path, true, nil, &raw); err != nil {
-		return err
+	q.Set("limit", fmt.Sprint(*limit))
+	var keys []admin.KeyView
+	next := *cursor
+	for {
+		if next != "" {
+			q.Set("cursor", next)
+		}
+		var raw json.RawMessage
+		if err := c.do(ctx, "GET", "/v1/keys?"+q.Encode(), true, nil, &raw); err != nil {
+			return err
+		}
+		if c.json && !*all {
+			return printJSON(stdout, raw)
+		}
+		var page admin.KeyPage
+		if err := json.Unmarshal(raw, &page); err != nil {
+			return err
+		}
+		keys = append(keys, page.Keys...)
+		next = page.NextCursor
+		if !*all || next == "" {
+			break
+		}
 	}
 	if c.json {
-		return printJSON(stdout, raw)
+		b, err := json.Marshal(admin.KeyPage{Keys: keys})
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, b)
 	}
-	var out struct {
-		Keys []admin.KeyView `json:"keys"`
-	}
-	if err := json.Unmarshal(raw, &out); err != nil {
-		return err
-	}
-	rows := make([][]string, 0, len(out.Keys))
-	for _, k := range out.Keys {
+	rows := make([][]string, 0, len(keys))
+	for _, k := range keys {
 		rows = append(rows, []string{k.ID, k.Name, k.Environment.String(), string(k.Status), orDash(k.Owner),
 			strings.Join(k.Permissions, ","), "…" + k.Hint, fmtTime(k.ExpiresAt), fmtTime(&k.CreatedAt)})
 	}
-	return cli.PrintTable(stdout, []string{"ID", "NAME", "ENV", "STATUS", "OWNER", "PERMISSIONS", "HINT", "EXPIRES", "CREATED"}, rows)
+	if err := cli.PrintTable(stdout, []string{"ID", "NAME", "ENV", "STATUS", "OWNER", "PERMISSIONS", "HINT", "EXPIRES", "CREATED"}, rows); err != nil {
+		return err
+	}
+	if next != "" {
+		fmt.Fprintf(stdout, "\nMore keys: keyledger keys list --cursor %s (or --all)\n", next)
+	}
+	return nil
 }
 
 func printEvents(w io.Writer, raw []byte) error {
