@@ -97,8 +97,7 @@ type Quota struct {
 }
 
 // AuditQuery selects key lifecycle events; empty fields match everything.
-// Type is KeyCreated, KeyRolled or KeyRevoked (or created, rolled,
-// revoked).
+// Type is a lifecycle event type (see ParseEventType).
 type AuditQuery struct {
 	KeyID    string
 	Actor    string

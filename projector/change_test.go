@@ -199,7 +199,7 @@ func TestKeysThatChange(t *testing.T) {
 		}
 		for _, id := range []string{"key_a", "key_r", "key_admin"} {
 			a, b := c.p.table.ByID(id), p2.table.ByID(id)
-			if a.Disabled != b.Disabled || a.Rev != b.Rev || !reflect.DeepEqual(a.Extra, b.Extra) {
+			if a.Disabled != b.Disabled || a.Rev != b.Rev || !reflect.DeepEqual(a.Extra.edit(), b.Extra.edit()) {
 				t.Fatalf("%s: %+v %+v\n%+v %+v", id, a, a.Extra, b, b.Extra)
 			}
 			ka, _ := c.p.Key(id)
@@ -236,7 +236,7 @@ func TestSnapshotV2StillLoads(t *testing.T) {
 		t.Fatalf("key_c: %+v", e)
 	}
 	b := p.table.ByID("key_b")
-	if b.RateLimit == nil || b.RateLimit.Burst != 7 || b.ExpiresAt != time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano() {
+	if b.RateLimit() == nil || b.RateLimit().Burst != 7 || b.ExpiresAt != time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano() {
 		t.Fatalf("key_b: %+v", b)
 	}
 	p.lastSeq.Store(meta.seq)

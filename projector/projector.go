@@ -1015,15 +1015,12 @@ func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
 		return
 	}
 	c := old.clone()
-	x := Extra{}
-	if old.Extra != nil {
-		x = *old.Extra
-	}
+	x := old.Extra.edit()
 	if e.Changes(events.FieldPermissions) {
 		c.Perms, c.names = p.permMask(e.Permissions), p.internPerms(e.Permissions)
 	}
 	if e.Changes(events.FieldRateLimit) {
-		c.RateLimit = e.RateLimit
+		x.RateLimit = e.RateLimit
 	}
 	if e.Changes(events.FieldExpiresAt) {
 		c.ExpiresAt = 0
@@ -1040,10 +1037,7 @@ func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
 	if e.Changes(events.FieldAllowedIPs) {
 		x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
 	}
-	c.Extra = nil
-	if !x.empty() {
-		c.Extra = &x
-	}
+	c.Extra = x.orNil()
 	c.Rev = seq
 	p.table.replace(s, c)
 	p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) {
@@ -1149,19 +1143,16 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		Owner:       p.intern(e.Owner),
 		Environment: e.Environment,
 		Perms:       perms,
-		RateLimit:   e.RateLimit,
 		Imported:    e.Imported,
 		names:       p.internPerms(e.Permissions),
 		Rev:         seq,
 	}
-	x := Extra{Metadata: e.Metadata}
+	x := &Extra{RateLimit: e.RateLimit, Metadata: e.Metadata}
 	x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
 	if e.AdminScope != nil {
 		x.Scope = p.intern(e.AdminScope.Owner)
 	}
-	if !x.empty() {
-		ent.Extra = &x
-	}
+	ent.Extra = x.orNil()
 	if e.ExpiresAt != nil {
 		ent.ExpiresAt = e.ExpiresAt.UnixNano()
 	}
@@ -1224,12 +1215,9 @@ func (p *Projector) applyRolled(seq uint64, e *events.KeyRolled) {
 	}
 	c := old.clone()
 	c.ExpiresAt, c.Rev = exp, seq
-	x := Extra{}
-	if old.Extra != nil {
-		x = *old.Extra
-	}
+	x := old.Extra.edit()
 	x.RollCap = exp
-	c.Extra = &x
+	c.Extra = x
 	p.table.replace(s, c)
 	p.updateRecord(e.KeyID, seq, func(k *keyledger.Key) {
 		at := e.ExpiresAt.UTC()

@@ -221,7 +221,8 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		if e.Revoked {
 			flags |= 0x80
 		}
-		if e.RateLimit != nil {
+		rl := e.RateLimit()
+		if rl != nil {
 			flags |= 0x40
 		}
 		if e.Imported {
@@ -235,9 +236,9 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		}
 		s.w.WriteByte(flags)
 		s.u64(uint64(e.ExpiresAt))
-		if e.RateLimit != nil {
-			s.u64(math.Float64bits(e.RateLimit.PerSecond))
-			s.uvarint(uint64(e.RateLimit.Burst))
+		if rl != nil {
+			s.u64(math.Float64bits(rl.PerSecond))
+			s.uvarint(uint64(rl.Burst))
 		}
 		s.uvarint(e.Rev)
 		if x := e.Extra; x != nil {
@@ -489,15 +490,16 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		e.Revoked = flags&0x80 != 0
 		e.Imported = flags&0x20 != 0
 		e.ExpiresAt = int64(r.u64())
+		var rl *keyledger.RateLimit
 		if flags&0x40 != 0 {
-			e.RateLimit = &keyledger.RateLimit{PerSecond: math.Float64frombits(r.u64()), Burst: int(r.uvarint())}
+			rl = &keyledger.RateLimit{PerSecond: math.Float64frombits(r.u64()), Burst: int(r.uvarint())}
 		}
 		e.Perms = permMasks[pi]
 		if v3 {
 			e.Disabled = flags&0x10 != 0
 			e.Rev = r.uvarint()
 			if flags&0x08 != 0 {
-				x := &Extra{AllowedIPs: r.strs(len(body))}
+				x := &Extra{RateLimit: rl, AllowedIPs: r.strs(len(body))}
 				if m := r.str(); m != "" {
 					x.Metadata = []byte(m)
 				}
@@ -510,6 +512,9 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 				}
 				e.Extra = x
 			}
+		}
+		if rl != nil && e.Extra == nil {
+			e.Extra = &Extra{RateLimit: rl}
 		}
 		if r.err != nil {
 			break

@@ -35,8 +35,6 @@ type Entry struct {
 	Perms keyledger.Permissions
 	// ExpiresAt is Unix nanoseconds; 0 means never.
 	ExpiresAt int64
-	// RateLimit is the key's own limit; nil means the environment default.
-	RateLimit *keyledger.RateLimit
 	// Disabled keys are refused until enabled again.
 	Disabled bool
 	// Rev is the stream sequence of the last event stored on the key's
@@ -44,14 +42,24 @@ type Entry struct {
 	// Prev is Rev. 0 means unknown (loaded from a version-2 snapshot),
 	// and any Prev is then taken once.
 	Rev uint64
-	// Extra is what few keys have (nil for most): metadata, an IP
-	// allowlist, an admin scope, a roll's expiry cap.
+	// Extra is what few keys have (nil for most): a rate limit of
+	// their own, metadata, an IP allowlist, an admin scope, a roll's
+	// expiry cap. (Kept out of line: each pointer in Entry costs 8 bytes
+	// for every key of the table.)
 	Extra *Extra
 
 	names   *[]string // permission names as issued, interned per distinct list
 	limiter atomic.Pointer[rate.Limiter]
 	headers atomic.Pointer[Headers]
-	meta    atomic.Pointer[[]string]
+}
+
+// RateLimit returns the key's own limit; nil means the environment
+// default.
+func (e *Entry) RateLimit() *keyledger.RateLimit {
+	if e.Extra == nil {
+		return nil
+	}
+	return e.Extra.RateLimit
 }
 
 // MetaValues returns, for each of fields, the key's top-level metadata
@@ -60,11 +68,15 @@ type Entry struct {
 // per key, on first use (a node asks with one field list: the first
 // answer is kept).
 func (e *Entry) MetaValues(fields []string) []string {
-	if v := e.meta.Load(); v != nil {
+	x := e.Extra
+	if x == nil || len(x.Metadata) == 0 {
+		return noMeta(len(fields))
+	}
+	if v := x.meta.Load(); v != nil {
 		return *v
 	}
 	vals := make([]string, len(fields))
-	if md := e.Metadata(); len(md) > 0 {
+	if md := x.Metadata; len(md) > 0 {
 		var obj map[string]json.RawMessage
 		if json.Unmarshal(md, &obj) == nil {
 			for i, f := range fields {
@@ -82,13 +94,25 @@ func (e *Entry) MetaValues(fields []string) []string {
 			}
 		}
 	}
-	e.meta.CompareAndSwap(nil, &vals)
-	return *e.meta.Load()
+	x.meta.CompareAndSwap(nil, &vals)
+	return *x.meta.Load()
 }
+
+// noMeta is the answer for keys without metadata: n empty values, shared.
+func noMeta(n int) []string {
+	if n <= len(emptyMeta) {
+		return emptyMeta[:n]
+	}
+	return make([]string, n)
+}
+
+var emptyMeta [16]string
 
 // Extra holds an entry's rarely set fields, so that keys without them
 // pay one nil pointer.
 type Extra struct {
+	// RateLimit is the key's own limit (nil: the environment's default).
+	RateLimit *keyledger.RateLimit
 	// Allowlist is nil when every address may use the key; AllowedIPs
 	// are its entries as written in the ledger.
 	Allowlist  *keyledger.Allowlist
@@ -100,10 +124,31 @@ type Extra struct {
 	// RollCap is the expiry a roll gave the key (Unix ns): no update may
 	// push the key's expiry past it. 0 for keys never rolled.
 	RollCap int64
+
+	// meta caches MetaValues (the metadata is in here, and never
+	// changes: an update makes a new Extra).
+	meta atomic.Pointer[[]string]
 }
 
 func (x *Extra) empty() bool {
-	return x == nil || x.Allowlist == nil && len(x.Metadata) == 0 && x.Scope == "" && x.RollCap == 0
+	return x == nil || x.RateLimit == nil && x.Allowlist == nil && len(x.Metadata) == 0 && x.Scope == "" && x.RollCap == 0
+}
+
+// edit returns a copy of x's fields (of none when x is nil) to change,
+// without its caches.
+func (x *Extra) edit() *Extra {
+	if x == nil {
+		return &Extra{}
+	}
+	return &Extra{RateLimit: x.RateLimit, Allowlist: x.Allowlist, AllowedIPs: x.AllowedIPs, Metadata: x.Metadata, Scope: x.Scope, RollCap: x.RollCap}
+}
+
+// orNil returns x, or nil when it holds nothing.
+func (x *Extra) orNil() *Extra {
+	if x.empty() {
+		return nil
+	}
+	return x
 }
 
 // Allowlist returns the key's allowlist (nil: any address).
@@ -182,7 +227,7 @@ func (e *Entry) revokedCopy() *Entry {
 // clone copies e but for its lazily made state.
 func (e *Entry) clone() *Entry {
 	return &Entry{Hash: e.Hash, ID: e.ID, Owner: e.Owner, Environment: e.Environment, Revoked: e.Revoked,
-		Imported: e.Imported, Perms: e.Perms, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit, names: e.names,
+		Imported: e.Imported, Perms: e.Perms, ExpiresAt: e.ExpiresAt, names: e.names,
 		Disabled: e.Disabled, Rev: e.Rev, Extra: e.Extra}
 }
 

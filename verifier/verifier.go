@@ -237,7 +237,7 @@ func (v *Verifier) check(req *Request, now *time.Time) Result {
 // limiter returns the key's token bucket, or nil when it is unlimited: live
 // keys without a limit of their own.
 func (v *Verifier) limiter(e *projector.Entry) *rate.Limiter {
-	rl := e.RateLimit
+	rl := e.RateLimit()
 	if rl == nil {
 		if e.Environment != keyledger.EnvTest {
 			return nil

@@ -37,7 +37,7 @@ func analyticsCmd(ctx context.Context, name string, args []string, stdout io.Wri
 	case "audit":
 		str("key", "key_id", "key id")
 		str("actor", "actor", "who caused the events")
-		str("type", "type", "KeyCreated, KeyRolled or KeyRevoked")
+		str("type", "type", "KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled or KeyEnabled")
 		str("limit", "limit", "most events returned (default 1000)")
 	case "alerts":
 		str("rule", "rule", "rule name: "+strings.Join(analytics.Rules(), ", "))
