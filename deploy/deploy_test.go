@@ -273,7 +273,7 @@ func TestNATSConfigs(t *testing.T) {
 
 	// Run the three configs as one cluster on loopback: same options, with
 	// addresses, ports and store dirs moved to this machine.
-	ports := freePorts(t, 3)
+	ports := buildtest.FreePorts(t, 3)
 	index := map[string]int{}
 	for i, o := range opts {
 		index[fmt.Sprintf("%s:%d", o.ServerName, o.Cluster.Port)] = i
@@ -476,7 +476,7 @@ func unitsOnExternalNATS(t *testing.T, ctx context.Context, in natsInstall, urls
 	t.Helper()
 	bin := buildtest.Keyledger(t)
 	resolve := func(src string) string { return filepath.Join(in.work, src) }
-	ports := freePorts(t, 2)
+	ports := buildtest.FreePorts(t, 2)
 	token := "kla_deploytest_" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	run := func(path string, envs []string, overrides map[string]string) *proc {
 		u := parseUnit(t, path)
@@ -516,24 +516,6 @@ func unitsOnExternalNATS(t *testing.T, ctx context.Context, in natsInstall, urls
 	if code := call(t, ctx, "GET", verifier.url+"/v1/authz", created.Key, "", nil); code != http.StatusOK {
 		t.Errorf("the verifier unit answers %d for a key the admin unit created, want 200\n%s", code, verifier.out.String())
 	}
-}
-
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
 }
 
 // ---------------------------------------------------------- ClickHouse
@@ -1944,7 +1926,7 @@ func TestLocalClusterScript(t *testing.T) {
 	// run: the credentials directory to one holding only v1's two files.
 	vcmd := docCommand(t, script, "serve --role verifier")
 	checkFlags(t, known, "local-cluster.sh header", vcmd[1:])
-	vaddr := fmt.Sprintf("127.0.0.1:%d", freePorts(t, 1)[0])
+	vaddr := fmt.Sprintf("127.0.0.1:%d", buildtest.FreePorts(t, 1)[0])
 	moved := strings.NewReplacer(".cache/local-cluster/credentials", vcreds, ".cache/local-cluster/v1", filepath.Join(t.TempDir(), "v1"),
 		"127.0.0.1:18091", vaddr, "nats://127.0.0.1:14231,nats://127.0.0.1:14232,nats://127.0.0.1:14233", strings.Join(natsURLs, ","))
 	var vargs []string

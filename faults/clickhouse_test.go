@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyledger/keyledger/internal/buildtest"
 )
 
 // privateClickHouse runs scripts/clickhouse.sh for a ClickHouse of the
@@ -32,7 +34,7 @@ func startPrivateClickHouse(t *testing.T) *privateClickHouse {
 			t.Fatalf("%s is not on PATH: this test runs a ClickHouse of its own; run `make test`, which installs it", bin)
 		}
 	}
-	ports := freePorts(t, 3)
+	ports := buildtest.FreePorts(t, 3)
 	ch := &privateClickHouse{dir: t.TempDir(), addr: fmt.Sprintf("127.0.0.1:%d", ports[0])}
 	ch.env = []string{"KEYLEDGER_CH_DIR=" + ch.dir, "KEYLEDGER_CH_PORT=" + strconv.Itoa(ports[0]),
 		"KEYLEDGER_CH_HTTP_PORT=" + strconv.Itoa(ports[1]), "KEYLEDGER_CH_INTERSERVER_PORT=" + strconv.Itoa(ports[2])}

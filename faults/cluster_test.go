@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,28 +15,11 @@ import (
 	"time"
 
 	"github.com/keyledger/keyledger/internal/buildtest"
+	"github.com/keyledger/keyledger/internal/disktest"
 	"github.com/keyledger/keyledger/nats"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
 
 // proc is one keyledger node process, which the harness kills, pauses and
 // starts again with the same data directory.
@@ -102,13 +84,9 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	}
 	var disk string
 	if o.smallDisk != "" {
-		disk = t.TempDir()
-		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+o.smallDisk+",mode=0700", "tmpfs", disk).CombinedOutput(); err != nil {
-			t.Fatalf("the disk_full scenario fills a disk of its own: mounting a tmpfs needs root: %v %s", err, out)
-		}
-		t.Cleanup(func() { exec.Command("umount", "-l", disk).Run() })
+		disk = disktest.MustTmpfs(t, o.smallDisk)
 	}
-	ports := freePorts(t, 9)
+	ports := buildtest.FreePorts(t, 9)
 	c := &cluster{t: t, bin: bin, dir: dir, creds: creds, token: adminToken, lease: o.lease}
 	for i := range 3 {
 		name := fmt.Sprintf("n%d", i+1)

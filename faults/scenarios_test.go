@@ -2,14 +2,14 @@ package faults
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyledger/keyledger/internal/disktest"
 )
 
 // -duration turns the short run of each scenario (one fault, as `make
@@ -81,7 +81,7 @@ var scenarios = []scenario{
 			t.Fatal("n1 has no disk of its own")
 		}
 		filler := filepath.Join(p.disk, "filler")
-		fillDisk(t, filler)
+		disktest.Fill(t, filler)
 		// Until the node's store notices (its next write).
 		waitUntil(t, 30*time.Second, "n1's store to fail on the full disk", func() bool {
 			return c.metric(p, "keyledger_storage_failed") == 1
@@ -108,25 +108,6 @@ var scenarios = []scenario{
 			c.waitReady(p, 90*time.Second)
 		}
 	}},
-}
-
-// fillDisk writes a file until its disk is full.
-func fillDisk(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("filling the disk: %v", err)
-			}
-			return
-		}
-	}
 }
 
 // waitUntil polls ok until it holds, or fails the test after d.

@@ -1,49 +1,15 @@
 package node_test
 
 import (
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/keyledger/keyledger/internal/disktest"
 	"github.com/keyledger/keyledger/node/nodetest"
 )
-
-// mustTmpfs mounts a tmpfs of size at a new directory, for a disk that
-// can be filled. It needs root (CI and `make test` run as root here).
-func mustTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("this test fills a disk of its own: mounting a %s tmpfs at %s needs root: %v %s", size, dir, err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-// fill writes a file until the disk is full.
-func fill(t *testing.T, path string) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatalf("filling the disk: %v", err)
-			}
-			break
-		}
-	}
-	f.Sync()
-}
 
 // The fault run found that on a full disk writes hung ~31 s, answered 503
 // with nothing logged, and stayed dead after space was freed until a
@@ -52,7 +18,7 @@ func fill(t *testing.T, path string) {
 // once, verification goes on, and writes come back by themselves when
 // the disk takes writes again.
 func TestNode_diskFull(t *testing.T) {
-	disk := mustTmpfs(t, "96m")
+	disk := disktest.MustTmpfs(t, "96m")
 	logs := &nodetest.SyncBuffer{}
 	defer func() {
 		if testing.Verbose() {
@@ -76,7 +42,7 @@ func TestNode_diskFull(t *testing.T) {
 	secret := between(body, `"key":"`, `"`)
 
 	filler := filepath.Join(disk, "filler")
-	fill(t, filler)
+	disktest.Fill(t, filler)
 	// Writes land while the store's last page has room; the first that
 	// needs more finds the disk full, and from then on every write is
 	// refused at once, saying why.
