@@ -997,17 +997,28 @@ func (p *Projector) follows(seq uint64, ent *Entry, prev uint64, keyID string) b
 	return false
 }
 
+// reversible finds the entry a reversible event (what) applies to, in
+// slot s, or nil when it is unknown or the event does not follow the
+// key's last one (ignored or refused, and counted).
+func (p *Projector) reversible(seq uint64, h *events.Header, prev uint64, what string) (int, *Entry) {
+	d := p.table.data.Load()
+	s := p.table.byID(d, h.KeyID)
+	if s < 0 {
+		p.ignore(what+" of unknown key", seq, h.KeyID)
+		return -1, nil
+	}
+	old := d.slots[s].Load()
+	if !p.follows(seq, old, prev, h.KeyID) {
+		return -1, nil
+	}
+	return s, old
+}
+
 // applyUpdated changes the fields a KeyUpdated names. A revoked key never
 // changes, and no update pushes a rolled key's expiry past its roll's.
 func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
-	d := p.table.data.Load()
-	s := p.table.byID(d, e.KeyID)
-	if s < 0 {
-		p.ignore("update of unknown key", seq, e.KeyID)
-		return
-	}
-	old := d.slots[s].Load()
-	if !p.follows(seq, old, e.Prev.Prev, e.KeyID) {
+	s, old := p.reversible(seq, &e.Header, e.Prev.Prev, "update")
+	if old == nil {
 		return
 	}
 	if old.Revoked {
@@ -1073,14 +1084,8 @@ func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
 // revoked; disabling a disabled key (or enabling an enabled one) changes
 // nothing but the key's last event.
 func (p *Projector) applySwitch(seq uint64, h *events.Header, prev uint64, off bool) {
-	d := p.table.data.Load()
-	s := p.table.byID(d, h.KeyID)
-	if s < 0 {
-		p.ignore("disable or enable of unknown key", seq, h.KeyID)
-		return
-	}
-	old := d.slots[s].Load()
-	if !p.follows(seq, old, prev, h.KeyID) {
+	s, old := p.reversible(seq, h, prev, "disable or enable")
+	if old == nil {
 		return
 	}
 	if old.Revoked {

@@ -59,19 +59,14 @@ var httpClient = &http.Client{Timeout: 30 * time.Second}
 // into out, or the error envelope into a *keyledger.Error.
 // doWith is an authenticated do with extra request headers.
 func (c *clientFlags) doWith(ctx context.Context, method, path string, header map[string]string, body, out any) error {
-	cl := c.client()
-	tok, err := c.adminToken()
-	if err != nil {
-		return err
-	}
-	cl.Token = tok
-	if _, err := url.Parse(c.url); err != nil {
-		return usageErr("bad --url: %v", err)
-	}
-	return cl.DoWith(ctx, method, path, true, header, body, out)
+	return c.send(ctx, method, path, true, header, body, out)
 }
 
 func (c *clientFlags) do(ctx context.Context, method, path string, auth bool, body, out any) error {
+	return c.send(ctx, method, path, auth, nil, body, out)
+}
+
+func (c *clientFlags) send(ctx context.Context, method, path string, auth bool, header map[string]string, body, out any) error {
 	cl := c.client()
 	if auth {
 		tok, err := c.adminToken()
@@ -83,7 +78,7 @@ func (c *clientFlags) do(ctx context.Context, method, path string, auth bool, bo
 	if _, err := url.Parse(c.url); err != nil {
 		return usageErr("bad --url: %v", err)
 	}
-	return cl.Do(ctx, method, path, auth, body, out)
+	return cl.DoWith(ctx, method, path, auth, header, body, out)
 }
 
 // client is the library client for --url, without a token.
