@@ -854,7 +854,7 @@ func (s *Service) SetDisabled(ctx context.Context, id string, off bool, reason s
 func (s *Service) change(ctx context.Context, id string, ifMatch uint64, w Write,
 	build func(keyledger.Key) (events.Event, []string, error)) (*Updated, error) {
 	var expect uint64
-	for attempt := 0; attempt < 8; attempt++ {
+	for attempt := 0; attempt < 12; attempt++ {
 		if attempt > 0 {
 			// A conflict: the key's subject moved, or a write to it is
 			// still in flight at the stream's leader. Wait a little,
@@ -864,7 +864,7 @@ func (s *Service) change(ctx context.Context, id string, ifMatch uint64, w Write
 			select {
 			case <-ctx.Done():
 				return nil, keyledger.Wrap(keyledger.Unavailable, ctx.Err(), "update interrupted")
-			case <-time.After(time.Duration(1<<attempt) * time.Millisecond):
+			case <-time.After(min(time.Duration(1<<attempt)*time.Millisecond, 50*time.Millisecond)):
 			}
 			last, err := s.cfg.Log.Last(ctx, id)
 			if err != nil {
