@@ -40,6 +40,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/nats"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -570,6 +571,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.pending = register(reg, m.pending)
 		m.insertTime = register(reg, m.insertTime)
 		m.alerts = register(reg, m.alerts)
+	}
+	// Every series exists from the start, at 0: a rate() or an alert
+	// rule over a series that appears only with its first event sees
+	// nothing before it.
+	for _, rule := range Rules() {
+		m.alerts.WithLabelValues(rule)
+	}
+	for _, stream := range []string{nats.KeysStream, nats.UsageStream} {
+		m.deadLetters.WithLabelValues(stream)
+		m.duplicates.WithLabelValues(stream)
+		m.lag.WithLabelValues(stream)
+		m.pending.WithLabelValues(stream)
 	}
 	return m
 }

@@ -39,6 +39,8 @@ func RegisterNode(reg prometheus.Registerer, p *projector.Projector, u *nats.Usa
 			func() float64 { return float64(p.Stats().Lag) }),
 		gauge("keyledger_projector_caught_up", "1 once the node has applied the stream as it was at start.",
 			func() float64 { return b2f(p.Stats().CaughtUp) }),
+		gauge("keyledger_projector_fresh", "1 while the node holds its freshness lease (it serves keys); 0 means it refuses every key with 503.",
+			func() float64 { return b2f(p.Stats().Fresh) }),
 		gauge("keyledger_projector_keys", "Entries in the verification table, revoked ones included.",
 			func() float64 { return float64(p.Stats().Keys) }),
 		counter("keyledger_projector_applied_total", "KEYS events that changed the table.",
