@@ -38,6 +38,11 @@ echo "== nginx"
 # itself never installs anything.
 ./scripts/nginx.sh install
 
+echo "== promtool"
+# The alert rules in deploy/prometheus/ are checked and unit-tested with
+# promtool (Debian's prometheus package).
+./scripts/promtool.sh install
+
 echo "== go test -race"
 # -p 1: the integration tests start servers (JetStream, use ClickHouse); on a
 # 2-core machine running packages one at a time keeps timings sane.
