@@ -103,6 +103,10 @@ type Config struct {
 	// share a 30s budget. Alerts are stored and published on NATS first,
 	// so a failed delivery loses nothing but the POST.
 	WebhookAttempts int
+	// WebhookSecret, if set, signs every delivery (see
+	// WebhookSignatureHeader), so a receiver can tell keyledger's alerts
+	// from anyone's POST.
+	WebhookSecret []byte
 
 	// RetentionMonths is how many months of raw usage rows are kept,
 	// counting the current one (default 13; negative keeps everything).

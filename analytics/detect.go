@@ -534,6 +534,10 @@ func (a *Analytics) postWebhook(ctx context.Context, x Alert) error {
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("User-Agent", "keyledger-analytics")
+		if len(a.cfg.WebhookSecret) > 0 {
+			// Signed per attempt: a retry carries a fresh timestamp.
+			req.Header.Set(WebhookSignatureHeader, SignWebhook(a.cfg.WebhookSecret, body, a.cfg.Now()))
+		}
 		resp, err := a.cfg.WebhookClient.Do(req)
 		if err == nil {
 			resp.Body.Close()

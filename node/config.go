@@ -81,10 +81,12 @@ type Config struct {
 	NoUsage bool
 
 	// Analytics (admin role, with ClickHouse).
-	ClickHouse      string
-	DetectInterval  time.Duration
-	AlertWebhook    string
-	RetentionMonths int
+	ClickHouse     string
+	DetectInterval time.Duration
+	AlertWebhook   string
+	// AlertWebhookSecret signs webhook deliveries (analytics.WebhookSignatureHeader).
+	AlertWebhookSecret string
+	RetentionMonths    int
 
 	// TrustedProxies are the peers whose forwarded headers (X-Forwarded-For,
 	// X-Real-IP, X-Forwarded-Method/-Uri, X-Original-Method/-Uri) are

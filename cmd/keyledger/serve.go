@@ -62,6 +62,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.ClickHouse, "clickhouse", os.Getenv("KEYLEDGER_CLICKHOUSE_DSN"), "turn analytics on: clickhouse://HOST:PORT/DB (native protocol)")
 	fs.DurationVar(&cfg.DetectInterval, "detect-interval", 30*time.Second, "how often the anomaly detector runs")
 	fs.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "POST every alert as JSON to this URL")
+	// The secret's default is read after parsing: a flag default would
+	// be printed by --help.
+	fs.StringVar(&cfg.AlertWebhookSecret, "alert-webhook-secret", "", "sign every webhook delivery with HMAC-SHA256, header X-Keyledger-Signature (default: env KEYLEDGER_ALERT_WEBHOOK_SECRET, which process listings do not show)")
 	fs.IntVar(&cfg.RetentionMonths, "retention-months", 13, "months of raw usage rows kept in ClickHouse (rollups are kept)")
 	var metaHeaders string
 	fs.StringVar(&metaHeaders, "authz-meta-headers", "", "metadata members forward auth hands to the upstream, e.g. plan,tenant → X-Key-Meta-Plan, X-Key-Meta-Tenant")
@@ -79,6 +82,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg.Permissions = cli.SplitList(perms)
 	cfg.AuthzMetaHeaders = cli.SplitList(metaHeaders)
+	if cfg.AlertWebhookSecret == "" {
+		cfg.AlertWebhookSecret = os.Getenv("KEYLEDGER_ALERT_WEBHOOK_SECRET")
+	}
 	cfg.Routes = cli.SplitList(routes)
 	switch logFormat {
 	case "json":
