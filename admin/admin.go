@@ -88,6 +88,9 @@ type Fleet interface {
 	WaitApplied(ctx context.Context, seq uint64) nats.Applied
 	// Live lists the nodes heard from recently.
 	Live() []nats.NodeStatus
+	// ProofTimeout is how long a wait may need to prove every silent
+	// node refusing (the fleet's longest lease and its margins).
+	ProofTimeout() time.Duration
 }
 
 // NodeView is a live node with its lag behind the ledger.
@@ -320,7 +323,7 @@ func (s *Service) validate(req *CreateRequest, w Write) ([]string, error) {
 	if w.Scope != "" && req.AdminScope == nil && slices.Contains(perms, keyledger.PermissionAdmin) {
 		req.AdminScope = &keyledger.AdminScope{Owner: w.Scope}
 	}
-	if err := checkScope(perms, req.AdminScope, req.Owner, w); err != nil {
+	if err := checkScope(perms, req.AdminScope, w); err != nil {
 		return nil, err
 	}
 	if req.AdminScope != nil && req.AdminScope.Owner == "" {
@@ -334,7 +337,7 @@ func (s *Service) validate(req *CreateRequest, w Write) ([]string, error) {
 
 // checkScope refuses what would let a scoped caller out of its owner: an
 // admin key it issues (or grants admin to) is scoped to its own owner.
-func checkScope(perms []string, scope *keyledger.AdminScope, owner string, w Write) error {
+func checkScope(perms []string, scope *keyledger.AdminScope, w Write) error {
 	admin := slices.Contains(perms, keyledger.PermissionAdmin)
 	if scope != nil && !admin {
 		return keyledger.Errorf(keyledger.Invalid, "admin_scope is only for keys holding the admin permission")
@@ -576,10 +579,7 @@ func (s *Service) propagate(ctx context.Context, seq uint64, w Write) Propagatio
 	}
 	timeout := w.Timeout
 	if timeout <= 0 {
-		timeout = DefaultWaitTimeout
-		if p, ok := s.cfg.Fleet.(interface{ ProofTimeout() time.Duration }); ok {
-			timeout = max(timeout, p.ProofTimeout())
-		}
+		timeout = max(DefaultWaitTimeout, s.cfg.Fleet.ProofTimeout())
 	}
 	if w.Wait != WaitAll {
 		// No wait, but still the truth as of now: who has applied it
@@ -973,11 +973,10 @@ func (s *Service) applyPatch(ev *events.KeyUpdated, k keyledger.Key, patch Patch
 			if err != nil {
 				return err
 			}
-			if err := checkScope(perms, k.AdminScope, k.Owner, w); err != nil {
+			// A scoped caller cannot turn an unscoped key into an
+			// admin key: checkScope wants its scope on any admin key.
+			if err := checkScope(perms, k.AdminScope, w); err != nil {
 				return err
-			}
-			if slices.Contains(perms, keyledger.PermissionAdmin) && !slices.Contains(k.Permissions, keyledger.PermissionAdmin) && k.AdminScope == nil && w.Scope != "" {
-				return errOtherOwner(w.Scope)
 			}
 			if !slices.Equal(perms, k.Permissions) {
 				ev.Permissions = perms

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -218,30 +217,15 @@ func TestPoisonEventDeadLettered(t *testing.T) {
 // than let the script install anything, unless the ClickHouse binaries are
 // on PATH (`make test` installs them).
 func TestClickHouseDownThenBack(t *testing.T) {
-	mustHaveClickHouseBinaries(t)
-	port := envOr("KEYLEDGER_CH_PRIVATE_PORT", "19100")
-	env := []string{
-		"KEYLEDGER_CH_DIR=" + t.TempDir(),
-		"KEYLEDGER_CH_PORT=" + port,
-		"KEYLEDGER_CH_HTTP_PORT=" + envOr("KEYLEDGER_CH_PRIVATE_HTTP_PORT", "18223"),
-		"KEYLEDGER_CH_INTERSERVER_PORT=" + envOr("KEYLEDGER_CH_PRIVATE_INTERSERVER_PORT", "19109"),
-	}
-	// runPrivate runs the script; safe from any goroutine.
-	runPrivate := func(arg string) error {
-		if out, err := runScript(2*time.Minute, env, arg); err != nil {
-			return fmt.Errorf("clickhouse.sh %s: %v\n%s", arg, err, out)
-		}
-		return nil
-	}
+	priv := analyticstest.StartPrivate(t)
+	runPrivate := priv.Run
 	script := func(arg string) {
 		t.Helper()
 		if err := runPrivate(arg); err != nil {
 			t.Fatal(err)
 		}
 	}
-	script("start")
-	t.Cleanup(func() { runScript(time.Minute, env, "stop") })
-	addr := "127.0.0.1:" + port
+	addr := priv.Addr
 
 	tj := MustStartJetStream(t)
 	reg := prometheus.NewRegistry()
@@ -305,13 +289,6 @@ func TestClickHouseDownThenBack(t *testing.T) {
 	if c := usageCounts(t, a.conn); c != (counts{7000, 7000, 7000}) {
 		t.Fatalf("counts = %+v, want 7000 each", c)
 	}
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }
 
 func TestKeyEventsAndAudit(t *testing.T) {

@@ -6,9 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -23,34 +20,6 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// runScript runs scripts/clickhouse.sh with extra environment. Only the
-// outage test uses it, to run a private ClickHouse of its own; it calls
-// mustHaveClickHouseBinaries first, so the script never installs anything.
-func runScript(timeout time.Duration, env []string, args ...string) (string, error) {
-	_, file, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(file), "..", "scripts", "clickhouse.sh")
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, script, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// mustHaveClickHouseBinaries fails the test unless clickhouse-server and
-// clickhouse-client are on PATH. scripts/clickhouse.sh start installs them
-// with apt-get when either is missing; tests must never do that, so they
-// check first (`make test` installs them).
-func mustHaveClickHouseBinaries(tb testing.TB) {
-	tb.Helper()
-	for _, bin := range []string{"clickhouse-server", "clickhouse-client"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			tb.Fatalf("%s is not on PATH (%v): this test runs a private ClickHouse; run `make test` "+
-				"(with KEYLEDGER_CLICKHOUSE unset it installs ClickHouse) or ./scripts/clickhouse.sh start once", bin, err)
-		}
-	}
-}
 
 // newDSN returns the DSN of a fresh database on the ClickHouse at addr,
 // dropped when the test ends.

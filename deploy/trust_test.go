@@ -6,7 +6,6 @@ package deploy_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,12 +16,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/keyledger/keyledger/internal/buildtest"
+	"github.com/keyledger/keyledger/node/nodetest"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -222,30 +221,12 @@ func expectDenied(t *testing.T, who string, nc *nats.Conn, errs <-chan error, su
 
 // ------------------------------------------------- keyledger processes
 
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a keyledger serve started by a test.
 type proc struct {
 	name string
 	url  string // its HTTP base URL
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *nodetest.SyncBuffer
 	done chan struct{}
 }
 
@@ -253,7 +234,7 @@ type proc struct {
 // stopped at the end of the test. url is its --http.
 func startServe(t *testing.T, name, url string, env, args []string) *proc {
 	t.Helper()
-	p := &proc{name: name, url: url, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{name: name, url: url, out: &nodetest.SyncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(buildtest.Keyledger(t), args...)
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

@@ -64,6 +64,28 @@ func (c *changer) enable(id string) []byte {
 	return c.apply(&events.KeyEnabled{Header: c.header(events.TypeKeyEnabled, id), Prev: events.Prev{Prev: c.last[id]}})
 }
 
+// roundTrip writes a snapshot of p and loads it into a new projector.
+func roundTrip(t *testing.T, p *Projector) *Projector {
+	t.Helper()
+	cut, err := p.cut()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, err := p.writeSnapshot(t.TempDir(), cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2 := New(nil, Options{Records: true, Keyring: p.ring})
+	meta, err := peekSnapshotMeta(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p2.loadSnapshot(path, meta); err != nil {
+		t.Fatal(err)
+	}
+	return p2
+}
+
 func (c *changer) entry(id string) *Entry {
 	e := c.p.table.ByID(id)
 	if e == nil {
@@ -177,23 +199,7 @@ func TestKeysThatChange(t *testing.T) {
 			return k
 		}())
 		c.p.streamID = 42
-		dir := t.TempDir()
-		cut, err := c.p.cut()
-		if err != nil {
-			t.Fatal(err)
-		}
-		path, err := c.p.writeSnapshot(dir, cut)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p2 := New(nil, Options{Records: true, Keyring: c.p.ring})
-		meta, err := peekSnapshotMeta(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p2.loadSnapshot(path, meta); err != nil {
-			t.Fatal(err)
-		}
+		p2 := roundTrip(t, c.p)
 		if p2.table.Digest() != c.p.table.Digest() {
 			t.Fatal("table differs")
 		}

@@ -565,22 +565,7 @@ func TestPage_snapshot(t *testing.T) {
 		}
 	}
 	c.p.streamID = 42
-	cut, err := c.p.cut()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path, err := c.p.writeSnapshot(t.TempDir(), cut)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2 := New(nil, Options{Records: true, Keyring: c.p.ring})
-	meta, err := peekSnapshotMeta(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p2.loadSnapshot(path, meta); err != nil {
-		t.Fatal(err)
-	}
+	p2 := roundTrip(t, c.p)
 	checkIndex(t, p2)
 	now := pageBase.Add(time.Hour)
 	queries := []PageQuery{

@@ -958,7 +958,14 @@ func (p *Projector) applyChecked(seq uint64, subject string, data []byte, c chec
 		p.poison.Add(1)
 		p.log.Error("projector: skipping undecodable KEYS event", "seq", seq, "err", c.poison)
 	default:
+		applied := p.applied.Load()
 		p.Apply(seq, c.ev)
+		if p.applied.Load() != applied {
+			// Every event that changes an entry stores it with Rev
+			// = seq already: no second lookup.
+			p.advance(seq, data)
+			return
+		}
 	}
 	p.stored(seq, subject)
 	p.advance(seq, data)
@@ -1107,9 +1114,9 @@ func (p *Projector) applySwitch(seq uint64, h *events.Header, prev uint64, off b
 	p.applied.Add(1)
 }
 
-// stored records that an event at seq is the last one on keyID's subject,
-// whatever became of it (applied, ignored or refused), for the Prev check
-// of the key's next reversible event.
+// stored records that an event at seq, which changed nothing (ignored or
+// refused), is still the last one on its key's subject, for the Prev
+// check of the key's next reversible event.
 func (p *Projector) stored(seq uint64, subject string) {
 	id, ok := strings.CutPrefix(subject, nats.KeysSubjectPrefix)
 	if !ok {
