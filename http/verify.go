@@ -40,6 +40,11 @@ type VerifierHandler struct {
 	metaBytes [][]byte
 }
 
+// MaxMetaHeaders bounds --authz-meta-headers: the answer for keys without
+// metadata is then a shared slice (projector.Entry.MetaValues), so a 200
+// allocates nothing.
+const MaxMetaHeaders = 16
+
 // ValidMetaHeader checks a metadata member name for --authz-meta-headers:
 // 1 to 32 letters, digits, '-' or '_'.
 func ValidMetaHeader(field string) error {

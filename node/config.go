@@ -162,6 +162,9 @@ func (c *Config) Validate() error {
 			return configErr("--trusted-proxies holds an invalid prefix")
 		}
 	}
+	if len(c.AuthzMetaHeaders) > khttp.MaxMetaHeaders {
+		return configErr("--authz-meta-headers names %d members; at most %d", len(c.AuthzMetaHeaders), khttp.MaxMetaHeaders)
+	}
 	for _, f := range c.AuthzMetaHeaders {
 		if err := khttp.ValidMetaHeader(f); err != nil {
 			return configErr("%s", keyledger.ErrorMessage(err))
