@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -673,6 +674,34 @@ func (s *Service) Get(ctx context.Context, id string, w Write) (*KeyView, error)
 		return nil, errNoKey(id)
 	}
 	return k, nil
+}
+
+// Catalog is the permission catalog keys are issued from.
+func (s *Service) Catalog() *keyledger.Catalog { return s.cfg.Catalog }
+
+// AdminKey reports whether key id may administer now, from ip: it exists,
+// is active (not revoked, disabled or expired), holds the reserved admin
+// permission and its allowlist admits ip. It returns the owner the key is
+// scoped to, if any. It reads this node's table as it is, without a
+// barrier, so that a console session can afford the check on every
+// request: callers that must not trust a stale table check the verifier's
+// readiness first (a stale table is refused, never trusted).
+func (s *Service) AdminKey(id, ip string) (scope string, ok bool) {
+	k, err := s.local(id)
+	if err != nil || k.Status != keyledger.StatusActive || !slices.Contains(k.Permissions, keyledger.PermissionAdmin) {
+		return "", false
+	}
+	if len(k.AllowedIPs) > 0 {
+		list, _, err := keyledger.ParseAllowlist(k.AllowedIPs)
+		addr, aerr := netip.ParseAddr(ip)
+		if err != nil || aerr != nil || !list.Allows(addr) {
+			return "", false
+		}
+	}
+	if k.AdminScope != nil {
+		scope = k.AdminScope.Owner
+	}
+	return scope, true
 }
 
 // local returns a key's record as this node knows it now.

@@ -65,12 +65,17 @@ const (
 	DefaultLimit = 1000
 )
 
-// UsageQuery selects usage: one key (KeyID) or all keys of an owner
-// (Owner), over [From, To), in buckets of Interval. Zero From/To default to
-// the last 24 hours by the clock.
+// UsageQuery selects usage: one key (KeyID), all keys of an owner (Owner)
+// or all keys of the ledger (All), exactly one of them, over [From, To), in
+// buckets of Interval. Zero From/To default to the last 24 hours by the
+// clock.
 type UsageQuery struct {
-	KeyID    string
-	Owner    string
+	KeyID string
+	Owner string
+	// All selects all keys of the ledger, for a fleet-wide dashboard
+	// (verifications that named no key are not counted). The HTTP API
+	// never sets it.
+	All      bool
 	From, To time.Time
 	Interval Interval
 }
@@ -153,7 +158,16 @@ type KeyUse struct {
 }
 
 func (q *UsageQuery) normalize(now time.Time) error {
-	if (q.KeyID == "") == (q.Owner == "") {
+	n := 0
+	for _, set := range []bool{q.KeyID != "", q.Owner != "", q.All} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		if q.All {
+			return keyledger.Errorf(keyledger.Invalid, "give exactly one of key_id, owner and all")
+		}
 		return keyledger.Errorf(keyledger.Invalid, "give exactly one of key_id and owner")
 	}
 	if q.KeyID != "" {
@@ -205,9 +219,12 @@ func (a *Analytics) Usage(ctx context.Context, q UsageQuery) ([]UsagePoint, erro
 		return nil, err
 	}
 	var keyCond string
-	if q.KeyID != "" {
+	switch {
+	case q.All:
+		keyCond = "key_id != ''"
+	case q.KeyID != "":
 		keyCond = "key_id = " + quote(q.KeyID)
-	} else {
+	default:
 		keyCond = "key_id IN (SELECT key_id FROM key_events WHERE type = 'KeyCreated' AND owner = " + quote(q.Owner) + ")"
 	}
 	type bk struct {
@@ -540,6 +557,132 @@ func (a *Analytics) LastUsed(ctx context.Context, keyIDs []string) (map[string]K
 		rows.Close()
 		if err != nil {
 			return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot read key usage")
+		}
+	}
+	return out, nil
+}
+
+// SourceCount is one client address of a key with its verifications.
+type SourceCount struct {
+	IP       string    `json:"ip"`
+	Count    uint64    `json:"count"`
+	LastSeen time.Time `json:"last_seen"` // start of the last hour it was seen in
+}
+
+// MaxSources bounds the addresses of one TopSources query;
+// DefaultSources is used when none is given.
+const (
+	MaxSources     = 1000
+	DefaultSources = 10
+)
+
+// TopSources returns the addresses that verified keyID most in the hours
+// overlapping [from, to), most first (ties by IP), at most limit
+// (1..MaxSources; 0 = DefaultSources), so that a console can show where a
+// key is used from. Verifications of any outcome count. Counts come from
+// the hourly rollup, so they cover whole hours: an hour that [from, to)
+// only partly covers counts whole. Zero from/to default to the last 24
+// hours by the clock. Verifications without an address are left out. The
+// result is empty, not nil, when there are none.
+func (a *Analytics) TopSources(ctx context.Context, keyID string, from, to time.Time, limit int) ([]SourceCount, error) {
+	if err := events.ValidKeyID(keyID); err != nil {
+		return nil, err
+	}
+	switch {
+	case limit == 0:
+		limit = DefaultSources
+	case limit < 0 || limit > MaxSources:
+		return nil, keyledger.Errorf(keyledger.Invalid, "limit must be between 1 and %d", MaxSources)
+	}
+	if err := defaultRange(&from, &to, a.now(), 24*time.Hour); err != nil {
+		return nil, err
+	}
+	out := []SourceCount{}
+	if !from.Before(to) {
+		return out, nil // an empty range overlaps no hour
+	}
+	rows, err := a.conn.Query(ctx, fmt.Sprintf(`SELECT ip, toUInt64(sum(count)) AS c, toUInt64(max(hour))
+		FROM usage_key_ip_hour WHERE key_id = %s AND ip != '' AND hour >= toDateTime(%d) AND hour < toDateTime(%d)
+		GROUP BY ip HAVING c > 0 ORDER BY c DESC, ip LIMIT %d`,
+		quote(keyID), clampSec(from.Truncate(time.Hour)), clampSec(to), limit))
+	if err != nil {
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot query the key's sources")
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s SourceCount
+		var last uint64
+		if err := rows.Scan(&s.IP, &s.Count, &last); err != nil {
+			return nil, keyledger.Wrap(keyledger.Internal, err, "cannot read the key's sources")
+		}
+		s.LastSeen = time.Unix(int64(last), 0).UTC()
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the key's sources")
+	}
+	return out, nil
+}
+
+// MaxHours bounds the buckets of one Hourly query (31 days).
+const MaxHours = 31 * 24
+
+// Hourly returns, for each of keyIDs with any verification (any outcome)
+// in the last hours hours up to to, its count per hour, for sparklines in
+// a key list: element i counts [start+i·1h, start+(i+1)·1h) where start =
+// to.Truncate(time.Hour) − (hours−1)·1h, so the last element is the hour
+// holding to. Keys with none are absent. hours must be 1..MaxHours; a zero
+// to is the clock.
+//
+// Counts come from the per-minute rollup, which holds the minutes of the
+// events stored so far: the hour holding to (with to the clock, the
+// current hour) counts the verifications ingested until now, and a
+// minute may still grow while its events arrive. That is fine for a
+// sparkline; Usage gives exact counts for any range.
+func (a *Analytics) Hourly(ctx context.Context, keyIDs []string, to time.Time, hours int) (map[string][]uint64, error) {
+	if hours < 1 || hours > MaxHours {
+		return nil, keyledger.Errorf(keyledger.Invalid, "hours must be between 1 and %d", MaxHours)
+	}
+	for _, k := range keyIDs {
+		if err := events.ValidKeyID(k); err != nil {
+			return nil, err
+		}
+	}
+	if to.IsZero() {
+		to = a.now()
+	}
+	start := to.UTC().Truncate(time.Hour).Add(-time.Duration(hours-1) * time.Hour)
+	end := start.Add(time.Duration(hours) * time.Hour)
+	out := map[string][]uint64{}
+	const chunk = 1000
+	for first := 0; first < len(keyIDs); first += chunk {
+		in := quoteList(keyIDs[first:min(first+chunk, len(keyIDs))])
+		rows, err := a.conn.Query(ctx, fmt.Sprintf(`SELECT key_id, toUInt64(toStartOfHour(minute)) AS h, toUInt64(sum(count)) AS c
+			FROM usage_minute WHERE key_id IN (%s) AND minute >= toDateTime(%d) AND minute < toDateTime(%d)
+			GROUP BY key_id, h`, in, clampSec(start), clampSec(end)))
+		if err != nil {
+			return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot query hourly usage")
+		}
+		for rows.Next() {
+			var k string
+			var h, c uint64
+			if err := rows.Scan(&k, &h, &c); err != nil {
+				rows.Close()
+				return nil, keyledger.Wrap(keyledger.Internal, err, "cannot read hourly usage")
+			}
+			i := (int64(h) - start.Unix()) / int64(time.Hour/time.Second)
+			if c == 0 || i < 0 || i >= int64(hours) {
+				continue
+			}
+			if out[k] == nil {
+				out[k] = make([]uint64, hours)
+			}
+			out[k][i] += c
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot read hourly usage")
 		}
 	}
 	return out, nil

@@ -81,13 +81,20 @@ func callerOf(r *http.Request) caller {
 
 // fail writes err; internal errors, and only those, are logged as faults.
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
+	a.report(r, err)
+	WriteError(w, err)
+}
+
+// report logs err if it is a fault (internal) or an outage (unavailable,
+// at most a line a second); every other error is the caller's and is
+// only answered.
+func (a *api) report(r *http.Request, err error) {
 	switch keyledger.ErrorCode(err) {
 	case keyledger.Internal:
 		a.log.Error("internal error", "method", r.Method, "path", redactSecrets(r.URL.Path), "err", err)
 	case keyledger.Unavailable:
 		a.outages.log(a.log, r, err)
 	}
-	WriteError(w, err)
 }
 
 // recover turns a panic into a 500 envelope: the client never sees a stack

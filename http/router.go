@@ -10,6 +10,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/console"
 	"github.com/keyledger/keyledger/verifier"
 )
 
@@ -37,6 +38,9 @@ type RouterOptions struct {
 	// AnalyticsLater, when set instead, is analytics that may come up
 	// after the node (nil until then).
 	AnalyticsLater func() *analytics.Analytics
+	// NoConsole leaves out the web console (console.Prefix), which admin
+	// nodes serve by default.
+	NoConsole bool
 	// Metrics, if set, serves /metrics without authentication.
 	Metrics http.Handler
 	Logger  *slog.Logger
@@ -136,6 +140,14 @@ func NewRouter(o RouterOptions) http.Handler {
 			}
 			for _, p := range AnalyticsPaths {
 				mux.Handle(p, a.auth(a.scopedOut(ah)))
+			}
+			if !o.NoConsole {
+				later := o.AnalyticsLater
+				if later == nil {
+					later = func() *analytics.Analytics { return o.Analytics }
+				}
+				mux.Handle(console.Prefix, console.New(console.Config{Admin: o.Admin, Verifier: o.Verifier, TokenSum: a.tokenSum,
+					Analytics: later, ClientIP: proxies.clientIP, Status: HTTPStatus, Report: a.report, Logger: o.Logger}))
 			}
 		}
 	}
