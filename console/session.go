@@ -83,9 +83,12 @@ func (s *sessions) create(actor, keyID, scope string) (*Session, string) {
 		forms: map[string]string{}, sum: sha256.Sum256([]byte(value))}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for k, o := range s.m {
-		if s.expired(o, now) {
-			delete(s.m, k)
+	if len(s.m) >= MaxSessions {
+		// Expired sessions are otherwise dropped when next presented.
+		for k, o := range s.m {
+			if s.expired(o, now) {
+				delete(s.m, k)
+			}
 		}
 	}
 	if len(s.m) >= MaxSessions {

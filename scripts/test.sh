@@ -43,6 +43,10 @@ echo "== promtool"
 # promtool (Debian's prometheus package).
 ./scripts/promtool.sh install
 
+echo "== chromium"
+# The console's browser test drives Debian's Chromium headless (chromedp).
+./scripts/chromium.sh install
+
 echo "== go test -race"
 # -p 1: the integration tests start servers (JetStream, use ClickHouse); on a
 # 2-core machine running packages one at a time keeps timings sane.
