@@ -82,6 +82,7 @@ func TestBrowser_journey(t *testing.T) {
 	const token = "console-browser-token-0123456789"
 	cfg := nodetest.Config(t.TempDir(), io.Discard)
 	cfg.Name, cfg.AdminToken, cfg.ClickHouse = "console", token, analyticstest.DSN(addr, db)
+	cfg.DetectInterval = 200 * time.Millisecond // so that the revoked key's use raises revoked_key_used
 	n := nodetest.MustOpenConfig(t, cfg)
 	api := &nodetest.Caller{T: t, Base: n.URL(), Token: token}
 	nodetest.WaitReady(t, api)
@@ -202,11 +203,11 @@ func TestBrowser_journey(t *testing.T) {
 	for {
 		run("reload", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("table.history")))
 		bars := get(t, b, "count bars", chromedp.Evaluate[int](`document.querySelectorAll("svg.usage rect.bar").length`))
-		if bars > 0 && strings.Contains(text("figure.chart"), "revoked") {
+		if bars > 0 && strings.Contains(text("figure.chart"), "revoked") && strings.Contains(text("section.card:nth-of-type(2)"), "revoked_key_used") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the usage chart has no bars 30 s after the key was used")
+			t.Fatal("30 s after the key was used, the usage chart has no bars or the revoked_key_used alert is missing")
 		}
 		time.Sleep(200 * time.Millisecond) // between reloads, not in place of a condition
 	}
@@ -245,7 +246,7 @@ func TestBrowser_journey(t *testing.T) {
 			t.Fatalf("at 390 px the activity page is %d px wide", width)
 		}
 	})
-	run("desktop", chromedp.ResetViewport(), chromedp.Navigate(base+"activity"), chromedp.WaitVisible(chromedp.CSS("table.fleet")))
+	run("desktop", chromedp.EmulateViewport(1280, 900), chromedp.Navigate(base+"activity"), chromedp.WaitVisible(chromedp.CSS("table.fleet")))
 	if f := text("table.fleet"); !strings.Contains(f, "console") {
 		t.Fatalf("the fleet panel lacks this node: %q", f)
 	}

@@ -507,3 +507,14 @@ func TestConsole_notOnVerifierNodes(t *testing.T) {
 		}
 	}
 }
+
+// --no-console leaves the console out of an admin node.
+func TestConsole_noConsole(t *testing.T) {
+	cfg := nodetest.Config(t.TempDir(), io.Discard)
+	cfg.AdminToken, cfg.NoConsole = testToken, true
+	n := nodetest.MustOpenConfig(t, cfg)
+	s := newSession(t, n.URL())
+	if resp, _ := s.get("/console/signin"); resp.StatusCode != 404 {
+		t.Fatalf("--no-console: /console/signin %d, want 404", resp.StatusCode)
+	}
+}

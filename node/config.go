@@ -97,6 +97,9 @@ type Config struct {
 	// AuthzMetaHeaders are the metadata members forward auth answers as
 	// X-Key-Meta-<Member> headers (see khttp.RouterOptions).
 	AuthzMetaHeaders []string
+	// NoConsole leaves out the web console that admin nodes serve at
+	// /console/ (on the admin listener when there is one).
+	NoConsole bool
 	// AdminHTTPAddr, if set, serves the admin API, analytics and /metrics
 	// on a listener of their own, and HTTPAddr only the verifier's
 	// endpoints, so that a gateway reaching /v1/authz cannot reach them.

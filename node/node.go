@@ -145,7 +145,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log,
 		TrustedProxies: cfg.TrustedProxies, MaxConns: cfg.MaxConns, MaxConnsPerIP: cfg.MaxConnsPerIP,
-		AuthzMetaHeaders: cfg.AuthzMetaHeaders}
+		AuthzMetaHeaders: cfg.AuthzMetaHeaders, NoConsole: cfg.NoConsole}
 	if isAdmin {
 		ledger, err := nats.OpenLog(ctx, n.js, n.creds.signer, n.creds.ring)
 		if err != nil {
@@ -194,6 +194,9 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.log.Info("keyledger serving", "http", n.http.Addr().String(), "role", cfg.Role,
 		"environment", cfg.Environment.String(), "node", cfg.Name)
+	if isAdmin && !cfg.NoConsole {
+		n.log.Info("web console: sign in with the admin token or an admin key", "url", n.AdminURL()+"/console/")
+	}
 	return n, nil
 }
 

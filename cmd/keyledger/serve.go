@@ -66,6 +66,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// be printed by --help.
 	fs.StringVar(&cfg.AlertWebhookSecret, "alert-webhook-secret", "", "sign every webhook delivery with HMAC-SHA256, header X-Keyledger-Signature (default: env KEYLEDGER_ALERT_WEBHOOK_SECRET, which process listings do not show)")
 	fs.IntVar(&cfg.RetentionMonths, "retention-months", 13, "months of raw usage rows kept in ClickHouse (rollups are kept)")
+	fs.BoolVar(&cfg.NoConsole, "no-console", false, "serve no web console (admin nodes serve it at /console/ by default)")
 	var metaHeaders string
 	fs.StringVar(&metaHeaders, "authz-meta-headers", "", "metadata members forward auth hands to the upstream, e.g. plan,tenant → X-Key-Meta-Plan, X-Key-Meta-Tenant")
 	if pos, err := parseArgs(fs, args); err != nil {
