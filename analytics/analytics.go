@@ -94,14 +94,22 @@ type Config struct {
 	Window time.Duration
 	// Thresholds of the detector rules.
 	Thresholds Thresholds
-	// WebhookURL, if set, receives each alert as a JSON POST.
+	// ResolveAfter is how long a rule must find nothing on an incident's
+	// subject before the incident is resolved (default: Window).
+	ResolveAfter time.Duration
+	// WebhookURL, if set, receives each alert notice (firing, updated,
+	// resolved) as a POST, once per notice across analytics nodes: it is
+	// fed from the ALERTS stream's durable consumer.
 	WebhookURL string
+	// WebhookFormat is the payload: FormatJSON (default), FormatSlack or
+	// FormatPagerDuty (with PagerDutyRoutingKey).
+	WebhookFormat       string
+	PagerDutyRoutingKey string
 	// WebhookClient posts to WebhookURL. Default: a client with a 10s timeout.
 	WebhookClient *http.Client
-	// WebhookAttempts bounds delivery attempts per alert (default 5), with
-	// exponential backoff from 200ms; all deliveries of one detection run
-	// share a 30s budget. Alerts are stored and published on NATS first,
-	// so a failed delivery loses nothing but the POST.
+	// WebhookAttempts bounds delivery attempts per notice in one go
+	// (default 5), with exponential backoff from 200ms within 30s; a
+	// notice still undelivered is redelivered from ALERTS a minute later.
 	WebhookAttempts int
 	// WebhookSecret, if set, signs every delivery (see
 	// WebhookSignatureHeader), so a receiver can tell keyledger's alerts
@@ -220,6 +228,12 @@ func (c Config) withDefaults() Config {
 		c.Window = 5 * time.Minute
 	}
 	c.Thresholds = c.Thresholds.withDefaults()
+	if c.ResolveAfter <= 0 {
+		c.ResolveAfter = c.Window
+	}
+	if c.WebhookFormat == "" {
+		c.WebhookFormat = FormatJSON
+	}
 	if c.WebhookClient == nil {
 		c.WebhookClient = &http.Client{Timeout: 10 * time.Second}
 	}
@@ -400,6 +414,13 @@ func (a *Analytics) Start(ctx context.Context) error {
 			})
 		}()
 	}
+	if a.cfg.WebhookURL != "" && a.cfg.JetStream != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.deliverNotices(stopCtx)
+		}()
+	}
 	if a.cfg.RetentionMonths > 0 {
 		a.wg.Add(1)
 		go func() {
@@ -528,6 +549,9 @@ type metrics struct {
 	pending     *prometheus.GaugeVec
 	insertTime  *prometheus.HistogramVec
 	alerts      *prometheus.CounterVec
+	notices     *prometheus.CounterVec
+	// webhookDelivered and webhookFailed count notice deliveries.
+	webhookDelivered, webhookFailed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -565,6 +589,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "keyledger_analytics_alerts_total",
 			Help: "Alerts fired by the detector, by rule.",
 		}, []string{"rule"}),
+		notices: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyledger_analytics_alert_notices_total",
+			Help: "Alert notices (incidents firing, updated, resolved) this node published, by rule and notice.",
+		}, []string{"rule", "notice"}),
+		webhookDelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keyledger_analytics_webhook_deliveries_total",
+			Help: "Alert notices the webhook accepted.",
+		}),
+		webhookFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keyledger_analytics_webhook_failures_total",
+			Help: "Alert notice deliveries that failed after their retries (each is redelivered later).",
+		}),
 	}
 	if reg != nil {
 		m.rows = register(reg, m.rows)
@@ -575,12 +611,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.pending = register(reg, m.pending)
 		m.insertTime = register(reg, m.insertTime)
 		m.alerts = register(reg, m.alerts)
+		m.notices = register(reg, m.notices)
+		m.webhookDelivered = register(reg, m.webhookDelivered)
+		m.webhookFailed = register(reg, m.webhookFailed)
 	}
 	// Every series exists from the start, at 0: a rate() or an alert
 	// rule over a series that appears only with its first event sees
 	// nothing before it.
 	for _, rule := range Rules() {
 		m.alerts.WithLabelValues(rule)
+		for _, n := range []string{NoticeFiring, NoticeUpdated, NoticeResolved} {
+			m.notices.WithLabelValues(rule, n)
+		}
 	}
 	for _, stream := range []string{nats.KeysStream, nats.UsageStream} {
 		m.deadLetters.WithLabelValues(stream)

@@ -1,11 +1,8 @@
 package analytics
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"sort"
 	"strings"
 	"time"
@@ -81,7 +78,16 @@ func (a *Analytics) raiseLedgerAlert(rule, subject, detail string) {
 	}
 	a.metrics.alerts.WithLabelValues(rule).Inc()
 	a.log.Warn("analytics: alert", "rule", rule, "key_id", al.KeyID, "detail", al.Detail)
-	a.publishAlerts(ctx, []Alert{al})
+	// Found outside a detection run: the detector's lock keeps the two
+	// from folding findings into the same incidents at once.
+	a.detectMu.Lock()
+	defer a.detectMu.Unlock()
+	notices, err := a.track(ctx, &detection{now: now}, []Alert{al}, []Alert{al})
+	if err != nil {
+		a.log.Error("analytics: cannot track alert", "rule", rule, "err", err)
+		return
+	}
+	a.publishNotices(ctx, notices)
 }
 
 // Alert is one detector finding: what was seen (Observed, Detail), what is
@@ -133,27 +139,31 @@ func (a *Analytics) Detect(ctx context.Context, now time.Time) ([]Alert, error) 
 		}
 		found = append(found, al...)
 	}
-	if len(found) == 0 {
-		return nil, nil
+	var fresh []Alert
+	if len(found) > 0 {
+		if err := a.enrichOwners(ctx, found); err != nil {
+			return nil, err
+		}
+		var err error
+		if fresh, err = a.dedupAlerts(ctx, &d, found); err != nil {
+			return nil, err
+		}
 	}
-	fresh, err := a.dedupAlerts(ctx, &d, found)
+	if len(fresh) > 0 {
+		if err := a.storeAlerts(ctx, &d, fresh); err != nil {
+			return nil, err
+		}
+		for _, al := range fresh {
+			a.metrics.alerts.WithLabelValues(al.Rule).Inc()
+			a.log.Info("analytics: finding", "rule", al.Rule, "key_id", al.KeyID, "owner", al.Owner, "ip", al.IP, "detail", al.Detail)
+		}
+	}
+	// Every run, findings or not: incidents open, grow and resolve.
+	notices, err := a.track(ctx, &d, found, fresh)
 	if err != nil {
 		return nil, err
 	}
-	if len(fresh) == 0 {
-		return nil, nil
-	}
-	if err := a.enrichOwners(ctx, fresh); err != nil {
-		return nil, err
-	}
-	if err := a.storeAlerts(ctx, &d, fresh); err != nil {
-		return nil, err
-	}
-	for _, al := range fresh {
-		a.metrics.alerts.WithLabelValues(al.Rule).Inc()
-		a.log.Warn("analytics: alert", "rule", al.Rule, "key_id", al.KeyID, "owner", al.Owner, "ip", al.IP, "detail", al.Detail)
-	}
-	a.publishAlerts(ctx, fresh)
+	a.publishNotices(ctx, notices)
 	return fresh, nil
 }
 
@@ -487,76 +497,6 @@ func (a *Analytics) storeAlerts(ctx context.Context, d *detection, al []Alert) e
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot store alerts")
 	}
 	return nil
-}
-
-// publishAlerts publishes each alert on NATS and POSTs it to the webhook.
-// Failures are logged: the alerts are stored either way.
-func (a *Analytics) publishAlerts(ctx context.Context, al []Alert) {
-	if nc := a.cfg.NATS; nc != nil {
-		for _, x := range al {
-			data, _ := json.Marshal(x)
-			if err := nc.Publish(AlertSubjectPrefix+x.Rule, data); err != nil {
-				a.log.Warn("analytics: cannot publish alert", "rule", x.Rule, "err", err)
-			}
-		}
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := nc.FlushWithContext(fctx); err != nil {
-			a.log.Warn("analytics: cannot flush alerts", "err", err)
-		}
-		cancel()
-	}
-	if a.cfg.WebhookURL == "" {
-		return
-	}
-	// A slow or dead webhook must not hold detection up for long.
-	ctx, cancel := context.WithTimeout(ctx, webhookBudget)
-	defer cancel()
-	for _, x := range al {
-		if err := a.postWebhook(ctx, x); err != nil {
-			a.log.Warn("analytics: webhook delivery failed", "rule", x.Rule, "key_id", x.KeyID, "err", err)
-		}
-	}
-}
-
-// webhookBudget bounds the webhook deliveries of one detection run.
-const webhookBudget = 30 * time.Second
-
-// postWebhook POSTs one alert, retrying network errors, 429 and 5xx with
-// exponential backoff, at most WebhookAttempts times.
-func (a *Analytics) postWebhook(ctx context.Context, x Alert) error {
-	body, _ := json.Marshal(x)
-	wait := 200 * time.Millisecond
-	var last error
-	for attempt := 1; attempt <= a.cfg.WebhookAttempts; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.WebhookURL, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("User-Agent", "keyledger-analytics")
-		if len(a.cfg.WebhookSecret) > 0 {
-			// Signed per attempt: a retry carries a fresh timestamp.
-			req.Header.Set(WebhookSignatureHeader, SignWebhook(a.cfg.WebhookSecret, body, a.cfg.Now()))
-		}
-		resp, err := a.cfg.WebhookClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode < 300 {
-				return nil
-			}
-			last = fmt.Errorf("webhook answered %s", resp.Status)
-			if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode < 500 {
-				return last
-			}
-		} else {
-			last = err
-		}
-		if attempt == a.cfg.WebhookAttempts || !sleep(ctx, wait) {
-			break
-		}
-		wait = min(2*wait, 5*time.Second)
-	}
-	return last
 }
 
 // keyTimes runs a query of (key_id, unix seconds) rows into a map.

@@ -27,7 +27,7 @@ func TestDetector(t *testing.T) {
 
 	var (
 		mu       sync.Mutex
-		hooks    []Alert
+		hooks    []Notice
 		attempts int
 	)
 	webhook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -38,12 +38,12 @@ func TestDetector(t *testing.T) {
 			http.Error(w, "try again", http.StatusServiceUnavailable) // the first delivery is retried
 			return
 		}
-		var al Alert
+		var n Notice
 		b, _ := io.ReadAll(r.Body)
-		if err := json.Unmarshal(b, &al); err != nil || r.Header.Get("Content-Type") != "application/json" {
+		if err := json.Unmarshal(b, &n); err != nil || r.Header.Get("Content-Type") != "application/json" {
 			t.Errorf("webhook body %q: %v", b, err)
 		}
-		hooks = append(hooks, al)
+		hooks = append(hooks, n)
 	}))
 	defer webhook.Close()
 	published := make(chan *natsgo.Msg, 100)
@@ -169,28 +169,36 @@ func TestDetector(t *testing.T) {
 	if st, _ := a.Alerts(ctx, AlertQuery{KeyID: "k_src"}); len(st) != 1 || st[0].IP != "192.0.2.99" {
 		t.Errorf("alerts key_id=k_src: %+v", st)
 	}
-	// Published on NATS, one subject per rule.
-	var pub []Alert
+	// Published on NATS, one subject per rule: each finding opened an
+	// incident of its own, so each is a firing notice.
+	var pub []Notice
 	for len(pub) < len(want) {
 		select {
 		case m := <-published:
-			var al Alert
-			if err := json.Unmarshal(m.Data, &al); err != nil {
+			var n Notice
+			if err := json.Unmarshal(m.Data, &n); err != nil {
 				t.Fatal(err)
 			}
-			if m.Subject != AlertSubjectPrefix+al.Rule {
-				t.Errorf("alert %s on subject %s", al.Rule, m.Subject)
+			if m.Subject != AlertSubjectPrefix+n.Rule || n.Notice != NoticeFiring || n.Severity != Severity(n.Rule) {
+				t.Errorf("notice %s %s (%s) on subject %s", n.Notice, n.Rule, n.Severity, m.Subject)
 			}
-			pub = append(pub, al)
+			pub = append(pub, n)
 		case <-time.After(5 * time.Second):
-			t.Fatalf("published %d alerts, want %d", len(pub), len(want))
+			t.Fatalf("published %d notices, want %d", len(pub), len(want))
 		}
 	}
-	if g := alertIDs(pub); fmt.Sprint(g) != fmt.Sprint(want) {
+	if g := noticeIDs(pub); fmt.Sprint(g) != fmt.Sprint(want) {
 		t.Errorf("published = %q", g)
 	}
+	// The webhook hears each once (the first delivery was refused and
+	// retried), from the ALERTS stream.
+	waitFor(t, 10*time.Second, "webhook deliveries", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(hooks) == len(want), fmt.Sprint(len(hooks))
+	})
 	mu.Lock()
-	if g := alertIDs(hooks); fmt.Sprint(g) != fmt.Sprint(want) || attempts != len(want)+1 {
+	if g := noticeIDs(hooks); fmt.Sprint(g) != fmt.Sprint(want) || attempts != len(want)+1 {
 		t.Errorf("webhook got %q in %d attempts", g, attempts)
 	}
 	mu.Unlock()
@@ -207,6 +215,20 @@ func TestDetector(t *testing.T) {
 	if g := alertIDs(more); fmt.Sprint(g) != "[volume_spike k_quiet ]" {
 		t.Errorf("with SpikeMin 50: %q", g)
 	}
+}
+
+// noticeIDs names notices like alertIDs names alerts: rule, key, first
+// address.
+func noticeIDs(ns []Notice) []string {
+	var al []Alert
+	for _, n := range ns {
+		a := Alert{Rule: n.Rule, KeyID: n.KeyID}
+		if len(n.Addresses) > 0 {
+			a.IP = n.Addresses[0].IP
+		}
+		al = append(al, a)
+	}
+	return alertIDs(al)
 }
 
 func alertIDs(al []Alert) []string {

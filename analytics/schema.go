@@ -115,6 +115,30 @@ var migrations = []migration{
 	{3, "the fields a KeyUpdated changed", []string{
 		`ALTER TABLE key_events ADD COLUMN changed Array(String)`,
 	}},
+	// One row per incident state; the highest version wins (FINAL). Two
+	// analytics nodes opening the same incident write the same id.
+	{4, "alert incidents", []string{
+		`CREATE TABLE IF NOT EXISTS incidents (
+			id String,
+			rule String,
+			subject String,
+			key_id String,
+			owner String,
+			severity String,
+			status String,
+			opened UInt64,
+			updated UInt64,
+			seen UInt64,
+			resolved UInt64,
+			findings UInt64,
+			address_count UInt64,
+			addresses String,
+			observed Float64,
+			detail String,
+			version UInt64
+		) ENGINE = ReplacingMergeTree(version)
+		ORDER BY id`,
+	}},
 }
 
 // schemaVersion is the version the code expects.

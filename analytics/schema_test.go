@@ -50,7 +50,7 @@ func TestMigrationsConcurrentAndRepeated(t *testing.T) {
 		return names
 	}
 	before := tables()
-	want := []string{"alerts", "key_events", "schema_migrations", "usage_events", "usage_key_ip_hour", "usage_key_ip_hour_mv", "usage_minute", "usage_minute_mv"}
+	want := []string{"alerts", "incidents", "key_events", "schema_migrations", "usage_events", "usage_key_ip_hour", "usage_key_ip_hour_mv", "usage_minute", "usage_minute_mv"}
 	if len(before) != len(want) {
 		t.Fatalf("tables = %v, want %v", before, want)
 	}

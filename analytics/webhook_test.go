@@ -28,7 +28,7 @@ func TestWebhookSignature(t *testing.T) {
 	defer srv.Close()
 	a := &Analytics{cfg: Config{WebhookURL: srv.URL, WebhookClient: srv.Client(), WebhookAttempts: 1, WebhookSecret: secret,
 		Now: func() time.Time { return now }}}
-	if err := a.postWebhook(context.Background(), Alert{Rule: RuleNewSource, KeyID: "key_1", IP: "203.0.113.9", At: now}); err != nil {
+	if err := a.postWebhook(context.Background(), Notice{Notice: NoticeFiring, Incident: Incident{ID: "inc_1", Rule: RuleNewSource, KeyID: "key_1", OpenedAt: now}}); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()

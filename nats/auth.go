@@ -60,7 +60,13 @@ func ParseRole(s string) (Role, error) {
 const (
 	AnalyticsKeysDurable  = "analytics-keys"
 	AnalyticsUsageDurable = "analytics-usage"
+	// AnalyticsAlertsDurable delivers ALERTS' notices to the webhook.
+	AnalyticsAlertsDurable = "analytics-alerts"
 )
+
+// analyticsDurables are the durable consumers only the analytics role may
+// create or use.
+var analyticsDurables = [][2]string{{KeysStream, AnalyticsKeysDurable}, {UsageStream, AnalyticsUsageDurable}, {AlertsStream, AnalyticsAlertsDurable}}
 
 // AlertSubjectPrefix and DeadLetterSubjectPrefix are analytics' subjects.
 const (
@@ -225,11 +231,12 @@ func Permissions(m Member) *server.Permissions {
 	if m.Has(RoleAdmin) {
 		pub = append(pub, KeysSubjectPrefix+"*",
 			api+"STREAM.CREATE."+KeysStream, api+"STREAM.CREATE."+UsageStream, api+"STREAM.UPDATE."+UsageStream,
+			api+"STREAM.INFO."+AlertsStream, api+"STREAM.CREATE."+AlertsStream, api+"STREAM.UPDATE."+AlertsStream,
 			NodesPingSubject)
 		sub = append(sub, NodesSubjectPrefix+"*")
 	}
 	if m.Has(RoleAnalytics) {
-		for _, c := range [][2]string{{KeysStream, AnalyticsKeysDurable}, {UsageStream, AnalyticsUsageDurable}} {
+		for _, c := range analyticsDurables {
 			stream, durable := c[0], c[1]
 			pub = append(pub, api+"STREAM.INFO."+stream,
 				api+"CONSUMER.CREATE."+stream+"."+durable, api+"CONSUMER.CREATE."+stream+"."+durable+".>",
@@ -243,13 +250,14 @@ func Permissions(m Member) *server.Permissions {
 		api + "STREAM.MSG.DELETE.>", api + "STREAM.SNAPSHOT.>", api + "STREAM.RESTORE.>",
 		api + "STREAM.PEER.REMOVE.>", api + "STREAM.LEADER.STEPDOWN.>", api + "CONSUMER.LEADER.STEPDOWN.>",
 		api + "CONSUMER.DELETE." + KeysStream + "." + AnalyticsKeysDurable, api + "CONSUMER.DELETE." + UsageStream + ".>",
+		api + "CONSUMER.DELETE." + AlertsStream + ".>",
 		api + "CONSUMER.DURABLE.CREATE.>", api + "CONSUMER.PAUSE.>",
 		api + "CONSUMER.UNPIN.>", api + "ACCOUNT.PURGE.>", api + "META.>", api + "SERVER.>", "$SYS.>",
 	}
 	if !m.Has(RoleAnalytics) {
 		// Ordered consumers need CONSUMER.CREATE.KEYS.*; the analytics
 		// durables must stay analytics'.
-		for _, c := range [][2]string{{KeysStream, AnalyticsKeysDurable}, {UsageStream, AnalyticsUsageDurable}} {
+		for _, c := range analyticsDurables {
 			deny = append(deny, api+"CONSUMER.CREATE."+c[0]+"."+c[1], api+"CONSUMER.CREATE."+c[0]+"."+c[1]+".>")
 		}
 	}

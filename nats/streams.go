@@ -23,6 +23,14 @@ const (
 	// of a single KeyUsed event; UsageSubjectPrefix +
 	// "<environment>.batch.<node>" that of a batch (see UsageBatchSubject).
 	UsageSubjectPrefix = "keyledger.usage."
+	// AlertsStream holds alert notices (AlertSubjectPrefix + rule) for a
+	// while: the stream's Nats-Msg-Id window makes a notice that two
+	// analytics nodes publish one, and its durable consumer delivers each
+	// notice to the webhook once, from whichever analytics node fetches it.
+	AlertsStream = "ALERTS"
+	// AlertsDuplicates is ALERTS' dedup window: longer than any gap
+	// between two analytics nodes' detection runs.
+	AlertsDuplicates = 15 * time.Minute
 )
 
 // KeySubject returns the subject of a key's lifecycle events.
@@ -138,7 +146,27 @@ func UsageStreamConfig(c StreamConfig) jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates both streams when missing and brings USAGE to c;
+// AlertsStreamConfig returns the configuration of ALERTS: notices kept 30
+// days (at most 1 GiB, oldest dropped), deduplicated by Nats-Msg-Id over
+// AlertsDuplicates.
+func AlertsStreamConfig(c StreamConfig) jetstream.StreamConfig {
+	c = c.withDefaults()
+	return jetstream.StreamConfig{
+		Name:        AlertsStream,
+		Description: "keyledger alert notices (firing, updated, resolved)",
+		Subjects:    []string{AlertSubjectPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      30 * 24 * time.Hour,
+		MaxBytes:    1 << 30,
+		MaxMsgs:     -1,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  AlertsDuplicates,
+		Replicas:    c.Replicas,
+	}
+}
+
+// EnsureStreams creates the streams when missing and brings USAGE to c;
 // an existing KEYS is left as it is (see KeysStreamConfig). It is
 // idempotent, so every admin node calls it at start. In a cluster that is still electing its
 // JetStream meta leader it retries until ctx ends.
@@ -146,7 +174,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	c = c.withDefaults()
 	start := time.Now()
 	var lastLog time.Time
-	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c)} {
+	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c), AlertsStreamConfig(c)} {
 		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 			// Each attempt gets its own deadline: a request sent before
 			// the cluster has a meta leader gets no answer at all.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/analytics"
 	khttp "github.com/keyledger/keyledger/http"
 )
 
@@ -86,6 +87,11 @@ type Config struct {
 	AlertWebhook   string
 	// AlertWebhookSecret signs webhook deliveries (analytics.WebhookSignatureHeader).
 	AlertWebhookSecret string
+	// AlertWebhookFormat is the webhook's payload: json (the notice),
+	// slack or pagerduty (analytics.WebhookBody); AlertPagerDutyKey is the
+	// PagerDuty integration (routing) key of the pagerduty format.
+	AlertWebhookFormat string
+	AlertPagerDutyKey  string
 	RetentionMonths    int
 
 	// TrustedProxies are the peers whose forwarded headers (X-Forwarded-For,
@@ -119,6 +125,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Role == RoleVerifier && c.NATSURL == "" {
 		return configErr("--role verifier follows an existing NATS deployment: give --nats URL")
+	}
+	format, err := analytics.ParseWebhookFormat(c.AlertWebhookFormat)
+	if err != nil {
+		return configErr("--alert-webhook-format: %s", keyledger.ErrorMessage(err))
+	}
+	c.AlertWebhookFormat = format
+	if format == analytics.FormatPagerDuty && c.AlertPagerDutyKey == "" {
+		return configErr("--alert-webhook-format pagerduty needs a routing key: KEYLEDGER_ALERT_PAGERDUTY_KEY")
 	}
 	if c.ClickHouse != "" && c.Role != RoleAdmin {
 		return configErr("--clickhouse runs analytics, which belongs on admin nodes")

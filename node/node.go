@@ -238,7 +238,8 @@ func (n *Node) openAnalytics(ctx context.Context, metrics *prometheus.Registry) 
 	prometheus.RegisterAnalyticsUp(metrics, func() bool { return n.analyticsNow() != nil })
 	cfg := analytics.Config{Keyring: n.creds.ring,
 		DSN: n.cfg.ClickHouse, JetStream: n.js, NATS: n.nc, DetectInterval: n.cfg.DetectInterval,
-		WebhookURL: n.cfg.AlertWebhook, WebhookSecret: []byte(n.cfg.AlertWebhookSecret), RetentionMonths: n.cfg.RetentionMonths, Logger: n.log, Registerer: metrics,
+		WebhookURL: n.cfg.AlertWebhook, WebhookSecret: []byte(n.cfg.AlertWebhookSecret),
+		WebhookFormat: n.cfg.AlertWebhookFormat, PagerDutyRoutingKey: n.cfg.AlertPagerDutyKey, RetentionMonths: n.cfg.RetentionMonths, Logger: n.log, Registerer: metrics,
 	}
 	err := n.startAnalytics(ctx, cfg)
 	if err == nil || keyledger.ErrorCode(err) != keyledger.Unavailable {

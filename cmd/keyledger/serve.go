@@ -61,7 +61,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.ClickHouse, "clickhouse", os.Getenv("KEYLEDGER_CLICKHOUSE_DSN"), "turn analytics on: clickhouse://HOST:PORT/DB (native protocol)")
 	fs.DurationVar(&cfg.DetectInterval, "detect-interval", 30*time.Second, "how often the anomaly detector runs")
-	fs.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "POST every alert as JSON to this URL")
+	fs.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "POST every alert notice (firing, updated, resolved) to this URL")
+	fs.StringVar(&cfg.AlertWebhookFormat, "alert-webhook-format", "json", "webhook payload: json (the notice), slack (incoming webhook) or pagerduty (Events API v2; routing key from env KEYLEDGER_ALERT_PAGERDUTY_KEY)")
 	// The secret's default is read after parsing: a flag default would
 	// be printed by --help.
 	fs.StringVar(&cfg.AlertWebhookSecret, "alert-webhook-secret", "", "sign every webhook delivery with HMAC-SHA256, header X-Keyledger-Signature (default: env KEYLEDGER_ALERT_WEBHOOK_SECRET, which process listings do not show)")
@@ -83,6 +84,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg.Permissions = cli.SplitList(perms)
 	cfg.AuthzMetaHeaders = cli.SplitList(metaHeaders)
+	cfg.AlertPagerDutyKey = os.Getenv("KEYLEDGER_ALERT_PAGERDUTY_KEY")
 	if cfg.AlertWebhookSecret == "" {
 		cfg.AlertWebhookSecret = os.Getenv("KEYLEDGER_ALERT_WEBHOOK_SECRET")
 	}
