@@ -3,14 +3,17 @@ package http
 import (
 	"crypto/sha256"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
 	"github.com/keyledger/keyledger/console"
+	"github.com/keyledger/keyledger/prometheus"
 	"github.com/keyledger/keyledger/verifier"
 )
 
@@ -41,6 +44,12 @@ type RouterOptions struct {
 	// NoConsole leaves out the web console (console.Prefix), which admin
 	// nodes serve by default.
 	NoConsole bool
+	// Leaks configures the leak-report endpoints of admin nodes:
+	// POST /v1/leaks always, GitHub's and GitLab's when configured.
+	Leaks LeakOptions
+	// HTTPMetrics, if set, counts the answers of every endpoint but
+	// forward auth (which VerifyMetrics counts).
+	HTTPMetrics *prometheus.HTTPMetrics
 	// Metrics, if set, serves /metrics without authentication.
 	Metrics http.Handler
 	Logger  *slog.Logger
@@ -56,8 +65,9 @@ type RouterOptions struct {
 	Endpoints Endpoints
 	// MaxConns caps the connections the server holds at once (0: 256 Ki,
 	// fasthttp's default); MaxConnsPerIP caps those of one client
-	// address (0: none). Past a cap a new connection is answered 503 and
-	// closed, and the rest keep being served.
+	// address (0: none). Past a cap fasthttp answers a new connection
+	// itself, in plain text (503, or 429 per address), and closes it; the
+	// rest keep being served.
 	MaxConns      int
 	MaxConnsPerIP int
 }
@@ -89,14 +99,59 @@ var AnalyticsPaths = []string{PathUsage, PathQuota, PathAudit, PathAlerts}
 // runs without ClickHouse.
 var errAnalyticsOff = keyledger.Errorf(keyledger.Unavailable, "analytics is off on this node: start it with --clickhouse clickhouse://HOST:PORT/DB")
 
+// Route is one endpoint a router serves: a method and the pattern its
+// handler is registered under on the router's http.ServeMux ("/v1/keys",
+// "/v1/keys/{id}"; a pattern ending in "/" serves every path below it).
+type Route struct {
+	Method  string
+	Pattern string
+}
+
+// Routes lists every route NewRouter(o) serves, in the order it registers
+// them: the table the OpenAPI document (OpenAPI) is checked against.
+// Endpoints that answer every method alike are listed with the methods
+// they are for: forward auth with every method OpenAPI can describe
+// (anyMethod), /healthz, /readyz, /metrics and the document with GET and
+// HEAD. The web console (console.Prefix and every page below it) is
+// listed with GET and POST.
+func Routes(o RouterOptions) []Route {
+	_, routes := newRouter(o)
+	return routes
+}
+
 // NewRouter returns the net/http side of a node's HTTP API: every
 // endpoint o.Endpoints selects, the forward-auth one included (Server
 // answers that one with fasthttp natively, but programs that embed
-// keyledger can serve this handler with net/http alone). Unknown paths get
-// 404 in the envelope; a panic gets 500, logged, never a stack trace. A
-// request outside the verifier endpoints whose path or query holds a
-// key-shaped value is refused before anything else (see errExposedSecret).
+// keyledger can serve this handler with net/http alone), and the OpenAPI
+// document on every listener (PathOpenAPI). Unknown paths get 404 in the
+// envelope; a panic gets 500, logged, never a stack trace. A request
+// outside the verifier endpoints whose path or query holds a key-shaped
+// value is refused before anything else (see errExposedSecret).
 func NewRouter(o RouterOptions) http.Handler {
+	h, _ := newRouter(o)
+	return h
+}
+
+// anyMethod are the methods forward auth is documented for: it answers
+// every method alike (gateways forward the client's), and these are the
+// ones an OpenAPI document can describe.
+var anyMethod = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodOptions, http.MethodTrace}
+
+// verifierMethods are the methods each of VerifierPaths serves or is for.
+var verifierMethods = map[string][]string{
+	"/v1/verify": {http.MethodPost},
+	"/v1/authz":  anyMethod,
+	"/v1/authz/": anyMethod,
+	"/healthz":   {http.MethodGet, http.MethodHead},
+	"/readyz":    {http.MethodGet, http.MethodHead},
+}
+
+// methodsOf lists the methods of a methods table, sorted.
+func methodsOf(m map[string]http.HandlerFunc) []string { return slices.Sorted(maps.Keys(m)) }
+
+// newRouter is NewRouter, and the routes it registered.
+func newRouter(o RouterOptions) (http.Handler, []Route) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -106,6 +161,20 @@ func NewRouter(o RouterOptions) http.Handler {
 	a.tokenSum = sum[:]
 
 	mux := http.NewServeMux()
+	var routes []Route
+	handle := func(pattern string, h http.Handler, methods ...string) {
+		mux.Handle(pattern, h)
+		for _, m := range methods {
+			routes = append(routes, Route{Method: m, Pattern: pattern})
+		}
+	}
+	// keys registers an endpoint of the admin API: the methods of m,
+	// behind the token.
+	keys := func(pattern string, m map[string]http.HandlerFunc) {
+		handle(pattern, a.auth(a.methods(m)), methodsOf(m)...)
+	}
+
+	handle(PathOpenAPI, a.openAPI(), http.MethodGet, http.MethodHead)
 	if o.Verifier != nil {
 		vh := &VerifierHandler{v: o.Verifier, proxies: proxies}
 		vh.SetMetaHeaders(o.AuthzMetaHeaders)
@@ -114,23 +183,24 @@ func NewRouter(o RouterOptions) http.Handler {
 			paths = healthPaths
 		}
 		for _, p := range paths {
-			mux.Handle(p, vh)
+			handle(p, vh, verifierMethods[p]...)
 		}
 	}
 	if o.Endpoints.admin() {
 		if o.Metrics != nil {
-			mux.Handle("/metrics", o.Metrics)
+			handle("/metrics", o.Metrics, http.MethodGet, http.MethodHead)
 		}
 		if o.Admin != nil {
-			mux.Handle("/v1/keys", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.list, "POST": a.create})))
-			mux.Handle("/v1/keys/{id}", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.get, "PATCH": a.update})))
-			mux.Handle("/v1/keys/{id}/disable", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.setDisabled(true)})))
-			mux.Handle("/v1/keys/{id}/enable", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.setDisabled(false)})))
-			mux.Handle("/v1/keys/{id}/revoke", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.revoke})))
-			mux.Handle("/v1/keys/{id}/events", a.auth(a.methods(map[string]http.HandlerFunc{"GET": a.events})))
-			mux.Handle("/v1/keys/{id}/roll", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.roll})))
-			mux.Handle("/v1/keys/import", a.auth(a.methods(map[string]http.HandlerFunc{"POST": a.importKey})))
-			mux.Handle("/v1/nodes", a.auth(a.scopedOut(a.methods(map[string]http.HandlerFunc{"GET": a.nodes}))))
+			keys("/v1/keys", map[string]http.HandlerFunc{"GET": a.list, "POST": a.create})
+			keys("/v1/keys/{id}", map[string]http.HandlerFunc{"GET": a.get, "PATCH": a.update})
+			keys("/v1/keys/{id}/disable", map[string]http.HandlerFunc{"POST": a.setDisabled(true)})
+			keys("/v1/keys/{id}/enable", map[string]http.HandlerFunc{"POST": a.setDisabled(false)})
+			keys("/v1/keys/{id}/revoke", map[string]http.HandlerFunc{"POST": a.revoke})
+			keys("/v1/keys/{id}/events", map[string]http.HandlerFunc{"GET": a.events})
+			keys("/v1/keys/{id}/roll", map[string]http.HandlerFunc{"POST": a.roll})
+			keys("/v1/keys/import", map[string]http.HandlerFunc{"POST": a.importKey})
+			nodes := map[string]http.HandlerFunc{"GET": a.nodes}
+			handle("/v1/nodes", a.auth(a.scopedOut(a.methods(nodes))), methodsOf(nodes)...)
 			var ah http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteError(w, errAnalyticsOff) })
 			switch {
 			case o.Analytics != nil:
@@ -139,22 +209,35 @@ func NewRouter(o RouterOptions) http.Handler {
 				ah = NewAnalyticsHandlerFunc(o.AnalyticsLater, o.Logger)
 			}
 			for _, p := range AnalyticsPaths {
-				mux.Handle(p, a.auth(a.scopedOut(ah)))
+				// The handler allows GET and HEAD (HEAD: the headers of
+				// the GET).
+				handle(p, a.auth(a.scopedOut(ah)), http.MethodGet, http.MethodHead)
 			}
 			if !o.NoConsole {
 				later := o.AnalyticsLater
 				if later == nil {
 					later = func() *analytics.Analytics { return o.Analytics }
 				}
-				mux.Handle(console.Prefix, console.New(console.Config{Admin: o.Admin, Verifier: o.Verifier, TokenSum: a.tokenSum,
-					Analytics: later, ClientIP: proxies.clientIP, Status: HTTPStatus, Report: a.report, Logger: o.Logger}))
+				handle(console.Prefix, console.New(console.Config{Admin: o.Admin, Verifier: o.Verifier, TokenSum: a.tokenSum,
+					Analytics: later, ClientIP: proxies.clientIP, Status: HTTPStatus, Report: a.report, Logger: o.Logger}),
+					http.MethodGet, http.MethodPost)
+			}
+			lk := newLeaks(a, o.Leaks)
+			post := func(h http.HandlerFunc) map[string]http.HandlerFunc { return map[string]http.HandlerFunc{"POST": h} }
+			handle(PathLeaks, a.methods(post(lk.generic)), http.MethodPost)
+			if o.Leaks.GitHubKeys != nil {
+				handle(PathLeaksGitHub, a.methods(post(lk.github)), http.MethodPost)
+			}
+			if o.Leaks.GitLabToken != "" {
+				handle(PathLeaksGitLabTypes, a.methods(map[string]http.HandlerFunc{"GET": lk.gitlabTypes}), http.MethodGet)
+				handle(PathLeaksGitLab, a.methods(post(lk.gitlabRevoke)), http.MethodPost)
 			}
 		}
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, errNoEndpoint(r.URL.Path))
 	})
-	return a.recover(guard(mux))
+	return a.recover(guard(mux)), routes
 }
 
 // healthPaths are the verifier's endpoints an admin listener serves too:

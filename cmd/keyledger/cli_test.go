@@ -6,16 +6,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keyledger/keyledger/http/openapitest"
 	"github.com/keyledger/keyledger/node/nodetest"
 )
 
 func TestCLI(t *testing.T) {
 	dir := t.TempDir()
 	n := nodetest.MustOpen(t, dir, io.Discard)
+	// Every exchange of the CLI is checked against the OpenAPI document.
+	prev := httpClient.Transport
+	httpClient.Transport = openapitest.Transport(t, http.DefaultTransport)
+	t.Cleanup(func() { httpClient.Transport = prev })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cli := func(args ...string) (int, string, string) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/http/openapitest"
 	"github.com/keyledger/keyledger/node"
 )
 
@@ -75,14 +76,22 @@ func (s *SyncBuffer) String() string {
 }
 
 // Caller sends raw HTTP requests to a node: tests that check an answer
-// byte for byte, or send what no client library would, use it.
+// byte for byte, or send what no client library would, use it. Every
+// exchange is checked against the OpenAPI document (openapitest.Transport):
+// an answer that does not match it, or an accepted request that does not,
+// fails the test.
 type Caller struct {
 	T     testing.TB
 	Base  string
 	Token string
 }
 
-var httpClient = &http.Client{Timeout: 30 * time.Second}
+// client returns the HTTP client of a call made for tb: the validating
+// transport over http.DefaultTransport (whose connections all calls
+// share), with a bound on the whole exchange.
+func client(tb testing.TB) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: openapitest.Transport(tb, http.DefaultTransport)}
+}
 
 // Call sends a request (token "" for none; hdr are name, value pairs) and
 // returns the status, headers and body. It fails the test on a transport
@@ -111,7 +120,7 @@ func (c *Caller) Try(method, path, token, body string, hdr ...string) (int, http
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := client(c.T).Do(req)
 	if err != nil {
 		return 0, nil, nil, err
 	}
