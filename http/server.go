@@ -50,7 +50,7 @@ func NewServer(o RouterOptions) *Server {
 		authz = NewVerifierHandlerTrusting(o.Verifier, o.TrustedProxies)
 		authz.SetMetaHeaders(o.AuthzMetaHeaders)
 	}
-	s := newServer(authz, NewRouter(o), o.Logger, o.Token)
+	s := newServer(authz, o.HTTPMetrics.Wrap(NewRouter(o)), o.Logger, o.Token)
 	if o.MaxConns > 0 {
 		s.fast.Concurrency = o.MaxConns
 	}

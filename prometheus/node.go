@@ -82,7 +82,9 @@ func b2f(b bool) float64 {
 
 // Handler serves reg's metrics.
 func Handler(reg *prometheus.Registry) http.Handler {
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	// A collector that fails leaves its metrics out of this scrape rather
+	// than turning the whole answer into a plain-text 500.
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
 // RegisterAnalyticsUp exports whether analytics is up (1) or degraded, or
