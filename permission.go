@@ -13,6 +13,11 @@ const PermissionAll = "all"
 // access never implies the power to issue and revoke keys.
 const PermissionAdmin = "admin"
 
+// PermissionLeaksReport lets a ledger key report leaked keys to POST
+// /v1/leaks (an in-house scanner's key) and nothing else. It is reserved
+// like admin: no catalog defines it and "all" does not grant it.
+const PermissionLeaksReport = "leaks:report"
+
 // DefaultPermissions is the product's default permission catalog.
 var DefaultPermissions = []string{"workflows:read", "workflows:execute", "storage:read", "storage:write"}
 
@@ -26,14 +31,20 @@ const allBit Permissions = 1 << 63
 // adminBit marks a key holding the reserved "admin" permission.
 const adminBit Permissions = 1 << 62
 
+// leaksBit marks a key holding the reserved "leaks:report" permission.
+const leaksBit Permissions = 1 << 61
+
+// reservedBits pass only when held: "all" grants neither.
+const reservedBits = adminBit | leaksBit
+
 // MaxPermissions is how many named permissions a catalog may hold.
-const MaxPermissions = 62
+const MaxPermissions = 61
 
 // Has reports whether p holds the permission bit b. A zero b (no permission
 // required) always passes; "all" passes everything but "admin".
 func (p Permissions) Has(b Permissions) bool {
-	if b&adminBit != 0 {
-		return p&adminBit != 0
+	if b&reservedBits != 0 {
+		return p&b == b
 	}
 	return b == 0 || p&allBit != 0 || p&b == b
 }
@@ -41,11 +52,14 @@ func (p Permissions) Has(b Permissions) bool {
 // Admin reports whether p holds the reserved admin permission.
 func (p Permissions) Admin() bool { return p&adminBit != 0 }
 
+// LeaksReport reports whether p holds the reserved leaks:report permission.
+func (p Permissions) LeaksReport() bool { return p&leaksBit != 0 }
+
 // All reports whether p is full access.
 func (p Permissions) All() bool { return p&allBit != 0 }
 
 // Count returns the number of named permissions in p.
-func (p Permissions) Count() int { return bits.OnesCount64(uint64(p &^ (allBit | adminBit))) }
+func (p Permissions) Count() int { return bits.OnesCount64(uint64(p &^ (allBit | reservedBits))) }
 
 // Catalog is the set of permissions keys may be granted.
 type Catalog struct {
@@ -61,7 +75,7 @@ func NewCatalog(names []string) (*Catalog, error) {
 	}
 	c := &Catalog{bit: make(map[string]Permissions, len(names))}
 	for i, n := range names {
-		if n == "" || n == PermissionAll || n == PermissionAdmin || strings.ContainsAny(n, " ,\t\r\n") || len(n) > 64 {
+		if n == "" || n == PermissionAll || n == PermissionAdmin || n == PermissionLeaksReport || strings.ContainsAny(n, " ,\t\r\n") || len(n) > 64 {
 			return nil, Errorf(Invalid, "invalid permission name %q", n)
 		}
 		if _, dup := c.bit[n]; dup {
@@ -85,6 +99,9 @@ func (c *Catalog) Names() []string { return append([]string(nil), c.names...) }
 func (c *Catalog) Bit(name string) (Permissions, bool) {
 	if name == PermissionAdmin {
 		return adminBit, true
+	}
+	if name == PermissionLeaksReport {
+		return leaksBit, true
 	}
 	if len(c.names) <= maxScanNames {
 		for i, n := range c.names {
@@ -121,9 +138,13 @@ func (c *Catalog) Mask(names []string) (Permissions, error) {
 			p |= adminBit
 			continue
 		}
+		if n == PermissionLeaksReport {
+			p |= leaksBit
+			continue
+		}
 		b, ok := c.bit[n]
 		if !ok {
-			return 0, Errorf(Invalid, "unknown permission %s (the catalog has: all, admin, %s)", Quote(n), strings.Join(c.names, ", "))
+			return 0, Errorf(Invalid, "unknown permission %s (the catalog has: all, admin, leaks:report, %s)", Quote(n), strings.Join(c.names, ", "))
 		}
 		p |= b
 	}

@@ -209,7 +209,12 @@ func TestPermissions_Has(t *testing.T) {
 		{a, a | b, false},
 		{a | c, a | b, false},
 		{all, a | b | c, true},
-		{all, 1 << 61, true},
+		{all, 1 << 60, true},
+		// Nor the reserved leaks:report.
+		{all, MustMask(t, keyledger.DefaultCatalog, "leaks:report"), false},
+		{MustMask(t, keyledger.DefaultCatalog, "leaks:report"), MustMask(t, keyledger.DefaultCatalog, "leaks:report"), true},
+		{MustMask(t, keyledger.DefaultCatalog, "admin"), MustMask(t, keyledger.DefaultCatalog, "leaks:report"), false},
+		{MustMask(t, keyledger.DefaultCatalog, "leaks:report"), a, false},
 		// "all" never grants the reserved admin permission.
 		{all, MustMask(t, keyledger.DefaultCatalog, "admin"), false},
 		{MustMask(t, keyledger.DefaultCatalog, "admin"), MustMask(t, keyledger.DefaultCatalog, "admin"), true},

@@ -40,7 +40,13 @@ type Config struct {
 	Fleet Fleet
 	// Usage, if set (analytics on), adds last_used_at and uses_30d to
 	// key listings.
-	Usage  UsageSource
+	Usage UsageSource
+	// LeakAction is what a leak report does to an active key: LeakRevoke
+	// (the default) or LeakAlert.
+	LeakAction string
+	// OnLeak, if set, hears of every true positive of a leak report (for
+	// the key_leaked alert).
+	OnLeak func(Leak)
 	Logger *slog.Logger
 }
 
@@ -650,7 +656,7 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 		s.cfg.Logger.Info("key revoked", "key_id", id, "actor", w.Actor, "actor_ip", w.ActorIP, "seq", seq, "applied_by", prop.AppliedBy)
 		k, err := s.local(id)
 		if err != nil {
-			k = &KeyView{Key: keyledger.Key{ID: id}}
+			k = s.fromLedger(ctx, id)
 		}
 		if k.RevokedAt == nil {
 			// The revocation landed: never answer 404 or "active" for
@@ -661,6 +667,25 @@ func (s *Service) Revoke(ctx context.Context, id, reason string, w Write) (*Revo
 		return &Revoked{KeyView: *k, Propagation: prop}, nil
 	}
 	return nil, keyledger.Errorf(keyledger.Conflict, "key %s is being changed concurrently; try again", id)
+}
+
+// fromLedger builds a key's record from its KeyCreated, for an answer
+// about a key this node has not applied yet (an answer needs its
+// environment and name, not a blank).
+func (s *Service) fromLedger(ctx context.Context, id string) *KeyView {
+	k := &KeyView{Key: keyledger.Key{ID: id, Environment: keyledger.EnvLive, Permissions: []string{}}}
+	recs, err := s.cfg.Log.History(ctx, id)
+	if err != nil {
+		return k
+	}
+	for _, r := range recs {
+		if c, ok := r.Event.(*events.KeyCreated); ok && r.Rejected == "" {
+			k.Name, k.Environment, k.Permissions, k.Owner, k.Hint = c.Name, c.Environment, c.Permissions, c.Owner, c.Hint
+			k.CreatedAt, k.CreatedBy, k.ExpiresAt, k.RateLimit = c.At, c.Actor, c.ExpiresAt, c.RateLimit
+			break
+		}
+	}
+	return k
 }
 
 // Get returns a key's record, reflecting every write acknowledged before

@@ -37,12 +37,16 @@ const (
 	// RuleLedgerReplaced: a node found the KEYS stream deleted, recreated
 	// or cut, and refuses every verification.
 	RuleLedgerReplaced = "ledger_replaced"
+	// RuleKeyLeaked: a scanner reported a key's secret found in public
+	// (GitHub secret scanning, GitLab, an in-house scanner). Raised by the
+	// leak report, not by the periodic detector.
+	RuleKeyLeaked = "key_leaked"
 )
 
 // Rules lists the detector rules.
 func Rules() []string {
 	return []string{RuleVolumeSpike, RuleNewSource, RuleRevokedKeyUsed, RuleKeyGuessing,
-		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey, RuleLedgerForgery, RuleLedgerReplaced}
+		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey, RuleLedgerForgery, RuleLedgerReplaced, RuleKeyLeaked}
 }
 
 func knownRule(r string) bool {
@@ -68,8 +72,16 @@ func (a *Analytics) RaiseAlert(rule, subject, detail string) {
 }
 
 func (a *Analytics) raiseLedgerAlert(rule, subject, detail string) {
+	a.Raise(Alert{Rule: rule, KeyID: clipStr(strings.TrimPrefix(subject, nats.KeysSubjectPrefix), 64), Detail: detail, Observed: 1})
+}
+
+// Raise stores and publishes one alert found outside the periodic
+// detector (At is set to the clock): it opens or joins an incident like
+// any finding. Failures are logged.
+func (a *Analytics) Raise(al Alert) {
 	now := a.cfg.Now().UTC().Truncate(time.Millisecond)
-	al := Alert{Rule: rule, KeyID: clipStr(strings.TrimPrefix(subject, nats.KeysSubjectPrefix), 64), At: now, Detail: clipStr(detail, 500), Observed: 1}
+	rule := al.Rule
+	al.At, al.Detail = now, clipStr(al.Detail, 500)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	d := detection{now: now}

@@ -844,6 +844,8 @@ func (s *keysSink) add(subject string, data []byte, seq uint64, _ bool) error {
 		r.reason = e.Reason
 	case *events.KeyEnabled:
 		r.reason = e.Reason
+	case *events.KeyLeakReported:
+		r.reason = strings.TrimSpace("leak reported by " + e.Source + " " + e.URL + " (" + e.Action + ")")
 	default:
 		return fmt.Errorf("a %s event does not belong on the %s stream", h.Type, nats.KeysStream)
 	}

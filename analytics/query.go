@@ -356,8 +356,10 @@ func ParseEventType(s string) (string, error) {
 		return string(events.TypeKeyDisabled), nil
 	case "keyenabled", "enabled":
 		return string(events.TypeKeyEnabled), nil
+	case "keyleakreported", "leaked", "leak_reported":
+		return string(events.TypeKeyLeakReported), nil
 	}
-	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled or KeyEnabled, not %s", keyledger.Quote(s))
+	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled, KeyEnabled or KeyLeakReported, not %s", keyledger.Quote(s))
 }
 
 func checkLimit(n int) (int, error) {

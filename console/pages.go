@@ -439,6 +439,8 @@ func reasonOf(ev events.Event) string {
 	switch e := ev.(type) {
 	case *events.KeyRevoked:
 		return e.Reason
+	case *events.KeyLeakReported:
+		return strings.TrimSpace("leak reported by " + e.Source + " " + e.URL + " (" + strings.ReplaceAll(e.Action, "_", " ") + ")")
 	}
 	b, err := json.Marshal(ev)
 	if err != nil {

@@ -36,6 +36,9 @@ const (
 	TypeKeyUpdated  Type = "KeyUpdated"
 	TypeKeyDisabled Type = "KeyDisabled"
 	TypeKeyEnabled  Type = "KeyEnabled"
+	// TypeKeyLeakReported records a leak report about a key (see
+	// KeyLeakReported).
+	TypeKeyLeakReported Type = "KeyLeakReported"
 )
 
 // Event is a decoded event of any type.
@@ -148,6 +151,27 @@ type KeyRolled struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// KeyLeakReported records that a scanner reported the key's secret
+// found in public (Source: github, gitlab or the reporter's name; URL:
+// where), and what keyledger did about it (Action). It changes nothing
+// in the key: when the key was revoked for it, the KeyRevoked before it
+// says so. It never carries the secret.
+type KeyLeakReported struct {
+	Header
+	Source string `json:"source"`
+	URL    string `json:"url,omitempty"`
+	// Action is LeakRevoked, LeakAlerted (policy alert) or
+	// LeakAlreadyRevoked.
+	Action string `json:"action"`
+}
+
+// The actions of a KeyLeakReported.
+const (
+	LeakRevoked        = "revoked"
+	LeakAlerted        = "alerted"
+	LeakAlreadyRevoked = "already_revoked"
+)
+
 // KeyRevoked records the revocation of a key. It is final.
 type KeyRevoked struct {
 	Header
@@ -232,6 +256,8 @@ func Decode(data []byte) (Event, error) {
 		ev = new(KeyDisabled)
 	case TypeKeyEnabled:
 		ev = new(KeyEnabled)
+	case TypeKeyLeakReported:
+		ev = new(KeyLeakReported)
 	default:
 		return nil, keyledger.Errorf(keyledger.Invalid, "unknown event type %q", h.Type)
 	}
@@ -362,6 +388,21 @@ func Validate(ev Event) error {
 		}
 		if err := ValidKeyID(h.KeyID); err != nil {
 			return err
+		}
+	case *KeyLeakReported:
+		if h.Type != TypeKeyLeakReported {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyLeakReported)
+		}
+		if err := ValidKeyID(h.KeyID); err != nil {
+			return err
+		}
+		switch e.Action {
+		case LeakRevoked, LeakAlerted, LeakAlreadyRevoked:
+		default:
+			return keyledger.Errorf(keyledger.Invalid, "action must be revoked, alerted or already_revoked")
+		}
+		if e.Source == "" || len(e.Source) > 64 || len(e.URL) > 2048 {
+			return keyledger.Errorf(keyledger.Invalid, "source must be 1 to 64 bytes and url at most 2048")
 		}
 	case *KeyUsed:
 		if h.Type != TypeKeyUsed {

@@ -145,7 +145,8 @@ func (a *api) auth(next http.Handler) http.Handler {
 					// whoever holds it that it works elsewhere.
 					WriteError(w, keyledger.ErrUnauthorized)
 				default:
-					WriteError(w, verifier.OutcomeError(res.Outcome, keyledger.PermissionAdmin, res.RetryAfter))
+					// The verifier's refusal, Retry-After included.
+					writeRefusal(w, &verifier.Request{Permission: keyledger.PermissionAdmin}, res)
 				}
 				return
 			}

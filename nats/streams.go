@@ -147,7 +147,8 @@ func UsageStreamConfig(c StreamConfig) jetstream.StreamConfig {
 }
 
 // AlertsStreamConfig returns the configuration of ALERTS: notices kept 30
-// days (at most 1 GiB, oldest dropped), deduplicated by Nats-Msg-Id over
+// days (at most 256 MiB, or a 16th of what USAGE may hold when that is
+// less, oldest dropped), deduplicated by Nats-Msg-Id over
 // AlertsDuplicates.
 func AlertsStreamConfig(c StreamConfig) jetstream.StreamConfig {
 	c = c.withDefaults()
@@ -158,12 +159,21 @@ func AlertsStreamConfig(c StreamConfig) jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      30 * 24 * time.Hour,
-		MaxBytes:    1 << 30,
+		MaxBytes:    alertsMaxBytes(c.UsageMaxBytes),
 		MaxMsgs:     -1,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  AlertsDuplicates,
 		Replicas:    c.Replicas,
 	}
+}
+
+// alertsMaxBytes: JetStream reserves a stream's MaxBytes on disk at
+// start, so ALERTS stays small beside a small USAGE.
+func alertsMaxBytes(usage int64) int64 {
+	if usage <= 0 {
+		return 256 << 20
+	}
+	return min(256<<20, max(1<<20, usage/16))
 }
 
 // EnsureStreams creates the streams when missing and brings USAGE to c;

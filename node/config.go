@@ -9,6 +9,7 @@ import (
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
 	khttp "github.com/keyledger/keyledger/http"
 )
@@ -103,6 +104,15 @@ type Config struct {
 	// AuthzMetaHeaders are the metadata members forward auth answers as
 	// X-Key-Meta-<Member> headers (see khttp.RouterOptions).
 	AuthzMetaHeaders []string
+	// LeakAction is what a leak report does to an active key: revoke
+	// (default) or alert (admin.LeakRevoke, admin.LeakAlert).
+	LeakAction string
+	// GitHubScanningKeys is GitHub's secret-scanning public key file;
+	// set, it enables POST /v1/leaks/github.
+	GitHubScanningKeys string
+	// GitLabRevocationToken enables GitLab's token revocation API for
+	// requests bearing it.
+	GitLabRevocationToken string
 	// NoConsole leaves out the web console that admin nodes serve at
 	// /console/ (on the admin listener when there is one).
 	NoConsole bool
@@ -125,6 +135,16 @@ func (c *Config) Validate() error {
 	}
 	if c.Role == RoleVerifier && c.NATSURL == "" {
 		return configErr("--role verifier follows an existing NATS deployment: give --nats URL")
+	}
+	switch c.LeakAction {
+	case "":
+		c.LeakAction = admin.LeakRevoke
+	case admin.LeakRevoke, admin.LeakAlert:
+	default:
+		return configErr("--leak-action must be revoke or alert")
+	}
+	if c.GitLabRevocationToken != "" && len(c.GitLabRevocationToken) < 16 {
+		return configErr("the GitLab revocation token must be at least 16 characters")
 	}
 	format, err := analytics.ParseWebhookFormat(c.AlertWebhookFormat)
 	if err != nil {

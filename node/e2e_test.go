@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -138,5 +139,28 @@ func TestEndToEnd(t *testing.T) {
 	// No secret ever reached a log line.
 	if out := logs.String(); strings.Contains(out, secret) || strings.Contains(out, token) {
 		t.Fatal("a secret or the admin token was logged")
+	}
+}
+
+// A rate-limited admin key is answered 429 with Retry-After, like any
+// rate-limited key (the header was missing on the admin API).
+func TestEndToEnd_adminKeyRateLimited(t *testing.T) {
+	const token = "e2e-ratelimit-token-0123456789"
+	cfg := nodetest.Config(t.TempDir(), io.Discard)
+	cfg.AdminToken = token
+	n := nodetest.MustOpenConfig(t, cfg)
+	c := &nodetest.Caller{T: t, Base: n.URL(), Token: token}
+	nodetest.WaitReady(t, c)
+	code, _, b := c.Call("POST", "/v1/keys", token, `{"name":"ops","environment":"live","permissions":["admin"],"rate_limit":{"per_second":0.001,"burst":1}}`)
+	var k struct{ Key string }
+	if code != 201 || json.Unmarshal(b, &k) != nil {
+		t.Fatalf("create: %d %s", code, b)
+	}
+	if code, _, _ := c.Call("GET", "/v1/nodes", k.Key, ""); code != 200 {
+		t.Fatalf("first call: %d", code)
+	}
+	code, h, _ := c.Call("GET", "/v1/nodes", k.Key, "")
+	if code != 429 || h.Get("Retry-After") == "" {
+		t.Fatalf("second call: %d, Retry-After %q; want 429 with Retry-After", code, h.Get("Retry-After"))
 	}
 }

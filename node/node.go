@@ -23,6 +23,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/github"
 	khttp "github.com/keyledger/keyledger/http"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
@@ -145,7 +146,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 
 	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log,
 		TrustedProxies: cfg.TrustedProxies, MaxConns: cfg.MaxConns, MaxConnsPerIP: cfg.MaxConnsPerIP,
-		AuthzMetaHeaders: cfg.AuthzMetaHeaders, NoConsole: cfg.NoConsole}
+		AuthzMetaHeaders: cfg.AuthzMetaHeaders, NoConsole: cfg.NoConsole, HTTPMetrics: prometheus.NewHTTPMetrics(metrics)}
 	if isAdmin {
 		ledger, err := nats.OpenLog(ctx, n.js, n.creds.signer, n.creds.ring)
 		if err != nil {
@@ -169,7 +170,14 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		routes.Admin = admin.New(admin.Config{
 			Log: ledger, Projector: n.projector, Catalog: catalog, Format: format, Fleet: n.registry, Usage: usage, Logger: n.log,
+			LeakAction: cfg.LeakAction, OnLeak: n.onLeak,
 		})
+		routes.Leaks.GitLabToken = cfg.GitLabRevocationToken
+		if cfg.GitHubScanningKeys != "" {
+			if routes.Leaks.GitHubKeys, err = github.LoadKeys(cfg.GitHubScanningKeys); err != nil {
+				return nil, fmt.Errorf("%w: --github-scanning-keys: %v", ErrConfig, err)
+			}
+		}
 		routes.Token = n.token
 		if cfg.ClickHouse != "" {
 			routes.AnalyticsLater = n.analyticsNow
@@ -392,6 +400,21 @@ func (n *Node) onReject(r projector.Rejection) {
 
 // analyticsNow returns analytics once it is open (the projector starts
 // first).
+// onLeak raises key_leaked for a leak report's true positive (when
+// analytics is on; the report is in the ledger and the log either way).
+func (n *Node) onLeak(l admin.Leak) {
+	a := n.analyticsNow()
+	if a == nil {
+		return
+	}
+	detail := fmt.Sprintf("reported leaked by %s at %s; %s", l.Source, l.URL, strings.ReplaceAll(l.Action, "_", " "))
+	n.alerts.Add(1)
+	go func() {
+		defer n.alerts.Done()
+		a.Raise(analytics.Alert{Rule: analytics.RuleKeyLeaked, KeyID: l.KeyID, Owner: l.Owner, Detail: detail, Observed: 1})
+	}()
+}
+
 func (n *Node) analyticsNow() *analytics.Analytics {
 	n.analyticsMu.Lock()
 	defer n.analyticsMu.Unlock()

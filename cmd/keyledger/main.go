@@ -35,6 +35,8 @@ Usage:
   keyledger nodes                         live nodes and how far each has applied the ledger
   keyledger creds generate --dir D [--routes] NAME=ROLE[+ROLE]…
                                           NATS nkeys, signing keys and keyring for a fleet
+  keyledger scan [--prefix fsk] [--show] [--json] [--report] PATH…
+                                          find keys in files (exit 1 if any; - or nothing: stdin)
   keyledger bench NAME [--json]           benchmarks on this machine: verify, authz, revoke, coldstart, ingest, all
 
 Run "keyledger COMMAND -h" for a command's flags.
@@ -73,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = creds(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = bench.Main(ctx, args[1:], stdout, stderr)
+	case "scan":
+		err = scanCmd(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -67,6 +67,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// be printed by --help.
 	fs.StringVar(&cfg.AlertWebhookSecret, "alert-webhook-secret", "", "sign every webhook delivery with HMAC-SHA256, header X-Keyledger-Signature (default: env KEYLEDGER_ALERT_WEBHOOK_SECRET, which process listings do not show)")
 	fs.IntVar(&cfg.RetentionMonths, "retention-months", 13, "months of raw usage rows kept in ClickHouse (rollups are kept)")
+	fs.StringVar(&cfg.LeakAction, "leak-action", "revoke", "what a leak report does to an active key: revoke, or alert only")
+	fs.StringVar(&cfg.GitHubScanningKeys, "github-scanning-keys", "", "GitHub's secret-scanning public key file (api.github.com/meta/public_keys/secret_scanning); enables POST /v1/leaks/github")
 	fs.BoolVar(&cfg.NoConsole, "no-console", false, "serve no web console (admin nodes serve it at /console/ by default)")
 	var metaHeaders string
 	fs.StringVar(&metaHeaders, "authz-meta-headers", "", "metadata members forward auth hands to the upstream, e.g. plan,tenant → X-Key-Meta-Plan, X-Key-Meta-Tenant")
@@ -85,6 +87,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg.Permissions = cli.SplitList(perms)
 	cfg.AuthzMetaHeaders = cli.SplitList(metaHeaders)
 	cfg.AlertPagerDutyKey = os.Getenv("KEYLEDGER_ALERT_PAGERDUTY_KEY")
+	// A secret: from the environment only, never a flag (--help, ps).
+	cfg.GitLabRevocationToken = os.Getenv("KEYLEDGER_GITLAB_REVOCATION_TOKEN")
 	if cfg.AlertWebhookSecret == "" {
 		cfg.AlertWebhookSecret = os.Getenv("KEYLEDGER_ALERT_WEBHOOK_SECRET")
 	}

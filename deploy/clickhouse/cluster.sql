@@ -158,6 +158,33 @@ CREATE TABLE IF NOT EXISTS keyledger.alerts ON CLUSTER '{cluster}'
 AS keyledger.alerts_local
 ENGINE = Distributed('{cluster}', keyledger, alerts_local, cityHash64(bucket, rule, key_id, ip));
 
+-- Alert incidents: one row per state, the highest version wins (FINAL);
+-- sharded by id, so every state of an incident is on one shard.
+CREATE TABLE IF NOT EXISTS keyledger.incidents_local ON CLUSTER '{cluster}' (
+	id String,
+	rule String,
+	subject String,
+	key_id String,
+	owner String,
+	severity String,
+	status String,
+	opened UInt64,
+	updated UInt64,
+	seen UInt64,
+	resolved UInt64,
+	findings UInt64,
+	address_count UInt64,
+	addresses String,
+	observed Float64,
+	detail String,
+	version UInt64
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/keyledger/incidents_local', '{replica}', version)
+ORDER BY id;
+
+CREATE TABLE IF NOT EXISTS keyledger.incidents ON CLUSTER '{cluster}'
+AS keyledger.incidents_local
+ENGINE = Distributed('{cluster}', keyledger, incidents_local, cityHash64(id));
+
 -- The application's migration bookkeeping.
 CREATE TABLE IF NOT EXISTS keyledger.schema_migrations_local ON CLUSTER '{cluster}' (
 	version UInt32,
