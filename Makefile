@@ -48,6 +48,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzFindSecret -fuzztime 30s .
 	$(GO) test -run '^$$' -fuzz FuzzParseAllowlist -fuzztime 30s .
 	$(GO) test -run '^$$' -fuzz FuzzMergePatch -fuzztime 30s .
+	$(GO) test -run '^$$' -fuzz FuzzDecodeReport -fuzztime 30s ./github/
+	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 30s ./scan/
 	$(GO) test -run '^$$' -fuzz FuzzPatch -fuzztime 30s ./admin/
 	$(GO) test -run '^$$' -fuzz FuzzDecodeKeyUsed -fuzztime 30s ./analytics/
 

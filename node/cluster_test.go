@@ -21,9 +21,19 @@ const clusterToken = "cluster-test-token-0123456789"
 // as one JetStream cluster with R3 streams and sync-always, on loopback.
 func MustStartCluster(tb testing.TB, n int) *node.Cluster {
 	tb.Helper()
-	cfgs, err := node.ClusterConfigs(n, tb.TempDir(), clusterToken, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return MustStartClusterWith(tb, n, tb.TempDir(), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+}
+
+// MustStartClusterWith is MustStartCluster in dir, logging to log, with
+// edit (if set) changing the nodes' configurations before they start.
+func MustStartClusterWith(tb testing.TB, n int, dir string, log *slog.Logger, edit func([]node.Config)) *node.Cluster {
+	tb.Helper()
+	cfgs, err := node.ClusterConfigs(n, dir, clusterToken, log)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	if edit != nil {
+		edit(cfgs)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

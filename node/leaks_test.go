@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"bufio"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -44,23 +43,10 @@ func TestLeaks_cluster(t *testing.T) {
 	dir := t.TempDir()
 	gh := githubtest.NewSigner(t, "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a")
 	keyFile := gh.WriteFile(t, dir)
-	cfgs, err := node.ClusterConfigs(3, dir, clusterToken, slog.New(slog.NewTextHandler(logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range cfgs {
-		cfgs[i].GitHubScanningKeys, cfgs[i].GitLabRevocationToken = keyFile, gitlabToken
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := node.StartCluster(ctx, cfgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		c.Close(ctx)
+	c := MustStartClusterWith(t, 3, dir, slog.New(slog.NewTextHandler(logs, nil)), func(cfgs []node.Config) {
+		for i := range cfgs {
+			cfgs[i].GitHubScanningKeys, cfgs[i].GitLabRevocationToken = keyFile, gitlabToken
+		}
 	})
 	n0 := caller(t, c, 0)
 	var secrets []string
