@@ -299,7 +299,19 @@ const incidentColumns = "id, rule, subject, key_id, owner, severity, status, ope
 
 func (a *Analytics) openIncidents(ctx context.Context) (map[subjectKey]*Incident, error) {
 	out := map[subjectKey]*Incident{}
-	err := a.query(ctx, `SELECT `+incidentColumns+` FROM incidents FINAL WHERE status = 'firing'`, func(scan func(...any) error) error {
+	// The newest state of each incident, by argMax rather than FINAL plus
+	// a WHERE on status: a condition ClickHouse may move before the
+	// merge (PREWHERE) would see an older "firing" row of a resolved one.
+	var cols []string
+	for _, c := range strings.Split(incidentColumns, ", ") {
+		if c == "id" {
+			cols = append(cols, c)
+			continue
+		}
+		cols = append(cols, "argMax("+c+", version)")
+	}
+	q := `SELECT ` + strings.Join(cols, ", ") + ` FROM incidents GROUP BY id HAVING argMax(status, version) = 'firing'`
+	err := a.query(ctx, q, func(scan func(...any) error) error {
 		inc, err := scanIncident(scan)
 		if err != nil {
 			return err

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
@@ -47,6 +49,26 @@ type leaks struct {
 	o        LeakOptions
 	gitlab   []byte // SHA-256 of the GitLab token
 	limiters map[string]*rate.Limiter
+
+	// refusals are logged at most once a second, with how many the
+	// line stands for: a flood of forged reports must not flood the log.
+	mu         sync.Mutex
+	lastRefuse time.Time
+	suppressed int
+}
+
+func (l *leaks) refused(r *http.Request, err error) {
+	l.mu.Lock()
+	now := time.Now()
+	if now.Sub(l.lastRefuse) < time.Second {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	n := l.suppressed
+	l.lastRefuse, l.suppressed = now, 0
+	l.mu.Unlock()
+	l.a.log.Warn("leak report refused: bad GitHub signature", "err", err, "ip", l.a.proxies.clientIP(r), "similar_since_last_line", n)
 }
 
 func newLeaks(a *api, o LeakOptions) *leaks {
@@ -100,7 +122,7 @@ func (l *leaks) github(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := l.o.GitHubKeys.Verify(body, r.Header.Get(github.KeyIdentifierHeader), r.Header.Get(github.SignatureHeader)); err != nil {
-		l.a.log.Warn("leak report refused: bad GitHub signature", "err", err, "ip", l.a.proxies.clientIP(r))
+		l.refused(r, err)
 		WriteError(w, keyledger.ErrUnauthorized)
 		return
 	}

@@ -59,32 +59,43 @@ func New(prefixes ...string) (*Scanner, error) {
 // key in order.
 func (s *Scanner) Reader(r io.Reader, name string, found func(Finding)) error {
 	// A line longer than the buffer is scanned in pieces that overlap by
-	// a key's length, so no key is missed at a cut.
+	// a key's length, so no key is missed at a cut, none is reported
+	// twice, and none is cut short.
+	const overlap = keyledger.MaxRandomLen + 64
 	br := bufio.NewReaderSize(r, 64<<10)
 	line := 0
 	for {
 		b, err := br.ReadSlice('\n')
-		if len(b) > 0 || err == nil {
-			line++
-			s.line(b, name, line, found)
+		if len(b) == 0 && err == io.EOF {
+			return nil
 		}
-		for errors.Is(err, bufio.ErrBufferFull) {
-			// A very long line: keep the tail that may start a key.
-			keep := append([]byte(nil), b[max(0, len(b)-keyledger.MaxRandomLen-64):]...)
+		line++
+		partial := errors.Is(err, bufio.ErrBufferFull)
+		s.line(b, name, line, 0, 0, partial, found)
+		base := 0 // where b starts in the line
+		for partial {
+			keep := append([]byte(nil), b[max(0, len(b)-overlap):]...)
+			base += len(b) - len(keep)
 			b, err = br.ReadSlice('\n')
-			s.line(append(keep, b...), name, line, found)
+			partial = errors.Is(err, bufio.ErrBufferFull)
+			chunk := append(keep, b...)
+			s.line(chunk, name, line, base, len(keep), partial, found)
+			b = chunk
 		}
 		if err == io.EOF {
 			return nil
 		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+		if err != nil {
 			return err
 		}
 	}
 }
 
-// line finds the keys of one line.
-func (s *Scanner) line(b []byte, name string, line int, found func(Finding)) {
+// line finds the keys of one line, or of a piece of one that starts at
+// column base+1: only keys ending past minEnd (what an earlier piece did
+// not hold whole), and, when partial (the line goes on), none that reach
+// the piece's end.
+func (s *Scanner) line(b []byte, name string, line, base, minEnd int, partial bool, found func(Finding)) {
 	for fi, needle := range s.needles {
 		rest, off := b, 0
 		for {
@@ -104,8 +115,10 @@ func (s *Scanner) line(b []byte, name string, line int, found func(Finding)) {
 				end++
 			}
 			cand := string(b[start:end])
-			if env, ok := s.formats[fi].Parse(cand); ok {
-				found(Finding{Path: name, Line: line, Column: start + 1, Environment: env, Hint: keyledger.Hint(cand), Secret: cand})
+			if end > minEnd && !(partial && end == len(b)) {
+				if env, ok := s.formats[fi].Parse(cand); ok {
+					found(Finding{Path: name, Line: line, Column: base + start + 1, Environment: env, Hint: keyledger.Hint(cand), Secret: cand})
+				}
 			}
 			off, rest = end, b[end:]
 		}

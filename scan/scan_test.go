@@ -77,6 +77,15 @@ func TestReader(t *testing.T) {
 			}
 		})
 	}
+	t.Run("keys at every offset around the buffer's edge, once each, at their column", func(t *testing.T) {
+		for pad := (64 << 10) - len(live) - 70; pad <= (64<<10)+10; pad += 7 {
+			text := strings.Repeat("x", pad) + " " + live + " " + strings.Repeat("y", 70<<10)
+			got := findAll(t, s, text)
+			if len(got) != 1 || got[0].Secret != live || got[0].Column != pad+2 {
+				t.Fatalf("pad %d: %+v", pad, got)
+			}
+		}
+	})
 	t.Run("a key past a line longer than the buffer", func(t *testing.T) {
 		text := strings.Repeat("x", 200<<10) + " " + live + strings.Repeat(" y", 1000) + "\n" + test
 		got := findAll(t, s, text)
