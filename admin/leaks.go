@@ -90,6 +90,11 @@ func (s *Service) ReportLeaks(ctx context.Context, r LeakReport) ([]LeakResult, 
 	if len(r.Tokens) > MaxLeakTokens {
 		return nil, keyledger.Errorf(keyledger.Invalid, "a report holds at most %d tokens, not %d", MaxLeakTokens, len(r.Tokens))
 	}
+	// Every key created before the report must be found: a node behind
+	// the ledger would call a fresh key a false positive.
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
 	out := make([]LeakResult, len(r.Tokens))
 	type job struct {
 		i  int

@@ -179,6 +179,16 @@ func TestFaults(t *testing.T) {
 				}
 			}
 			stop()
+			// The promise after a fault is the final state: every node,
+			// once it vouches for its table again, answers every key as
+			// the ledger says. Until then it may refuse (503: fail
+			// closed), which the run measures as unavailability above,
+			// so the check waits for each node to be ready first (a node
+			// whose JetStream restarted in place renews its lease within
+			// a check or two).
+			for _, p := range c.nodes {
+				c.waitReady(p, 60*time.Second)
+			}
 			r := h.check(t, c, sc.name, owner)
 			r.Filled = c.filledSince(filledBefore)
 			t.Log(r.String())
