@@ -1,0 +1,167 @@
+package merkle
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"testing"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+func event(i int) []byte {
+	return []byte(fmt.Sprintf(`{"type":"KeyCreated","v":1,"event_id":"%08d","key_id":"key_%d"}`, i, i))
+}
+
+func mustTree(tb testing.TB, n int) *Tree {
+	tb.Helper()
+	t := &Tree{}
+	for i := range n {
+		if idx, err := t.Append(event(i)); err != nil || idx != int64(i) {
+			tb.Fatalf("append %d: %d %v", i, idx, err)
+		}
+	}
+	return t
+}
+
+// independentRoot computes the RFC 6962 root straight from the leaves'
+// record hashes, without the tree's stored hashes.
+func independentRoot(leaves [][]byte) tlog.Hash {
+	if len(leaves) == 1 {
+		return tlog.RecordHash(leaves[0])
+	}
+	k := 1
+	for k*2 < len(leaves) {
+		k *= 2
+	}
+	return tlog.NodeHash(independentRoot(leaves[:k]), independentRoot(leaves[k:]))
+}
+
+func TestTree(t *testing.T) {
+	const n = 10_000
+	tr := mustTree(t, n)
+	var leaves [][]byte
+	for i := range n {
+		leaves = append(leaves, event(i))
+	}
+	for _, size := range []int64{1, 2, 3, 7, 8, 1000, 4097, n} {
+		got, err := tr.Root(size)
+		if err != nil || got != independentRoot(leaves[:size]) {
+			t.Fatalf("root of %d: %v, %v", size, got, err)
+		}
+	}
+	root, _ := tr.Root(n)
+	t.Run("every leaf's inclusion proof verifies, and fails for a modified leaf", func(t *testing.T) {
+		for i := int64(0); i < n; i++ {
+			p, err := tr.ProveLeaf(n, i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := CheckLeaf(p, n, root, i, leaves[i]); err != nil {
+				t.Fatalf("leaf %d: %v", i, err)
+			}
+			if i%97 == 0 {
+				bad := bytes.Replace(leaves[i], []byte("KeyCreated"), []byte("KeyRevoked"), 1)
+				if CheckLeaf(p, n, root, i, bad) == nil {
+					t.Fatalf("a modified leaf %d verified", i)
+				}
+			}
+		}
+	})
+	t.Run("consistency verifies, and fails if an earlier leaf changed", func(t *testing.T) {
+		for _, c := range [][2]int64{{1, n}, {100, 5000}, {4096, 4097}, {n, n}} {
+			p, err := tr.ProveConsistency(c[0], c[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			rn, _ := tr.Root(c[0])
+			rm, _ := tr.Root(c[1])
+			if err := CheckConsistency(p, c[1], rm, c[0], rn); err != nil {
+				t.Fatalf("%v: %v", c, err)
+			}
+		}
+		// A history with leaf 50 rewritten: its old checkpoint of 100
+		// leaves is not a prefix of the new tree.
+		forged := &Tree{}
+		for i := range 200 {
+			e := event(i)
+			if i == 50 {
+				e = []byte("rewritten")
+			}
+			forged.Append(e)
+		}
+		p, _ := forged.ProveConsistency(100, 200)
+		rOld, _ := tr.Root(100)
+		rNew, _ := forged.Root(200)
+		if CheckConsistency(p, 200, rNew, 100, rOld) == nil {
+			t.Fatal("a rewritten history proved consistent with the old checkpoint")
+		}
+	})
+	if _, err := tr.ProveLeaf(n, n); err == nil {
+		t.Error("a proof for a leaf past the tree")
+	}
+}
+
+func TestCheckpoint(t *testing.T) {
+	skey, vkey, err := note.GenerateKey(rand.Reader, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := note.NewSigner(skey)
+	v, _ := note.NewVerifier(vkey)
+	cskey, cvkey, _ := note.GenerateKey(rand.Reader, "n2")
+	cs, _ := note.NewSigner(cskey)
+	cv, _ := note.NewVerifier(cvkey)
+	tr := mustTree(t, 10)
+	root, _ := tr.Root(10)
+	c := Checkpoint{Origin: "keyledger/KEYS", Size: 10, Root: root}
+	msg, err := c.Sign(s, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, names, err := Open(msg, note.VerifierList(v, cv))
+	if err != nil || got != c || len(names) != 2 || names[0] != "n1" || names[1] != "n2" {
+		t.Fatalf("open: %+v %v %v", got, names, err)
+	}
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"attack: size changed", bytes.Replace(msg, []byte("\n10\n"), []byte("\n11\n"), 1)},
+		{"attack: signed by an unknown key", func() []byte {
+			k, _, _ := note.GenerateKey(rand.Reader, "n1")
+			o, _ := note.NewSigner(k)
+			m, _ := c.Sign(o)
+			return m
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, _, err := Open(tc.msg, note.VerifierList(v, cv)); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+func BenchmarkAppend(b *testing.B) {
+	e := event(1)
+	tr := &Tree{}
+	b.ReportAllocs()
+	for b.Loop() {
+		tr.Append(e)
+	}
+}
+
+func BenchmarkProveLeaf(b *testing.B) {
+	tr := mustTree(b, 1<<20)
+	n := tr.Size()
+	b.ReportAllocs()
+	i := int64(0)
+	for b.Loop() {
+		if _, err := tr.ProveLeaf(n, i%n); err != nil {
+			b.Fatal(err)
+		}
+		i += 7919
+	}
+}
