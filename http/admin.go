@@ -36,28 +36,39 @@ type api struct {
 	outages outageLog
 }
 
-// outageLog logs unavailable (503) answers with their cause: the first
-// at once, then at most one line a second with how many it stands for, so
-// an outage is in the log without a line per request.
-type outageLog struct {
+// throttle lets a repeated log line through at most once a second, and
+// says how many it stands for: a flood of the same event (an outage,
+// forged requests) is in the log without a line per request.
+type throttle struct {
 	mu         sync.Mutex
 	last       time.Time
 	suppressed int
 }
 
-func (o *outageLog) log(log *slog.Logger, r *http.Request, err error) {
-	o.mu.Lock()
+// allow reports whether a line may be written now, and how many were
+// held back since the last one.
+func (t *throttle) allow() (suppressed int, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	now := time.Now()
-	if now.Sub(o.last) < time.Second {
-		o.suppressed++
-		o.mu.Unlock()
-		return
+	if now.Sub(t.last) < time.Second {
+		t.suppressed++
+		return 0, false
 	}
-	n := o.suppressed
-	o.last, o.suppressed = now, 0
-	o.mu.Unlock()
-	log.Warn("admin request answered 503", "method", r.Method, "path", redactSecrets(r.URL.Path), "err", err,
-		"similar_since_last_line", n)
+	n := t.suppressed
+	t.last, t.suppressed = now, 0
+	return n, true
+}
+
+// outageLog logs unavailable (503) answers with their cause: the first
+// at once, then at most one line a second.
+type outageLog struct{ throttle }
+
+func (o *outageLog) log(log *slog.Logger, r *http.Request, err error) {
+	if n, ok := o.allow(); ok {
+		log.Warn("admin request answered 503", "method", r.Method, "path", redactSecrets(r.URL.Path), "err", err,
+			"similar_since_last_line", n)
+	}
 }
 
 type actorKey struct{}

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
-	"time"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
@@ -50,25 +48,15 @@ type leaks struct {
 	gitlab   []byte // SHA-256 of the GitLab token
 	limiters map[string]*rate.Limiter
 
-	// refusals are logged at most once a second, with how many the
-	// line stands for: a flood of forged reports must not flood the log.
-	mu         sync.Mutex
-	lastRefuse time.Time
-	suppressed int
+	// refusals are logged at most once a second: a flood of forged
+	// reports must not flood the log.
+	refusals throttle
 }
 
 func (l *leaks) refused(r *http.Request, err error) {
-	l.mu.Lock()
-	now := time.Now()
-	if now.Sub(l.lastRefuse) < time.Second {
-		l.suppressed++
-		l.mu.Unlock()
-		return
+	if n, ok := l.refusals.allow(); ok {
+		l.a.log.Warn("leak report refused: bad GitHub signature", "err", err, "ip", l.a.proxies.clientIP(r), "similar_since_last_line", n)
 	}
-	n := l.suppressed
-	l.lastRefuse, l.suppressed = now, 0
-	l.mu.Unlock()
-	l.a.log.Warn("leak report refused: bad GitHub signature", "err", err, "ip", l.a.proxies.clientIP(r), "similar_since_last_line", n)
 }
 
 func newLeaks(a *api, o LeakOptions) *leaks {
