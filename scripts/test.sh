@@ -51,3 +51,9 @@ echo "== go test -race"
 # -p 1: the integration tests start servers (JetStream, use ClickHouse); on a
 # 2-core machine running packages one at a time keeps timings sane.
 go test -race -count=1 -p 1 -timeout 20m "$@" ./...
+
+echo "== go test (no -race): the in-place JetStream restart"
+# node/disk_test.go is built without the race detector: the restart it
+# tests races inside nats-server (EnableJetStream vs. its API dispatch),
+# not in keyledger's code. Everything else above ran with -race.
+go test -count=1 -run 'TestNode_diskFull' "$@" ./node/
