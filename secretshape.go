@@ -52,6 +52,25 @@ func FindSecret(s string) (start, end int, ok bool) {
 	return 0, 0, false
 }
 
+// RedactSecrets returns s with every token FindSecret finds replaced by
+// with: for paths, URLs and messages that may carry a key.
+func RedactSecrets(s, with string) string {
+	start, end, ok := FindSecret(s)
+	if !ok {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for ok {
+		b.WriteString(s[:start])
+		b.WriteString(with)
+		s = s[end:]
+		start, end, ok = FindSecret(s)
+	}
+	b.WriteString(s)
+	return b.String()
+}
+
 // LooksLikeSecret reports whether s holds a token shaped like an API key
 // secret (see FindSecret) anywhere in it.
 func LooksLikeSecret(s string) bool {

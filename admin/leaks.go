@@ -212,19 +212,7 @@ func (s *Service) recordLeak(ctx context.Context, id, source, url, action, token
 // URL may carry the very secret it points at, and it goes into the
 // ledger, the alert and the log.
 func clipURL(u string) string {
-	u = strings.TrimSpace(u)
-	var b strings.Builder
-	for {
-		start, end, ok := keyledger.FindSecret(u)
-		if !ok {
-			break
-		}
-		b.WriteString(u[:start])
-		b.WriteString("[redacted]")
-		u = u[end:]
-	}
-	b.WriteString(u)
-	return clipText(b.String(), 2048)
+	return clipText(keyledger.RedactSecrets(strings.TrimSpace(u), "[redacted]"), 2048)
 }
 
 // clipText cuts s to at most n bytes on a rune boundary, and drops

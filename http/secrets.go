@@ -21,22 +21,7 @@ const Redacted = "REDACTED"
 // it, but the ledger must not keep a copy: usage records are kept for
 // months and read by more people than the key's owner. s itself comes
 // back, without allocating, when it holds no such token.
-func redactSecrets(s string) string {
-	start, end, ok := keyledger.FindSecret(s)
-	if !ok {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s))
-	for ok {
-		b.WriteString(s[:start])
-		b.WriteString(Redacted)
-		s = s[end:]
-		start, end, ok = keyledger.FindSecret(s)
-	}
-	b.WriteString(s)
-	return b.String()
-}
+func redactSecrets(s string) string { return keyledger.RedactSecrets(s, Redacted) }
 
 // redactPath is redactSecrets for a URL path (and query) being recorded.
 // A key whose underscores are percent-encoded (fsk%5Flive%5F…) is found
