@@ -4,19 +4,9 @@
 # is downloaded by the test itself: Chromium comes from Debian like nginx,
 # ClickHouse and promtool.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 case "${1:-}" in
-install)
-	if command -v chromium >/dev/null 2>&1; then
-		exit 0
-	fi
-	echo "chromium.sh: installing chromium (apt-get) for the console's browser test" >&2
-	sudo=""
-	if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-	export DEBIAN_FRONTEND=noninteractive
-	$sudo apt-get update -qq
-	$sudo apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
-	command -v chromium >/dev/null 2>&1 || { echo "chromium.sh: chromium is still missing after apt-get install chromium" >&2; exit 1; }
-	;;
+install) debian_install chromium chromium fonts-dejavu-core ;;
 *)
 	echo "usage: $0 install" >&2
 	exit 2

@@ -22,6 +22,7 @@
 #   KEYLEDGER_NGINX_UPSTREAM  the API's host:port     (default 127.0.0.1:9000)
 #   KEYLEDGER_NGINX_WAIT      seconds to wait for start/stop (default 20)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${KEYLEDGER_NGINX_DIR:-$repo/.cache/nginx}"
@@ -39,24 +40,7 @@ log() { echo "nginx.sh: $*" >&2; }
 export PATH="$PATH:/usr/sbin:/sbin"
 
 install() {
-	if command -v nginx >/dev/null 2>&1; then
-		return 0
-	fi
-	log "installing nginx-light (apt-get)"
-	local sudo=""
-	if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-	export DEBIAN_FRONTEND=noninteractive
-	$sudo apt-get update -qq || log "apt-get update failed; trying the install anyway"
-	# The package's service start is refused by policy-rc.d in containers,
-	# which makes its postinst report an error: that is expected, we start
-	# nginx ourselves, so only a missing binary counts as a failure.
-	$sudo apt-get install -y -qq --no-install-recommends \
-		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold nginx-light ||
-		log "apt-get install reported an error (a refused service start is expected here)"
-	if ! command -v nginx >/dev/null 2>&1; then
-		log "nginx is still missing after apt-get install nginx-light"
-		exit 1
-	fi
+	debian_install nginx nginx-light || exit 1
 }
 
 check_addr() { # name value
