@@ -38,19 +38,13 @@ type pages struct {
 }
 
 var funcs = template.FuncMap{
-	"utc":   fmtTime,
-	"utcp":  func(t *time.Time) string { return fmtTimeP(t) },
-	"short": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04") },
-	"shortp": func(t *time.Time) string {
-		if t == nil {
-			return "—"
-		}
-		return t.UTC().Format("2006-01-02 15:04")
-	},
-	"join":    strings.Join,
-	"badge":   badgeClass,
-	"outcome": outcomeClass,
-	"list":    func(s ...string) []string { return s },
+	"utc":    func(t time.Time) string { return fmtTime(&t, timeLayout) },
+	"utcp":   func(t *time.Time) string { return fmtTime(t, timeLayout) },
+	"short":  func(t time.Time) string { return fmtTime(&t, shortLayout) },
+	"shortp": func(t *time.Time) string { return fmtTime(t, shortLayout) },
+	"join":   strings.Join,
+	"badge":  badgeClass,
+	"list":   func(s ...string) []string { return s },
 }
 
 func mustParsePages() *pages {
@@ -88,18 +82,19 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	w.Write(buf.Bytes())
 }
 
-func fmtTime(t time.Time) string {
-	if t.IsZero() {
-		return "—"
-	}
-	return t.UTC().Format("2006-01-02 15:04:05Z")
-}
+// The console's times, always UTC: in full on a key's page, to the minute
+// in the list.
+const (
+	timeLayout  = "2006-01-02 15:04:05Z"
+	shortLayout = "2006-01-02 15:04"
+)
 
-func fmtTimeP(t *time.Time) string {
-	if t == nil {
+// fmtTime formats t (nil or zero: a dash).
+func fmtTime(t *time.Time, layout string) string {
+	if t == nil || t.IsZero() {
 		return "—"
 	}
-	return fmtTime(*t)
+	return t.UTC().Format(layout)
 }
 
 // badge is a key's status as the list shows it: the ledger's status, with
