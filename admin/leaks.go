@@ -175,8 +175,8 @@ func (s *Service) leaked(ctx context.Context, source string, t LeakedToken, id s
 		return res, err
 	}
 	if s.cfg.OnLeak != nil {
-		kk, _ := s.cfg.Projector.Key(id)
-		s.cfg.OnLeak(Leak{KeyID: id, Owner: kk.Owner, Source: source, URL: url, Action: res.Action, Environment: kk.Environment})
+		// Owner and environment never change: the record read above serves.
+		s.cfg.OnLeak(Leak{KeyID: id, Owner: k.Owner, Source: source, URL: url, Action: res.Action, Environment: k.Environment})
 	}
 	s.cfg.Logger.Warn("leaked key reported", "key_id", id, "source", source, "url", url, "action", res.Action)
 	return res, nil
