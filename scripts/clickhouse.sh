@@ -12,6 +12,7 @@
 #   KEYLEDGER_CH_INTERSERVER_PORT interserver port    (default 19009)
 #   KEYLEDGER_CH_WAIT             seconds to wait for start/stop (default 60)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${KEYLEDGER_CH_DIR:-$repo/.cache/clickhouse}"
@@ -25,21 +26,7 @@ pidfile="$dir/clickhouse-server.pid"
 log() { echo "clickhouse.sh: $*" >&2; }
 
 install() {
-	if command -v clickhouse-server >/dev/null 2>&1 && command -v clickhouse-client >/dev/null 2>&1; then
-		return 0
-	fi
-	log "installing clickhouse-server and clickhouse-client (apt-get)"
-	local sudo=""
-	if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
-	export DEBIAN_FRONTEND=noninteractive
-	$sudo apt-get update -qq
-	# The package's service start is refused by policy-rc.d in containers:
-	# that is expected, we start the server ourselves.
-	$sudo apt-get install -y -qq clickhouse-server clickhouse-client || true
-	if ! command -v clickhouse-server >/dev/null 2>&1; then
-		log "clickhouse-server is still missing after apt-get install"
-		exit 1
-	fi
+	debian_install "clickhouse-server clickhouse-client" clickhouse-server clickhouse-client || exit 1
 }
 
 write_config() {

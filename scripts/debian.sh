@@ -1,17 +1,20 @@
 # scripts/debian.sh — sourced by the scripts that need a tool from Debian's
 # packages for the tests (nginx.sh, promtool.sh, chromium.sh).
 #
-# debian_install CMD PKG…: apt-get install PKG… unless CMD is on PATH,
-# then require CMD. A package whose service start is refused (policy-rc.d
+# debian_install "CMD…" PKG…: apt-get install PKG… unless every CMD (a
+# space-separated list) is on PATH, then require every CMD. A package whose service start is refused (policy-rc.d
 # in containers) makes apt-get report an error: expected, the tests start
 # their own servers, so only a missing command counts as a failure.
 debian_install() {
-	local cmd="$1"
+	local cmds="$1" c
 	shift
-	if command -v "$cmd" >/dev/null 2>&1; then
+	have() {
+		for c in $cmds; do command -v "$c" >/dev/null 2>&1 || return 1; done
+	}
+	if have; then
 		return 0
 	fi
-	echo "$(basename "$0"): installing $* (apt-get) for $cmd" >&2
+	echo "$(basename "$0"): installing $* (apt-get) for $cmds" >&2
 	local sudo=""
 	if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 	export DEBIAN_FRONTEND=noninteractive
@@ -19,8 +22,8 @@ debian_install() {
 	$sudo apt-get install -y -qq --no-install-recommends \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >/dev/null ||
 		echo "$(basename "$0"): apt-get install reported an error (a refused service start is expected here)" >&2
-	if ! command -v "$cmd" >/dev/null 2>&1; then
-		echo "$(basename "$0"): $cmd is still missing after apt-get install $*" >&2
+	if ! have; then
+		echo "$(basename "$0"): $cmds still missing after apt-get install $*" >&2
 		return 1
 	fi
 }
