@@ -5,15 +5,15 @@
 // of the KEYS stream was altered, removed, reordered or inserted since.
 //
 // A leaf is an event exactly as the stream stores it, signature included;
-// leaf i is stream sequence i+1. This package is the tree and its proofs
-// only: nodes are yet to maintain it and publish checkpoints (see the
-// README's status of the provable-audit work).
+// leaf i is stream sequence i+1.
 package merkle
 
 import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,14 +22,33 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// Tree is an append-only Merkle tree held in memory: every stored hash
-// (about two per leaf, 32 bytes each) in tlog's storage order. It is safe
-// for concurrent use; appends are serialized.
+// Tree is an append-only Merkle tree: every stored hash (about two per
+// leaf, 32 bytes each) in tlog's storage order. A tree opened with
+// OpenFile keeps them in a file (64 B per leaf on disk, read back through
+// the page cache) and in memory only the last few thousand not yet
+// written plus one hash per level, so a ledger of ten million events does
+// not cost the node 640 MB of heap; a zero Tree keeps them all in memory.
+// It is safe for concurrent use; appends are serialized.
 type Tree struct {
-	mu     sync.RWMutex
-	n      int64
-	hashes []tlog.Hash
+	mu sync.RWMutex
+	n  int64
+	// Stored hashes [0, flushed) are in f; [flushed, flushed+len(tail))
+	// in tail.
+	f       *os.File
+	flushed int64
+	tail    []tlog.Hash
+	// frontier[l] is the newest stored hash of level l: the only hashes
+	// an append reads (its left siblings) and the ones the root of the
+	// whole tree is made of, so neither touches the file.
+	frontier [64]struct {
+		idx int64
+		h   tlog.Hash
+		ok  bool
+	}
 }
+
+// flushAt is how many stored hashes wait in memory before one write.
+const flushAt = 2048
 
 // Size is the number of leaves.
 func (t *Tree) Size() int64 {
@@ -40,27 +59,231 @@ func (t *Tree) Size() int64 {
 
 // Append adds a leaf and returns its index.
 func (t *Tree) Append(data []byte) (int64, error) {
+	return t.AppendHash(tlog.RecordHash(data))
+}
+
+// AppendHash adds a leaf by its record hash (tlog.RecordHash of its data,
+// which callers may compute in parallel) and returns its index.
+func (t *Tree) AppendHash(h tlog.Hash) (int64, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	hs, err := tlog.StoredHashes(t.n, data, hashReader{t})
+	hs, err := tlog.StoredHashesForRecordHash(t.n, h, hashReader{t})
 	if err != nil {
 		return 0, err
 	}
-	t.hashes = append(t.hashes, hs...)
+	base := t.flushed + int64(len(t.tail))
+	t.tail = append(t.tail, hs...)
+	for i := range hs {
+		t.remember(base + int64(i))
+	}
 	t.n++
+	if t.f != nil && len(t.tail) >= flushAt {
+		if err := t.flush(); err != nil {
+			return 0, err
+		}
+	}
 	return t.n - 1, nil
+}
+
+func (t *Tree) remember(idx int64) {
+	level, _ := tlog.SplitStoredHashIndex(idx)
+	fr := &t.frontier[level]
+	fr.idx, fr.h, fr.ok = idx, t.tail[idx-t.flushed], true
+}
+
+// flush writes the tail to the file (no fsync: see Sync).
+func (t *Tree) flush() error {
+	if t.f == nil || len(t.tail) == 0 {
+		return nil
+	}
+	buf := make([]byte, 0, len(t.tail)*tlog.HashSize)
+	for i := range t.tail {
+		buf = append(buf, t.tail[i][:]...)
+	}
+	if _, err := t.f.WriteAt(buf, t.flushed*tlog.HashSize); err != nil {
+		return fmt.Errorf("merkle: writing stored hashes: %w", err)
+	}
+	t.flushed += int64(len(t.tail))
+	t.tail = t.tail[:0]
+	return nil
+}
+
+// Sync writes every stored hash to the file and syncs it: after Sync, the
+// file alone holds the tree of Size leaves. A tree in memory has nothing
+// to sync.
+func (t *Tree) Sync() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.f == nil {
+		return nil
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	return t.f.Sync()
+}
+
+// Close writes what is pending and closes the file.
+func (t *Tree) Close() error {
+	if err := t.Sync(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.f == nil {
+		return nil
+	}
+	err := t.f.Close()
+	t.f = nil
+	return err
+}
+
+// OpenFile opens the tree stored in the file at path, creating it when
+// missing. The tree has every leaf whose stored hashes the file holds
+// whole: a file cut short by a crash opens at the last complete leaf.
+// Nothing in the file is checked: it is the node's own work in its own
+// data directory, and the caller compares it with the ledger (a leaf
+// against the event it hashes, the root against signed checkpoints).
+func OpenFile(path string) (*Tree, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("merkle: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("merkle: %w", err)
+	}
+	records := st.Size() / tlog.HashSize
+	// The largest n whose stored hashes fit in the file.
+	n := int64(sort.Search(int(records)+1, func(n int) bool { return tlog.StoredHashCount(int64(n)) > records })) - 1
+	t := &Tree{f: f}
+	if err := t.load(n); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// load makes the tree the file's first n leaves.
+func (t *Tree) load(n int64) error {
+	count := tlog.StoredHashCount(n)
+	if err := t.f.Truncate(count * tlog.HashSize); err != nil {
+		return fmt.Errorf("merkle: %w", err)
+	}
+	t.n, t.flushed, t.tail = n, count, t.tail[:0]
+	t.frontier = [64]struct {
+		idx int64
+		h   tlog.Hash
+		ok  bool
+	}{}
+	// The newest stored hash of each level is the last one written at
+	// that level; level l's newest node covers leaves up to a multiple
+	// of 2^l ≤ n.
+	for l := 0; l < 63 && n>>l > 0; l++ {
+		idx := tlog.StoredHashIndex(l, n>>l-1)
+		hs, err := t.readFile([]int64{idx})
+		if err != nil {
+			return err
+		}
+		t.frontier[l].idx, t.frontier[l].h, t.frontier[l].ok = idx, hs[0], true
+	}
+	return nil
+}
+
+// Truncate cuts the tree to its first n leaves (n ≤ Size): a node whose
+// snapshot is older than its tree file rolls the tree back to it.
+func (t *Tree) Truncate(n int64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n < 0 || n > t.n {
+		return fmt.Errorf("merkle: cannot truncate a tree of %d leaves to %d", t.n, n)
+	}
+	if n == t.n {
+		return nil
+	}
+	if t.f == nil {
+		// Rebuild the memory tree's frontier by the same rule.
+		count := tlog.StoredHashCount(n)
+		t.tail = t.tail[:count]
+		t.n = n
+		t.frontier = [64]struct {
+			idx int64
+			h   tlog.Hash
+			ok  bool
+		}{}
+		for l := 0; l < 63 && n>>l > 0; l++ {
+			t.remember(tlog.StoredHashIndex(l, n>>l-1))
+		}
+		return nil
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	return t.load(n)
+}
+
+// LeafHash returns leaf i's record hash.
+func (t *Tree) LeafHash(i int64) (tlog.Hash, error) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if i < 0 || i >= t.n {
+		return tlog.Hash{}, fmt.Errorf("merkle: no leaf %d in a tree of %d", i, t.n)
+	}
+	hs, err := hashReader{t}.ReadHashes([]int64{tlog.StoredHashIndex(0, i)})
+	if err != nil {
+		return tlog.Hash{}, err
+	}
+	return hs[0], nil
 }
 
 // hashReader reads stored hashes with t.mu already held.
 type hashReader struct{ t *Tree }
 
 func (r hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	t := r.t
+	out := make([]tlog.Hash, len(indexes))
+	var fromFile []int
+	for i, x := range indexes {
+		if x < 0 || x >= t.flushed+int64(len(t.tail)) {
+			return nil, fmt.Errorf("merkle: stored hash %d not in a tree of %d leaves", x, t.n)
+		}
+		if x >= t.flushed {
+			out[i] = t.tail[x-t.flushed]
+			continue
+		}
+		if level, _ := tlog.SplitStoredHashIndex(x); t.frontier[level].ok && t.frontier[level].idx == x {
+			out[i] = t.frontier[level].h
+			continue
+		}
+		fromFile = append(fromFile, i)
+	}
+	if len(fromFile) == 0 {
+		return out, nil
+	}
+	idx := make([]int64, len(fromFile))
+	for j, i := range fromFile {
+		idx[j] = indexes[i]
+	}
+	hs, err := t.readFile(idx)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range fromFile {
+		out[i] = hs[j]
+	}
+	return out, nil
+}
+
+func (t *Tree) readFile(indexes []int64) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
-		if x < 0 || x >= int64(len(r.t.hashes)) {
-			return nil, fmt.Errorf("merkle: stored hash %d not in a tree of %d leaves", x, r.t.n)
+		if t.f == nil {
+			return nil, fmt.Errorf("merkle: stored hash %d is not kept", x)
 		}
-		out[i] = r.t.hashes[x]
+		if _, err := t.f.ReadAt(out[i][:], x*tlog.HashSize); err != nil {
+			return nil, fmt.Errorf("merkle: reading stored hash %d: %w", x, err)
+		}
 	}
 	return out, nil
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
@@ -103,6 +105,90 @@ func TestTree(t *testing.T) {
 	}
 }
 
+func TestOpenFile(t *testing.T) {
+	const n = 5000
+	mem := mustTree(t, n)
+	path := filepath.Join(t.TempDir(), "tree")
+	f, err := OpenFile(path)
+	if err != nil || f.Size() != 0 {
+		t.Fatalf("new file: %v, %d leaves", err, f.Size())
+	}
+	for i := range n {
+		f.Append(event(i))
+	}
+	same := func(t *testing.T, f *Tree, size int64) {
+		t.Helper()
+		if f.Size() != size {
+			t.Fatalf("size %d, want %d", f.Size(), size)
+		}
+		for _, k := range []int64{1, 2, 1000, 2049, size} {
+			if k > size {
+				continue
+			}
+			want, _ := mem.Root(k)
+			if got, err := f.Root(k); err != nil || got != want {
+				t.Fatalf("root %d: %v %v", k, got, err)
+			}
+		}
+		for _, i := range []int64{0, 1, size / 2, size - 1} {
+			p, err := f.ProveLeaf(size, i)
+			root, _ := mem.Root(size)
+			if err != nil || CheckLeaf(p, size, root, i, event(int(i))) != nil {
+				t.Fatalf("leaf %d of %d: %v", i, size, err)
+			}
+		}
+	}
+	t.Run("a file tree is the memory tree", func(t *testing.T) { same(t, f, n) })
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("reopened, it goes on growing", func(t *testing.T) {
+		f, err := OpenFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		same(t, f, n)
+		g := mustTree(t, n+10)
+		for i := n; i < n+10; i++ {
+			f.Append(event(i))
+		}
+		want, _ := g.Root(n + 10)
+		if got, _ := f.Root(n + 10); got != want {
+			t.Fatal("root after appending to a reopened tree")
+		}
+		if err := f.Truncate(n); err != nil {
+			t.Fatal(err)
+		}
+		same(t, f, n)
+		f.Close()
+	})
+	t.Run("a file cut short opens at its last whole leaf", func(t *testing.T) {
+		st, _ := os.Stat(path)
+		if err := os.Truncate(path, st.Size()-tlog.HashSize-7); err != nil {
+			t.Fatal(err)
+		}
+		f, err := OpenFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if f.Size() >= n || f.Size() < n-2 {
+			t.Fatalf("size %d after cutting a few hashes off %d leaves", f.Size(), n)
+		}
+		same(t, f, f.Size())
+	})
+	t.Run("a memory tree truncates too", func(t *testing.T) {
+		m := mustTree(t, 300)
+		if err := m.Truncate(77); err != nil {
+			t.Fatal(err)
+		}
+		for i := 77; i < n; i++ {
+			m.Append(event(i))
+		}
+		same(t, m, n)
+	})
+}
+
 func TestCheckpoint(t *testing.T) {
 	skey, vkey, err := note.GenerateKey(rand.Reader, "n1")
 	if err != nil {
@@ -147,6 +233,19 @@ func TestCheckpoint(t *testing.T) {
 func BenchmarkAppend(b *testing.B) {
 	e := event(1)
 	tr := &Tree{}
+	b.ReportAllocs()
+	for b.Loop() {
+		tr.Append(e)
+	}
+}
+
+func BenchmarkAppendFile(b *testing.B) {
+	e := event(1)
+	tr, err := OpenFile(filepath.Join(b.TempDir(), "tree"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
 	b.ReportAllocs()
 	for b.Loop() {
 		tr.Append(e)

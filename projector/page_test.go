@@ -593,7 +593,7 @@ func TestPage_snapshot(t *testing.T) {
 
 	// Both take the same new keys, in order and out of it.
 	c2 := &changer{t: t, p: p2, signer: c.signer, ids: eventstest.NewIDs(4), seq: c.seq, last: map[string]uint64{}}
-	p2.lastSeq.Store(c.seq)
+	skipTo(p2, c.seq)
 	for i, at := range []time.Time{pageBase.Add(time.Hour), pageBase.Add(100 * time.Second), pageBase.Add(-time.Hour)} {
 		e := eventstest.Created(t, c.ids, fmt.Sprintf("key_new%d", i))
 		e.At, e.Owner = at, "globex"

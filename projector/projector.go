@@ -17,9 +17,11 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/merkle"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // Options configure a Projector.
@@ -66,11 +68,11 @@ type Options struct {
 }
 
 // Rejection is an event the projector refused to apply, or (Seq 0,
-// Reason "stream_replaced") the stream itself.
+// Reason "stream_replaced" or "ledger_divergence") the stream itself.
 type Rejection struct {
 	Seq     uint64
 	Subject string
-	Reason  string // events.RejectReason, or "stream_replaced"
+	Reason  string // events.RejectReason, "stream_replaced" or "ledger_divergence"
 	Detail  string // human-readable, never a secret
 }
 
@@ -127,10 +129,12 @@ type Projector struct {
 	lastSeq  atomic.Uint64
 	caughtUp atomic.Bool
 	target   uint64 // stream's last sequence at Start
-	applied  atomic.Uint64
-	ignored  atomic.Uint64
-	poison   atomic.Uint64
-	filled   atomic.Uint64
+	// following is set by Start before the apply loop runs.
+	following bool
+	applied   atomic.Uint64
+	ignored   atomic.Uint64
+	poison    atomic.Uint64
+	filled    atomic.Uint64
 	// fills carries events the monitor read from the stream's leader to
 	// the apply loop (see fill).
 	fills chan *pending
@@ -181,10 +185,21 @@ type Projector struct {
 	// entries and records it will write.
 	cutMu sync.Mutex
 
+	// tree is the Merkle tree of every stored message of KEYS, leaf i
+	// being sequence i+1 (refused events too: the tree is of the
+	// stream, not of the table). Written by the apply loop under cutMu;
+	// in memory without SnapshotDir, else in a file beside the
+	// snapshots.
+	tree *merkle.Tree
+
 	name   string
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// TreeFile is the name of the Merkle tree's file in the snapshot
+// directory.
+const TreeFile = "merkle.hashes"
 
 // New returns a projector over js. Call Start to follow the stream.
 func New(js jetstream.JetStream, opts Options) *Projector {
@@ -229,6 +244,7 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		ring:         opts.Keyring,
 		onReject:     opts.OnReject,
 		rejected:     make(map[string]*atomic.Uint64, len(RejectReasons)),
+		tree:         &merkle.Tree{},
 	}
 	for _, r := range RejectReasons {
 		p.rejected[r] = new(atomic.Uint64)
@@ -339,16 +355,28 @@ func (p *Projector) Broken() string {
 }
 
 // breakDown marks the projector Broken, once, and says so loudly.
-func (p *Projector) breakDown(why string) {
+func (p *Projector) breakDown(why string) { p.breakDownAs("stream_replaced", why) }
+
+// Diverge marks the projector Broken because its own copy of the ledger
+// is not the fleet's: its Merkle root differs from a signed checkpoint of
+// the same size, or its stream lost an event. It refuses every
+// verification from then on, like a replaced stream.
+func (p *Projector) Diverge(why string) { p.breakDownAs("ledger_divergence", why) }
+
+func (p *Projector) breakDownAs(reason, why string) {
 	if !p.broken.CompareAndSwap(nil, &why) {
 		return
 	}
 	p.leaseUntil.Store(0)
-	p.log.Error("projector: refusing every verification: the KEYS stream is not the one this node followed", "reason", why)
+	p.log.Error("projector: refusing every verification: the KEYS stream is not the one this node followed", "reason", why, "kind", reason)
 	if p.onReject != nil {
-		p.onReject(Rejection{Reason: "stream_replaced", Detail: why})
+		p.onReject(Rejection{Reason: reason, Detail: why})
 	}
 }
+
+// Tree is the Merkle tree of the stream as this node applied it: its
+// Size is the last applied sequence.
+func (p *Projector) Tree() *merkle.Tree { return p.tree }
 
 // Rejected returns the count of refused events by reason.
 func (p *Projector) Rejected() map[string]uint64 {
@@ -588,6 +616,11 @@ func (p *Projector) Start(ctx context.Context) error {
 	if why := p.replaced(info); why != "" {
 		p.breakDown(why)
 	}
+	if p.Broken() == "" {
+		if err := p.openTree(ctx, stream); err != nil {
+			return err
+		}
+	}
 	if p.Broken() != "" {
 		// Follow nothing: applying another history over this table
 		// would hide what was lost.
@@ -620,6 +653,7 @@ func (p *Projector) Start(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
+	p.following = true
 	p.done = make(chan struct{})
 	var helpers sync.WaitGroup
 	helpers.Add(2)
@@ -706,12 +740,6 @@ func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 		}
 		<-j.done
 		p.applyChecked(j.seq, j.subject, j.data, j.checked)
-		// Caught up means: applied the sequence the stream's leader
-		// reported at Start. NumPending is not enough: it is counted by
-		// the consumer's replica, which may itself lag the leader.
-		if j.seq >= p.target {
-			p.markCaughtUp()
-		}
 	}
 }
 
@@ -725,11 +753,12 @@ type pending struct {
 }
 
 // checked is what check found in a stored message: the event, or why it
-// is refused (reject) or unusable (poison).
+// is refused (reject) or unusable (poison), and its Merkle leaf hash.
 type checked struct {
 	ev     events.Event
 	reject error
 	poison error
+	leaf   tlog.Hash
 }
 
 func (p *Projector) markCaughtUp() {
@@ -755,7 +784,7 @@ func (p *Projector) Close(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	return p.tree.Close()
 }
 
 // loadNewestSnapshot loads the newest usable snapshot, trying older ones
@@ -837,6 +866,12 @@ func (p *Projector) Snapshot() (string, error) {
 		return "", err
 	}
 	seq := c.meta.seq
+	// The tree file must hold at least the snapshot's leaves before the
+	// snapshot exists: a start from it then never needs the stream to
+	// rebuild the tree.
+	if err := p.tree.Sync(); err != nil {
+		return "", fmt.Errorf("projector: syncing the Merkle tree: %w", err)
+	}
 	path, err := p.writeSnapshot(p.snapDir, c)
 	if err != nil {
 		return "", fmt.Errorf("projector: writing snapshot: %w", err)
@@ -898,6 +933,13 @@ func (p *Projector) advance(seq uint64, data []byte) {
 	// The hash costs ~1 µs per event; the signature check before it, ~50.
 	p.head.Store(&headState{seq: seq, hash: sha256.Sum256(data)})
 	p.lastSeq.Store(seq)
+	// Caught up means: applied the sequence the stream's leader
+	// reported at Start. NumPending is not enough: it is counted by the
+	// consumer's replica, which may itself lag the leader. Marked before
+	// waiters wake, so that one that waited for the target finds it.
+	if p.following && seq >= p.target {
+		p.markCaughtUp()
+	}
 	if c := p.confirming.Load(); c != nil && seq >= c.target && p.confirming.CompareAndSwap(c, nil) {
 		p.renew(c.sent)
 	}
@@ -923,21 +965,22 @@ func (p *Projector) ApplyMsg(seq uint64, subject string, data []byte) {
 // checkMsg verifies and decodes a stored event. It touches no state, so
 // any number of goroutines may call it.
 func (p *Projector) checkMsg(seq uint64, subject string, data []byte) checked {
+	leaf := tlog.RecordHash(data)
 	text, _, err := p.ring.Open(data, seq)
 	if err != nil {
-		return checked{reject: err}
+		return checked{reject: err, leaf: leaf}
 	}
 	ev, err := events.Decode(text)
 	if err != nil {
-		return checked{poison: err}
+		return checked{poison: err, leaf: leaf}
 	}
 	if nats.KeySubject(ev.Head().KeyID) != subject {
 		// A signature vouches for the event, not for where it was put:
 		// a signed revoke of one key copied onto another key's subject
 		// must not move that key's history.
-		return checked{reject: events.ErrSubjectMismatch}
+		return checked{reject: events.ErrSubjectMismatch, leaf: leaf}
 	}
-	return checked{ev: ev}
+	return checked{ev: ev, leaf: leaf}
 }
 
 // applyChecked applies what check found, on the apply goroutine.
@@ -949,6 +992,18 @@ func (p *Projector) applyChecked(seq uint64, subject string, data []byte, c chec
 		return
 	}
 	if p.broken.Load() != nil {
+		return
+	}
+	// The ledger is append-only and never loses an event (KEYS denies
+	// deletes): a sequence skipped is history removed by someone who
+	// could change the stream's configuration. No Merkle root past it
+	// could match the fleet's checkpoints, so the node stops here.
+	if want := uint64(p.tree.Size()) + 1; seq != want {
+		p.Diverge(fmt.Sprintf("KEYS lost event %d: the next stored event is %d", want, seq))
+		return
+	}
+	if _, err := p.tree.AppendHash(c.leaf); err != nil {
+		p.Diverge("cannot extend the ledger's Merkle tree: " + err.Error())
 		return
 	}
 	switch {

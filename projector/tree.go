@@ -1,0 +1,112 @@
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/merkle"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// openTree makes p.tree the Merkle tree of the first LastSeq events: with
+// a snapshot directory, the tree file beside the snapshots, cut back to
+// the loaded snapshot's sequence and its last leaf checked against the
+// stream's event there; leaves it lacks (a node upgraded from a version
+// without the tree, a removed file) are hashed from the stream before the
+// projector follows it. Without a snapshot directory the tree stays in
+// memory and grows from the first event.
+func (p *Projector) openTree(ctx context.Context, stream jetstream.Stream) error {
+	if p.snapDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(p.snapDir, 0o700); err != nil {
+		return keyledger.Wrap(keyledger.Internal, err, "cannot create the snapshot directory")
+	}
+	t, err := merkle.OpenFile(filepath.Join(p.snapDir, TreeFile))
+	if err != nil {
+		return keyledger.Wrap(keyledger.Internal, err, "cannot open the ledger's Merkle tree")
+	}
+	p.tree = t
+	seq := int64(p.lastSeq.Load())
+	if t.Size() > seq {
+		if err := t.Truncate(seq); err != nil {
+			return keyledger.Wrap(keyledger.Internal, err, "cannot cut the Merkle tree back to the snapshot")
+		}
+	}
+	if seq > 0 && t.Size() == seq {
+		// The file is this node's own work, like its snapshots; what
+		// is left to check is that its last leaf is the event the
+		// snapshot ends on. A damaged file elsewhere shows at the next
+		// checkpoint as a divergence.
+		m, err := stream.GetMsg(ctx, uint64(seq))
+		if err != nil {
+			return keyledger.Wrap(keyledger.Unavailable, err, "cannot read the event at the snapshot's sequence")
+		}
+		if h, err := t.LeafHash(seq - 1); err != nil || h != tlog.RecordHash(m.Data) {
+			p.log.Warn("projector: the Merkle tree file does not end on the snapshot's event; rebuilding it from the stream")
+			if err := t.Truncate(0); err != nil {
+				return keyledger.Wrap(keyledger.Internal, err, "cannot reset the Merkle tree")
+			}
+		}
+	}
+	if t.Size() < seq {
+		start := time.Now()
+		from := t.Size()
+		if err := p.hashFromStream(ctx, stream, uint64(seq)); err != nil {
+			return err
+		}
+		p.log.Info("projector: Merkle tree rebuilt from the stream", "from", from, "to", seq, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// hashFromStream appends to the tree the leaves of the stored events after
+// its last one, up to sequence to, read with an ordered consumer.
+func (p *Projector) hashFromStream(ctx context.Context, stream jetstream.Stream, to uint64) error {
+	next := uint64(p.tree.Size()) + 1
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   next,
+	})
+	if err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS to rebuild the Merkle tree")
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS to rebuild the Merkle tree")
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for next <= to {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				return keyledger.Wrap(keyledger.Unavailable, errors.Join(ctx.Err(), err), "rebuilding the Merkle tree was interrupted")
+			}
+			continue
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		if s := meta.Sequence.Stream; s != next {
+			if s < next {
+				continue
+			}
+			p.Diverge(fmt.Sprintf("KEYS lost event %d: the next stored event is %d", next, s))
+			return nil
+		}
+		if _, err := p.tree.AppendHash(tlog.RecordHash(msg.Data())); err != nil {
+			return keyledger.Wrap(keyledger.Internal, err, "cannot rebuild the Merkle tree")
+		}
+		next++
+	}
+	return nil
+}
