@@ -315,15 +315,9 @@ func Open(ctx context.Context, cfg Config) (*Analytics, error) {
 	if err := createDatabase(ctx, *opts, db); err != nil {
 		return nil, err
 	}
-	if opts.DialTimeout == 0 {
-		opts.DialTimeout = 5 * time.Second
-	}
-	if opts.MaxOpenConns == 0 {
-		opts.MaxOpenConns = 10
-	}
-	conn, err := clickhouse.Open(opts)
+	conn, err := connect(ctx, opts)
 	if err != nil {
-		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to ClickHouse")
+		return nil, err
 	}
 	a := &Analytics{
 		cfg:     cfg,
@@ -332,10 +326,6 @@ func Open(ctx context.Context, cfg Config) (*Analytics, error) {
 		log:     cfg.Logger,
 		now:     cfg.Now,
 		metrics: newMetrics(cfg.Registerer),
-	}
-	if err := a.conn.Ping(ctx); err != nil {
-		conn.Close()
-		return nil, keyledger.Wrap(keyledger.Unavailable, err, "ClickHouse does not answer")
 	}
 	if err := a.migrate(ctx); err != nil {
 		conn.Close()
@@ -352,6 +342,27 @@ func Open(ctx context.Context, cfg Config) (*Analytics, error) {
 		}
 	}
 	return a, nil
+}
+
+// connect opens a connection pool with opts (from ParseDSN) and checks
+// that ClickHouse answers, so a wrong address fails here rather than at
+// the first query.
+func connect(ctx context.Context, opts *clickhouse.Options) (driver.Conn, error) {
+	if opts.DialTimeout == 0 {
+		opts.DialTimeout = 5 * time.Second
+	}
+	if opts.MaxOpenConns == 0 {
+		opts.MaxOpenConns = 10
+	}
+	conn, err := clickhouse.Open(opts)
+	if err != nil {
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot connect to ClickHouse")
+	}
+	if err := conn.Ping(ctx); err != nil {
+		conn.Close()
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "ClickHouse does not answer")
+	}
+	return conn, nil
 }
 
 // createDatabase creates db through a connection to the default database

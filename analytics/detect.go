@@ -37,6 +37,11 @@ const (
 	// RuleLedgerReplaced: a node found the KEYS stream deleted, recreated
 	// or cut, and refuses every verification.
 	RuleLedgerReplaced = "ledger_replaced"
+	// RuleLedgerDivergence: a node's copy of the ledger does not hash to
+	// a signed checkpoint of the same size (a split view: two nodes shown
+	// different histories), or lost an event. Raised by the node that
+	// found it, or by admin nodes reading another node's dissent.
+	RuleLedgerDivergence = "ledger_divergence"
 	// RuleKeyLeaked: a scanner reported a key's secret found in public
 	// (GitHub secret scanning, GitLab, an in-house scanner). Raised by the
 	// leak report, not by the periodic detector.
@@ -46,7 +51,7 @@ const (
 // Rules lists the detector rules.
 func Rules() []string {
 	return []string{RuleVolumeSpike, RuleNewSource, RuleRevokedKeyUsed, RuleKeyGuessing,
-		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey, RuleLedgerForgery, RuleLedgerReplaced, RuleKeyLeaked}
+		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey, RuleLedgerForgery, RuleLedgerReplaced, RuleLedgerDivergence, RuleKeyLeaked}
 }
 
 func knownRule(r string) bool {

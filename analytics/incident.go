@@ -36,6 +36,7 @@ const (
 var ruleSeverity = map[string]string{
 	RuleLedgerForgery:     SeverityCritical,
 	RuleLedgerReplaced:    SeverityCritical,
+	RuleLedgerDivergence:  SeverityCritical,
 	RuleKeyLeaked:         SeverityHigh,
 	RuleRevokedKeyUsed:    SeverityHigh,
 	RuleKeyGuessing:       SeverityHigh,

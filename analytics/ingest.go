@@ -761,102 +761,25 @@ func quote(s string) string {
 	return b.String()
 }
 
-// keyRow is one key lifecycle event as stored in key_events.
-type keyRow struct {
-	eventID     uuid.UUID
-	typ         string
-	keyID       string
-	actor       string
-	actorIP     string
-	sec         int64
-	ms          uint16
-	reason      string
-	name        string
-	owner       string
-	env         string
-	permissions []string
-	hint        string
-	expiresMS   uint64
-	seq         uint64
-	changed     []string
-}
-
-const keyColumns = "event_id, type, key_id, actor, ts, ms, reason, name, owner, environment, permissions, hint, expires_at_ms, stream_seq, actor_ip, changed"
+const keyColumns = "event_id, type, key_id, actor, ts, ms, reason, name, owner, environment, permissions, hint, expires_at_ms, stream_seq, actor_ip, changed, leaf_hash"
 
 // keysSink buffers key lifecycle rows. Key events are few; every query of
 // key_events deduplicates (FINAL), so no redelivery check is needed.
 type keysSink struct {
 	a    *Analytics
-	rows []keyRow
+	rows []AuditRow
 	max  int64
 }
 
+// add derives the row through auditRowOf, the derivation AuditRowOf gives
+// the ledger checker, so what it recomputes is what was stored.
 func (s *keysSink) add(subject string, data []byte, seq uint64, _ bool) error {
-	text, _, err := s.a.cfg.Keyring.Open(data, seq)
-	if err != nil {
-		return &forgeryError{reason: events.RejectReason(err)}
-	}
-	ev, err := events.Decode(text)
+	r, err := auditRowOf(s.a.cfg.Keyring, seq, subject, data)
 	if err != nil {
 		return err
 	}
-	if nats.KeySubject(ev.Head().KeyID) != subject {
-		return &forgeryError{reason: events.RejectReason(events.ErrSubjectMismatch)}
-	}
-	h := ev.Head()
-	at := h.At.UTC()
-	if at.Unix() < minSec || at.Unix() > maxSec {
-		return fmt.Errorf("at %s is outside the storable range (1970 to 2106)", at.Format(time.RFC3339))
-	}
-	id, err := uuid.Parse(h.EventID)
-	if err != nil {
-		return fmt.Errorf("event_id must be a UUID")
-	}
-	r := keyRow{eventID: id, typ: string(h.Type), keyID: h.KeyID, actor: h.Actor, actorIP: h.ActorIP,
-		sec: at.Unix(), ms: uint16(at.Nanosecond() / 1e6), seq: seq}
-	switch e := ev.(type) {
-	case *events.KeyCreated:
-		r.name, r.owner, r.env, r.hint = e.Name, e.Owner, e.Environment.String(), e.Hint
-		r.permissions = e.Permissions
-		if e.ExpiresAt != nil {
-			r.expiresMS = uint64(max(e.ExpiresAt.UnixMilli(), 0))
-		}
-	case *events.KeyRevoked:
-		r.reason = e.Reason
-	case *events.KeyRolled:
-		r.reason = "rolled to " + e.RolledTo
-		r.expiresMS = uint64(max(e.ExpiresAt.UnixMilli(), 0))
-	case *events.KeyUpdated:
-		// The fields it changed, and the new name, permissions and
-		// expiry when those are among them (metadata and allowlists
-		// stay in the ledger: GET /v1/keys/{id}/events).
-		r.reason, r.changed = e.Reason, e.Changed
-		if e.Changes(events.FieldName) {
-			r.name = e.Name
-		}
-		if e.Changes(events.FieldPermissions) {
-			r.permissions = e.Permissions
-		}
-		if e.Changes(events.FieldExpiresAt) && e.ExpiresAt != nil {
-			r.expiresMS = uint64(max(e.ExpiresAt.UnixMilli(), 0))
-		}
-	case *events.KeyDisabled:
-		r.reason = e.Reason
-	case *events.KeyEnabled:
-		r.reason = e.Reason
-	case *events.KeyLeakReported:
-		r.reason = strings.TrimSpace("leak reported by " + e.Source + " " + e.URL + " (" + e.Action + ")")
-	default:
-		return fmt.Errorf("a %s event does not belong on the %s stream", h.Type, nats.KeysStream)
-	}
-	if r.permissions == nil {
-		r.permissions = []string{}
-	}
-	if r.changed == nil {
-		r.changed = []string{}
-	}
 	s.rows = append(s.rows, r)
-	s.max = max(s.max, r.sec)
+	s.max = max(s.max, r.At.Unix())
 	return nil
 }
 
@@ -874,8 +797,10 @@ func (s *keysSink) write(ctx context.Context) (int, int, error) {
 	}
 	defer b.Close()
 	for _, r := range s.rows {
-		if err := b.Append(r.eventID, r.typ, r.keyID, r.actor, time.Unix(r.sec, 0).UTC(), r.ms, r.reason,
-			r.name, r.owner, r.env, r.permissions, r.hint, r.expiresMS, r.seq, r.actorIP, r.changed); err != nil {
+		sec, ms := splitMilli(r.At)
+		if err := b.Append(r.EventID, r.Type, r.KeyID, r.Actor, time.Unix(sec, 0).UTC(), ms, r.Reason,
+			r.Name, r.Owner, r.Environment, r.Permissions, r.Hint, r.ExpiresMS, r.Seq, r.ActorIP, r.Changed,
+			r.LeafHash); err != nil {
 			return 0, 0, err
 		}
 	}

@@ -30,7 +30,8 @@ type migration struct {
 //     materialized view (SummingMergeTree: read with sum()).
 //   - usage_key_ip_hour: per-hour counts per key and IP (new_source).
 //   - key_events: every key lifecycle event, the audit trail and the
-//     key → owner / environment table.
+//     key → owner / environment table (one row per KEYS message, see
+//     AuditRow).
 //   - alerts: detector findings.
 var migrations = []migration{
 	{1, "initial schema", []string{
@@ -138,6 +139,13 @@ var migrations = []migration{
 			version UInt64
 		) ENGINE = ReplacingMergeTree(version)
 		ORDER BY id`,
+	}},
+	// The Merkle leaf of the ledger message a row came from, so the audit
+	// trail can be checked against the ledger row by row. Rows written
+	// before have '' (the column's default): ALTER … UPDATE could fill
+	// them, but only from the ledger, which the schema does not read.
+	{5, "leaf hash on key events", []string{
+		`ALTER TABLE key_events ADD COLUMN leaf_hash String`,
 	}},
 }
 

@@ -136,6 +136,12 @@ func NewSigner(skey string) (*Signer, error) {
 // Name is the signer's name, as its signature lines carry it.
 func (s *Signer) Name() string { return s.s.Name() }
 
+// NoteSigner is the signer's key as a note.Signer: admin nodes sign the
+// ledger's checkpoints with the key they sign its events with. The two
+// cannot be confused: an event's text starts with '{', a checkpoint's
+// with its origin, which never does.
+func (s *Signer) NoteSigner() note.Signer { return s.s }
+
 // KeyID names the signing key: name+hash, as in the keyring.
 func (s *Signer) KeyID() string { return s.s.Name() + "+" + fmt.Sprintf("%08x", s.s.KeyHash()) }
 

@@ -15,6 +15,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
 )
@@ -30,6 +31,7 @@ type api struct {
 	log      *slog.Logger
 	tokenSum []byte
 	verifier *verifier.Verifier
+	audit    *audit.Auditor
 	// proxies are the peers whose X-Forwarded-For / X-Real-IP name the
 	// actor_ip of the events a request causes.
 	proxies *proxySet
@@ -430,6 +432,9 @@ type HistoryEntry struct {
 	// Rejected says why no node applied the event (a forgery, or an
 	// unsigned event): it is in the stream, not in the ledger.
 	Rejected string `json:"rejected,omitempty"`
+	// Proof (with ?proof=true) proves the event is in the latest
+	// checkpoint; absent for events after it.
+	Proof *EventProof `json:"proof,omitempty"`
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
@@ -440,6 +445,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := make([]HistoryEntry, 0, len(recs))
+	stored := make([][]byte, 0, len(recs))
 	for _, rec := range recs {
 		b, err := json.Marshal(rec.Event)
 		if err != nil {
@@ -447,6 +453,21 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		out = append(out, HistoryEntry{Seq: rec.Seq, Event: b, SignedBy: rec.Signer, Rejected: rec.Rejected})
+		stored = append(stored, rec.Data)
+	}
+	switch r.URL.Query().Get("proof") {
+	case "", "false":
+	case "true":
+		cp, err := auditAPI{a, a.audit}.proofs(out, stored)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		WriteJSON(w, http.StatusOK, map[string]any{"key_id": id, "events": out, "checkpoint": cp})
+		return
+	default:
+		a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "proof must be true or false"))
+		return
 	}
 	WriteJSON(w, http.StatusOK, map[string]any{"key_id": id, "events": out})
 }

@@ -12,6 +12,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/console"
 	"github.com/keyledger/keyledger/prometheus"
 	"github.com/keyledger/keyledger/verifier"
@@ -47,6 +48,8 @@ type RouterOptions struct {
 	// Leaks configures the leak-report endpoints of admin nodes:
 	// POST /v1/leaks always, GitHub's and GitLab's when configured.
 	Leaks LeakOptions
+	// Audit serves the provable audit's endpoints (admin nodes).
+	Audit *audit.Auditor
 	// HTTPMetrics, if set, counts the answers of every endpoint but
 	// forward auth (which VerifyMetrics counts).
 	HTTPMetrics *prometheus.HTTPMetrics
@@ -156,7 +159,7 @@ func newRouter(o RouterOptions) (http.Handler, []Route) {
 		o.Logger = slog.Default()
 	}
 	proxies := newProxySet(o.TrustedProxies)
-	a := &api{svc: o.Admin, log: o.Logger, verifier: o.Verifier, proxies: proxies}
+	a := &api{svc: o.Admin, log: o.Logger, verifier: o.Verifier, proxies: proxies, audit: o.Audit}
 	sum := sha256.Sum256([]byte(o.Token))
 	a.tokenSum = sum[:]
 
@@ -199,6 +202,14 @@ func newRouter(o RouterOptions) (http.Handler, []Route) {
 			keys("/v1/keys/{id}/events", map[string]http.HandlerFunc{"GET": a.events})
 			keys("/v1/keys/{id}/roll", map[string]http.HandlerFunc{"POST": a.roll})
 			keys("/v1/keys/import", map[string]http.HandlerFunc{"POST": a.importKey})
+			au := auditAPI{a, o.Audit}
+			for _, e := range []struct {
+				path string
+				h    http.HandlerFunc
+			}{{PathAuditCheckpoint, au.checkpoint}, {PathAuditConsistency, au.consistency}, {PathAuditExport, au.export}} {
+				m := map[string]http.HandlerFunc{"GET": e.h}
+				handle(e.path, a.auth(a.scopedOut(a.methods(m))), methodsOf(m)...)
+			}
 			nodes := map[string]http.HandlerFunc{"GET": a.nodes}
 			handle("/v1/nodes", a.auth(a.scopedOut(a.methods(nodes))), methodsOf(nodes)...)
 			var ah http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteError(w, errAnalyticsOff) })

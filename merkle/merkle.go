@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -331,16 +332,57 @@ func CheckConsistency(p tlog.TreeProof, m int64, rootM tlog.Hash, n int64, rootN
 }
 
 // Checkpoint is a signed statement of the tree: origin (which log), size
-// and root hash, in the C2SP checkpoint body "origin\nsize\nbase64(root)\n".
+// and root hash, in the C2SP checkpoint body "origin\nsize\nbase64(root)\n",
+// with the time it was made as an extension line ("time RFC3339").
 type Checkpoint struct {
 	Origin string
 	Size   int64
 	Root   tlog.Hash
+	// Time, when not zero, is when the checkpoint was made (whole
+	// seconds, UTC).
+	Time time.Time
 }
 
 // Body is the checkpoint's note text.
 func (c Checkpoint) Body() string {
-	return c.Origin + "\n" + strconv.FormatInt(c.Size, 10) + "\n" + base64.StdEncoding.EncodeToString(c.Root[:]) + "\n"
+	b := c.Origin + "\n" + strconv.FormatInt(c.Size, 10) + "\n" + base64.StdEncoding.EncodeToString(c.Root[:]) + "\n"
+	if !c.Time.IsZero() {
+		b += "time " + c.Time.UTC().Format(time.RFC3339) + "\n"
+	}
+	return b
+}
+
+// ParseBody parses a checkpoint's note text, without any signature.
+func ParseBody(text string) (Checkpoint, error) {
+	lines := strings.Split(text, "\n")
+	if len(lines) < 4 || lines[len(lines)-1] != "" || lines[0] == "" {
+		return Checkpoint{}, ErrBadCheckpoint
+	}
+	size, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
+		return Checkpoint{}, ErrBadCheckpoint
+	}
+	raw, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil || len(raw) != tlog.HashSize {
+		return Checkpoint{}, ErrBadCheckpoint
+	}
+	c := Checkpoint{Origin: lines[0], Size: size}
+	copy(c.Root[:], raw)
+	for _, ext := range lines[3 : len(lines)-1] {
+		if v, ok := strings.CutPrefix(ext, "time "); ok {
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return Checkpoint{}, ErrBadCheckpoint
+			}
+			c.Time = t.UTC()
+		}
+	}
+	if c.Body() != text {
+		// One text per checkpoint: a body with lines this package
+		// would not write cannot hide a second meaning.
+		return Checkpoint{}, ErrBadCheckpoint
+	}
+	return c, nil
 }
 
 // Sign returns the checkpoint as a signed note, signed by every signer
@@ -363,20 +405,10 @@ func Open(msg []byte, known note.Verifiers) (Checkpoint, []string, error) {
 	if err != nil {
 		return Checkpoint{}, nil, err
 	}
-	lines := strings.Split(n.Text, "\n")
-	if len(lines) < 4 || lines[len(lines)-1] != "" {
-		return Checkpoint{}, nil, ErrBadCheckpoint
+	c, err := ParseBody(n.Text)
+	if err != nil {
+		return Checkpoint{}, nil, err
 	}
-	size, err := strconv.ParseInt(lines[1], 10, 64)
-	if err != nil || size < 0 {
-		return Checkpoint{}, nil, ErrBadCheckpoint
-	}
-	raw, err := base64.StdEncoding.DecodeString(lines[2])
-	if err != nil || len(raw) != tlog.HashSize {
-		return Checkpoint{}, nil, ErrBadCheckpoint
-	}
-	c := Checkpoint{Origin: lines[0], Size: size}
-	copy(c.Root[:], raw)
 	names := make([]string, len(n.Sigs))
 	for i, s := range n.Sigs {
 		names[i] = s.Name

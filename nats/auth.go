@@ -225,13 +225,21 @@ func Permissions(m Member) *server.Permissions {
 			// keeps moving meanwhile (see projector.fill).
 			api+"CONSUMER.DELETE."+KeysStream+".*",
 			UsageBatchSubject(keyledger.EnvLive, m.Name), UsageBatchSubject(keyledger.EnvTest, m.Name),
-			NodesSubjectPrefix+m.Name)
+			NodesSubjectPrefix+m.Name,
+			// Following the checkpoints and cosigning them, under its
+			// own name only.
+			api+"STREAM.INFO."+AuditStream, api+"STREAM.MSG.GET."+AuditStream,
+			api+"CONSUMER.CREATE."+AuditStream+".*", api+"CONSUMER.CREATE."+AuditStream+".*.>",
+			api+"CONSUMER.MSG.NEXT."+AuditStream+".*", api+"CONSUMER.INFO."+AuditStream+".*",
+			api+"CONSUMER.DELETE."+AuditStream+".*",
+			CosignSubjectPrefix+m.Name)
 		sub = append(sub, NodesPingSubject)
 	}
 	if m.Has(RoleAdmin) {
 		pub = append(pub, KeysSubjectPrefix+"*",
 			api+"STREAM.CREATE."+KeysStream, api+"STREAM.CREATE."+UsageStream, api+"STREAM.UPDATE."+UsageStream,
 			api+"STREAM.INFO."+AlertsStream, api+"STREAM.CREATE."+AlertsStream, api+"STREAM.UPDATE."+AlertsStream,
+			api+"STREAM.CREATE."+AuditStream, CheckpointSubject,
 			NodesPingSubject)
 		sub = append(sub, NodesSubjectPrefix+"*")
 	}
@@ -246,7 +254,7 @@ func Permissions(m Member) *server.Permissions {
 		pub = append(pub, AlertSubjectPrefix+">", DeadLetterSubjectPrefix+">")
 	}
 	deny := []string{
-		api + "STREAM.DELETE.>", api + "STREAM.PURGE.>", api + "STREAM.UPDATE." + KeysStream,
+		api + "STREAM.DELETE.>", api + "STREAM.PURGE.>", api + "STREAM.UPDATE." + KeysStream, api + "STREAM.UPDATE." + AuditStream,
 		api + "STREAM.MSG.DELETE.>", api + "STREAM.SNAPSHOT.>", api + "STREAM.RESTORE.>",
 		api + "STREAM.PEER.REMOVE.>", api + "STREAM.LEADER.STEPDOWN.>", api + "CONSUMER.LEADER.STEPDOWN.>",
 		api + "CONSUMER.DELETE." + KeysStream + "." + AnalyticsKeysDurable, api + "CONSUMER.DELETE." + UsageStream + ".>",

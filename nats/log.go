@@ -26,6 +26,9 @@ type Record struct {
 	// History returns such events so that an audit sees them; Last
 	// skips none, since the sequence still orders writes.
 	Rejected string
+	// Data is the event exactly as the stream stores it, signature
+	// included: its Merkle leaf.
+	Data []byte
 }
 
 // Log is the KEYS stream seen as a ledger: append with optimistic
@@ -245,7 +248,7 @@ func (l *Log) Last(ctx context.Context, keyID string) (Record, error) {
 // subject, decoded whether or not it passed, so that a forgery can be
 // shown for what it is.
 func (l *Log) record(keyID string, m *jetstream.RawStreamMsg) (Record, error) {
-	r := Record{Seq: m.Sequence}
+	r := Record{Seq: m.Sequence, Data: m.Data}
 	data, signer, err := l.ring.Open(m.Data, m.Sequence)
 	if err != nil {
 		r.Rejected = events.RejectReason(err)

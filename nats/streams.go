@@ -31,6 +31,16 @@ const (
 	// AlertsDuplicates is ALERTS' dedup window: longer than any gap
 	// between two analytics nodes' detection runs.
 	AlertsDuplicates = 15 * time.Minute
+	// AuditStream holds the ledger's signed checkpoints and every node's
+	// cosignatures of them, forever: what lets anyone holding an old
+	// checkpoint prove the ledger only grew since.
+	AuditStream = "AUDIT"
+	// CheckpointSubject carries checkpoints, published by admin nodes.
+	CheckpointSubject = "keyledger.audit.checkpoint"
+	// CosignSubjectPrefix + node name carries that node's cosignatures
+	// (or, for a checkpoint it disagrees with, its own checkpoint of the
+	// same size).
+	CosignSubjectPrefix = "keyledger.audit.cosign."
 )
 
 // KeySubject returns the subject of a key's lifecycle events.
@@ -176,6 +186,26 @@ func alertsMaxBytes(usage int64) int64 {
 	return min(256<<20, max(1<<20, usage/16))
 }
 
+// AuditStreamConfig returns the configuration of AUDIT: like KEYS, no
+// limits, deletes and purges denied, never updated by a node.
+func AuditStreamConfig(c StreamConfig) jetstream.StreamConfig {
+	c = c.withDefaults()
+	return jetstream.StreamConfig{
+		Name:        AuditStream,
+		Description: "keyledger signed checkpoints of KEYS and their cosignatures",
+		Subjects:    []string{CheckpointSubject, CosignSubjectPrefix + "*"},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+		MaxAge:      0,
+		Duplicates:  c.Duplicates,
+		Replicas:    c.Replicas,
+		DenyDelete:  true,
+		DenyPurge:   true,
+	}
+}
+
 // EnsureStreams creates the streams when missing and brings USAGE to c;
 // an existing KEYS is left as it is (see KeysStreamConfig). It is
 // idempotent, so every admin node calls it at start. In a cluster that is still electing its
@@ -184,17 +214,17 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	c = c.withDefaults()
 	start := time.Now()
 	var lastLog time.Time
-	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c), AlertsStreamConfig(c)} {
+	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c), AlertsStreamConfig(c), AuditStreamConfig(c)} {
 		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 			// Each attempt gets its own deadline: a request sent before
 			// the cluster has a meta leader gets no answer at all.
 			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			s, err := js.Stream(actx, cfg.Name)
-			if err == nil && cfg.Name == KeysStream {
+			if err == nil && (cfg.Name == KeysStream || cfg.Name == AuditStream) {
 				// KEYS exists: no node changes it. Only the operator
 				// may update the ledger's stream (an update is how its
 				// history would be cut), and the admin role is refused
-				// STREAM.UPDATE.KEYS by the server.
+				// STREAM.UPDATE.KEYS by the server. AUDIT likewise.
 				cancel()
 				break
 			}

@@ -11,6 +11,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/audit"
 	khttp "github.com/keyledger/keyledger/http"
 )
 
@@ -48,6 +49,18 @@ type Config struct {
 	NATSNKey       string // this node's NATS nkey seed file
 	SigningKey     string // admin nodes: the ledger signing key
 	TrustedSigners string // the keyring of admin signing keys
+	// WitnessKey is this node's key for cosigning checkpoints, and
+	// Witnesses the fleet's witness keys (public); both default to the
+	// credentials directory's files, and without them a node does not
+	// cosign (or verify cosignatures).
+	WitnessKey string
+	Witnesses  string
+	// AuditOrigin names this ledger in its checkpoints (default
+	// audit.DefaultOrigin); CheckpointEvery and CheckpointInterval are
+	// how often admin nodes publish one (defaults 1000 events, 1m).
+	AuditOrigin        string
+	CheckpointEvery    int64
+	CheckpointInterval time.Duration
 	// TrustUnsignedThrough adopts a ledger written before events were
 	// signed: unsigned events up to this sequence are applied.
 	TrustUnsignedThrough uint64
@@ -184,6 +197,14 @@ func (c *Config) Validate() error {
 		if d, err := time.ParseDuration(c.Sync); err != nil || d <= 0 {
 			return configErr("--sync must be always or a positive duration such as 2m")
 		}
+	}
+	if c.AuditOrigin != "" {
+		if err := audit.ValidOrigin(c.AuditOrigin); err != nil {
+			return configErr("--audit-origin: %s", keyledger.ErrorMessage(err))
+		}
+	}
+	if c.CheckpointEvery < 0 || c.CheckpointInterval < 0 {
+		return configErr("--checkpoint-every and --checkpoint-interval must not be negative")
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return configErr("--admin-token must be at least 16 characters")

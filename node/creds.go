@@ -9,8 +9,10 @@ import (
 	"strings"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/nats"
+	"golang.org/x/mod/sumdb/note"
 )
 
 // A credentials directory, as GenerateCredentials writes it and
@@ -22,15 +24,26 @@ import (
 //	<member>.nk          each member's NATS nkey seed (0600): give each node only its own
 //	<admin>.signing-key  each admin member's ledger signing key (0600)
 //	trusted-signers      the admin members' public signing keys: every node's keyring
+//	<node>.witness-key   each node member's key for cosigning checkpoints (0600)
+//	witnesses            the node members' public witness keys
 const (
 	FleetFile          = "fleet.json"
 	TrustedSignersFile = "trusted-signers"
+	WitnessesFile      = "witnesses"
 )
 
 // NKeyFile and SigningKeyFile name a member's files in a credentials
 // directory.
 func NKeyFile(member string) string       { return member + ".nk" }
 func SigningKeyFile(member string) string { return member + ".signing-key" }
+
+// WitnessKeyFile names a node member's witness key file.
+func WitnessKeyFile(member string) string { return member + ".witness-key" }
+
+// WitnessName is the name of a node's witness key: distinct from its
+// signing key's (the member name), so a cosignature never reads as the
+// publisher's signature.
+func WitnessName(member string) string { return member + "/witness" }
 
 // GenerateCredentials writes a credentials directory for members: NATS
 // nkeys for all, signing keys for those with the admin role, and the
@@ -68,6 +81,23 @@ func GenerateCredentials(dir string, members []nats.Member, routes bool, random 
 	if len(ring.Signers()) == 0 {
 		return keyledger.Errorf(keyledger.Invalid, "credentials need at least one admin member: nobody could sign the ledger")
 	}
+	witnesses := "# keyledger witnesses: the nodes' public keys for cosigning checkpoints\n"
+	for _, m := range members {
+		if !m.Has(nats.RoleAdmin) && !m.Has(nats.RoleVerifier) {
+			continue
+		}
+		skey, vkey, err := events.GenerateSigningKey(random, WitnessName(m.Name))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, WitnessKeyFile(m.Name)), []byte(skey+"\n"), 0o600); err != nil {
+			return keyledger.Wrap(keyledger.Internal, err, "cannot write a witness key")
+		}
+		witnesses += vkey + "\n"
+	}
+	if err := os.WriteFile(filepath.Join(dir, WitnessesFile), []byte(witnesses), 0o644); err != nil {
+		return keyledger.Wrap(keyledger.Internal, err, "cannot write "+WitnessesFile)
+	}
 	if err := os.WriteFile(filepath.Join(dir, TrustedSignersFile), ring.Marshal(), 0o644); err != nil {
 		return keyledger.Wrap(keyledger.Internal, err, "cannot write "+TrustedSignersFile)
 	}
@@ -104,6 +134,11 @@ type credentials struct {
 	id     *nats.Identity  // this node on the bus
 	signer *events.Signer  // admin nodes
 	ring   *events.Keyring // every node
+	// witness cosigns checkpoints; witnesses (and their file's text)
+	// verify cosignatures. Nil without the files.
+	witness       note.Signer
+	witnesses     note.Verifiers
+	witnessesText string
 }
 
 // loadCredentials finds the node's credentials: the explicit files, else
@@ -144,6 +179,8 @@ func loadCredentials(cfg *Config, log *slog.Logger) (*credentials, error) {
 	nkeyPath := pick(cfg.NATSNKey, NKeyFile(cfg.Name))
 	signingPath := pick(cfg.SigningKey, SigningKeyFile(cfg.Name))
 	ringPath := pick(cfg.TrustedSigners, TrustedSignersFile)
+	witnessPath := pick(cfg.WitnessKey, WitnessKeyFile(cfg.Name))
+	witnessesPath := pick(cfg.Witnesses, WitnessesFile)
 
 	c := &credentials{}
 	var err error
@@ -212,8 +249,48 @@ func loadCredentials(cfg *Config, log *slog.Logger) (*credentials, error) {
 		}
 		c.ring.TrustSealedBy(c.signer)
 	}
-	log.Info("credentials", "nkey", nkeyPath, "trusted_signers", len(c.ring.Signers()), "signing_key", c.signerID())
+	if err := c.loadWitness(cfg, witnessPath, witnessesPath, log); err != nil {
+		return nil, err
+	}
+	log.Info("credentials", "nkey", nkeyPath, "trusted_signers", len(c.ring.Signers()), "signing_key", c.signerID(), "witness", c.witness != nil)
 	return c, nil
+}
+
+// loadWitness reads the witness key and the witnesses file. Both are
+// optional (a credentials directory from before checkpoints has neither):
+// a missing default file means no cosigning; a named one must exist.
+func (c *credentials) loadWitness(cfg *Config, keyPath, listPath string, log *slog.Logger) error {
+	read := func(path string, explicit bool) ([]byte, error) {
+		if path == "" {
+			return nil, nil
+		}
+		b, err := os.ReadFile(path)
+		if os.IsNotExist(err) && !explicit {
+			return nil, nil
+		}
+		return b, err
+	}
+	b, err := read(keyPath, cfg.WitnessKey != "")
+	if err != nil {
+		return configErr("cannot read --witness-key: %v", err)
+	}
+	if b != nil {
+		if c.witness, err = note.NewSigner(strings.TrimSpace(string(b))); err != nil {
+			return configErr("--witness-key is not a witness key (want PRIVATE+KEY+name+hash+key)")
+		}
+	} else {
+		log.Warn("no witness key: this node checks checkpoints but does not cosign them", "want", keyPath)
+	}
+	if b, err = read(listPath, cfg.Witnesses != ""); err != nil {
+		return configErr("cannot read --witnesses: %v", err)
+	}
+	if b != nil {
+		if c.witnesses, err = audit.ParseWitnesses(b); err != nil {
+			return configErr("--witnesses: %v", err)
+		}
+		c.witnessesText = string(b)
+	}
+	return nil
 }
 
 func (c *credentials) signerID() string {

@@ -23,6 +23,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/github"
 	khttp "github.com/keyledger/keyledger/http"
 	"github.com/keyledger/keyledger/nats"
@@ -43,6 +44,7 @@ type Node struct {
 	nc          *natsgo.Conn
 	js          jetstream.JetStream
 	projector   *projector.Projector
+	audit       *audit.Auditor
 	usage       *nats.UsagePublisher
 	verifier    *verifier.Verifier
 	announcer   *nats.Announcer
@@ -121,6 +123,15 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	n.announcer.Start(ctx)
+	acfg := audit.Config{JS: n.js, Ledger: n.projector, Origin: cfg.AuditOrigin, Name: cfg.Name, Keyring: n.creds.ring,
+		Witness: n.creds.witness, Witnesses: n.creds.witnesses, WitnessesText: n.creds.witnessesText,
+		Every: cfg.CheckpointEvery, Interval: cfg.CheckpointInterval, Logger: n.log, OnDivergence: n.onDivergence}
+	if n.creds.signer != nil {
+		acfg.Signer = n.creds.signer.NoteSigner()
+	}
+	if n.audit, err = audit.Open(ctx, acfg); err != nil {
+		return nil, err
+	}
 	n.usage = nats.NewUsagePublisher(n.js, nats.UsageOptions{Linger: cfg.UsageLinger, Logger: n.log})
 	n.usage.Start(ctx)
 	ready := n.projector.Ready
@@ -179,6 +190,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 			}
 		}
 		routes.Token = n.token
+		routes.Audit = n.audit
 		if cfg.ClickHouse != "" {
 			routes.AnalyticsLater = n.analyticsNow
 		}
@@ -386,6 +398,10 @@ func (n *Node) connect() error {
 // projector can see, so it raises that alert here, off the apply
 // goroutine.
 func (n *Node) onReject(r projector.Rejection) {
+	if r.Reason == "ledger_divergence" {
+		n.onDivergence(n.cfg.Name, r.Detail)
+		return
+	}
 	if r.Reason != "stream_replaced" {
 		return
 	}
@@ -398,8 +414,19 @@ func (n *Node) onReject(r projector.Rejection) {
 	}
 }
 
-// analyticsNow returns analytics once it is open (the projector starts
-// first).
+// onDivergence raises ledger_divergence: this node's copy of the ledger,
+// or another node's (its dissent on AUDIT, seen by admin nodes), differs
+// from a signed checkpoint.
+func (n *Node) onDivergence(node, detail string) {
+	if a := n.analyticsNow(); a != nil {
+		n.alerts.Add(1)
+		go func() {
+			defer n.alerts.Done()
+			a.RaiseAlert(analytics.RuleLedgerDivergence, node, detail)
+		}()
+	}
+}
+
 // onLeak raises key_leaked for a leak report's true positive (when
 // analytics is on; the report is in the ledger and the log either way).
 func (n *Node) onLeak(l admin.Leak) {
@@ -415,6 +442,8 @@ func (n *Node) onLeak(l admin.Leak) {
 	}()
 }
 
+// analyticsNow returns analytics once it is open (the projector starts
+// first).
 func (n *Node) analyticsNow() *analytics.Analytics {
 	n.analyticsMu.Lock()
 	defer n.analyticsMu.Unlock()
@@ -516,6 +545,11 @@ func (n *Node) Close(ctx context.Context) error {
 	}
 	if n.announcer != nil {
 		n.announcer.Close(ctx)
+	}
+	if n.audit != nil {
+		if err := n.audit.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("audit: %w", err))
+		}
 	}
 	if n.projector != nil {
 		if err := n.projector.Close(ctx); err != nil {

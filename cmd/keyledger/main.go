@@ -31,6 +31,11 @@ Usage:
   keyledger usage  (--key ID | --owner O) [--from T] [--to T] [--interval minute|hour|day]
   keyledger quota  --owner O [--month YYYY-MM]     valid verifications of O's live keys
   keyledger audit  [--key ID] [--actor A] [--type T] [--from T] [--to T]
+  keyledger audit checkpoint [--size N] [--out FILE]
+                                          the latest signed checkpoint of the ledger (save it elsewhere)
+  keyledger audit verify [--file F] [--since-checkpoint F] [--trusted-signers F] [--clickhouse DSN] [--json]
+                                          prove the ledger: signatures, Merkle roots, checkpoints (exit 1 on any failure)
+  keyledger audit export [--out FILE]     a self-contained bundle for an auditor
   keyledger alerts [--rule R] [--key ID] [--from T] [--to T]
   keyledger nodes                         live nodes and how far each has applied the ledger
   keyledger creds generate --dir D [--routes] NAME=ROLE[+ROLE]…
@@ -67,7 +72,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = keysCmd(ctx, args[1:], stdout)
 	case "verify":
 		err = verifyCmd(ctx, args[1:], stdout)
-	case "usage", "quota", "audit", "alerts":
+	case "audit":
+		if len(args) > 1 && (args[1] == "verify" || args[1] == "export" || args[1] == "checkpoint") {
+			err = auditLogCmd(ctx, args[1:], stdout, stderr)
+		} else {
+			err = analyticsCmd(ctx, args[0], args[1:], stdout)
+		}
+	case "usage", "quota", "alerts":
 		err = analyticsCmd(ctx, args[0], args[1:], stdout)
 	case "nodes":
 		err = nodesCmd(ctx, args[1:], stdout)
