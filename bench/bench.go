@@ -38,6 +38,8 @@ Usage:
       (scripts/bench-deps.sh installs wrk and nginx)
   keyledger bench ingest [--events 500000] [--clickhouse HOST:PORT] [--json]
       events/s from USAGE into ClickHouse (scripts/clickhouse.sh start runs one)
+  keyledger bench audit [--events 1000000] [--json]
+      audit verify of a bundle of N signed events (events/s), tree append, inclusion proof
   keyledger bench all [--json]
       every benchmark above with its defaults, one after the other
   keyledger bench coldstart [--keys 1000000] [--tail 1000] [--records] [--replay] [--json]
@@ -89,6 +91,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return authz(ctx, args[1:], stdout, stderr)
 	case "ingest":
 		return ingest(ctx, args[1:], stdout, stderr)
+	case "audit":
+		return auditBench(ctx, args[1:], stdout, stderr)
 	case "all":
 		return all(ctx, args[1:], stdout, stderr)
 	}

@@ -29,6 +29,7 @@ func TestBench_smoke(t *testing.T) {
 		{[]string{"revoke", "--nodes", "1", "--revocations", "5"}, "revoke_propagation_p99", "ms"},
 		{[]string{"coldstart", "--keys", "2000", "--tail", "10"}, "coldstart_seconds", "s"},
 		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s"},
+		{[]string{"audit", "--events", "300"}, "audit_verify_events_per_second", "events/s"},
 	} {
 		t.Run(tc.args[0], func(t *testing.T) {
 			args := append(slices.Clone(tc.args), "--json")

@@ -61,7 +61,7 @@ func RegisterNode(reg prometheus.Registerer, p *projector.Projector, u *nats.Usa
 			func() float64 { return float64(u.Stats().Messages) }),
 		gauge("keyledger_usage_buffered", "KeyUsed events waiting to be published.",
 			func() float64 { return float64(u.Stats().Buffered) }),
-		gauge("keyledger_projector_stream_replaced", "1 when the KEYS stream this node followed was deleted, recreated or cut: it refuses every verification.",
+		gauge("keyledger_projector_stream_replaced", "1 when the KEYS stream this node followed was deleted, recreated or cut, or its copy of the ledger does not hash to a signed checkpoint (ledger_divergence): it refuses every verification.",
 			func() float64 { return b2f(p.Broken() != "") }),
 	)
 	for _, reason := range projector.RejectReasons {

@@ -129,7 +129,10 @@ CREATE TABLE IF NOT EXISTS keyledger.key_events_local ON CLUSTER '{cluster}' (
 	expires_at_ms UInt64,
 	stream_seq UInt64,
 	actor_ip String,
-	changed Array(String)
+	changed Array(String),
+	-- lowercase hex Merkle leaf hash of the stored event: keyledger
+	-- audit verify --clickhouse matches rows to the ledger by it
+	leaf_hash String
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/keyledger/key_events_local', '{replica}')
 PARTITION BY toYYYYMM(ts)
 ORDER BY (key_id, ts, event_id);
