@@ -35,9 +35,10 @@ type Tree struct {
 	n  int64
 	// Stored hashes [0, flushed) are in f; [flushed, flushed+len(tail))
 	// in tail.
-	f       *os.File
-	flushed int64
-	tail    []tlog.Hash
+	f        *os.File
+	flushed  int64
+	tail     []tlog.Hash
+	flushErr error // the last write's failure, until one succeeds
 	// frontier[l] is the newest stored hash of level l: the only hashes
 	// an append reads (its left siblings) and the ones the root of the
 	// whole tree is made of, so neither touches the file.
@@ -78,10 +79,11 @@ func (t *Tree) AppendHash(h tlog.Hash) (int64, error) {
 		t.remember(base + int64(i))
 	}
 	t.n++
-	if t.f != nil && len(t.tail) >= flushAt {
-		if err := t.flush(); err != nil {
-			return 0, err
-		}
+	if t.f != nil && len(t.tail) >= flushAt && len(t.tail)%flushAt < len(hs) {
+		// A failed write (a full disk) loses nothing: the hashes stay
+		// in memory, the next flushAt appends try again, and Sync
+		// reports it. The tree must keep growing with the ledger.
+		t.flushErr = t.flush()
 	}
 	return t.n - 1, nil
 }
@@ -118,8 +120,8 @@ func (t *Tree) Sync() error {
 	if t.f == nil {
 		return nil
 	}
-	if err := t.flush(); err != nil {
-		return err
+	if t.flushErr = t.flush(); t.flushErr != nil {
+		return t.flushErr
 	}
 	return t.f.Sync()
 }

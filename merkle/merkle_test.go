@@ -177,6 +177,39 @@ func TestOpenFile(t *testing.T) {
 		}
 		same(t, f, f.Size())
 	})
+	t.Run("a write that fails loses nothing and is retried", func(t *testing.T) {
+		f, err := OpenFile(filepath.Join(t.TempDir(), "tree"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As on a full disk: every write fails until the file is back.
+		good := f.f
+		bad, _ := os.Open(os.DevNull)
+		f.f = bad
+		for i := range 2 * flushAt {
+			if _, err := f.Append(event(i)); err != nil {
+				t.Fatalf("append %d failed with the disk full: %v", i, err)
+			}
+		}
+		if f.Sync() == nil {
+			t.Fatal("Sync did not report the failed writes")
+		}
+		f.f = good
+		for i := 2 * flushAt; i < n; i++ {
+			f.Append(event(i))
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		same(t, f, n)
+		f.Close()
+		g, err := OpenFile(good.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		same(t, g, n)
+	})
 	t.Run("a memory tree truncates too", func(t *testing.T) {
 		m := mustTree(t, 300)
 		if err := m.Truncate(77); err != nil {
