@@ -346,8 +346,8 @@ func TestAuditor_splitView(t *testing.T) {
 	if err := p.WaitApplied(ctx, last); err != nil {
 		t.Fatal(err)
 	}
-	if p.Broken() != "" || !p.Ready() {
-		t.Fatalf("before any checkpoint the swapped history looks fine to the node: broken %q, ready %v", p.Broken(), p.Ready())
+	if p.Broken() != "" || !p.CaughtUp() {
+		t.Fatalf("before any checkpoint the swapped history looks fine to the node: broken %q, caught up %v", p.Broken(), p.CaughtUp())
 	}
 	dissents, err := other.Conn.SubscribeSync(nats.CosignSubjectPrefix + natstest.Verifier)
 	if err != nil {
