@@ -578,3 +578,12 @@ func TestVerify(t *testing.T) {
 		}
 	})
 }
+
+func mustRing(tb testing.TB, vkeys ...string) *events.Keyring {
+	tb.Helper()
+	r, err := events.NewKeyring(vkeys...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}

@@ -3,6 +3,7 @@ package merkle
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -296,4 +297,48 @@ func BenchmarkProveLeaf(b *testing.B) {
 		}
 		i += 7919
 	}
+}
+
+func TestParseBody(t *testing.T) {
+	root := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	for _, tc := range []struct {
+		name, text string
+		ok         bool
+	}{
+		{"minimal", "keyledger/KEYS\n12\n" + root + "\n", true},
+		{"with time", "keyledger/KEYS\n12\n" + root + "\ntime 2026-12-01T17:00:00Z\n", true},
+		{"no final newline", "keyledger/KEYS\n12\n" + root, false},
+		{"empty origin", "\n12\n" + root + "\n", false},
+		{"negative size", "keyledger/KEYS\n-1\n" + root + "\n", false},
+		{"size with a plus", "keyledger/KEYS\n+12\n" + root + "\n", false},
+		{"size with a leading zero", "keyledger/KEYS\n012\n" + root + "\n", false},
+		{"short root", "keyledger/KEYS\n12\nAAAA\n", false},
+		{"root not base64", "keyledger/KEYS\n12\n!!!!\n", false},
+		{"bad time", "keyledger/KEYS\n12\n" + root + "\ntime yesterday\n", false},
+		{"unknown extension line", "keyledger/KEYS\n12\n" + root + "\nsomething else\n", false},
+		{"time not in UTC", "keyledger/KEYS\n12\n" + root + "\ntime 2026-12-01T18:00:00+01:00\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseBody(tc.text)
+			if (err == nil) != tc.ok {
+				t.Fatalf("ParseBody: %+v, %v", c, err)
+			}
+			if err == nil && c.Body() != tc.text {
+				t.Fatalf("Body %q, parsed from %q", c.Body(), tc.text)
+			}
+		})
+	}
+}
+
+// FuzzParseBody: checkpoint texts come from the bus and from auditors'
+// files. A text either fails to parse or is exactly what Body writes.
+func FuzzParseBody(f *testing.F) {
+	f.Add("keyledger/KEYS\n12\n" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\ntime 2026-12-01T17:00:00Z\n")
+	f.Add("x\n0\n\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		c, err := ParseBody(text)
+		if err == nil && c.Body() != text {
+			t.Fatalf("parsed %q, which writes back as %q", text, c.Body())
+		}
+	})
 }
