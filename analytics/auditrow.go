@@ -190,6 +190,46 @@ func DiffAuditRow(want, got AuditRow) string {
 	return ""
 }
 
+// Column renders the column name of r (a name DiffAuditRow returns), for
+// a report of what differs.
+func (r AuditRow) Column(name string) string {
+	switch name {
+	case "stream_seq":
+		return fmt.Sprint(r.Seq)
+	case "event_id":
+		return r.EventID
+	case "type":
+		return r.Type
+	case "key_id":
+		return r.KeyID
+	case "actor":
+		return r.Actor
+	case "actor_ip":
+		return r.ActorIP
+	case "ts", "ms":
+		return r.At.Format("2006-01-02T15:04:05.000Z07:00")
+	case "reason":
+		return r.Reason
+	case "name":
+		return r.Name
+	case "owner":
+		return r.Owner
+	case "environment":
+		return r.Environment
+	case "permissions":
+		return fmt.Sprint(r.Permissions)
+	case "hint":
+		return r.Hint
+	case "expires_at_ms":
+		return fmt.Sprint(r.ExpiresMS)
+	case "changed":
+		return fmt.Sprint(r.Changed)
+	case "leaf_hash":
+		return r.LeafHash
+	}
+	return ""
+}
+
 // ReadAuditRows calls fn with every key_events row, deduplicated (FINAL), in
 // stream_seq order.
 //

@@ -196,7 +196,7 @@ func readCheckpoints(ctx context.Context, js jetstream.JetStream, origin string)
 	}
 	byBody := map[string]*rawCheckpoint{}
 	var out []*rawCheckpoint
-	err = readStream(ctx, stream, info.State.LastSeq, func(_ uint64, subject string, data []byte) error {
+	err = nats.ReadRange(ctx, stream, 1, info.State.LastSeq, func(_ uint64, subject string, data []byte) error {
 		text, sigs, ok := splitNote(data)
 		if !ok {
 			return nil
@@ -233,59 +233,10 @@ func readCheckpoints(ctx context.Context, js jetstream.JetStream, origin string)
 	return res, nil
 }
 
-// readStream calls fn with messages 1..last of stream, in order, read
-// with an ordered consumer.
-func readStream(ctx context.Context, stream jetstream.Stream, last uint64, fn func(seq uint64, subject string, data []byte) error) error {
-	if last == 0 {
-		return nil
-	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
-	if err != nil {
-		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read the stream")
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
-	if err != nil {
-		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read the stream")
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	for next := uint64(1); next <= last; {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				return keyledger.Wrap(keyledger.Unavailable, errors.Join(ctx.Err(), err), "reading the stream was interrupted")
-			}
-			continue
-		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			continue
-		}
-		seq := meta.Sequence.Stream
-		if seq < next {
-			continue
-		}
-		if err := fn(seq, msg.Subject(), msg.Data()); err != nil {
-			return err
-		}
-		next = seq + 1
-	}
-	return nil
-}
-
-func hashes(p []tlog.Hash) []string {
-	out := make([]string, len(p))
-	for i, h := range p {
-		out[i] = base64.StdEncoding.EncodeToString(h[:])
-	}
-	return out
-}
-
 // exportEvents writes events 1..to of KEYS, and hashes them into tree.
 // A gap is exported as it is: the verifier reports it.
 func exportEvents(ctx context.Context, stream jetstream.Stream, bw *BundleWriter, to uint64, tree *merkle.Tree) error {
-	return readStream(ctx, stream, to, func(seq uint64, subject string, data []byte) error {
+	return nats.ReadRange(ctx, stream, 1, to, func(seq uint64, subject string, data []byte) error {
 		if uint64(tree.Size())+1 == seq {
 			if _, err := tree.Append(data); err != nil {
 				return err
@@ -330,4 +281,12 @@ func ReadBundle(r io.Reader, header func(BundleHeader) error, event func(BundleE
 			return err
 		}
 	}
+}
+
+func hashes(p []tlog.Hash) []string {
+	out := make([]string, len(p))
+	for i, h := range p {
+		out[i] = base64.StdEncoding.EncodeToString(h[:])
+	}
+	return out
 }

@@ -110,7 +110,7 @@ func (c *ClickHouseCheck) observe(seq uint64, leaf tlog.Hash, _ bool, prepared a
 	if r := c.peek(); r != nil && r.Seq == seq {
 		c.Compared++
 		if field := analytics.DiffAuditRow(want, *r); field != "" {
-			c.found(Failure{Kind: "clickhouse", Seq: seq, Expected: fieldOf(want, field), Found: fieldOf(*r, field),
+			c.found(Failure{Kind: "clickhouse", Seq: seq, Expected: want.Column(field), Found: r.Column(field),
 				Detail: fmt.Sprintf("ClickHouse's audit row of event %d differs from the ledger in %s", seq, field)})
 		}
 		c.next = nil
@@ -159,43 +159,4 @@ func (c *ClickHouseCheck) Finish(rep *Report) error {
 		return err
 	}
 	return nil
-}
-
-// fieldOf renders one column of a row for a failure line.
-func fieldOf(r analytics.AuditRow, field string) string {
-	switch field {
-	case "stream_seq":
-		return fmt.Sprint(r.Seq)
-	case "event_id":
-		return r.EventID
-	case "type":
-		return r.Type
-	case "key_id":
-		return r.KeyID
-	case "actor":
-		return r.Actor
-	case "actor_ip":
-		return r.ActorIP
-	case "ts", "ms":
-		return r.At.Format("2006-01-02T15:04:05.000Z07:00")
-	case "reason":
-		return r.Reason
-	case "name":
-		return r.Name
-	case "owner":
-		return r.Owner
-	case "environment":
-		return r.Environment
-	case "permissions":
-		return fmt.Sprint(r.Permissions)
-	case "hint":
-		return r.Hint
-	case "expires_at_ms":
-		return fmt.Sprint(r.ExpiresMS)
-	case "changed":
-		return fmt.Sprint(r.Changed)
-	case "leaf_hash":
-		return r.LeafHash
-	}
-	return ""
 }

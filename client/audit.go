@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
-
-	keyledger "github.com/keyledger/keyledger"
 )
 
 // Checkpoint is a signed checkpoint of the ledger (GET /v1/audit/checkpoint).
@@ -39,21 +36,9 @@ func (c *Client) Checkpoint(ctx context.Context, size int64) (*Checkpoint, error
 // caller closes it. It is not bounded like other answers: a bundle holds
 // the whole ledger.
 func (c *Client) AuditExport(ctx context.Context) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.BaseURL, "/")+"/v1/audit/export", nil)
+	resp, err := c.send(ctx, http.MethodGet, "/v1/audit/export", true, nil, nil)
 	if err != nil {
-		return nil, keyledger.Wrap(keyledger.Invalid, err, fmt.Sprintf("bad node URL %s", keyledger.Quote(c.BaseURL)))
-	}
-	if c.Token == "" {
-		return nil, keyledger.Errorf(keyledger.Unauthorized, "no admin token given")
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot reach "+redactURL(c.BaseURL))
+		return nil, err
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -96,32 +97,16 @@ func (c *Client) DoWith(ctx context.Context, method, path string, auth bool, hea
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, rd)
-	if err != nil {
-		return keyledger.Wrap(keyledger.Invalid, err, fmt.Sprintf("bad node URL %s", keyledger.Quote(c.BaseURL)))
-	}
-	req.Header.Set("Accept", "application/json")
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if auth {
-		if c.Token == "" {
-			return keyledger.Errorf(keyledger.Unauthorized, "no admin token given")
+		header = maps.Clone(header)
+		if header == nil {
+			header = map[string]string{}
 		}
-		req.Header.Set("Authorization", "Bearer "+c.Token)
+		header["Content-Type"] = "application/json"
 	}
-	hc := c.HTTP
-	if hc == nil {
-		hc = http.DefaultClient
-	}
-	resp, err := hc.Do(req)
+	resp, err := c.send(ctx, method, path, auth, header, rd)
 	if err != nil {
-		// net/http's errors name the method and URL, never the body or
-		// the headers.
-		return keyledger.Wrap(keyledger.Unavailable, err, "cannot reach "+redactURL(c.BaseURL))
+		return err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
@@ -142,6 +127,36 @@ func (c *Client) DoWith(ctx context.Context, method, path string, auth bool, hea
 		return keyledger.Wrap(keyledger.Unavailable, err, "the node's answer is not the expected JSON")
 	}
 	return nil
+}
+
+// send sends a request and returns the node's answer, whatever its
+// status; the caller closes its body.
+func (c *Client) send(ctx context.Context, method, path string, auth bool, header map[string]string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, body)
+	if err != nil {
+		return nil, keyledger.Wrap(keyledger.Invalid, err, fmt.Sprintf("bad node URL %s", keyledger.Quote(c.BaseURL)))
+	}
+	req.Header.Set("Accept", "application/json")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	if auth {
+		if c.Token == "" {
+			return nil, keyledger.Errorf(keyledger.Unauthorized, "no admin token given")
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		// net/http's errors name the method and URL, never the body or
+		// the headers.
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot reach "+redactURL(c.BaseURL))
+	}
+	return resp, nil
 }
 
 // decodeRefusal turns an error answer into a *keyledger.Error whose cause

@@ -189,21 +189,11 @@ func alertsMaxBytes(usage int64) int64 {
 // AuditStreamConfig returns the configuration of AUDIT: like KEYS, no
 // limits, deletes and purges denied, never updated by a node.
 func AuditStreamConfig(c StreamConfig) jetstream.StreamConfig {
-	c = c.withDefaults()
-	return jetstream.StreamConfig{
-		Name:        AuditStream,
-		Description: "keyledger signed checkpoints of KEYS and their cosignatures",
-		Subjects:    []string{CheckpointSubject, CosignSubjectPrefix + "*"},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		MaxMsgs:     -1,
-		MaxBytes:    -1,
-		MaxAge:      0,
-		Duplicates:  c.Duplicates,
-		Replicas:    c.Replicas,
-		DenyDelete:  true,
-		DenyPurge:   true,
-	}
+	cfg := KeysStreamConfig(c)
+	cfg.Name = AuditStream
+	cfg.Description = "keyledger signed checkpoints of KEYS and their cosignatures"
+	cfg.Subjects = []string{CheckpointSubject, CosignSubjectPrefix + "*"}
+	return cfg
 }
 
 // EnsureStreams creates the streams when missing and brings USAGE to c;

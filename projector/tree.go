@@ -10,6 +10,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/merkle"
+	"github.com/keyledger/keyledger/nats"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -67,46 +68,21 @@ func (p *Projector) openTree(ctx context.Context, stream jetstream.Stream) error
 }
 
 // hashFromStream appends to the tree the leaves of the stored events after
-// its last one, up to sequence to, read with an ordered consumer.
+// its last one, up to sequence to.
 func (p *Projector) hashFromStream(ctx context.Context, stream jetstream.Stream, to uint64) error {
-	next := uint64(p.tree.Size()) + 1
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   next,
-	})
-	if err != nil {
-		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS to rebuild the Merkle tree")
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
-	if err != nil {
-		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read KEYS to rebuild the Merkle tree")
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	for next <= to {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				return keyledger.Wrap(keyledger.Unavailable, errors.Join(ctx.Err(), err), "rebuilding the Merkle tree was interrupted")
-			}
-			continue
+	errGap := errors.New("gap")
+	err := nats.ReadRange(ctx, stream, uint64(p.tree.Size())+1, to, func(seq uint64, _ string, data []byte) error {
+		if want := uint64(p.tree.Size()) + 1; seq != want {
+			p.Diverge(fmt.Sprintf("KEYS lost event %d: the next stored event is %d", want, seq))
+			return errGap
 		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			continue
-		}
-		if s := meta.Sequence.Stream; s != next {
-			if s < next {
-				continue
-			}
-			p.Diverge(fmt.Sprintf("KEYS lost event %d: the next stored event is %d", next, s))
-			return nil
-		}
-		if _, err := p.tree.AppendHash(tlog.RecordHash(msg.Data())); err != nil {
+		if _, err := p.tree.AppendHash(tlog.RecordHash(data)); err != nil {
 			return keyledger.Wrap(keyledger.Internal, err, "cannot rebuild the Merkle tree")
 		}
-		next++
+		return nil
+	})
+	if errors.Is(err, errGap) {
+		return nil
 	}
-	return nil
+	return err
 }
