@@ -31,8 +31,9 @@ Usage:
   keyledger bench revoke [--nodes 3] [--revocations 200] [--json]
       start a local cluster (or use --urls) and measure how long after the start
       of a revoke call every node refuses the key over HTTP
-  keyledger bench verify [--keys 100000] [--json]
-      in-process verification, ns/op for a valid key and a bad checksum
+  keyledger bench verify [--keys 100000] [--random] [--json]
+      in-process verification, ns/op for a valid key and a bad checksum; --random also
+      verifies every key once in random order and reports the table's heap per key
   keyledger bench authz [--duration 5s] [--connections 32] [--threads 1] [--json]
       GET /v1/authz with a valid key against nginx "return 200", same wrk settings
       (scripts/bench-deps.sh installs wrk and nginx)

@@ -26,12 +26,13 @@ func TestBench_smoke(t *testing.T) {
 		unit string
 	}{
 		{[]string{"verify", "--keys", "1000", "--duration", "20ms"}, "verify_valid_ns", "ns/op"},
+		{[]string{"verify", "--keys", "3000", "--duration", "20ms", "--random"}, "verify_valid_ns", "ns/op"},
 		{[]string{"revoke", "--nodes", "1", "--revocations", "5"}, "revoke_propagation_p99", "ms"},
 		{[]string{"coldstart", "--keys", "2000", "--tail", "10"}, "coldstart_seconds", "s"},
 		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s"},
 		{[]string{"audit", "--events", "300"}, "audit_verify_events_per_second", "events/s"},
 	} {
-		t.Run(tc.args[0], func(t *testing.T) {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			args := append(slices.Clone(tc.args), "--json")
 			if tc.args[0] == "ingest" {
 				args = append(args, "--clickhouse", analyticstest.Addr(t))

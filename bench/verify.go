@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
+	"runtime"
 	"time"
+	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
@@ -20,6 +23,7 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := newFlagSet("bench verify", stderr)
 	n := fs.Int("keys", 100_000, "keys in the table")
 	dur := fs.Duration("duration", 2*time.Second, "how long each case runs")
+	random := fs.Bool("random", false, "also verify every key of the table once, in random order (cache misses included), and report the table's heap per key")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	if err := parseArgs(fs, args); err != nil {
 		return err
@@ -27,16 +31,45 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *n < 1 || *dur <= 0 {
 		return usageErr("--keys and --duration must be positive")
 	}
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
 	p := projector.New(nil, projector.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	at := time.Now().UTC()
 	var valid string
+	// With --random every secret is kept, in one arena, in the order
+	// they will be verified: read sequentially like requests off the
+	// network, while their table entries are reached in random order.
+	var arena []byte
+	var keyLen int
+	var order []int32
+	if *random {
+		order = make([]int32, *n)
+		for i := range order {
+			order[i] = int32(i)
+		}
+		mrand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
 	for i := 0; i < *n; i++ {
+		if i%1_000_000 == 999_999 {
+			fmt.Fprintf(stderr, "%d keys…\n", i+1)
+		}
 		secret, err := keyledger.DefaultFormat.New(keyledger.EnvLive, rand.Reader)
 		if err != nil {
 			return err
 		}
 		if i == 0 {
 			valid = secret
+			if *random {
+				keyLen = len(secret)
+				arena = make([]byte, keyLen**n)
+			}
+		}
+		if *random {
+			if len(secret) != keyLen {
+				return fmt.Errorf("bench verify: keys of different lengths")
+			}
+			copy(arena[int(order[i])*keyLen:], secret)
 		}
 		ev := &events.KeyCreated{
 			Header:      events.NewHeader(events.TypeKeyCreated, events.NewKeyID(), "bench", at),
@@ -44,6 +77,14 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			Hash: keyledger.HashSecret(secret).String(),
 		}
 		p.Apply(uint64(i+1), ev)
+	}
+	order = nil
+	var tableBytes float64
+	if *random {
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		tableBytes = float64(after.HeapAlloc-min(before.HeapAlloc, after.HeapAlloc)) - float64(len(arena))
 	}
 	v := verifier.New(p.Table(), verifier.Config{Environment: keyledger.EnvLive})
 	bad := []byte(valid)
@@ -71,13 +112,28 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	return report(stdout, *asJSON, Result{
-		Name: "verify_valid_ns", Value: validNS, Unit: "ns/op",
-		Extra: map[string]float64{"bad_checksum_ns": badNS, "keys": float64(*n)},
-		Notes: "one goroutine; see BenchmarkVerify for allocations and the parallel case",
-	}, [][]string{
+	extra := map[string]float64{"bad_checksum_ns": badNS, "keys": float64(*n)}
+	rows := [][]string{
 		{"keys in table", fmt.Sprint(*n)},
 		{"valid key", fmt.Sprintf("%.0f ns/op", validNS)},
 		{"bad checksum", fmt.Sprintf("%.0f ns/op", badNS)},
-	})
+	}
+	if *random {
+		req := &verifier.Request{Permission: "workflows:read"}
+		start := time.Now()
+		for i := 0; i < *n; i++ {
+			req.Key = unsafe.String(&arena[i*keyLen], keyLen)
+			if o := v.Verify(req).Outcome; o != keyledger.OutcomeValid {
+				return fmt.Errorf("bench verify: key %d: outcome %v", i, o)
+			}
+		}
+		randomNS := float64(time.Since(start).Nanoseconds()) / float64(*n)
+		extra["random_valid_ns"], extra["table_bytes_per_key"] = randomNS, tableBytes/float64(*n)
+		rows = append(rows, []string{"valid keys, each once, random order", fmt.Sprintf("%.0f ns/op", randomNS)},
+			[]string{"table heap per key", fmt.Sprintf("%.0f B", tableBytes/float64(*n))})
+	}
+	return report(stdout, *asJSON, Result{
+		Name: "verify_valid_ns", Value: validNS, Unit: "ns/op", Extra: extra,
+		Notes: "one goroutine; see BenchmarkVerify for allocations and the parallel case",
+	}, rows)
 }
