@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -124,7 +125,8 @@ type Auditor struct {
 	mu       sync.RWMutex
 	bySize   map[int64]*entry
 	latest   *entry
-	caughtUp bool // AUDIT followed to the end it had at Open
+	caughtUp bool   // AUDIT followed to the end it had at Open
+	lastSeq  uint64 // the last AUDIT message handled: a re-follow starts after it
 	diverged string
 	dissents []Dissent
 
@@ -305,10 +307,7 @@ func (a *Auditor) followOnce(ctx context.Context) error {
 		return err
 	}
 	a.mu.RLock()
-	var from uint64
-	for _, e := range a.bySize {
-		from = max(from, e.seq)
-	}
+	from := a.lastSeq
 	a.mu.RUnlock()
 	end := info.State.LastSeq
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
@@ -340,6 +339,9 @@ func (a *Auditor) followOnce(ctx context.Context) error {
 			continue
 		}
 		a.handle(meta.Sequence.Stream, msg.Subject(), msg.Data())
+		a.mu.Lock()
+		a.lastSeq = max(a.lastSeq, meta.Sequence.Stream)
+		a.mu.Unlock()
 		if meta.Sequence.Stream >= end {
 			a.markCaughtUp()
 		}
@@ -445,7 +447,7 @@ func OpenCheckpoint(data []byte, origin string, ring *events.Keyring) (merkle.Ch
 // handleCosign records a node's cosignature, or its dissent: its own
 // checkpoint of a size another checkpoint has with another root.
 func (a *Auditor) handleCosign(node string, data []byte) {
-	text, sigs, ok := splitNote(data)
+	text, _, ok := splitNote(data)
 	if !ok {
 		return
 	}
@@ -453,10 +455,18 @@ func (a *Auditor) handleCosign(node string, data []byte) {
 	if err != nil || cp.Origin != a.cfg.Origin {
 		return
 	}
+	// Only signatures a witness key verified are kept, rebuilt from
+	// what note.Open checked: a line that does not verify, merged into
+	// the served note, would make every auditor's check of it fail.
+	var sigs []string
 	if a.cfg.Witnesses != nil {
-		if _, err := note.Open(data, a.cfg.Witnesses); err != nil {
+		n, err := note.Open(data, a.cfg.Witnesses)
+		if err != nil {
 			a.log.Warn("audit: ignoring a cosignature no witness key verifies", "node", node, "size", cp.Size)
 			return
+		}
+		for _, s := range n.Sigs {
+			sigs = append(sigs, "\u2014 "+s.Name+" "+s.Base64+"\n")
 		}
 	}
 	a.mu.Lock()
@@ -476,8 +486,11 @@ func (a *Auditor) handleCosign(node string, data []byte) {
 	}
 	if a.cfg.Witnesses != nil {
 		for _, l := range sigs {
-			e.cosigs = append(e.cosigs, l)
 			name, _, _ := strings.Cut(strings.TrimPrefix(l, "\u2014 "), " ")
+			if slices.Contains(e.cosigNs, name) {
+				continue // a node that cosigned twice (a republish)
+			}
+			e.cosigs = append(e.cosigs, l)
 			e.cosigNs = append(e.cosigNs, name)
 		}
 		a.notify()

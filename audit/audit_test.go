@@ -282,6 +282,31 @@ func TestAuditor(t *testing.T) {
 			t.Fatal("a history with event 18 changed proved consistent")
 		}
 	})
+	t.Run("attack: a cosignature with a forged line for another witness is not merged", func(t *testing.T) {
+		wv, _, _ := witnessKey(t, natstest.Verifier, 2)
+		msg, err := note.Sign(&note.Note{Text: full.Checkpoint.Body()}, wv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged := string(msg) + "\u2014 " + natstest.Admin + "/witness AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+		_, vjs := env.ConnectAs(t, natstest.Verifier)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := vjs.Publish(ctx, nats.CosignSubjectPrefix+natstest.Verifier, []byte(forged)); err != nil {
+			t.Fatal(err)
+		}
+		// AUDIT is handled in order: once a later checkpoint is in,
+		// the forged cosignature was seen.
+		publishEvents(t, env, 1, 9)
+		f.checkpoint(t, int64(last)+1)
+		s, err := f.admin.At(full.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := note.Open(s.Note, f.witnesses); err != nil || len(s.Cosigners) != 1 {
+			t.Fatalf("the served note: %v, cosigners %v", err, s.Cosigners)
+		}
+	})
 	t.Run("attack: a verifier cannot publish a checkpoint or another node's cosignature", func(t *testing.T) {
 		_, vjs := env.ConnectAs(t, natstest.Verifier)
 		forged, err := merkle.Checkpoint{Origin: audit.DefaultOrigin, Size: 1, Root: tlog.RecordHash([]byte("x"))}.Sign(env.Signer.NoteSigner())

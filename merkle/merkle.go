@@ -116,14 +116,20 @@ func (t *Tree) flush() error {
 // to sync.
 func (t *Tree) Sync() error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.f == nil {
+	f := t.f
+	if f == nil {
+		t.mu.Unlock()
 		return nil
 	}
-	if t.flushErr = t.flush(); t.flushErr != nil {
-		return t.flushErr
+	t.flushErr = t.flush()
+	err := t.flushErr
+	t.mu.Unlock()
+	if err != nil {
+		return err
 	}
-	return t.f.Sync()
+	// The fsync runs without the lock: appends (the apply loop, a
+	// revocation) must not wait for the disk.
+	return f.Sync()
 }
 
 // Close writes what is pending and closes the file.
@@ -136,7 +142,7 @@ func (t *Tree) Close() error {
 	if t.f == nil {
 		return nil
 	}
-	err := t.f.Close()
+	err := errors.Join(t.flush(), t.f.Close())
 	t.f = nil
 	return err
 }

@@ -155,6 +155,7 @@ func auditVerify(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var ch *audit.ClickHouseCheck
 	if *dsn != "" {
 		ch = audit.NewClickHouseCheck(ctx, *dsn)
+		defer ch.Close()
 		ch.Options(&opts)
 	}
 	rep, err := audit.Verify(in, opts)
