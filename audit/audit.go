@@ -129,6 +129,7 @@ type Auditor struct {
 	lastSeq  uint64 // the last AUDIT message handled: a re-follow starts after it
 	diverged string
 	dissents []Dissent
+	divCount uint64 // every divergence seen (dissents is capped)
 
 	// changed is closed and replaced whenever a checkpoint, a
 	// cosignature or a divergence is recorded.
@@ -498,6 +499,31 @@ func (a *Auditor) handleCosign(node string, data []byte) {
 	a.mu.Unlock()
 }
 
+// Stats are what the auditor's metrics read.
+type Stats struct {
+	// LatestSize and LatestTime are the newest checkpoint's (0 and zero
+	// before any); TreeSize is this node's ledger; Cosigners counts the
+	// newest checkpoint's cosignatures.
+	LatestSize, TreeSize int64
+	LatestTime           time.Time
+	Cosigners            int
+	// Divergences counts every divergence seen: this node's own and,
+	// on admin nodes, other nodes' dissents.
+	Divergences uint64
+}
+
+// Stats returns the auditor's figures now.
+func (a *Auditor) Stats() Stats {
+	st := Stats{TreeSize: a.cfg.Ledger.Tree().Size()}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if e := a.latest; e != nil {
+		st.LatestSize, st.LatestTime, st.Cosigners = e.cp.Size, e.cp.Time, len(e.cosigNs)
+	}
+	st.Divergences = a.divCount
+	return st
+}
+
 // Dissent is a node's disagreement with a checkpoint, as admin nodes see
 // it on AUDIT.
 type Dissent struct {
@@ -514,6 +540,7 @@ func (a *Auditor) Dissents() []Dissent {
 // divergence reports a split view.
 func (a *Auditor) divergence(node, detail string) {
 	a.mu.Lock()
+	a.divCount++
 	if len(a.dissents) < 1000 {
 		a.dissents = append(a.dissents, Dissent{Node: node, Detail: detail})
 	}

@@ -249,6 +249,9 @@ func TestAuditor(t *testing.T) {
 		if vs, ok := f.verifier.Latest(); !ok || vs.Size != full.Size || vs.Root != full.Root {
 			t.Fatalf("the verifier's latest: %+v", vs)
 		}
+		if st := f.admin.Stats(); st.LatestSize != full.Size || st.TreeSize != full.Size || st.Cosigners != 1 || st.Divergences != 0 {
+			t.Fatalf("the admin's stats: %+v", st)
+		}
 	})
 	t.Run("every event's inclusion proof verifies, and fails for a modified event", func(t *testing.T) {
 		tree := f.verifierP.Tree()
@@ -386,6 +389,9 @@ func TestAuditor_splitView(t *testing.T) {
 	waitFor(t, a, "the node's divergence", func() bool { return a.Diverged() != "" })
 	if !strings.Contains(p.Broken(), "ledger_divergence") || p.Ready() {
 		t.Fatalf("the node still serves: broken %q", p.Broken())
+	}
+	if st := a.Stats(); st.Divergences != 1 {
+		t.Fatalf("the node's stats: %+v", st)
 	}
 	if r := <-diverged; r != "ledger_divergence" || len(diverged) != 0 {
 		t.Fatalf("the projector reported %s (and %d more)", r, len(diverged))

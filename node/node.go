@@ -146,6 +146,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		prometheus.RegisterStorageFailed(metrics, n.nats.StorageFailed)
 	}
 	prometheus.RegisterNode(metrics, n.projector, n.usage)
+	prometheus.RegisterAudit(metrics, n.audit, time.Now)
 	var usage verifier.Recorder = prometheus.NewVerifyMetrics(metrics, n.usage)
 	if cfg.NoUsage {
 		usage = nil
