@@ -540,6 +540,9 @@ func (a *Auditor) Dissents() []Dissent {
 // divergence reports a split view.
 func (a *Auditor) divergence(node, detail string) {
 	a.mu.Lock()
+	if node == a.cfg.Name && a.diverged == "" {
+		a.diverged = detail
+	}
 	a.divCount++
 	if len(a.dissents) < 1000 {
 		a.dissents = append(a.dissents, Dissent{Node: node, Detail: detail})
@@ -598,12 +601,6 @@ func (a *Auditor) witnessOne(ctx context.Context, e *entry) {
 	if root != e.cp.Root {
 		why := fmt.Sprintf("ledger_divergence: this node's root of the first %d events is %s; checkpoint %d signed by %s says %s",
 			e.cp.Size, root, e.cp.Size, e.signer, e.cp.Root)
-		a.mu.Lock()
-		if a.diverged == "" {
-			a.diverged = why
-		}
-		a.notify()
-		a.mu.Unlock()
 		a.cfg.Ledger.Diverge(why)
 		a.divergence(a.cfg.Name, why)
 		// On record for the admin nodes and auditors: this node's own
