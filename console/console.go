@@ -25,6 +25,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/verifier"
 )
 
@@ -54,6 +55,9 @@ type Config struct {
 	Verifier *verifier.Verifier
 	// TokenSum is the SHA-256 of the admin token.
 	TokenSum []byte
+	// Audit is the node's provable audit (the activity page shows its
+	// newest checkpoint, which operators can download); nil when off.
+	Audit *audit.Auditor
 	// Analytics is the node's analytics, nil (or returning nil) when off:
 	// the panels that need it say so instead of failing.
 	Analytics func() *analytics.Analytics
@@ -143,6 +147,7 @@ func (c *Console) routes() {
 	m.Handle("POST "+Prefix+"keys/{id}/disable", c.action(c.setDisabled(true)))
 	m.Handle("POST "+Prefix+"keys/{id}/enable", c.action(c.setDisabled(false)))
 	m.Handle("GET "+Prefix+"activity", c.page(c.activity))
+	m.Handle("GET "+Prefix+"checkpoint", c.page(c.checkpoint))
 	m.HandleFunc(Prefix, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			c.plainError(w, r, http.StatusMethodNotAllowed, "This page does not take "+r.Method+" requests.")

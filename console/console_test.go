@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -488,7 +489,49 @@ func TestConsole(t *testing.T) {
 		if _, page := s.get("/console/activity"); !strings.Contains(page, "limited to one owner") || strings.Contains(page, "table class=\"fleet\"") {
 			t.Fatal("a scoped admin sees the fleet-wide dashboard")
 		}
+		if resp, _ := s.get("/console/checkpoint"); resp.StatusCode != 403 {
+			t.Fatalf("a scoped admin downloaded the ledger's checkpoint: %d", resp.StatusCode)
+		}
 	})
+}
+
+// The activity page shows the ledger's newest signed checkpoint, and an
+// operator downloads it to keep outside the system.
+func TestConsole_ledgerProof(t *testing.T) {
+	cfg := nodetest.Config(t.TempDir(), io.Discard)
+	cfg.AdminToken, cfg.CheckpointEvery, cfg.CheckpointInterval = testToken, 1, time.Millisecond
+	n := nodetest.MustOpenConfig(t, cfg)
+	api := &nodetest.Caller{T: t, Base: n.URL(), Token: testToken}
+	nodetest.WaitReady(t, api)
+	if resp, _ := newSession(t, n.URL()).get("/console/checkpoint"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the checkpoint without a session: %d", resp.StatusCode)
+	}
+	s := newSession(t, n.URL())
+	s.signIn(testToken)
+	if _, page := s.get("/console/activity"); !strings.Contains(page, "No checkpoint has been published yet") {
+		t.Fatal("an empty ledger shows a checkpoint")
+	}
+	for i := range 3 {
+		if code, _, body := api.Call("POST", "/v1/keys", testToken, fmt.Sprintf(`{"name":"p%d","environment":"live"}`, i)); code != 201 {
+			t.Fatalf("create: %d %s", code, body)
+		}
+	}
+	var cp struct {
+		Size int64
+		Note string
+	}
+	nodetest.WaitFor(t, 20*time.Second, "a checkpoint of the 3 events", func() bool {
+		code, _, body := api.Call("GET", "/v1/audit/checkpoint", testToken, "")
+		return code == 200 && json.Unmarshal(body, &cp) == nil && cp.Size == 3
+	})
+	if _, page := s.get("/console/activity"); !strings.Contains(page, "Ledger proof") || !strings.Contains(page, "3 events, signed by e2e") ||
+		!strings.Contains(page, `href="checkpoint"`) {
+		t.Fatalf("the activity page: %s", page)
+	}
+	resp, body := s.get("/console/checkpoint")
+	if resp.StatusCode != 200 || body != cp.Note || !strings.HasPrefix(resp.Header.Get("Content-Disposition"), "attachment;") {
+		t.Fatalf("download: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
 }
 
 // Verifier-only nodes serve no console: a router without the admin side

@@ -3,6 +3,7 @@ package console
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
 	"github.com/keyledger/keyledger/analytics"
+	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/projector"
 )
@@ -548,6 +550,54 @@ type activityView struct {
 	Sinces       []string
 	Fleet        []admin.NodeView
 	Scoped       bool
+	Audit        *auditView
+}
+
+// auditView is the activity page's card of the provable audit.
+type auditView struct {
+	Checkpoint  bool
+	Size        int64
+	Root        string
+	At          time.Time
+	Signer      string
+	Cosigners   []string
+	Pending     int64 // events no checkpoint covers yet
+	Divergences uint64
+	Diverged    string
+}
+
+func (c *Console) auditCard() *auditView {
+	a := c.cfg.Audit
+	if a == nil {
+		return nil
+	}
+	st := a.Stats()
+	v := &auditView{Pending: max(0, st.TreeSize-st.LatestSize), Divergences: st.Divergences, Diverged: a.Diverged()}
+	if s, ok := a.Latest(); ok {
+		v.Checkpoint, v.Size, v.Root, v.At, v.Signer, v.Cosigners = true, s.Size, s.Root.String(), s.Time, s.Signer, s.Cosigners
+	}
+	return v
+}
+
+// checkpoint downloads the newest signed checkpoint: the note to keep
+// outside the system and verify the ledger against later.
+func (c *Console) checkpoint(w http.ResponseWriter, r *http.Request) {
+	if sessionOf(r).Scope != "" {
+		c.plainError(w, r, http.StatusForbidden, "The ledger's checkpoint spans owners: this admin key is limited to one.")
+		return
+	}
+	var s audit.Signed
+	ok := false
+	if c.cfg.Audit != nil {
+		s, ok = c.cfg.Audit.Latest()
+	}
+	if !ok {
+		c.plainError(w, r, http.StatusNotFound, "No checkpoint has been published yet.")
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="keyledger-checkpoint-%d.note"`, s.Size))
+	w.Write(s.Note)
 }
 
 var sinces = map[string]time.Duration{"1h": time.Hour, "24h": 24 * time.Hour, "7d": 7 * 24 * time.Hour, "30d": 30 * 24 * time.Hour}
@@ -572,6 +622,7 @@ func (c *Console) activity(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	av.Fleet = c.cfg.Admin.Nodes()
+	av.Audit = c.auditCard()
 	now := c.cfg.Now()
 	if a := c.cfg.Analytics(); a != nil {
 		av.Analytics = true

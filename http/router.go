@@ -230,7 +230,7 @@ func newRouter(o RouterOptions) (http.Handler, []Route) {
 					later = func() *analytics.Analytics { return o.Analytics }
 				}
 				handle(console.Prefix, console.New(console.Config{Admin: o.Admin, Verifier: o.Verifier, TokenSum: a.tokenSum,
-					Analytics: later, ClientIP: proxies.clientIP, Status: HTTPStatus, Report: a.report, Logger: o.Logger}),
+					Analytics: later, ClientIP: proxies.clientIP, Status: HTTPStatus, Report: a.report, Logger: o.Logger, Audit: o.Audit}),
 					http.MethodGet, http.MethodPost)
 			}
 			lk := newLeaks(a, o.Leaks)
