@@ -285,12 +285,19 @@ func (a *Auditor) signed(e *entry) Signed {
 // follow reads AUDIT from its first message, for as long as the auditor
 // runs, recreating its consumer when it is lost.
 func (a *Auditor) follow(ctx context.Context) {
+	var logged time.Time
+	failures := 0
 	for wait := 100 * time.Millisecond; ctx.Err() == nil; wait = min(2*wait, 5*time.Second) {
 		err := a.followOnce(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		a.log.Warn("audit: following AUDIT failed; retrying", "err", err)
+		// Once a minute at most: a fleet whose admin nodes predate AUDIT
+		// would otherwise log every few seconds for good.
+		if failures++; time.Since(logged) >= time.Minute {
+			a.log.Warn("audit: following AUDIT failed; retrying", "err", err, "failures", failures)
+			logged, failures = time.Now(), 0
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(wait):
