@@ -28,7 +28,7 @@ func TestBench_smoke(t *testing.T) {
 		{[]string{"verify", "--keys", "1000", "--duration", "20ms"}, "verify_valid_ns", "ns/op"},
 		{[]string{"verify", "--keys", "3000", "--duration", "20ms", "--random"}, "verify_valid_ns", "ns/op"},
 		{[]string{"revoke", "--nodes", "1", "--revocations", "5"}, "revoke_propagation_p99", "ms"},
-		{[]string{"coldstart", "--keys", "2000", "--tail", "10"}, "coldstart_seconds", "s"},
+		{[]string{"coldstart", "--keys", "2000", "--tail", "10", "--replay"}, "coldstart_seconds", "s"},
 		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s"},
 		{[]string{"audit", "--events", "300"}, "audit_verify_events_per_second", "events/s"},
 	} {
