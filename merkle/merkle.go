@@ -42,11 +42,14 @@ type Tree struct {
 	// frontier[l] is the newest stored hash of level l: the only hashes
 	// an append reads (its left siblings) and the ones the root of the
 	// whole tree is made of, so neither touches the file.
-	frontier [64]struct {
-		idx int64
-		h   tlog.Hash
-		ok  bool
-	}
+	frontier [64]stored
+}
+
+// stored is one stored hash and its index (ok: set).
+type stored struct {
+	idx int64
+	h   tlog.Hash
+	ok  bool
 }
 
 // flushAt is how many stored hashes wait in memory before one write.
@@ -90,8 +93,23 @@ func (t *Tree) AppendHash(h tlog.Hash) (int64, error) {
 
 func (t *Tree) remember(idx int64) {
 	level, _ := tlog.SplitStoredHashIndex(idx)
-	fr := &t.frontier[level]
-	fr.idx, fr.h, fr.ok = idx, t.tail[idx-t.flushed], true
+	t.frontier[level] = stored{idx: idx, h: t.tail[idx-t.flushed], ok: true}
+}
+
+// refront rebuilds the frontier of a tree of t.n leaves from its stored
+// hashes: level l's newest node covers leaves up to the last multiple of
+// 2^l ≤ n.
+func (t *Tree) refront() error {
+	t.frontier = [64]stored{}
+	for l := 0; l < 63 && t.n>>l > 0; l++ {
+		idx := tlog.StoredHashIndex(l, t.n>>l-1)
+		hs, err := hashReader{t}.ReadHashes([]int64{idx})
+		if err != nil {
+			return err
+		}
+		t.frontier[l] = stored{idx: idx, h: hs[0], ok: true}
+	}
+	return nil
 }
 
 // flush writes the tail to the file (no fsync: see Sync).
@@ -181,23 +199,7 @@ func (t *Tree) load(n int64) error {
 		return fmt.Errorf("merkle: %w", err)
 	}
 	t.n, t.flushed, t.tail = n, count, t.tail[:0]
-	t.frontier = [64]struct {
-		idx int64
-		h   tlog.Hash
-		ok  bool
-	}{}
-	// The newest stored hash of each level is the last one written at
-	// that level; level l's newest node covers leaves up to a multiple
-	// of 2^l ≤ n.
-	for l := 0; l < 63 && n>>l > 0; l++ {
-		idx := tlog.StoredHashIndex(l, n>>l-1)
-		hs, err := t.readFile([]int64{idx})
-		if err != nil {
-			return err
-		}
-		t.frontier[l].idx, t.frontier[l].h, t.frontier[l].ok = idx, hs[0], true
-	}
-	return nil
+	return t.refront()
 }
 
 // Truncate cuts the tree to its first n leaves (n ≤ Size): a node whose
@@ -212,19 +214,8 @@ func (t *Tree) Truncate(n int64) error {
 		return nil
 	}
 	if t.f == nil {
-		// Rebuild the memory tree's frontier by the same rule.
-		count := tlog.StoredHashCount(n)
-		t.tail = t.tail[:count]
-		t.n = n
-		t.frontier = [64]struct {
-			idx int64
-			h   tlog.Hash
-			ok  bool
-		}{}
-		for l := 0; l < 63 && n>>l > 0; l++ {
-			t.remember(tlog.StoredHashIndex(l, n>>l-1))
-		}
-		return nil
+		t.tail, t.n = t.tail[:tlog.StoredHashCount(n)], n
+		return t.refront()
 	}
 	if err := t.flush(); err != nil {
 		return err
