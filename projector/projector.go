@@ -180,6 +180,7 @@ type Projector struct {
 	streamID     int64         // KEYS creation time: snapshots are only valid for it
 	snapMu       sync.Mutex    // one snapshot at a time
 	loadedSeq    uint64        // sequence of the snapshot loaded at Start (0: none)
+	loadedLeaf   tlog.Hash     // the Merkle leaf of the event at loadedSeq, as the stream holds it
 	// cutMu makes a snapshot a consistent cut: the apply loop holds it
 	// for each event, a snapshot while it collects the (immutable)
 	// entries and records it will write.
@@ -372,6 +373,12 @@ func (p *Projector) breakDownAs(reason, why string) {
 	if p.onReject != nil {
 		p.onReject(Rejection{Reason: reason, Detail: why})
 	}
+}
+
+// lostEvent fails the projector closed: the stream skipped sequence want
+// and holds got next.
+func (p *Projector) lostEvent(want, got uint64) {
+	p.Diverge(fmt.Sprintf("KEYS lost event %d: the next stored event is %d", want, got))
 }
 
 // Tree is the Merkle tree of the stream as this node applied it: its
@@ -795,7 +802,8 @@ func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Str
 	start := time.Now()
 	for _, name := range listSnapshots(p.snapDir) {
 		path := filepath.Join(p.snapDir, name)
-		if err := p.checkSnapshotHead(ctx, stream, path, streamLast); err != nil {
+		leaf, err := p.checkSnapshotHead(ctx, stream, path, streamLast)
+		if err != nil {
 			if errors.Is(err, errReplaced) {
 				return err
 			}
@@ -812,7 +820,7 @@ func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Str
 		}
 		p.lastSeq.Store(meta.seq)
 		p.snapSeq.Store(meta.seq)
-		p.loadedSeq = meta.seq
+		p.loadedSeq, p.loadedLeaf = meta.seq, leaf
 		p.head.Store(&headState{seq: meta.seq, hash: meta.head})
 		p.log.Info("projector: snapshot loaded", "path", path, "seq", meta.seq, "keys", p.table.Len(),
 			"took", time.Since(start).Round(time.Millisecond))
@@ -828,29 +836,31 @@ func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Str
 // summarises: the same stream (creation time), at least as long, and the
 // very same event (SHA-256 of its stored bytes, signature included) at
 // the snapshot's sequence.
-func (p *Projector) checkSnapshotHead(ctx context.Context, stream jetstream.Stream, path string, streamLast uint64) error {
+//
+// It returns the Merkle leaf of that event, which the tree file must end on.
+func (p *Projector) checkSnapshotHead(ctx context.Context, stream jetstream.Stream, path string, streamLast uint64) (tlog.Hash, error) {
 	meta, err := peekSnapshotMeta(path)
 	if err != nil {
-		return err
+		return tlog.Hash{}, err
 	}
 	if meta.streamCreated != p.streamID {
-		return fmt.Errorf("%w: the snapshot %s was taken of a KEYS created %s; this one was created %s", errReplaced, filepath.Base(path),
+		return tlog.Hash{}, fmt.Errorf("%w: the snapshot %s was taken of a KEYS created %s; this one was created %s", errReplaced, filepath.Base(path),
 			time.Unix(0, meta.streamCreated).UTC().Format(time.RFC3339Nano), time.Unix(0, p.streamID).UTC().Format(time.RFC3339Nano))
 	}
 	if meta.seq > streamLast {
-		return fmt.Errorf("%w: the snapshot is at sequence %d, the stream ends at %d", errReplaced, meta.seq, streamLast)
+		return tlog.Hash{}, fmt.Errorf("%w: the snapshot is at sequence %d, the stream ends at %d", errReplaced, meta.seq, streamLast)
 	}
 	m, err := stream.GetMsg(ctx, meta.seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("%w: the event at the snapshot's sequence %d is gone", errReplaced, meta.seq)
+		return tlog.Hash{}, fmt.Errorf("%w: the event at the snapshot's sequence %d is gone", errReplaced, meta.seq)
 	}
 	if err != nil {
-		return fmt.Errorf("cannot read the event at the snapshot's sequence: %w", err)
+		return tlog.Hash{}, fmt.Errorf("cannot read the event at the snapshot's sequence: %w", err)
 	}
 	if sha256.Sum256(m.Data) != meta.head {
-		return fmt.Errorf("%w: the event at sequence %d differs from the one the snapshot recorded", errReplaced, meta.seq)
+		return tlog.Hash{}, fmt.Errorf("%w: the event at sequence %d differs from the one the snapshot recorded", errReplaced, meta.seq)
 	}
-	return nil
+	return tlog.RecordHash(m.Data), nil
 }
 
 // Snapshot writes a snapshot of the table now and prunes old ones. It
@@ -999,7 +1009,7 @@ func (p *Projector) applyChecked(seq uint64, subject string, data []byte, c chec
 	// could change the stream's configuration. No Merkle root past it
 	// could match the fleet's checkpoints, so the node stops here.
 	if want := uint64(p.tree.Size()) + 1; seq != want {
-		p.Diverge(fmt.Sprintf("KEYS lost event %d: the next stored event is %d", want, seq))
+		p.lostEvent(want, seq)
 		return
 	}
 	if _, err := p.tree.AppendHash(c.leaf); err != nil {
