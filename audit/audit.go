@@ -519,6 +519,9 @@ type Stats struct {
 	Divergences uint64
 }
 
+// Uncovered is the number of this node's events no checkpoint covers yet.
+func (s Stats) Uncovered() int64 { return max(0, s.TreeSize-s.LatestSize) }
+
 // Stats returns the auditor's figures now.
 func (a *Auditor) Stats() Stats {
 	st := Stats{TreeSize: a.cfg.Ledger.Tree().Size()}

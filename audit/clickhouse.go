@@ -26,9 +26,9 @@ type ClickHouseCheck struct {
 	// ids counts the ledger's recorded events by event id: a replayed
 	// copy of an event collapses with it into one row (ReplacingMergeTree),
 	// so one of the two has no row of its own.
-	ids     map[string]int
-	missing []analytics.AuditRow
-	rep     *Report
+	ids      map[string]int
+	missing  []analytics.AuditRow
+	failures []Failure // at most maxFailures
 	maxSeq  uint64
 	// Rows is the number of rows read; Compared those matched to events;
 	// Pending the newest events analytics has not ingested yet (no row,
@@ -88,10 +88,9 @@ func (c *ClickHouseCheck) peek() *analytics.AuditRow {
 
 // found records a failure for Finish to add to the report.
 func (c *ClickHouseCheck) found(f Failure) {
-	if c.rep == nil {
-		c.rep = &Report{OK: true}
+	if len(c.failures) < maxFailures {
+		c.failures = append(c.failures, f)
 	}
-	c.rep.fail(f)
 }
 
 func (c *ClickHouseCheck) observe(seq uint64, leaf tlog.Hash, _ bool, prepared any) error {
@@ -152,11 +151,9 @@ func (c *ClickHouseCheck) Finish(rep *Report) error {
 		c.found(Failure{Kind: "clickhouse", Seq: m.Seq, Expected: m.Type + " " + m.KeyID,
 			Detail: fmt.Sprintf("ClickHouse has no audit row for event %d (%s of %s): it was removed", m.Seq, m.Type, m.KeyID)})
 	}
-	if c.rep != nil {
-		// ClickHouse's findings come after the ledger's own.
-		for _, f := range c.rep.Failures {
-			rep.fail(f)
-		}
+	// ClickHouse's findings come after the ledger's own.
+	for _, f := range c.failures {
+		rep.fail(f)
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err

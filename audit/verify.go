@@ -151,10 +151,11 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 		}
 		go func() {
 			var err error
+			gap := false
 			next := uint64(1)
 			for j := range order {
 				<-j.done
-				if err != nil {
+				if err != nil || gap {
 					continue // drain
 				}
 				if j.ev.Seq != next {
@@ -164,8 +165,8 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 					}
 					rep.fail(Failure{Kind: "missing_event", Seq: next, Detail: fmt.Sprintf("events %d to %d are missing: the ledger lost them", next, j.ev.Seq-1)})
 					// The tree cannot go on: every later root is
-					// unknown. Stop hashing, keep checking signatures.
-					err = errors.New("gap")
+					// unknown, and so is every later finding.
+					gap = true
 					continue
 				}
 				if _, e := tree.AppendHash(j.leaf); e != nil {
@@ -187,9 +188,6 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 						err = e
 					}
 				}
-			}
-			if err != nil && err.Error() == "gap" {
-				err = nil
 			}
 			seqDone <- err
 		}()

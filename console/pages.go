@@ -572,7 +572,7 @@ func (c *Console) auditCard() *auditView {
 		return nil
 	}
 	st := a.Stats()
-	v := &auditView{Pending: max(0, st.TreeSize-st.LatestSize), Divergences: st.Divergences, Diverged: a.Diverged()}
+	v := &auditView{Pending: st.Uncovered(), Divergences: st.Divergences, Diverged: a.Diverged()}
 	if s, ok := a.Latest(); ok {
 		v.Checkpoint, v.Size, v.Root, v.At, v.Signer, v.Cosigners = true, s.Size, s.Root.String(), s.Time, s.Signer, s.Cosigners
 	}

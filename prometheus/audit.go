@@ -19,7 +19,7 @@ func RegisterAudit(reg prometheus.Registerer, a *audit.Auditor, now func() time.
 		gauge("keyledger_audit_checkpoint_size", "Events covered by the newest signed checkpoint this node has seen.",
 			func(s audit.Stats) float64 { return float64(s.LatestSize) }),
 		gauge("keyledger_audit_uncheckpointed_events", "Events this node has applied that no signed checkpoint covers yet.",
-			func(s audit.Stats) float64 { return float64(max(0, s.TreeSize-s.LatestSize)) }),
+			func(s audit.Stats) float64 { return float64(s.Uncovered()) }),
 		gauge("keyledger_audit_checkpoint_age_seconds", "Age of the newest signed checkpoint (0 before any).",
 			func(s audit.Stats) float64 {
 				if s.LatestTime.IsZero() {
