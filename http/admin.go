@@ -458,7 +458,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Query().Get("proof") {
 	case "", "false":
 	case "true":
-		cp, err := auditAPI{a, a.audit}.proofs(out, stored)
+		cp, err := a.proofs(out, stored)
 		if err != nil {
 			a.fail(w, r, err)
 			return

@@ -184,6 +184,19 @@ func (p *params) time(k string) time.Time {
 	return t
 }
 
+// pos reads a positive integer (0 when absent).
+func (p *params) pos(k string) int64 {
+	s := p.v.Get(k)
+	if s == "" || p.err != nil {
+		return 0
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 1 {
+		p.err = keyledger.Errorf(keyledger.Invalid, "%s must be a positive integer", k)
+	}
+	return n
+}
+
 func (p *params) int(k string) int {
 	s := p.v.Get(k)
 	if s == "" || p.err != nil {

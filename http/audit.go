@@ -3,7 +3,6 @@ package http
 import (
 	"encoding/base64"
 	"net/http"
-	"strconv"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -47,43 +46,27 @@ func viewOf(s audit.Signed) CheckpointView {
 // errNoAudit answers the audit endpoints of a router without an auditor.
 var errNoAudit = keyledger.Errorf(keyledger.Unavailable, "the provable audit is not running on this node")
 
-// intParam parses a positive integer query parameter.
-func intParam(r *http.Request, name string) (int64, bool, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
-		return 0, false, nil
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 1 {
-		return 0, true, keyledger.Errorf(keyledger.Invalid, "%s must be a positive integer", name)
-	}
-	return n, true, nil
-}
-
-type auditAPI struct {
-	*api
-	log *audit.Auditor
-}
-
-func (a auditAPI) checkpoint(w http.ResponseWriter, r *http.Request) {
-	if a.log == nil {
+func (a *api) checkpoint(w http.ResponseWriter, r *http.Request) {
+	if a.audit == nil {
 		a.fail(w, r, errNoAudit)
 		return
 	}
-	size, given, err := intParam(r, "size")
-	if err != nil {
-		a.fail(w, r, err)
+	q := &params{v: r.URL.Query()}
+	size, given := q.pos("size"), q.str("size") != ""
+	if q.err != nil {
+		a.fail(w, r, q.err)
 		return
 	}
 	var s audit.Signed
+	var err error
 	if given {
-		if s, err = a.log.At(size); err != nil {
+		if s, err = a.audit.At(size); err != nil {
 			a.fail(w, r, keyledger.Errorf(keyledger.NotFound, "no checkpoint of size %d", size))
 			return
 		}
 	} else {
 		var ok bool
-		if s, ok = a.log.Latest(); !ok {
+		if s, ok = a.audit.Latest(); !ok {
 			a.fail(w, r, keyledger.Errorf(keyledger.NotFound, "no checkpoint has been published yet"))
 			return
 		}
@@ -99,22 +82,19 @@ type ConsistencyView struct {
 	Proof []string `json:"proof"` // base64 hashes
 }
 
-func (a auditAPI) consistency(w http.ResponseWriter, r *http.Request) {
-	if a.log == nil {
+func (a *api) consistency(w http.ResponseWriter, r *http.Request) {
+	if a.audit == nil {
 		a.fail(w, r, errNoAudit)
 		return
 	}
-	from, okF, err := intParam(r, "from")
-	if err != nil {
-		a.fail(w, r, err)
+	q := &params{v: r.URL.Query()}
+	from, to := q.pos("from"), q.pos("to")
+	if q.err != nil {
+		a.fail(w, r, q.err)
 		return
 	}
-	to, okT, err := intParam(r, "to")
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	tree := a.log.Tree()
+	okF, okT := q.str("from") != "", q.str("to") != ""
+	tree := a.audit.Tree()
 	if !okF || !okT || from > to {
 		a.fail(w, r, keyledger.Errorf(keyledger.Invalid, "from and to are required, with from ≤ to"))
 		return
@@ -139,8 +119,8 @@ func b64s[H ~[32]byte](hs []H) []string {
 	return out
 }
 
-func (a auditAPI) export(w http.ResponseWriter, r *http.Request) {
-	if a.log == nil {
+func (a *api) export(w http.ResponseWriter, r *http.Request) {
+	if a.audit == nil {
 		a.fail(w, r, errNoAudit)
 		return
 	}
@@ -149,7 +129,7 @@ func (a auditAPI) export(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		return
 	}
-	if err := a.log.Export(r.Context(), w); err != nil {
+	if err := a.audit.Export(r.Context(), w); err != nil {
 		// Headers are gone: the bundle is cut short, which the
 		// verifier reports (events missing against its checkpoints).
 		a.report(r, err)
@@ -166,15 +146,15 @@ type EventProof struct {
 
 // proofs returns each history entry's inclusion proof against the latest
 // checkpoint, nil for events after it.
-func (a auditAPI) proofs(entries []HistoryEntry, stored [][]byte) (*CheckpointView, error) {
-	if a.log == nil {
+func (a *api) proofs(entries []HistoryEntry, stored [][]byte) (*CheckpointView, error) {
+	if a.audit == nil {
 		return nil, errNoAudit
 	}
-	s, ok := a.log.Latest()
+	s, ok := a.audit.Latest()
 	if !ok {
 		return nil, keyledger.Errorf(keyledger.Unavailable, "no checkpoint has been published yet: try again in a minute")
 	}
-	tree := a.log.Tree()
+	tree := a.audit.Tree()
 	for i := range entries {
 		if int64(entries[i].Seq) > s.Size {
 			continue

@@ -202,11 +202,10 @@ func newRouter(o RouterOptions) (http.Handler, []Route) {
 			keys("/v1/keys/{id}/events", map[string]http.HandlerFunc{"GET": a.events})
 			keys("/v1/keys/{id}/roll", map[string]http.HandlerFunc{"POST": a.roll})
 			keys("/v1/keys/import", map[string]http.HandlerFunc{"POST": a.importKey})
-			au := auditAPI{a, o.Audit}
 			for _, e := range []struct {
 				path string
 				h    http.HandlerFunc
-			}{{PathAuditCheckpoint, au.checkpoint}, {PathAuditConsistency, au.consistency}, {PathAuditExport, au.export}} {
+			}{{PathAuditCheckpoint, a.checkpoint}, {PathAuditConsistency, a.consistency}, {PathAuditExport, a.export}} {
 				m := map[string]http.HandlerFunc{"GET": e.h}
 				handle(e.path, a.auth(a.scopedOut(a.methods(m))), methodsOf(m)...)
 			}
