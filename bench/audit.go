@@ -16,7 +16,6 @@ import (
 	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/merkle"
-	"github.com/keyledger/keyledger/nats"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -147,20 +146,14 @@ func writeBundle(ctx context.Context, w io.Writer, n int, signer *events.Signer)
 				var h keyledger.Hash
 				for i := wkr; i < m; i += workers {
 					rand.Read(h[:])
-					ev := &events.KeyCreated{Header: events.NewHeader(events.TypeKeyCreated, events.NewKeyID(), "bench", at),
-						Name: "bench", Environment: keyledger.EnvLive, Permissions: []string{"all"},
-						Owner: fmt.Sprintf("owner-%d", (base+i)%1000), Hash: h.String(), Hint: "xxxx"}
-					b, err := events.Encode(ev)
-					if err == nil {
-						b, err = signer.Seal(b)
-					}
+					subject, b, err := signedCreate(signer, base+i, h, at)
 					if err != nil {
 						mu.Lock()
 						firstErr = err
 						mu.Unlock()
 						return
 					}
-					items[i] = item{nats.KeySubject(ev.KeyID), b}
+					items[i] = item{subject, b}
 				}
 			}()
 		}

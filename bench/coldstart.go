@@ -234,19 +234,7 @@ func publishKeys(ctx context.Context, l *benchLedger, n int, secret string) erro
 				if i == 0 && secret != "" {
 					h = keyledger.HashSecret(secret)
 				}
-				ev := &events.KeyCreated{
-					Header:      events.NewHeader(events.TypeKeyCreated, events.NewKeyID(), "bench", at),
-					Name:        "bench",
-					Environment: keyledger.EnvLive,
-					Permissions: []string{"all"},
-					Owner:       fmt.Sprintf("owner-%d", i%1000),
-					Hash:        h.String(),
-					Hint:        "xxxx",
-				}
-				b, err := events.Encode(ev)
-				if err == nil {
-					b, err = l.signer.Seal(b)
-				}
+				subject, b, err := signedCreate(l.signer, i, h, at)
 				if err != nil {
 					select {
 					case errc <- err:
@@ -254,7 +242,7 @@ func publishKeys(ctx context.Context, l *benchLedger, n int, secret string) erro
 					}
 					continue
 				}
-				out <- msg{nats.KeySubject(ev.KeyID), b}
+				out <- msg{subject, b}
 			}
 		}()
 	}
@@ -287,6 +275,25 @@ func publishKeys(ctx context.Context, l *benchLedger, n int, secret string) erro
 	default:
 	}
 	return publishAcked(ctx, l.js)
+}
+
+// signedCreate is the benchmarks' i-th KeyCreated event of a key whose
+// secret hashes to h, sealed by signer, and its subject.
+func signedCreate(signer *events.Signer, i int, h keyledger.Hash, at time.Time) (string, []byte, error) {
+	ev := &events.KeyCreated{
+		Header:      events.NewHeader(events.TypeKeyCreated, events.NewKeyID(), "bench", at),
+		Name:        "bench",
+		Environment: keyledger.EnvLive,
+		Permissions: []string{"all"},
+		Owner:       fmt.Sprintf("owner-%d", i%1000),
+		Hash:        h.String(),
+		Hint:        "xxxx",
+	}
+	b, err := events.Encode(ev)
+	if err == nil {
+		b, err = signer.Seal(b)
+	}
+	return nats.KeySubject(ev.KeyID), b, err
 }
 
 // publishAckTimeout bounds the wait for a batch's acknowledgements: a
