@@ -108,7 +108,6 @@ type Signed struct {
 // entry is a checkpoint as the auditor keeps it.
 type entry struct {
 	cp      merkle.Checkpoint
-	body    string
 	note    []byte // as published
 	signer  string
 	seq     uint64
@@ -128,8 +127,7 @@ type Auditor struct {
 	caughtUp bool   // AUDIT followed to the end it had at Open
 	lastSeq  uint64 // the last AUDIT message handled: a re-follow starts after it
 	diverged string
-	dissents []Dissent
-	divCount uint64 // every divergence seen (dissents is capped)
+	divCount uint64 // every divergence seen
 
 	// changed is closed and replaced whenever a checkpoint, a
 	// cosignature or a divergence is recorded.
@@ -213,9 +211,6 @@ func (a *Auditor) Close(ctx context.Context) error {
 
 // Tree is the Merkle tree of this node's copy of the ledger.
 func (a *Auditor) Tree() *merkle.Tree { return a.cfg.Ledger.Tree() }
-
-// Origin is the log's origin line.
-func (a *Auditor) Origin() string { return a.cfg.Origin }
 
 // Latest returns the checkpoint of the largest size seen.
 func (a *Auditor) Latest() (Signed, bool) {
@@ -395,7 +390,7 @@ func (a *Auditor) handle(seq uint64, subject string, data []byte) {
 			}
 			return
 		}
-		e := &entry{cp: cp, body: cp.Body(), note: data, signer: names[0], seq: seq}
+		e := &entry{cp: cp, note: data, signer: names[0], seq: seq}
 		a.bySize[cp.Size] = e
 		if a.latest == nil || cp.Size > a.latest.cp.Size {
 			a.latest = e
@@ -483,7 +478,7 @@ func (a *Auditor) handleCosign(node string, data []byte) {
 		a.mu.Unlock()
 		return
 	}
-	if text != e.body {
+	if text != e.cp.Body() {
 		a.mu.Unlock()
 		// A node's own dissent was reported when it found it.
 		if cp.Root != e.cp.Root && node != a.cfg.Name {
@@ -534,19 +529,6 @@ func (a *Auditor) Stats() Stats {
 	return st
 }
 
-// Dissent is a node's disagreement with a checkpoint, as admin nodes see
-// it on AUDIT.
-type Dissent struct {
-	Node, Detail string
-}
-
-// Dissents lists the divergences this auditor has seen, its own included.
-func (a *Auditor) Dissents() []Dissent {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return append([]Dissent(nil), a.dissents...)
-}
-
 // divergence reports a split view.
 func (a *Auditor) divergence(node, detail string) {
 	a.mu.Lock()
@@ -554,9 +536,6 @@ func (a *Auditor) divergence(node, detail string) {
 		a.diverged = detail
 	}
 	a.divCount++
-	if len(a.dissents) < 1000 {
-		a.dissents = append(a.dissents, Dissent{Node: node, Detail: detail})
-	}
 	a.notify()
 	a.mu.Unlock()
 	a.log.Error("audit: ledger divergence", "node", node, "detail", detail)

@@ -175,7 +175,6 @@ func Export(ctx context.Context, js jetstream.JetStream, w io.Writer, opts Expor
 // rawCheckpoint is a checkpoint of AUDIT with its cosignature lines.
 type rawCheckpoint struct {
 	size int64
-	body string
 	note string
 }
 
@@ -208,7 +207,7 @@ func readCheckpoints(ctx context.Context, js jetstream.JetStream, origin string)
 		switch {
 		case subject == nats.CheckpointSubject:
 			if byBody[text] == nil {
-				c := &rawCheckpoint{size: cp.Size, body: text, note: string(data)}
+				c := &rawCheckpoint{size: cp.Size, note: string(data)}
 				byBody[text] = c
 				out = append(out, c)
 			}

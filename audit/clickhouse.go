@@ -29,7 +29,7 @@ type ClickHouseCheck struct {
 	ids      map[string]int
 	missing  []analytics.AuditRow
 	failures []Failure // at most maxFailures
-	maxSeq  uint64
+	maxSeq   uint64
 	// Rows is the number of rows read; Compared those matched to events;
 	// Pending the newest events analytics has not ingested yet (no row,
 	// after every row, less than IngestGrace old).
