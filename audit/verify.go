@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	keyledger "github.com/keyledger/keyledger"
+
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/merkle"
 	"github.com/keyledger/keyledger/nats"
@@ -380,23 +382,12 @@ func verifySince(rep *Report, tree *merkle.Tree, ring *events.Keyring, saved []b
 	rep.Since.OK = true
 }
 
-// ParseWitnesses parses a witnesses file: one note verifier key per line;
-// blank lines and '#' comments are skipped.
+// ParseWitnesses parses a witnesses file: the trusted-signers format
+// (events.ParseKeyring), one note verifier key per line, '#' comments.
 func ParseWitnesses(b []byte) (note.Verifiers, error) {
-	var vs []note.Verifier
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		v, err := note.NewVerifier(strings.Fields(line)[0])
-		if err != nil {
-			return nil, fmt.Errorf("witnesses line %d: not a verifier key (want name+hash+key)", i+1)
-		}
-		vs = append(vs, v)
+	r, err := events.ParseKeyring(b)
+	if err != nil {
+		return nil, errors.New(strings.Replace(keyledger.ErrorMessage(err), "trusted signers", "witnesses", 1))
 	}
-	if len(vs) == 0 {
-		return nil, errors.New("witnesses: no key")
-	}
-	return note.VerifierList(vs...), nil
+	return r, nil
 }
