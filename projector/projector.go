@@ -589,9 +589,11 @@ func (p *Projector) fill(ctx context.Context, stream jetstream.Stream, applied, 
 		j := &pending{seq: seq, subject: m.Subject, data: m.Data, done: make(chan struct{})}
 		j.checked = p.checkMsg(j.seq, j.subject, j.data)
 		close(j.done)
+		// Counted before the hand-over: once the apply loop has it, a
+		// reader that waited for its sequence must see it counted.
+		p.filled.Add(1)
 		select {
 		case p.fills <- j:
-			p.filled.Add(1)
 		case <-ctx.Done():
 			return
 		}
