@@ -35,6 +35,12 @@ const (
 	// ReasonRevisionMismatch: an If-Match named a revision the key has
 	// moved past (HTTP 412).
 	ReasonRevisionMismatch = "revision_mismatch"
+	// ReasonQuotaExceeded: the owner's plan quota for the month is spent
+	// (HTTP 429 until the month's reset).
+	ReasonQuotaExceeded = "quota_exceeded"
+	// ReasonCreditsExhausted: the key's credits are spent (HTTP 429 until
+	// its refill, if it has one).
+	ReasonCreditsExhausted = "credits_exhausted"
 )
 
 // Error is the one error type of keyledger. Message is safe to show to the

@@ -142,6 +142,9 @@ type Key struct {
 	// AdminScope, on a key holding the admin permission, limits it to
 	// one owner.
 	AdminScope *AdminScope `json:"admin_scope,omitempty"`
+	// Credits, if set, is the key's balance as last set (what remains
+	// now is the quota counters' business: see GET /v1/keys/{id}/credits).
+	Credits *Credits `json:"credits,omitempty"`
 	// Disabled keys are refused (401) until enabled again.
 	Disabled   bool       `json:"disabled,omitempty"`
 	DisabledAt *time.Time `json:"disabled_at,omitempty"`

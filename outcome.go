@@ -17,10 +17,12 @@ const (
 	OutcomeUnavailable          // the node cannot vouch for its table (stale)
 	OutcomeDisabled             // disabled (reversibly) by an operator
 	OutcomeIPNotAllowed         // used from an address outside its allowed_ips
+	OutcomeQuotaExceeded        // its owner's plan quota for the month is spent
+	OutcomeCreditsExhausted     // its credits are spent
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"valid", "malformed", "unknown", "revoked", "env_mismatch", "expired", "forbidden", "rate_limited", "unavailable", "disabled", "ip_not_allowed"}
+var outcomeNames = [numOutcomes]string{"valid", "malformed", "unknown", "revoked", "env_mismatch", "expired", "forbidden", "rate_limited", "unavailable", "disabled", "ip_not_allowed", "quota_exceeded", "credits_exhausted"}
 
 // String returns the wire name used in KeyUsed events and metrics.
 func (o Outcome) String() string {
@@ -56,7 +58,7 @@ func (o Outcome) Code() Code {
 		return ""
 	case OutcomeForbidden, OutcomeIPNotAllowed:
 		return Forbidden
-	case OutcomeRateLimited:
+	case OutcomeRateLimited, OutcomeQuotaExceeded, OutcomeCreditsExhausted:
 		return RateLimited
 	case OutcomeUnavailable:
 		return Unavailable

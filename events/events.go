@@ -39,6 +39,10 @@ const (
 	// TypeKeyLeakReported records a leak report about a key (see
 	// KeyLeakReported).
 	TypeKeyLeakReported Type = "KeyLeakReported"
+	// TypePlanSet and TypeOwnerSet are the events of plans and owners
+	// (their Header.KeyID is keyledger.PlanID or keyledger.OwnerID).
+	TypePlanSet  Type = "PlanSet"
+	TypeOwnerSet Type = "OwnerSet"
 )
 
 // Event is a decoded event of any type.
@@ -84,6 +88,8 @@ type KeyCreated struct {
 	Metadata   json.RawMessage       `json:"metadata,omitempty"`
 	AllowedIPs []string              `json:"allowed_ips,omitempty"`
 	AdminScope *keyledger.AdminScope `json:"admin_scope,omitempty"`
+	// Credits, if set, is a balance each valid verification spends.
+	Credits *keyledger.Credits `json:"credits,omitempty"`
 }
 
 // Prev binds a reversible event to the key's history: it is the stream
@@ -104,10 +110,13 @@ const (
 	FieldExpiresAt   = "expires_at"
 	FieldMetadata    = "metadata"
 	FieldAllowedIPs  = "allowed_ips"
+	// FieldCredits sets a new balance (and refill): the balance starts
+	// again from the event's credits.remaining.
+	FieldCredits = "credits"
 )
 
 // UpdatableFields lists them, in the order events list them.
-var UpdatableFields = []string{FieldName, FieldPermissions, FieldRateLimit, FieldExpiresAt, FieldMetadata, FieldAllowedIPs}
+var UpdatableFields = []string{FieldName, FieldPermissions, FieldRateLimit, FieldExpiresAt, FieldMetadata, FieldAllowedIPs, FieldCredits}
 
 // KeyUpdated changes the fields named in Changed to the values it holds
 // (a null rate_limit, expires_at, metadata or allowed_ips clears it).
@@ -123,6 +132,7 @@ type KeyUpdated struct {
 	ExpiresAt   *time.Time           `json:"expires_at,omitempty"`
 	Metadata    json.RawMessage      `json:"metadata,omitempty"`
 	AllowedIPs  []string             `json:"allowed_ips,omitempty"`
+	Credits     *keyledger.Credits   `json:"credits,omitempty"`
 }
 
 // Changes reports whether the event changes field.
@@ -171,6 +181,22 @@ const (
 	LeakAlerted        = "alerted"
 	LeakAlreadyRevoked = "already_revoked"
 )
+
+// PlanSet creates a plan (Prev 0) or replaces it with Plan.
+type PlanSet struct {
+	Header
+	Prev
+	Plan keyledger.Plan `json:"plan"`
+}
+
+// OwnerSet creates or replaces an owner's record: its plan and metadata.
+type OwnerSet struct {
+	Header
+	Prev
+	Owner    string          `json:"owner"`
+	Plan     string          `json:"plan"`
+	Metadata json.RawMessage `json:"metadata,omitempty"`
+}
 
 // KeyRevoked records the revocation of a key. It is final.
 type KeyRevoked struct {
@@ -258,6 +284,10 @@ func Decode(data []byte) (Event, error) {
 		ev = new(KeyEnabled)
 	case TypeKeyLeakReported:
 		ev = new(KeyLeakReported)
+	case TypePlanSet:
+		ev = new(PlanSet)
+	case TypeOwnerSet:
+		ev = new(OwnerSet)
 	default:
 		return nil, keyledger.Errorf(keyledger.Invalid, "unknown event type %q", h.Type)
 	}
@@ -323,6 +353,11 @@ func Validate(ev Event) error {
 		if e.AdminScope != nil && e.AdminScope.Owner == "" {
 			return keyledger.Errorf(keyledger.Invalid, "admin_scope.owner is required")
 		}
+		if e.Credits != nil {
+			if err := e.Credits.Validate(); err != nil {
+				return err
+			}
+		}
 	case *KeyUpdated:
 		if h.Type != TypeKeyUpdated {
 			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeKeyUpdated)
@@ -350,6 +385,39 @@ func Validate(ev Event) error {
 			}
 		}
 		if err := validExtras(e.Metadata, e.AllowedIPs); err != nil {
+			return err
+		}
+		if e.Changes(FieldCredits) && e.Credits != nil {
+			if err := e.Credits.Validate(); err != nil {
+				return err
+			}
+		}
+	case *PlanSet:
+		if h.Type != TypePlanSet {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypePlanSet)
+		}
+		if err := e.Plan.Validate(); err != nil {
+			return err
+		}
+		if h.KeyID != keyledger.PlanID(e.Plan.Name) {
+			return keyledger.Errorf(keyledger.Invalid, "a PlanSet's key_id must be %s", keyledger.PlanID(e.Plan.Name))
+		}
+	case *OwnerSet:
+		if h.Type != TypeOwnerSet {
+			return keyledger.Errorf(keyledger.Invalid, "type must be %s", TypeOwnerSet)
+		}
+		if err := keyledger.ValidOwner(e.Owner); err != nil {
+			return err
+		}
+		if e.Plan != "" {
+			if err := keyledger.ValidPlanName(e.Plan); err != nil {
+				return err
+			}
+		}
+		if h.KeyID != keyledger.OwnerID(e.Owner) {
+			return keyledger.Errorf(keyledger.Invalid, "an OwnerSet's key_id must be %s", keyledger.OwnerID(e.Owner))
+		}
+		if err := validExtras(e.Metadata, nil); err != nil {
 			return err
 		}
 	case *KeyDisabled:

@@ -232,7 +232,12 @@ func Permissions(m Member) *server.Permissions {
 			api+"CONSUMER.CREATE."+AuditStream+".*", api+"CONSUMER.CREATE."+AuditStream+".*.>",
 			api+"CONSUMER.MSG.NEXT."+AuditStream+".*", api+"CONSUMER.INFO."+AuditStream+".*",
 			api+"CONSUMER.DELETE."+AuditStream+".*",
-			CosignSubjectPrefix+m.Name)
+			CosignSubjectPrefix+m.Name,
+			// Drawing and returning quota leases (see package quota):
+			// a verifier enforces the limits, so it writes the
+			// counters.
+			countersPrefix+">", api+"STREAM.INFO."+CountersStream,
+			api+"DIRECT.GET."+CountersStream+".>", api+"STREAM.MSG.GET."+CountersStream)
 		sub = append(sub, NodesPingSubject)
 	}
 	if m.Has(RoleAdmin) {
@@ -240,6 +245,7 @@ func Permissions(m Member) *server.Permissions {
 			api+"STREAM.CREATE."+KeysStream, api+"STREAM.CREATE."+UsageStream, api+"STREAM.UPDATE."+UsageStream,
 			api+"STREAM.INFO."+AlertsStream, api+"STREAM.CREATE."+AlertsStream, api+"STREAM.UPDATE."+AlertsStream,
 			api+"STREAM.CREATE."+AuditStream, CheckpointSubject,
+			api+"STREAM.CREATE."+CountersStream, api+"STREAM.UPDATE."+CountersStream,
 			NodesPingSubject)
 		sub = append(sub, NodesSubjectPrefix+"*")
 	}
@@ -251,7 +257,13 @@ func Permissions(m Member) *server.Permissions {
 				api+"CONSUMER.INFO."+stream+"."+durable, api+"CONSUMER.MSG.NEXT."+stream+"."+durable,
 				"$JS.ACK."+stream+"."+durable+".>")
 		}
-		pub = append(pub, AlertSubjectPrefix+">", DeadLetterSubjectPrefix+">")
+		pub = append(pub, AlertSubjectPrefix+">", DeadLetterSubjectPrefix+">",
+			// Watching the quota counters for the quota alerts: read
+			// only, with ordered consumers.
+			api+"STREAM.INFO."+CountersStream,
+			api+"CONSUMER.CREATE."+CountersStream+".*", api+"CONSUMER.CREATE."+CountersStream+".*.>",
+			api+"CONSUMER.MSG.NEXT."+CountersStream+".*", api+"CONSUMER.INFO."+CountersStream+".*",
+			api+"CONSUMER.DELETE."+CountersStream+".*")
 	}
 	deny := []string{
 		api + "STREAM.DELETE.>", api + "STREAM.PURGE.>", api + "STREAM.UPDATE." + KeysStream, api + "STREAM.UPDATE." + AuditStream,

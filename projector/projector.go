@@ -117,6 +117,8 @@ type Projector struct {
 	// only by the apply goroutine (the table's single writer).
 	owners map[string]string
 	perms  map[string]*[]string
+	// accounts are the plans and owners (see accounts.go).
+	accounts *accounts
 
 	recMu   sync.RWMutex
 	records map[string]*keyledger.Key // nil unless Options.Records
@@ -238,6 +240,7 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		log:          opts.Logger,
 		table:        NewTable(0),
 		owners:       make(map[string]string),
+		accounts:     newAccounts(),
 		perms:        make(map[string]*[]string),
 		waitCh:       make(chan struct{}),
 		fills:        make(chan *pending),
@@ -1055,6 +1058,10 @@ func (p *Projector) Apply(seq uint64, ev events.Event) {
 		p.applySwitch(seq, &e.Header, e.Prev.Prev, true)
 	case *events.KeyEnabled:
 		p.applySwitch(seq, &e.Header, e.Prev.Prev, false)
+	case *events.PlanSet:
+		p.applyPlanSet(seq, e)
+	case *events.OwnerSet:
+		p.applyOwnerSet(seq, e)
 	default:
 		p.ignored.Add(1)
 	}
@@ -1122,6 +1129,12 @@ func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
 	if e.Changes(events.FieldAllowedIPs) {
 		x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
 	}
+	if e.Changes(events.FieldCredits) {
+		x.Credits, x.CreditsRev, x.CreditsAt = e.Credits, seq, e.At.UnixNano()
+		if e.Credits == nil {
+			x.CreditsRev, x.CreditsAt = 0, 0
+		}
+	}
 	c.Extra = x.orNil()
 	c.Rev = seq
 	p.table.replace(s, c)
@@ -1147,6 +1160,9 @@ func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
 		}
 		if e.Changes(events.FieldAllowedIPs) {
 			k.AllowedIPs = x.AllowedIPs
+		}
+		if e.Changes(events.FieldCredits) {
+			k.Credits = e.Credits
 		}
 		at := e.At
 		k.UpdatedAt, k.UpdatedBy = &at, e.Actor
@@ -1187,6 +1203,10 @@ func (p *Projector) applySwitch(seq uint64, h *events.Header, prev uint64, off b
 func (p *Projector) stored(seq uint64, subject string) {
 	id, ok := strings.CutPrefix(subject, nats.KeysSubjectPrefix)
 	if !ok {
+		return
+	}
+	if isAccountID(id) {
+		p.storedAccount(seq, id)
 		return
 	}
 	d := p.table.data.Load()
@@ -1231,6 +1251,9 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 	if e.AdminScope != nil {
 		x.Scope = p.intern(e.AdminScope.Owner)
 	}
+	if e.Credits != nil {
+		x.Credits, x.CreditsRev, x.CreditsAt = e.Credits, seq, e.At.UnixNano()
+	}
 	ent.Extra = x.orNil()
 	if e.ExpiresAt != nil {
 		ent.ExpiresAt = e.ExpiresAt.UnixNano()
@@ -1241,7 +1264,7 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 			ID: e.KeyID, Name: e.Name, Environment: e.Environment, Permissions: e.Permissions,
 			Owner: e.Owner, Hash: e.Hash, Hint: e.Hint, ExpiresAt: e.ExpiresAt, RateLimit: e.RateLimit,
 			CreatedAt: e.At, CreatedBy: e.Actor, Revision: seq, RolledFrom: e.RolledFrom, Imported: e.Imported,
-			Metadata: e.Metadata, AdminScope: e.AdminScope,
+			Metadata: e.Metadata, AdminScope: e.AdminScope, Credits: e.Credits,
 		}
 		if ent.Extra != nil {
 			k.AllowedIPs = ent.Extra.AllowedIPs

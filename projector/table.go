@@ -124,6 +124,13 @@ type Extra struct {
 	// RollCap is the expiry a roll gave the key (Unix ns): no update may
 	// push the key's expiry past it. 0 for keys never rolled.
 	RollCap int64
+	// Credits is the key's balance as last set, by the event at
+	// CreditsRev at CreditsAt (Unix ns): the fleet's counter of the
+	// balance is named after that event, so that a new balance starts
+	// a new count.
+	Credits    *keyledger.Credits
+	CreditsRev uint64
+	CreditsAt  int64
 
 	// meta caches MetaValues (the metadata is in here, and never
 	// changes: an update makes a new Extra).
@@ -131,7 +138,7 @@ type Extra struct {
 }
 
 func (x *Extra) empty() bool {
-	return x == nil || x.RateLimit == nil && x.Allowlist == nil && len(x.Metadata) == 0 && x.Scope == "" && x.RollCap == 0
+	return x == nil || x.RateLimit == nil && x.Allowlist == nil && len(x.Metadata) == 0 && x.Scope == "" && x.RollCap == 0 && x.Credits == nil
 }
 
 // edit returns a copy of x's fields (of none when x is nil) to change,
@@ -140,7 +147,8 @@ func (x *Extra) edit() *Extra {
 	if x == nil {
 		return &Extra{}
 	}
-	return &Extra{RateLimit: x.RateLimit, Allowlist: x.Allowlist, AllowedIPs: x.AllowedIPs, Metadata: x.Metadata, Scope: x.Scope, RollCap: x.RollCap}
+	return &Extra{RateLimit: x.RateLimit, Allowlist: x.Allowlist, AllowedIPs: x.AllowedIPs, Metadata: x.Metadata, Scope: x.Scope, RollCap: x.RollCap,
+		Credits: x.Credits, CreditsRev: x.CreditsRev, CreditsAt: x.CreditsAt}
 }
 
 // orNil returns x, or nil when it holds nothing.
