@@ -6,19 +6,19 @@ type Outcome uint8
 
 // Verification outcomes, in the order the verifier checks them.
 const (
-	OutcomeValid        Outcome = iota
-	OutcomeMalformed            // missing, wrong shape, or bad checksum
-	OutcomeUnknown              // well-formed but not in the ledger
-	OutcomeRevoked              // revoked, forever
-	OutcomeEnvMismatch          // a key of the other environment
-	OutcomeExpired              // past its expires_at
-	OutcomeForbidden            // lacks the required permission
-	OutcomeRateLimited          // over its token bucket
-	OutcomeUnavailable          // the node cannot vouch for its table (stale)
-	OutcomeDisabled             // disabled (reversibly) by an operator
-	OutcomeIPNotAllowed         // used from an address outside its allowed_ips
-	OutcomeQuotaExceeded        // its owner's plan quota for the month is spent
-	OutcomeCreditsExhausted     // its credits are spent
+	OutcomeValid            Outcome = iota
+	OutcomeMalformed                // missing, wrong shape, or bad checksum
+	OutcomeUnknown                  // well-formed but not in the ledger
+	OutcomeRevoked                  // revoked, forever
+	OutcomeEnvMismatch              // a key of the other environment
+	OutcomeExpired                  // past its expires_at
+	OutcomeForbidden                // lacks the required permission
+	OutcomeRateLimited              // over its token bucket
+	OutcomeUnavailable              // the node cannot vouch for its table (stale)
+	OutcomeDisabled                 // disabled (reversibly) by an operator
+	OutcomeIPNotAllowed             // used from an address outside its allowed_ips
+	OutcomeQuotaExceeded            // its owner's plan quota for the month is spent
+	OutcomeCreditsExhausted         // its credits are spent
 	numOutcomes
 )
 
