@@ -201,6 +201,9 @@ type CreateRequest struct {
 	AllowedIPs  []string              `json:"allowed_ips"`
 	// AdminScope limits a key holding the admin permission to one owner.
 	AdminScope *keyledger.AdminScope `json:"admin_scope"`
+	// Credits, if set, gives the key a balance each valid verification
+	// spends.
+	Credits *keyledger.Credits `json:"credits"`
 }
 
 // KeyView is a key record as the API shows it, with its current status.
@@ -321,6 +324,11 @@ func (s *Service) validate(req *CreateRequest, w Write) ([]string, error) {
 			return nil, err
 		}
 	}
+	if req.Credits != nil {
+		if err := req.Credits.Validate(); err != nil {
+			return nil, err
+		}
+	}
 	if req.Metadata, err = keyledger.ValidateMetadata(req.Metadata); err != nil {
 		return nil, err
 	}
@@ -393,6 +401,7 @@ func (s *Service) createdEvent(req CreateRequest, perms []string, hash, hint str
 		Metadata:    req.Metadata,
 		AllowedIPs:  req.AllowedIPs,
 		AdminScope:  req.AdminScope,
+		Credits:     req.Credits,
 	}
 }
 
@@ -425,7 +434,7 @@ func (s *Service) appendCreated(ctx context.Context, ev *events.KeyCreated, w Wr
 		ID: ev.KeyID, Name: ev.Name, Environment: ev.Environment, Permissions: ev.Permissions, Owner: ev.Owner,
 		Hint: ev.Hint, ExpiresAt: ev.ExpiresAt, RateLimit: ev.RateLimit, CreatedAt: ev.At, CreatedBy: w.Actor,
 		Revision: seq, RolledFrom: ev.RolledFrom, Imported: ev.Imported,
-		Metadata: ev.Metadata, AllowedIPs: ev.AllowedIPs, AdminScope: ev.AdminScope,
+		Metadata: ev.Metadata, AllowedIPs: ev.AllowedIPs, AdminScope: ev.AdminScope, Credits: ev.Credits,
 	}, prop, nil
 }
 
@@ -519,10 +528,12 @@ func (s *Service) Roll(ctx context.Context, id string, grace time.Duration, w Wr
 		return nil, errRevoked(id)
 	}
 	// The new key inherits the old one's expiry: rolling must not turn a
-	// trial key into a permanent one.
+	// trial key into a permanent one. It inherits the credits too: the
+	// projector makes the new key spend the old one's balance (the
+	// fleet counter of the lineage), so a roll never mints credits.
 	req := CreateRequest{Name: old.Name, Environment: old.Environment, Permissions: old.Permissions,
 		Owner: old.Owner, ExpiresAt: old.ExpiresAt, RateLimit: old.RateLimit,
-		Metadata: old.Metadata, AllowedIPs: old.AllowedIPs, AdminScope: old.AdminScope}
+		Metadata: old.Metadata, AllowedIPs: old.AllowedIPs, AdminScope: old.AdminScope, Credits: old.Credits}
 	secret, err := s.cfg.Format.New(req.Environment, s.cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -681,7 +692,7 @@ func (s *Service) fromLedger(ctx context.Context, id string) *KeyView {
 	for _, r := range recs {
 		if c, ok := r.Event.(*events.KeyCreated); ok && r.Rejected == "" {
 			k.Name, k.Environment, k.Permissions, k.Owner, k.Hint = c.Name, c.Environment, c.Permissions, c.Owner, c.Hint
-			k.CreatedAt, k.CreatedBy, k.ExpiresAt, k.RateLimit = c.At, c.Actor, c.ExpiresAt, c.RateLimit
+			k.CreatedAt, k.CreatedBy, k.ExpiresAt, k.RateLimit, k.Credits = c.At, c.Actor, c.ExpiresAt, c.RateLimit, c.Credits
 			break
 		}
 	}
@@ -832,10 +843,10 @@ type Updated struct {
 
 // Patch is a JSON merge patch (RFC 7396) of a key's changeable fields:
 // name, permissions, rate_limit, expires_at, metadata (merged member by
-// member; null removes a member) and allowed_ips. A member set to null
-// clears rate_limit, expires_at, metadata or allowed_ips; name and
-// permissions cannot be null. "reason" is recorded in the event, not on
-// the key. Any other member is refused.
+// member; null removes a member), allowed_ips and credits. A member set
+// to null clears rate_limit, expires_at, metadata, allowed_ips or
+// credits; name and permissions cannot be null. "reason" is recorded in
+// the event, not on the key. Any other member is refused.
 type Patch map[string]json.RawMessage
 
 // immutable are the key's fields a patch may name but not change.
@@ -999,7 +1010,6 @@ func clipName(s string) string {
 // applyPatch fills ev with the fields patch changes on k, each checked
 // as at creation; a field set to what it already is is no change.
 func (s *Service) applyPatch(ev *events.KeyUpdated, k keyledger.Key, patch Patch, w Write) error {
-	isNull := func(raw json.RawMessage) bool { return strings.TrimSpace(string(raw)) == "null" }
 	for _, field := range events.UpdatableFields {
 		raw, ok := patch[field]
 		if !ok {
@@ -1096,6 +1106,25 @@ func (s *Service) applyPatch(ev *events.KeyUpdated, k keyledger.Key, patch Patch
 			}
 			if !slices.Equal(canon, k.AllowedIPs) {
 				ev.AllowedIPs = canon
+				ev.Changed = append(ev.Changed, field)
+			}
+		case events.FieldCredits:
+			var c *keyledger.Credits
+			if !isNull(raw) {
+				c = new(keyledger.Credits)
+				if err := strictUnmarshal(raw, c); err != nil {
+					return keyledger.Errorf(keyledger.Invalid, "credits must be {\"remaining\":…,\"refill\":{\"interval\":\"daily\"|\"monthly\",\"amount\":…}} or null")
+				}
+				if err := c.Validate(); err != nil {
+					return err
+				}
+			}
+			// Setting credits starts the balance again from their
+			// remaining, so the same credits as before are a top-up,
+			// not a no-op: only clearing credits the key has not is
+			// nothing to write.
+			if c != nil || k.Credits != nil {
+				ev.Credits = c
 				ev.Changed = append(ev.Changed, field)
 			}
 		}

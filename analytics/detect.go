@@ -46,12 +46,31 @@ const (
 	// (GitHub secret scanning, GitLab, an in-house scanner). Raised by the
 	// leak report, not by the periodic detector.
 	RuleKeyLeaked = "key_leaked"
+	// RuleQuota80: an owner's monthly quota counter (quota.KindQuota) has
+	// drawn at least QuotaWarnPercent (80 %) of its limit in the month.
+	// RuleQuota100: it has drawn all of it; once the nodes spend the
+	// leases they hold, the owner's metered verifications are refused
+	// until the month ends or the quota is raised. RuleCreditsLow: a key's
+	// credits counter (quota.KindCredits) has at most CreditsLowPercent
+	// (10 %) of its limit left, or at most CreditsLowUnits (10), whichever
+	// is larger. Raised by QuotaAlerts from the counters as they change,
+	// not by the periodic detector, once per owner and month (the higher
+	// of quota_80 and quota_100 reached: a counter that jumps past 100 %
+	// raises quota_100 alone) or per key and credits period. Their figures
+	// are drawn units, which run ahead of passed verifications by at most
+	// the leases the nodes hold. A quota alert's KeyID is the owner's
+	// ledger id (keyledger.OwnerID), so each owner has its own alerts and
+	// incidents; Owner is the owner's name.
+	RuleQuota80    = "quota_80"
+	RuleQuota100   = "quota_100"
+	RuleCreditsLow = "credits_low"
 )
 
 // Rules lists the detector rules.
 func Rules() []string {
 	return []string{RuleVolumeSpike, RuleNewSource, RuleRevokedKeyUsed, RuleKeyGuessing,
-		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey, RuleLedgerForgery, RuleLedgerReplaced, RuleLedgerDivergence, RuleKeyLeaked}
+		RuleEnvMismatch, RulePermissionProbing, RuleDormantKey, RuleLedgerForgery, RuleLedgerReplaced, RuleLedgerDivergence, RuleKeyLeaked,
+		RuleQuota80, RuleQuota100, RuleCreditsLow}
 }
 
 func knownRule(r string) bool {

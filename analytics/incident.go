@@ -45,11 +45,16 @@ var ruleSeverity = map[string]string{
 	RuleNewSource:         SeverityMedium,
 	RuleEnvMismatch:       SeverityMedium,
 	RuleDormantKey:        SeverityLow,
+	RuleQuota100:          SeverityHigh,
+	RuleQuota80:           SeverityMedium,
+	RuleCreditsLow:        SeverityMedium,
 }
 
 // Severity is a rule's severity: critical (the ledger itself is
-// attacked), high (a key is being abused), medium (a key is used unlike
-// itself), low (worth a look).
+// attacked), high (a key is being abused, or an owner's quota is spent:
+// its verifications are about to be refused), medium (a key is used
+// unlike itself, or a quota or credits balance nears its end), low (worth
+// a look).
 func Severity(rule string) string {
 	if s, ok := ruleSeverity[rule]; ok {
 		return s
@@ -86,7 +91,8 @@ type Incident struct {
 	Rule     string `json:"rule"`
 	Severity string `json:"severity"`
 	// Subject is what the rule fired on: the key id, or the IP for rules
-	// without a key (key_guessing).
+	// without a key (key_guessing), or the owner's ledger id
+	// (keyledger.OwnerID) for quota_80 and quota_100.
 	Subject    string     `json:"subject"`
 	KeyID      string     `json:"key_id"`
 	Owner      string     `json:"owner"`
@@ -129,7 +135,10 @@ func (n Notice) id() string {
 
 func summary(n Notice) string {
 	subj := n.Subject
-	if n.KeyID != "" {
+	switch {
+	case strings.HasPrefix(n.KeyID, keyledger.OwnerIDPrefix) && n.Owner != "":
+		subj = "owner " + n.Owner // an owner's quota
+	case n.KeyID != "":
 		subj = "key " + n.KeyID
 		if n.Owner != "" {
 			subj += " (owner " + n.Owner + ")"

@@ -1,6 +1,7 @@
 // Package client is the Go client of keyledger's whole HTTP API: verify a
-// key (POST /v1/verify), manage keys (/v1/keys…), read the fleet
-// (/v1/nodes) and analytics (/v1/usage, /v1/quota, /v1/audit, /v1/alerts).
+// key (POST /v1/verify), manage keys (/v1/keys…), plans and owners
+// (/v1/plans…, /v1/owners…), read the fleet (/v1/nodes) and analytics
+// (/v1/usage, /v1/quota, /v1/audit, /v1/alerts).
 // The keyledger CLI and the end-to-end tests use it too.
 //
 // Every error is a *keyledger.Error: a node's refusal decoded from its error

@@ -43,8 +43,8 @@ func (o WriteOptions) query() string {
 	return "?" + v.Encode()
 }
 
-// CreateKey issues a key (POST /v1/keys). The answer holds the secret, this
-// once.
+// CreateKey issues a key (POST /v1/keys), with credits when req.Credits
+// is set. The answer holds the secret, this once.
 func (c *Client) CreateKey(ctx context.Context, req admin.CreateRequest, o WriteOptions) (*admin.Created, error) {
 	var res admin.Created
 	if err := c.Do(ctx, http.MethodPost, "/v1/keys"+o.query(), true, req, &res); err != nil {
@@ -142,17 +142,14 @@ func (c *Client) RollKey(ctx context.Context, id string, grace time.Duration, o 
 }
 
 // UpdateKey applies a JSON merge patch to a key (PATCH /v1/keys/{id}):
-// name, permissions, rate_limit, expires_at, metadata, allowed_ips, and a
-// "reason". ifMatch, when not 0, is the revision the caller read: the
-// update happens only if the key is still at it (else a revision_mismatch
-// conflict).
+// name, permissions, rate_limit, expires_at, metadata, allowed_ips,
+// credits (a *keyledger.Credits, which starts the balance again from its
+// remaining; nil clears them), and a "reason". ifMatch, when not 0, is
+// the revision the caller read: the update happens only if the key is
+// still at it (else a revision_mismatch conflict).
 func (c *Client) UpdateKey(ctx context.Context, id string, patch map[string]any, ifMatch uint64, o WriteOptions) (*admin.Updated, error) {
-	var hdr map[string]string
-	if ifMatch != 0 {
-		hdr = map[string]string{"If-Match": `"` + strconv.FormatUint(ifMatch, 10) + `"`}
-	}
 	var res admin.Updated
-	if err := c.DoWith(ctx, http.MethodPatch, "/v1/keys/"+url.PathEscape(id)+o.query(), true, hdr, patch, &res); err != nil {
+	if err := c.DoWith(ctx, http.MethodPatch, "/v1/keys/"+url.PathEscape(id)+o.query(), true, ifMatchHeader(ifMatch), patch, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil

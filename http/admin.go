@@ -15,6 +15,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/admin"
+	"github.com/keyledger/keyledger/analytics"
 	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/verifier"
@@ -36,6 +37,10 @@ type api struct {
 	// actor_ip of the events a request causes.
 	proxies *proxySet
 	outages outageLog
+	// quotas is the fleet's quota enforcement (nil: none on this node).
+	quotas QuotaSource
+	// analytics is the analytics serving now (nil: off or not up yet).
+	analytics func() *analytics.Analytics
 }
 
 // throttle lets a repeated log line through at most once a second, and
@@ -195,8 +200,9 @@ func (a *api) methods(m map[string]http.HandlerFunc) http.Handler {
 
 // handleWrite is the shape of every write endpoint: decode the JSON body
 // into a Req (an empty body is allowed when optional), read ?wait= and
-// ?timeout=, call do, and answer status with its result (and a Location
-// for the key it names).
+// ?timeout=, call do, and answer status with its result. A write that
+// created a record returns its path: the answer is then 201 with it as
+// Location, whatever status says (a PUT creates or replaces).
 func handleWrite[Req, Res any](a *api, w http.ResponseWriter, r *http.Request, def admin.Wait, optional bool, status int,
 	do func(ctx context.Context, req Req, w8 admin.Write) (Res, string, error)) {
 	var req Req
@@ -211,13 +217,14 @@ func handleWrite[Req, Res any](a *api, w http.ResponseWriter, r *http.Request, d
 		a.fail(w, r, err)
 		return
 	}
-	res, id, err := do(r.Context(), req, w8)
+	res, location, err := do(r.Context(), req, w8)
 	if err != nil {
 		a.fail(w, r, err)
 		return
 	}
-	if id != "" && status == http.StatusCreated {
-		w.Header().Set("Location", "/v1/keys/"+id)
+	if location != "" {
+		w.Header().Set("Location", location)
+		status = http.StatusCreated
 	}
 	WriteJSON(w, status, res)
 }
@@ -228,9 +235,12 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, "", err
 		}
-		return res, res.ID, nil
+		return res, keyPath(res.ID), nil
 	})
 }
+
+// keyPath is a key's URL, the Location of a write that created it.
+func keyPath(id string) string { return "/v1/keys/" + id }
 
 // writeOptions reads ?wait=all|none and ?timeout=DURATION.
 func writeOptions(r *http.Request, def admin.Wait) (admin.Write, error) {
@@ -272,7 +282,7 @@ func (a *api) roll(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, "", err
 		}
-		return res, res.ID, nil
+		return res, keyPath(res.ID), nil
 	})
 }
 
@@ -282,7 +292,7 @@ func (a *api) importKey(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, "", err
 		}
-		return k, k.ID, nil
+		return k, keyPath(k.ID), nil
 	})
 }
 
@@ -298,7 +308,8 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// etag is a key's revision as an entity tag, for If-Match.
+// etag is a record's revision (a key's, a plan's, an owner's) as an
+// entity tag, for If-Match.
 func etag(rev uint64) string { return `"` + strconv.FormatUint(rev, 10) + `"` }
 
 // ifMatch reads If-Match: a revision, bare or quoted ("17", 17); 0 when
@@ -310,7 +321,7 @@ func ifMatch(r *http.Request) (uint64, error) {
 	}
 	n, err := strconv.ParseUint(strings.Trim(strings.TrimPrefix(v, "W/"), `"`), 10, 64)
 	if err != nil || n == 0 {
-		return 0, keyledger.Errorf(keyledger.Invalid, "If-Match must be a key's revision, e.g. \"17\" (the ETag of GET /v1/keys/{id})")
+		return 0, keyledger.Errorf(keyledger.Invalid, "If-Match must be a record's revision, e.g. \"17\" (the ETag of its GET, such as GET /v1/keys/{id})")
 	}
 	return n, nil
 }

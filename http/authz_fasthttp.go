@@ -38,6 +38,12 @@ func (h *VerifierHandler) AuthzFastHTTP(ctx *fasthttp.RequestCtx) {
 	ua := clip(hdr.UserAgent(), events.MaxUsedUserAgentLen)
 	path := clip(o.path, events.MaxUsedPathLen)
 	m, stdMethod := method(o.method)
+	cost, err := parseCost(unsafeString(hdr.PeekCanonical(keyKeyCost)))
+	if err != nil {
+		fw := fastWriter{ctx: ctx, h: make(http.Header, 4)}
+		WriteError(&fw, err)
+		return
+	}
 
 	// One buffer holds every copied string: they live exactly as long as
 	// the event that refers to them.
@@ -49,6 +55,7 @@ func (h *VerifierHandler) AuthzFastHTTP(ctx *fasthttp.RequestCtx) {
 	own.buf = make([]byte, 0, n)
 	req := verifier.Request{
 		Start:      start,
+		Cost:       cost,
 		Key:        bearer(unsafeString(hdr.PeekCanonical(keyAuthorization))),
 		Permission: own.copy(perm),
 		IP:         own.ip(o),
@@ -92,6 +99,7 @@ func (h *VerifierHandler) AuthzFastHTTP(ctx *fasthttp.RequestCtx) {
 var (
 	keyAuthorization      = []byte("Authorization")
 	keyRequiredPermission = []byte("X-Required-Permission")
+	keyKeyCost            = []byte("X-Key-Cost")
 	keyKeyID              = []byte("X-Key-Id")
 	keyKeyOwner           = []byte("X-Key-Owner")
 	keyKeyEnvironment     = []byte("X-Key-Environment")

@@ -50,6 +50,10 @@ type RouterOptions struct {
 	Leaks LeakOptions
 	// Audit serves the provable audit's endpoints (admin nodes).
 	Audit *audit.Auditor
+	// Quotas, if set, is the fleet's quota enforcement, which
+	// GET /v1/owners/{owner}/quota reports (with Admin); without it that
+	// endpoint answers 503.
+	Quotas QuotaSource
 	// HTTPMetrics, if set, counts the answers of every endpoint but
 	// forward auth (which VerifyMetrics counts).
 	HTTPMetrics *prometheus.HTTPMetrics
@@ -159,7 +163,8 @@ func newRouter(o RouterOptions) (http.Handler, []Route) {
 		o.Logger = slog.Default()
 	}
 	proxies := newProxySet(o.TrustedProxies)
-	a := &api{svc: o.Admin, log: o.Logger, verifier: o.Verifier, proxies: proxies, audit: o.Audit}
+	a := &api{svc: o.Admin, log: o.Logger, verifier: o.Verifier, proxies: proxies, audit: o.Audit,
+		quotas: o.Quotas, analytics: analyticsOf(o)}
 	sum := sha256.Sum256([]byte(o.Token))
 	a.tokenSum = sum[:]
 
@@ -202,6 +207,10 @@ func newRouter(o RouterOptions) (http.Handler, []Route) {
 			keys("/v1/keys/{id}/events", map[string]http.HandlerFunc{"GET": a.events})
 			keys("/v1/keys/{id}/roll", map[string]http.HandlerFunc{"POST": a.roll})
 			keys("/v1/keys/import", map[string]http.HandlerFunc{"POST": a.importKey})
+			keys("/v1/plans", map[string]http.HandlerFunc{"GET": a.listPlans, "POST": a.createPlan})
+			keys("/v1/plans/{name}", map[string]http.HandlerFunc{"GET": a.getPlan, "PATCH": a.updatePlan})
+			keys("/v1/owners/{owner}", map[string]http.HandlerFunc{"GET": a.getOwner, "PUT": a.putOwner})
+			keys("/v1/owners/{owner}/quota", map[string]http.HandlerFunc{"GET": a.ownerQuota})
 			for _, e := range []struct {
 				path string
 				h    http.HandlerFunc

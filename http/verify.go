@@ -150,8 +150,14 @@ func (h *VerifierHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *VerifierHandler) authz(w http.ResponseWriter, r *http.Request) {
 	start := h.v.Start()
 	o := h.proxies.originOf(r)
+	cost, err := parseCost(header(r, "X-Key-Cost"))
+	if err != nil {
+		WriteError(w, err)
+		return
+	}
 	req := verifier.Request{
 		Start:      start,
+		Cost:       cost,
 		Key:        bearer(header(r, "Authorization")),
 		Permission: header(r, "X-Required-Permission"),
 		IP:         o.ip,
@@ -179,6 +185,26 @@ func (h *VerifierHandler) authz(w http.ResponseWriter, r *http.Request) {
 type verifyRequest struct {
 	Key        string `json:"key"`
 	Permission string `json:"permission"`
+	// Cost is what a valid verification spends of the key's credits
+	// (default 1).
+	Cost *int64 `json:"cost"`
+}
+
+// MaxCost bounds the cost of one verification.
+const MaxCost = 1_000_000
+
+var errCost = keyledger.Errorf(keyledger.Invalid, "cost must be an integer from 1 to %d", MaxCost)
+
+// parseCost reads an X-Key-Cost header: absent is 1.
+func parseCost(v string) (int64, error) {
+	if v == "" {
+		return 1, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 1 || n > MaxCost {
+		return 0, errCost
+	}
+	return n, nil
 }
 
 // VerifyResponse is the body of a successful POST /v1/verify.
@@ -191,6 +217,10 @@ type VerifyResponse struct {
 	ExpiresAt   *time.Time `json:"expires_at"`
 	// Metadata is the key's metadata object, when it has one.
 	Metadata json.RawMessage `json:"metadata,omitempty"`
+	// CreditsRemaining, for a key with credits, is at most how many
+	// remain across the fleet after this verification (exactly, on a
+	// one-node fleet): other nodes' unspent leases count as spent.
+	CreditsRemaining *int64 `json:"credits_remaining,omitempty"`
 }
 
 func (h *VerifierHandler) verify(w http.ResponseWriter, r *http.Request) {
@@ -205,8 +235,16 @@ func (h *VerifierHandler) verify(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, err)
 		return
 	}
+	cost := int64(1)
+	if body.Cost != nil {
+		if cost = *body.Cost; cost < 1 || cost > MaxCost {
+			WriteError(w, errCost)
+			return
+		}
+	}
 	req := verifier.Request{
 		Start:      start,
+		Cost:       cost,
 		Key:        body.Key,
 		Permission: body.Permission,
 		IP:         h.proxies.clientIP(r),
@@ -226,12 +264,19 @@ func (h *VerifierHandler) verify(w http.ResponseWriter, r *http.Request) {
 		t := time.Unix(0, e.ExpiresAt).UTC()
 		resp.ExpiresAt = &t
 	}
+	if n := h.v.CreditsRemaining(e); n >= 0 {
+		resp.CreditsRemaining = &n
+	}
 	WriteJSON(w, http.StatusOK, resp)
 }
 
 func writeRefusal(w http.ResponseWriter, req *verifier.Request, res verifier.Result) {
-	if res.Outcome == keyledger.OutcomeRateLimited {
-		w.Header().Set("Retry-After", strconv.Itoa(verifier.RetrySeconds(res.RetryAfter)))
+	switch res.Outcome {
+	case keyledger.OutcomeRateLimited, keyledger.OutcomeQuotaExceeded, keyledger.OutcomeCreditsExhausted:
+		// Credits that never refill have no time to retry at.
+		if res.Outcome == keyledger.OutcomeRateLimited || res.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(verifier.RetrySeconds(res.RetryAfter)))
+		}
 	}
 	WriteError(w, verifier.OutcomeError(res.Outcome, req.Permission, res.RetryAfter))
 }
@@ -276,5 +321,5 @@ func header(r *http.Request, canonicalKey string) string {
 
 // headerKeys are the headers the handler reads, for the test that checks
 // they are canonical.
-var headerKeys = []string{"Authorization", "X-Required-Permission", "User-Agent", "X-Forwarded-For", "X-Real-Ip",
+var headerKeys = []string{"Authorization", "X-Required-Permission", "X-Key-Cost", "User-Agent", "X-Forwarded-For", "X-Real-Ip",
 	"X-Forwarded-Method", "X-Original-Method", "X-Forwarded-Uri", "X-Original-Uri"}

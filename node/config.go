@@ -73,8 +73,15 @@ type Config struct {
 	Prefix               string
 	Permissions          []string
 	TestRateLimit        keyledger.RateLimit
-	Name                 string
-	UsageMaxAge          time.Duration
+	// FleetSize, LeaseMax and LeaseIdle tune the quota leases (see
+	// package quota): the fleet size leases are sized for near a limit
+	// (default 3), the largest lease (default 1000 units) and how long
+	// an untouched lease is kept before it is returned (default 10s).
+	FleetSize   int
+	LeaseMax    int64
+	LeaseIdle   time.Duration
+	Name        string
+	UsageMaxAge time.Duration
 	// UsageMaxBytes bounds USAGE (and is what JetStream reserves for it
 	// on disk); 0 = 10 GiB.
 	UsageMaxBytes int64

@@ -29,6 +29,7 @@ import (
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/prometheus"
+	"github.com/keyledger/keyledger/quota"
 	"github.com/keyledger/keyledger/verifier"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,6 +48,8 @@ type Node struct {
 	audit       *audit.Auditor
 	usage       *nats.UsagePublisher
 	verifier    *verifier.Verifier
+	meter       *quota.Meter
+	counters    *nats.Counters
 	announcer   *nats.Announcer
 	registry    *nats.Registry // admin role only
 	alerts      sync.WaitGroup // RaiseAlert calls in flight; Close waits
@@ -54,6 +57,7 @@ type Node struct {
 	stopRetry   context.CancelFunc
 	analyticsMu sync.Mutex
 	analytics   *analytics.Analytics // admin role with ClickHouse
+	quotaAlerts *analytics.QuotaAlerts
 	http        *khttp.Server
 	adminHTTP   *khttp.Server // Config.AdminHTTPAddr only
 }
@@ -112,6 +116,14 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 
+	counters, err := nats.OpenCounters(ctx, n.js)
+	if err != nil {
+		return nil, err
+	}
+	n.meter = quota.New(quota.Config{Store: counters, Nodes: cfg.FleetSize, MaxLease: cfg.LeaseMax, ReturnAfter: cfg.LeaseIdle, Logger: n.log})
+	n.meter.Start(ctx)
+	n.counters = counters
+
 	n.announcer = nats.NewAnnouncer(n.nc, n.creds.id, n.status, n.log)
 	n.projector = projector.New(n.js, projector.Options{
 		Catalog: catalog, Records: isAdmin, Logger: n.log, MaxStaleness: cfg.MaxStaleness, Keyring: n.creds.ring,
@@ -154,6 +166,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.verifier = verifier.New(n.projector.Table(), verifier.Config{
 		Environment: cfg.Environment, Format: format, Catalog: catalog, TestRateLimit: cfg.TestRateLimit,
 		Ready: ready, Broken: n.projector.Broken, Node: cfg.Name, Usage: usage,
+		Meter: n.meter, Accounts: n.projector,
 	})
 
 	routes := khttp.RouterOptions{Verifier: n.verifier, Metrics: prometheus.Handler(metrics), Logger: n.log,
@@ -192,6 +205,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		}
 		routes.Token = n.token
 		routes.Audit = n.audit
+		routes.Quotas = quotas{n}
 		if cfg.ClickHouse != "" {
 			routes.AnalyticsLater = n.analyticsNow
 		}
@@ -305,8 +319,15 @@ func (n *Node) startAnalytics(ctx context.Context, cfg analytics.Config) error {
 		cancel()
 		return err
 	}
+	qa, err := analytics.OpenQuotaAlerts(ctx, n.js, a, n.log)
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		a.Close(cctx)
+		cancel()
+		return err
+	}
 	n.analyticsMu.Lock()
-	n.analytics = a
+	n.analytics, n.quotaAlerts = a, qa
 	n.analyticsMu.Unlock()
 	n.log.Info("analytics on", "clickhouse", redactURLs(n.cfg.ClickHouse), "detect_interval", n.cfg.DetectInterval)
 	return nil
@@ -534,10 +555,23 @@ func (n *Node) Close(ctx context.Context) error {
 		st := n.usage.Stats()
 		n.log.Info("usage events flushed", "published", st.Published, "shed", st.Shed, "failed", st.Failed)
 	}
+	if n.meter != nil {
+		// After the listeners: no request spends a lease any more, so
+		// what the node holds can go back to the counters.
+		n.meter.Close(ctx)
+	}
 	n.alerts.Wait() // bounded: RaiseAlert gives up after 5 s
 	if n.stopRetry != nil {
 		n.stopRetry()
 		n.bg.Wait()
+	}
+	n.analyticsMu.Lock()
+	qa := n.quotaAlerts
+	n.analyticsMu.Unlock()
+	if qa != nil {
+		if err := qa.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("quota alerts: %w", err))
+		}
 	}
 	if a := n.analyticsNow(); a != nil {
 		if err := a.Close(ctx); err != nil {

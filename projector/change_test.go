@@ -3,7 +3,6 @@ package projector
 import (
 	"encoding/json"
 	"net/netip"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -218,40 +217,6 @@ func TestKeysThatChange(t *testing.T) {
 			t.Fatal("scope lost")
 		}
 	})
-}
-
-// A version-2 snapshot (written by the build before keys could change:
-// testdata/snap-v2.bin, three keys of acme, key_c revoked, key_b with an
-// expiry and a rate limit) still loads. Its entries' last events are
-// unknown, so the first reversible event of each is taken as it comes.
-func TestSnapshotV2StillLoads(t *testing.T) {
-	signer := eventstest.MustSigner(t, "admin-test", 1)
-	p := New(nil, Options{Records: true, Keyring: eventstest.Keyring(t, signer)})
-	path := filepath.Join("testdata", "snap-v2.bin")
-	meta, err := peekSnapshotMeta(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.loadSnapshot(path, meta); err != nil {
-		t.Fatal(err)
-	}
-	if p.table.Len() != 3 || len(p.Keys(Filter{}, time.Now())) != 3 {
-		t.Fatalf("%d entries", p.table.Len())
-	}
-	if e := p.table.ByID("key_c"); e == nil || !e.Revoked || e.Rev != 0 {
-		t.Fatalf("key_c: %+v", e)
-	}
-	b := p.table.ByID("key_b")
-	if b.RateLimit() == nil || b.RateLimit().Burst != 7 || b.ExpiresAt != time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano() {
-		t.Fatalf("key_b: %+v", b)
-	}
-	skipTo(p, meta.seq)
-	ids := eventstest.NewIDs(9)
-	d := &events.KeyDisabled{Header: eventstest.Header(t, ids, events.TypeKeyDisabled, "key_b", "admin"), Prev: events.Prev{Prev: 2}}
-	p.ApplyMsg(meta.seq+1, nats.KeySubject("key_b"), signer.MustSeal(t, d))
-	if e := p.table.ByID("key_b"); !e.Disabled || e.Rev != meta.seq+1 {
-		t.Fatalf("the first reversible event after a v2 load: %+v", e)
-	}
 }
 
 // skipTo makes p continue after seq, as a Start from a snapshot at seq

@@ -1130,7 +1130,8 @@ func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
 		x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
 	}
 	if e.Changes(events.FieldCredits) {
-		x.Credits, x.CreditsRev, x.CreditsAt = e.Credits, seq, e.At.UnixNano()
+		// A new balance is the key's own, whatever it shared before.
+		x.Credits, x.CreditsRev, x.CreditsAt, x.CreditsKey = e.Credits, seq, e.At.UnixNano(), ""
 		if e.Credits == nil {
 			x.CreditsRev, x.CreditsAt = 0, 0
 		}
@@ -1253,6 +1254,17 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 	}
 	if e.Credits != nil {
 		x.Credits, x.CreditsRev, x.CreditsAt = e.Credits, seq, e.At.UnixNano()
+		// A roll hands the balance on: the new key spends its
+		// predecessor's counter, not a fresh copy of its credits.
+		if e.RolledFrom != "" {
+			if old := p.table.ByID(e.RolledFrom); old != nil && old.Extra != nil && old.Extra.Credits != nil {
+				ox := old.Extra
+				x.Credits, x.CreditsRev, x.CreditsAt, x.CreditsKey = ox.Credits, ox.CreditsRev, ox.CreditsAt, ox.CreditsKey
+				if x.CreditsKey == "" {
+					x.CreditsKey = old.ID
+				}
+			}
+		}
 	}
 	ent.Extra = x.orNil()
 	if e.ExpiresAt != nil {

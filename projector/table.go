@@ -12,14 +12,16 @@ import (
 	"hash/maphash"
 	"math/bits"
 	"sort"
+	"strconv"
 	"sync/atomic"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/quota"
 	"golang.org/x/time/rate"
 )
 
 // Entry is what the verify path needs to know about one key. An entry in
-// the table is never modified (but for its lazily made rate limiter and
+// the table is never modified (but for its lazily made meters and
 // header values): a revocation swaps in a revoked copy, so a reader holding
 // an entry always sees a consistent one.
 type Entry struct {
@@ -49,8 +51,21 @@ type Entry struct {
 	Extra *Extra
 
 	names   *[]string // permission names as issued, interned per distinct list
-	limiter atomic.Pointer[rate.Limiter]
+	meters  atomic.Pointer[Meters]
 	headers atomic.Pointer[Headers]
+}
+
+// CreditsCounter names the fleet counter of the key's credits: the key
+// whose balance it spends and the event that set the balance (a new
+// balance is a new counter, so two keys of one lineage never write one
+// counter with different balances).
+func (e *Entry) CreditsCounter() string {
+	x := e.Extra
+	id := x.CreditsKey
+	if id == "" {
+		id = e.ID
+	}
+	return id + "." + strconv.FormatUint(x.CreditsRev, 10)
 }
 
 // RateLimit returns the key's own limit; nil means the environment
@@ -131,6 +146,11 @@ type Extra struct {
 	Credits    *keyledger.Credits
 	CreditsRev uint64
 	CreditsAt  int64
+	// CreditsKey is the key whose balance this one spends: a rolled key
+	// spends its predecessor's (and the predecessor, in its grace
+	// period, the same), so rolling never mints credits. "" is the
+	// key's own.
+	CreditsKey string
 
 	// meta caches MetaValues (the metadata is in here, and never
 	// changes: an update makes a new Extra).
@@ -148,7 +168,7 @@ func (x *Extra) edit() *Extra {
 		return &Extra{}
 	}
 	return &Extra{RateLimit: x.RateLimit, Allowlist: x.Allowlist, AllowedIPs: x.AllowedIPs, Metadata: x.Metadata, Scope: x.Scope, RollCap: x.RollCap,
-		Credits: x.Credits, CreditsRev: x.CreditsRev, CreditsAt: x.CreditsAt}
+		Credits: x.Credits, CreditsRev: x.CreditsRev, CreditsAt: x.CreditsAt, CreditsKey: x.CreditsKey}
 }
 
 // orNil returns x, or nil when it holds nothing.
@@ -192,17 +212,42 @@ func (e *Entry) Permissions() []string {
 	return *e.names
 }
 
-// Limiter returns the entry's token bucket, creating it with mk on first
-// use. Concurrent first uses agree on one bucket.
-func (e *Entry) Limiter(mk func() *rate.Limiter) *rate.Limiter {
-	if l := e.limiter.Load(); l != nil {
-		return l
+// Meters returns the entry's meters, making them with mk on first use.
+// Concurrent first uses agree on one.
+func (e *Entry) Meters(mk func() *Meters) *Meters {
+	if m := e.meters.Load(); m != nil {
+		return m
 	}
-	l := mk()
-	if e.limiter.CompareAndSwap(nil, l) {
-		return l
+	m := mk()
+	if e.meters.CompareAndSwap(nil, m) {
+		return m
 	}
-	return e.limiter.Load()
+	return e.meters.Load()
+}
+
+// Meters is what a verifier spends on a key's valid verifications: its
+// node-local token bucket and its fleet-wide counters (see package
+// quota). It is made on first use and kept with the entry: an update
+// makes a new entry, hence new meters (the fleet counters, found again by
+// name, keep their leases).
+type Meters struct {
+	Limiter *rate.Limiter  // nil: no rate limit
+	Rate    *quota.Counter // the fleet-wide rate window; nil: none (or no fleet counters)
+	Credits *quota.Counter // nil: no credits
+	// OwnerQuota and OwnerRate are the counters of the key's owner's
+	// plan as of the accounts' generation Gen (a plan or owner change
+	// makes new meters: see SwapMeters).
+	OwnerQuota, OwnerRate *quota.Counter
+	Gen                   uint64
+}
+
+// SwapMeters replaces the entry's meters old with m, unless another
+// request did first; it returns the entry's meters after.
+func (e *Entry) SwapMeters(old, m *Meters) *Meters {
+	if e.meters.CompareAndSwap(old, m) {
+		return m
+	}
+	return e.meters.Load()
 }
 
 // Headers are an entry's forward-auth response header values, made once

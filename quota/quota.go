@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -157,9 +158,10 @@ func New(cfg Config) *Meter {
 	return &Meter{cfg: cfg, wants: make(chan *Counter, 4096), counters: map[string]*Counter{}}
 }
 
-// Start runs the meter's goroutines until Close.
+// Start runs the meter's goroutines until Close (ctx's values are kept,
+// its end is not: the meter lives as long as the node).
 func (m *Meter) Start(ctx context.Context) {
-	ctx, m.cancel = context.WithCancel(ctx)
+	ctx, m.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	for range m.cfg.Workers {
 		m.wg.Add(1)
 		go func() {
@@ -242,6 +244,10 @@ type Window struct {
 	Start  time.Time
 	End    time.Time
 	Limit  int64
+	// Slot, appended to the counter's key, keeps windows that nodes
+	// draw from at once (a rate window and the next one, drawn ahead)
+	// in separate entries: one entry holds one period at a time.
+	Slot string
 }
 
 // Spec describes a counter: where it is stored and its window at a time.
@@ -264,6 +270,17 @@ func (m *Meter) Counter(spec Spec) *Counter {
 	defer m.mu.Unlock()
 	if c := m.counters[spec.Key]; c != nil {
 		c.spec.Store(&spec)
+		// A new spec may name a new period now (a key's new balance):
+		// what the node holds of the old one is not spendable.
+		p := spec.Window(m.cfg.Now()).Period
+		for _, l := range []*atomic.Pointer[lease]{&c.cur, &c.next} {
+			if x := l.Load(); x != nil && x.period != p && x.start <= m.cfg.Now().UnixNano() {
+				l.CompareAndSwap(x, nil)
+			}
+		}
+		if c.state.Load() == stateExhausted {
+			c.state.Store(stateOK)
+		}
 		return c
 	}
 	c := &Counter{m: m, key: spec.Key, lease: m.cfg.MinLease}
@@ -280,6 +297,7 @@ type lease struct {
 	start  int64 // Unix ns; units are spent only in [start, end)
 	end    int64
 	period string
+	key    string // the Store's key it was drawn from
 }
 
 // Counter is one node's side of one fleet counter. Take is safe for
@@ -301,8 +319,11 @@ type Counter struct {
 	// remaining is the period's units not drawn by anyone as of the
 	// last draw (the node's own lease aside).
 	remaining atomic.Int64
-	queued    atomic.Bool
-	notify    atomic.Pointer[chan struct{}]
+	// need is the largest cost a request waits to spend: a lease is at
+	// least that.
+	need   atomic.Int64
+	queued atomic.Bool
+	notify atomic.Pointer[chan struct{}]
 
 	// The leaser's side, under mu.
 	mu        sync.Mutex
@@ -327,6 +348,31 @@ func (c *Counter) Take(now time.Time, cost int64) (Verdict, time.Duration) {
 		return Pass, 0
 	}
 	return c.slow(now, n, cost)
+}
+
+// Spend is Take without a clock: it spends units of the lease in hand
+// whatever the time, and reads the clock only when it holds none. Monthly
+// quotas and credits use it (the clock is a quarter of a verification):
+// the meter retires a lease whose period ended within one sweep (100 ms),
+// so a period's units may be spent up to 100 ms into the next. Rate
+// windows, a second long, use Take.
+func (c *Counter) Spend(cost int64) (Verdict, time.Duration) {
+	if l := c.cur.Load(); l != nil {
+		for {
+			a := l.avail.Load()
+			if a < cost {
+				break
+			}
+			if l.avail.CompareAndSwap(a, a-cost) {
+				if a-cost <= c.lowMark.Load() {
+					c.want()
+				}
+				return Pass, 0
+			}
+		}
+	}
+	now := c.m.cfg.Now()
+	return c.slow(now, now.UnixNano(), cost)
 }
 
 // spend is the fast path: units of the current period in hand.
@@ -367,8 +413,8 @@ func (c *Counter) promote(cur *lease, n int64) *lease {
 
 // Refund gives back units a request took but did not use (a later limit
 // refused it), to the lease they came from if it is still current.
-func (c *Counter) Refund(now time.Time, cost int64) {
-	if l := c.cur.Load(); l != nil && now.UnixNano() < l.end {
+func (c *Counter) Refund(cost int64) {
+	if l := c.cur.Load(); l != nil {
 		l.avail.Add(cost)
 	}
 }
@@ -395,7 +441,8 @@ func (c *Counter) Remaining(now time.Time) int64 {
 }
 
 func (c *Counter) slow(now time.Time, n, cost int64) (Verdict, time.Duration) {
-	for attempt := 0; attempt < 2; attempt++ {
+	var t *time.Timer
+	for {
 		switch c.state.Load() {
 		case stateExhausted:
 			if n < c.recheck.Load() {
@@ -406,23 +453,33 @@ func (c *Counter) slow(now time.Time, n, cost int64) (Verdict, time.Duration) {
 				return c.down()
 			}
 		}
+		if cost > c.need.Load() {
+			c.need.Store(cost)
+		}
 		ch := *c.notify.Load()
 		c.want()
-		t := time.NewTimer(c.m.cfg.Wait)
+		if t == nil {
+			t = time.NewTimer(c.m.cfg.Wait)
+			defer t.Stop()
+		}
 		select {
 		case <-ch:
-			t.Stop()
 		case <-t.C:
+			// No lease in time (the counters are slow to answer, or
+			// lost): as unreachable.
 			return c.down()
 		}
-		if c.spend(c.m.cfg.Now().UnixNano(), cost) {
+		n = c.m.cfg.Now().UnixNano()
+		if c.spend(n, cost) {
 			return Pass, 0
 		}
+		if c.state.Load() == stateExhausted {
+			return Exhausted, c.retryAfter(n)
+		}
+		if c.state.Load() == stateDown {
+			return c.down()
+		}
 	}
-	if c.state.Load() == stateExhausted {
-		return Exhausted, c.retryAfter(n)
-	}
-	return c.down()
 }
 
 func (c *Counter) down() (Verdict, time.Duration) {
@@ -486,24 +543,43 @@ func (m *Meter) drawFor(ctx context.Context, c *Counter, now time.Time, ahead bo
 		return
 	}
 	cur := c.cur.Load()
-	if !ahead && cur != nil && cur.period == w.Period && cur.avail.Load() > c.lowMark.Load() {
-		return // another request's want already refilled it
+	held, need := int64(0), int64(0)
+	if !ahead {
+		if cur != nil && cur.period == w.Period {
+			held = cur.avail.Load()
+		}
+		need = c.need.Swap(0)
+		if held > c.lowMark.Load() && held >= need {
+			return // another request's want already refilled it
+		}
 	}
 	size := m.leaseSize(c, now)
-	for range 8 {
+	key := c.key + w.Slot
+	for range 32 {
 		cctx, cancel := context.WithTimeout(ctx, m.cfg.Wait)
-		v, rev, err := m.cfg.Store.Get(cctx, c.key)
+		v, rev, err := m.cfg.Store.Get(cctx, key)
 		cancel()
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			m.failed(c, now, err)
 			return
 		}
 		used := int64(0)
-		if v.Period == w.Period {
+		switch {
+		case v.Period == w.Period:
 			used = v.Used
+		case v.Period > w.Period && rev != 0:
+			// The counter is in a later period already (this node's
+			// clock is behind): never reset it.
+			return
 		}
 		left := w.Limit - used
-		g := min(size, max(1, left/(2*int64(m.cfg.Nodes))), left)
+		// At least what a waiting request needs beyond what is held.
+		// A node never holds more than MaxLease (what a crash may
+		// waste), unless one request needs more.
+		g := min(max(min(size, max(1, left/(2*int64(m.cfg.Nodes))), m.cfg.MaxLease-held), need-held), left)
+		if g <= 0 && left > 0 {
+			return
+		}
 		if g <= 0 {
 			c.remaining.Store(0)
 			if !ahead {
@@ -513,7 +589,7 @@ func (m *Meter) drawFor(ctx context.Context, c *Counter, now time.Time, ahead bo
 		}
 		nv := Value{Kind: spec.Kind, Period: w.Period, Used: used + g, Limit: w.Limit, Owner: spec.Owner, KeyID: spec.KeyID}
 		cctx, cancel = context.WithTimeout(ctx, m.cfg.Wait)
-		_, err = m.cfg.Store.Swap(cctx, c.key, nv, rev)
+		_, err = m.cfg.Store.Swap(cctx, key, nv, rev)
 		cancel()
 		if errors.Is(err, ErrStale) {
 			m.conflicts.Add(1)
@@ -526,12 +602,17 @@ func (m *Meter) drawFor(ctx context.Context, c *Counter, now time.Time, ahead bo
 		m.draws.Add(1)
 		c.remaining.Store(w.Limit - nv.Used)
 		c.state.Store(stateOK)
+		if held+g < need && nv.Used >= w.Limit {
+			// The last units, fewer than the request needs: it is
+			// refused, and smaller ones still spend them.
+			c.exhaust(now, w)
+		}
 		c.lowMark.Store(g / 2)
 		c.drawnAt = now
 		if l := c.leaseOf(w, ahead); l != nil {
 			l.avail.Add(g)
 		} else {
-			l := &lease{start: w.Start.UnixNano(), end: w.End.UnixNano(), period: w.Period}
+			l := &lease{start: w.Start.UnixNano(), end: w.End.UnixNano(), period: w.Period, key: key}
 			l.avail.Store(g)
 			c.install(l, ahead)
 		}
@@ -629,16 +710,16 @@ func (m *Meter) giveBack(ctx context.Context, c *Counter) {
 	if a <= 0 || m.cfg.Now().UnixNano() >= l.end {
 		return
 	}
-	for range 8 {
+	for range 32 {
 		cctx, cancel := context.WithTimeout(ctx, m.cfg.Wait)
-		v, rev, err := m.cfg.Store.Get(cctx, c.key)
+		v, rev, err := m.cfg.Store.Get(cctx, l.key)
 		cancel()
 		if err != nil || v.Period != l.period {
 			return
 		}
 		v.Used = max(0, v.Used-a)
 		cctx, cancel = context.WithTimeout(ctx, m.cfg.Wait)
-		_, err = m.cfg.Store.Swap(cctx, c.key, v, rev)
+		_, err = m.cfg.Store.Swap(cctx, l.key, v, rev)
 		cancel()
 		if !errors.Is(err, ErrStale) {
 			if err == nil {
@@ -667,7 +748,8 @@ func RateWindow(now time.Time, perSecond float64) Window {
 	}
 	i := now.Unix() / secs
 	s := time.Unix(i*secs, 0)
-	return Window{Period: strconv.FormatInt(i*secs, 10), Start: s, End: s.Add(time.Duration(secs) * time.Second), Limit: max(limit, 1)}
+	return Window{Period: strconv.FormatInt(i*secs, 10), Start: s, End: s.Add(time.Duration(secs) * time.Second), Limit: max(limit, 1),
+		Slot: "." + strconv.FormatInt(i%4, 10)}
 }
 
 // CreditsWindow is the window of a key's credits set by the event at rev
@@ -676,7 +758,7 @@ func RateWindow(now time.Time, perSecond float64) Window {
 func CreditsWindow(now time.Time, cr *keyledger.Credits, rev uint64, setAt time.Time) Window {
 	tag := strconv.FormatUint(rev, 10)
 	if cr.Refill == nil {
-		return Window{Period: tag, Start: time.Unix(0, 0), End: time.Unix(1<<40, 0), Limit: cr.Remaining}
+		return Window{Period: tag, Start: time.Unix(0, 0), End: time.Unix(0, math.MaxInt64), Limit: cr.Remaining}
 	}
 	var s, e, first time.Time
 	if cr.Refill.Interval == keyledger.RefillMonthly {

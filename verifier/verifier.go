@@ -13,6 +13,7 @@
 package verifier
 
 import (
+	"fmt"
 	"math"
 	"net/netip"
 	"time"
@@ -20,6 +21,7 @@ import (
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
 	"github.com/keyledger/keyledger/projector"
+	"github.com/keyledger/keyledger/quota"
 	"golang.org/x/time/rate"
 )
 
@@ -59,6 +61,12 @@ type Config struct {
 	Node string
 	// Usage receives KeyUsed events (nil: none are recorded).
 	Usage Recorder
+	// Meter and Accounts, when both are set, enforce plans' quotas,
+	// keys' credits and fleet-wide rate limits (see package quota);
+	// without them rate limits hold per node and nothing else is
+	// metered.
+	Meter    *quota.Meter
+	Accounts Accounts
 }
 
 // Verifier verifies keys against a projector's table. It is safe for
@@ -69,6 +77,8 @@ type Verifier struct {
 	// since is time.Since unless a clock is injected: it reads only the
 	// monotonic clock, half the cost of time.Now on the request path.
 	since func(time.Time) time.Duration
+	// meters is nil without fleet counters.
+	meters *meters
 }
 
 // New returns a verifier over table.
@@ -86,6 +96,9 @@ func New(table *projector.Table, cfg Config) *Verifier {
 		cfg.TestRateLimit = DefaultTestRateLimit
 	}
 	v := &Verifier{cfg: cfg, table: table, since: time.Since}
+	if cfg.Meter != nil && cfg.Accounts != nil {
+		v.meters = &meters{m: cfg.Meter, accounts: cfg.Accounts}
+	}
 	if cfg.Now == nil {
 		v.cfg.Now = time.Now
 	} else {
@@ -137,6 +150,9 @@ type Request struct {
 	// Start is when the request arrived, for the recorded latency
 	// (default: when Verify is called).
 	Start time.Time
+	// Cost is how many credits a valid verification spends (below 1:
+	// 1; keys without credits ignore it).
+	Cost int64
 }
 
 // Result is the outcome of a verification.
@@ -228,23 +244,17 @@ func (v *Verifier) check(req *Request, now *time.Time) Result {
 			return Result{Outcome: keyledger.OutcomeForbidden, Entry: e}
 		}
 	}
-	if lim := v.limiter(e); lim != nil && !lim.AllowN(v.clock(now), 1) {
-		return Result{Outcome: keyledger.OutcomeRateLimited, Entry: e, RetryAfter: retryAfter(lim, *now)}
+	km := v.keyMeters(e)
+	if km != nil && km.Limiter != nil && !km.Limiter.AllowN(v.clock(now), 1) {
+		return Result{Outcome: keyledger.OutcomeRateLimited, Entry: e, RetryAfter: retryAfter(km.Limiter, *now)}
+	}
+	if km != nil {
+		cost := max(req.Cost, 1)
+		if o, retry := v.meter(km, cost, now); o != keyledger.OutcomeValid {
+			return Result{Outcome: o, Entry: e, RetryAfter: retry}
+		}
 	}
 	return Result{Outcome: keyledger.OutcomeValid, Entry: e}
-}
-
-// limiter returns the key's token bucket, or nil when it is unlimited: live
-// keys without a limit of their own.
-func (v *Verifier) limiter(e *projector.Entry) *rate.Limiter {
-	rl := e.RateLimit()
-	if rl == nil {
-		if e.Environment != keyledger.EnvTest {
-			return nil
-		}
-		rl = &v.cfg.TestRateLimit
-	}
-	return e.Limiter(func() *rate.Limiter { return rate.NewLimiter(rate.Limit(rl.PerSecond), rl.Burst) })
 }
 
 // retryAfter is how long until the bucket holds a whole token again.
@@ -303,10 +313,23 @@ func OutcomeError(o keyledger.Outcome, permission string, retry time.Duration) e
 		return ErrIPNotAllowed
 	case keyledger.OutcomeRateLimited:
 		return keyledger.Errorf(keyledger.RateLimited, "rate limit exceeded for this key; retry after %d s", RetrySeconds(retry))
+	case keyledger.OutcomeQuotaExceeded:
+		return &keyledger.Error{Code: keyledger.RateLimited, Reason: keyledger.ReasonQuotaExceeded,
+			Message: fmt.Sprintf("the monthly quota of this key's plan is used up; it resets in %d s", RetrySeconds(retry))}
+	case keyledger.OutcomeCreditsExhausted:
+		return &keyledger.Error{Code: keyledger.RateLimited, Reason: keyledger.ReasonCreditsExhausted,
+			Message: creditsMessage(retry)}
 	case keyledger.OutcomeUnavailable:
 		return ErrNotReady
 	}
 	return keyledger.ErrUnauthorized
+}
+
+func creditsMessage(retry time.Duration) string {
+	if retry <= 0 {
+		return "this key's credits are used up"
+	}
+	return fmt.Sprintf("this key's credits are used up; they refill in %d s", RetrySeconds(retry))
 }
 
 // RetrySeconds is d as the whole seconds of a Retry-After, at least 1.

@@ -100,6 +100,29 @@ func (f *Fixture) MustCreate(tb testing.TB, env keyledger.Environment, perms []s
 	return secret, id
 }
 
+// Update applies ev, a KeyUpdated of key id (its header and Prev are
+// filled in).
+func (f *Fixture) Update(tb testing.TB, id string, ev *events.KeyUpdated) {
+	tb.Helper()
+	ev.Header = events.NewHeader(events.TypeKeyUpdated, id, "test", f.Now)
+	ev.Prev = events.Prev{Prev: f.last[id]}
+	f.apply(tb, ev)
+}
+
+// SetPlan creates or replaces a plan.
+func (f *Fixture) SetPlan(tb testing.TB, p keyledger.Plan) {
+	tb.Helper()
+	id := keyledger.PlanID(p.Name)
+	f.apply(tb, &events.PlanSet{Header: events.NewHeader(events.TypePlanSet, id, "test", f.Now), Prev: events.Prev{Prev: f.last[id]}, Plan: p})
+}
+
+// SetOwner gives owner the plan named plan.
+func (f *Fixture) SetOwner(tb testing.TB, owner, plan string) {
+	tb.Helper()
+	id := keyledger.OwnerID(owner)
+	f.apply(tb, &events.OwnerSet{Header: events.NewHeader(events.TypeOwnerSet, id, "test", f.Now), Prev: events.Prev{Prev: f.last[id]}, Owner: owner, Plan: plan})
+}
+
 // Revoke revokes key id.
 func (f *Fixture) Revoke(tb testing.TB, id string) {
 	tb.Helper()
