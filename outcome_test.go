@@ -9,7 +9,7 @@ import (
 func TestOutcome_String(t *testing.T) {
 	// The names are a wire format (KeyUsed events, metrics, ClickHouse):
 	// pinned here so that a rename is a deliberate, visible change.
-	want := []string{"valid", "malformed", "unknown", "revoked", "env_mismatch", "expired", "forbidden", "rate_limited", "unavailable", "disabled", "ip_not_allowed"}
+	want := []string{"valid", "malformed", "unknown", "revoked", "env_mismatch", "expired", "forbidden", "rate_limited", "unavailable", "disabled", "ip_not_allowed", "quota_exceeded", "credits_exhausted"}
 	all := keyledger.Outcomes()
 	if len(all) != len(want) {
 		t.Fatalf("Outcomes() has %d outcomes, want %d", len(all), len(want))
@@ -32,8 +32,8 @@ func TestOutcome_String(t *testing.T) {
 			t.Errorf("ParseOutcome(%q) = %d, %v; want %d, true", s, got, ok, o)
 		}
 	}
-	if keyledger.OutcomeValid != 0 || keyledger.OutcomeIPNotAllowed != keyledger.Outcome(len(want)-1) {
-		t.Errorf("outcome constants moved: valid %d, ip_not_allowed %d", keyledger.OutcomeValid, keyledger.OutcomeIPNotAllowed)
+	if keyledger.OutcomeValid != 0 || keyledger.OutcomeCreditsExhausted != keyledger.Outcome(len(want)-1) {
+		t.Errorf("outcome constants moved: valid %d, credits_exhausted %d", keyledger.OutcomeValid, keyledger.OutcomeCreditsExhausted)
 	}
 	for _, o := range []keyledger.Outcome{keyledger.Outcome(len(want)), 200, 255} {
 		if got := o.String(); got != "invalid" {
@@ -66,6 +66,8 @@ func TestOutcome_Code(t *testing.T) {
 		{keyledger.OutcomeUnavailable, keyledger.Unavailable},
 		{keyledger.OutcomeDisabled, keyledger.Unauthorized},
 		{keyledger.OutcomeIPNotAllowed, keyledger.Forbidden},
+		{keyledger.OutcomeQuotaExceeded, keyledger.RateLimited},
+		{keyledger.OutcomeCreditsExhausted, keyledger.RateLimited},
 	}
 	if len(tests) != len(keyledger.Outcomes()) {
 		t.Fatalf("table covers %d outcomes of %d", len(tests), len(keyledger.Outcomes()))

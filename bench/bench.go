@@ -41,6 +41,9 @@ Usage:
       events/s from USAGE into ClickHouse (scripts/clickhouse.sh start runs one)
   keyledger bench audit [--events 1000000] [--json]
       audit verify of a bundle of N signed events (events/s), tree append, inclusion proof
+  keyledger bench quota [--nodes 3] [--quota 100000] [--workers 8] [--lease-max 1000] [--json]
+      hammer one owner's plan quota from every node of a local cluster past its
+      limit: overshoot (≤ 0 by design), shortfall, accepted req/s beside an unmetered key
   keyledger bench all [--json]
       every benchmark above with its defaults, one after the other
   keyledger bench coldstart [--keys 1000000] [--tail 1000] [--records] [--replay] [--json]
@@ -94,6 +97,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return ingest(ctx, args[1:], stdout, stderr)
 	case "audit":
 		return auditBench(ctx, args[1:], stdout, stderr)
+	case "quota":
+		return quotaBench(ctx, args[1:], stdout, stderr)
 	case "all":
 		return all(ctx, args[1:], stdout, stderr)
 	}

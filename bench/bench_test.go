@@ -31,6 +31,7 @@ func TestBench_smoke(t *testing.T) {
 		{[]string{"coldstart", "--keys", "2000", "--tail", "10", "--replay"}, "coldstart_seconds", "s"},
 		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s"},
 		{[]string{"audit", "--events", "300"}, "audit_verify_events_per_second", "events/s"},
+		{[]string{"quota", "--nodes", "1", "--quota", "500", "--workers", "2", "--lease-max", "50"}, "quota_overshoot", "verifications"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			args := append(slices.Clone(tc.args), "--json")
@@ -46,6 +47,13 @@ func TestBench_smoke(t *testing.T) {
 			var res bench.Result
 			if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 				t.Fatalf("output is not one JSON object: %v\n%s", err, stdout.String())
+			}
+			if tc.args[0] == "quota" {
+				// The figure is the overshoot: never above 0.
+				if res.Name != tc.name || res.Unit != tc.unit || res.Value > 0 || !(res.Extra["accepted"] > 0) {
+					t.Fatalf("result %+v, want name %s, no overshoot, and verifications accepted", res, tc.name)
+				}
+				return
 			}
 			if res.Name != tc.name || res.Unit != tc.unit || !(res.Value > 0) {
 				t.Fatalf("result %+v, want name %s unit %s and a positive value", res, tc.name, tc.unit)
