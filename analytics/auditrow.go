@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -115,6 +116,15 @@ func auditRowOf(ring *events.Keyring, seq uint64, subject string, data []byte) (
 		r.Reason = e.Reason
 	case *events.KeyLeakReported:
 		r.Reason = strings.TrimSpace("leak reported by " + e.Source + " " + e.URL + " (" + e.Action + ")")
+	case *events.PlanSet:
+		// Who changed which plan, and to what: the audit of billing.
+		r.Name, r.Reason = e.Plan.Name, planSummary(&e.Plan)
+	case *events.OwnerSet:
+		r.Owner, r.Name = e.Owner, e.Plan
+		r.Reason = "plan " + e.Plan
+		if e.Plan == "" {
+			r.Reason = "no plan"
+		}
 	default:
 		return AuditRow{}, fmt.Errorf("a %s event does not belong on the %s stream", h.Type, nats.KeysStream)
 	}
@@ -126,6 +136,21 @@ func auditRowOf(ring *events.Keyring, seq uint64, subject string, data []byte) (
 		r.Changed = []string{}
 	}
 	return r, nil
+}
+
+// planSummary is a plan's limits in words, for the audit's reason column.
+func planSummary(p *keyledger.Plan) string {
+	s := "monthly_quota " + strconv.FormatInt(p.MonthlyQuota, 10)
+	if p.MonthlyQuota == 0 {
+		s = "no monthly quota"
+	}
+	if rl := p.RateLimit; rl != nil {
+		s += ", rate_limit " + strconv.FormatFloat(rl.PerSecond, 'g', -1, 64) + "/s burst " + strconv.Itoa(rl.Burst)
+	}
+	if p.OnOutage != "" {
+		s += ", on_outage " + p.OnOutage
+	}
+	return s
 }
 
 // leafHash is the Merkle leaf of a stored message as the projector's tree

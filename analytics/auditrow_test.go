@@ -328,6 +328,19 @@ func TestAuditRowOf(t *testing.T) {
 		row.Reason != "rolled to key_r2" || row.Permissions == nil || len(row.Permissions) != 0 {
 		t.Errorf("rolled: %+v, %v, %v", row, ok, err)
 	}
+	// Plans and owners are ledger records too: their rows say who set
+	// which limits (before, these events were dead letters).
+	plan := &events.PlanSet{Header: events.NewHeader(events.TypePlanSet, keyledger.PlanID("pro"), "alice@example.com", at),
+		Plan: keyledger.Plan{Name: "pro", MonthlyQuota: 1000, RateLimit: &keyledger.RateLimit{PerSecond: 2.5, Burst: 5}}}
+	if row, ok, err := AuditRowOf(ring, 9, nats.KeySubject(keyledger.PlanID("pro")), signer.MustSeal(t, plan)); !ok || err != nil ||
+		row.Type != "PlanSet" || row.Name != "pro" || row.Reason != "monthly_quota 1000, rate_limit 2.5/s burst 5" {
+		t.Errorf("plan: %+v, %v, %v", row, ok, err)
+	}
+	owner := &events.OwnerSet{Header: events.NewHeader(events.TypeOwnerSet, keyledger.OwnerID("acme"), "alice@example.com", at), Owner: "acme", Plan: "pro"}
+	if row, ok, err := AuditRowOf(ring, 10, nats.KeySubject(keyledger.OwnerID("acme")), signer.MustSeal(t, owner)); !ok || err != nil ||
+		row.Owner != "acme" || row.Reason != "plan pro" || row.KeyID != keyledger.OwnerID("acme") {
+		t.Errorf("owner: %+v, %v, %v", row, ok, err)
+	}
 	for _, tc := range []struct {
 		name    string
 		ring    *events.Keyring

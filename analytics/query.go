@@ -358,8 +358,12 @@ func ParseEventType(s string) (string, error) {
 		return string(events.TypeKeyEnabled), nil
 	case "keyleakreported", "leaked", "leak_reported":
 		return string(events.TypeKeyLeakReported), nil
+	case "planset", "plan":
+		return string(events.TypePlanSet), nil
+	case "ownerset", "owner":
+		return string(events.TypeOwnerSet), nil
 	}
-	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled, KeyEnabled or KeyLeakReported, not %s", keyledger.Quote(s))
+	return "", keyledger.Errorf(keyledger.Invalid, "type must be KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled, KeyEnabled, KeyLeakReported, PlanSet or OwnerSet, not %s", keyledger.Quote(s))
 }
 
 func checkLimit(n int) (int, error) {

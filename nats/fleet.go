@@ -31,6 +31,10 @@ const NodesPingSubject = "keyledger.ping.nodes"
 // happens; it also announces at once after applying a KEYS event.
 const HeartbeatInterval = time.Second
 
+// heardMargin is what a heartbeat may take to arrive, past the interval,
+// for a new registry to count its sender (see Registry.WaitApplied).
+const heardMargin = 250 * time.Millisecond
+
 // NodeTimeout is how long a node may stay silent before registries stop
 // listing it as live.
 const NodeTimeout = 3 * HeartbeatInterval
@@ -196,6 +200,10 @@ type Registry struct {
 	changed chan struct{} // closed and replaced on every heartbeat
 	sub     *natsgo.Subscription
 	now     func() time.Time
+	// born is when the registry began listening: until a heartbeat
+	// interval later it may not have heard every live node (see
+	// WaitApplied).
+	born time.Time
 }
 
 // nodeEntry is what the registry knows of a node: the newest heartbeat it
@@ -227,7 +235,7 @@ func NewRegistry(nc *natsgo.Conn, fleet *Fleet, self func() NodeStatus, log *slo
 		log = slog.Default()
 	}
 	r := &Registry{nodes: make(map[string]nodeEntry), changed: make(chan struct{}), now: time.Now,
-		keys: map[string]nkeys.KeyPair{}, log: log, self: self}
+		keys: map[string]nkeys.KeyPair{}, log: log, self: self, born: time.Now()}
 	for _, m := range fleet.Members {
 		if !m.Has(RoleAdmin) && !m.Has(RoleVerifier) {
 			continue
@@ -422,6 +430,20 @@ func (a Applied) Proven() bool { return len(a.Unproven) == 0 }
 // after seq was acknowledged: a node's lease cannot outlast an event
 // appended before the call by more than fenceAfter.
 func (r *Registry) WaitApplied(ctx context.Context, seq uint64) Applied {
+	// A registry younger than a heartbeat interval (an admin node that
+	// just started) has not necessarily heard every live node: each
+	// announces itself every interval, and answers the registry's ping
+	// only if it got it. Counting the fleet before then answered "1/1"
+	// for a write another live node had not applied (found by the fault
+	// suite's kill_consumer_host, against the restarted node).
+	if d := time.Until(r.born.Add(HeartbeatInterval + heardMargin)); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 	start := r.now()
 	type waiter struct {
 		fence time.Time // refusing for certain from then on

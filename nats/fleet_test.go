@@ -107,6 +107,11 @@ func TestRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The server has the subscription once a flush returns: n1's
+	// heartbeat, on another connection, cannot overtake it then.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	a.Start(context.Background())
 	defer a.Close(context.Background())
 	select {
@@ -334,5 +339,36 @@ func TestProofTimeoutCoversTheLongestLease(t *testing.T) {
 	fence := 20*time.Second + 20*time.Second*LeaseDrift/100 + LeaseMargin
 	if got := r.ProofTimeout(); got < HeartbeatInterval+fence {
 		t.Fatalf("ProofTimeout = %v with a 20 s lease; a silent node is proven refusing only after %v", got, HeartbeatInterval+fence)
+	}
+}
+
+// A registry that just started has not heard every live node yet: a write
+// it waits for must still count a node whose heartbeat comes a moment
+// later (a node that missed the ping announces itself within an
+// interval). Before, the wait counted only what had been heard: "1/1"
+// while another serving node had not applied the write.
+func TestWaitAppliedOfANewRegistryHearsTheFleetFirst(t *testing.T) {
+	fs := startFleetServer(t)
+	self := func() NodeStatus {
+		return NodeStatus{Name: "reg", Role: "admin", Environment: keyledger.EnvLive, LastSeq: 7, LeaseMS: 100, At: time.Now()}
+	}
+	// n1 serves with an older table and is not subscribed to pings.
+	a := NewAnnouncer(fs.connect(t, "n1"), fs.identity(t, "n1"), func() NodeStatus {
+		return NodeStatus{Name: "n1", Role: "verifier", Environment: keyledger.EnvLive, LastSeq: 3, LeaseMS: 100, CaughtUp: true, At: time.Now()}
+	}, nil)
+	r, err := NewRegistry(fs.connect(t, "reg"), fs.fleet, self, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// Its periodic heartbeat, 300 ms into the registry's life (a timer
+	// standing for n1's own ticker, not a synchronization).
+	late := time.AfterFunc(300*time.Millisecond, a.announce)
+	defer late.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := r.WaitApplied(ctx, 5)
+	if got.Total != 2 || got.Applied != 1 || len(got.Refusing) != 1 || got.Refusing[0] != "n1" {
+		t.Fatalf("a new registry's wait: %+v, want 1/2 with n1 proven refusing", got)
 	}
 }

@@ -159,6 +159,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	prometheus.RegisterNode(metrics, n.projector, n.usage)
 	prometheus.RegisterAudit(metrics, n.audit, time.Now)
+	prometheus.RegisterQuota(metrics, n.meter)
 	var usage verifier.Recorder = prometheus.NewVerifyMetrics(metrics, n.usage)
 	if cfg.NoUsage {
 		usage = nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -144,6 +145,11 @@ func TestCluster_quotas(t *testing.T) {
 			t.Fatalf("over quota: %d %v %s", code, hdr, body)
 		}
 		exact("acme", ok)
+		code, _, metrics := caller(t, c, 0).Call("GET", "/metrics", "", "")
+		if code != 200 || !strings.Contains(string(metrics), "keyledger_quota_leases_drawn_total ") ||
+			!strings.Contains(string(metrics), `keyledger_verify_total{outcome="quota_exceeded"}`) {
+			t.Fatalf("metrics: %d, no lease or quota_exceeded figures", code)
+		}
 	})
 
 	t.Run("1,000 credits across three nodes", func(t *testing.T) {

@@ -104,6 +104,26 @@ func TestCounter(t *testing.T) {
 		}
 	})
 
+	t.Run("a node whose clock lags never resets a counter already in the next month", func(t *testing.T) {
+		// Before, a draw for December over a January counter read its
+		// used as 0 and wrote December's count over it: a node with a
+		// slow clock could hand every other node a fresh quota.
+		st := quotatest.NewStore()
+		jan, dec := newClock(time.Date(2027, 1, 1, 0, 0, 5, 0, time.UTC)), newClock(time.Date(2026, 12, 31, 23, 59, 59, 0, time.UTC))
+		ahead := mustStart(t, quota.Config{Store: st, Now: jan.Now, Nodes: 1, MinLease: 10})
+		behind := mustStart(t, quota.Config{Store: st, Now: dec.Now, Nodes: 1, MinLease: 10, Wait: 50 * time.Millisecond})
+		a, b := ahead.Counter(monthly(100)), behind.Counter(monthly(100))
+		if v, _ := a.Take(jan.Now(), 1); v != quota.Pass {
+			t.Fatal("January's first take refused")
+		}
+		if v, _ := b.Take(dec.Now(), 1); v == quota.Pass {
+			t.Fatal("the lagging node drew December's units from a January counter")
+		}
+		if got := st.Value("quota.owner_x"); got.Period != "2027-01" || got.Used != 10 {
+			t.Fatalf("counter %+v after the lagging node's draw, want January's 10 untouched", got)
+		}
+	})
+
 	t.Run("cut off, a node spends what it holds, then fails closed or open", func(t *testing.T) {
 		for _, open := range []bool{false, true} {
 			st, clk := quotatest.NewStore(), newClock(t0)

@@ -130,12 +130,17 @@ func keysUpdate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []st
 	fs.Var(&meta, "meta", "metadata member key=value (repeatable; key= removes it)")
 	fs.StringVar(&reason, "reason", "", "why (kept in the ledger)")
 	ifMatch := fs.Uint64("if-match", 0, "only if the key is still at this revision")
+	cf := addCreditsFlags(fs, "none")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
 		return usageErr("keys update takes one key id")
+	}
+	credits, creditsSet, err := cf.value(fs, "none")
+	if err != nil {
+		return err
 	}
 	patch := map[string]any{}
 	set := map[string]bool{}
@@ -182,8 +187,11 @@ func keysUpdate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []st
 		}
 		patch["metadata"] = m
 	}
+	if creditsSet {
+		patch["credits"] = credits
+	}
 	if len(patch) == 0 {
-		return usageErr("keys update needs something to change: --name, --permissions, --expires, --allow-ip, --meta")
+		return usageErr("keys update needs something to change: --name, --permissions, --expires, --allow-ip, --meta, --credits")
 	}
 	if reason != "" {
 		patch["reason"] = reason
@@ -220,6 +228,7 @@ func keysCreate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []st
 	expires := fs.String("expires", "", "expiry: RFC 3339 time or a duration from now such as 720h")
 	rps := fs.Float64("rate", 0, "rate limit, requests per second (default: none for live, the node's for test)")
 	burst := fs.Int("burst", 0, "rate-limit burst (default: 2 x rate)")
+	cf := addCreditsFlags(fs, "")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -228,6 +237,11 @@ func keysCreate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []st
 		return usageErr("keys create takes flags only")
 	}
 	req := map[string]any{"name": *name, "environment": *env, "owner": *owner}
+	if credits, set, err := cf.value(fs, ""); err != nil {
+		return err
+	} else if set {
+		req["credits"] = credits
+	}
 	if *perms != "" {
 		req["permissions"] = strings.Split(*perms, ",")
 	}
@@ -275,6 +289,9 @@ func printKey(w io.Writer, k *admin.KeyView) error {
 	}
 	if k.RateLimit != nil {
 		rows = append(rows, []string{"rate_limit", fmt.Sprintf("%g/s burst %d", k.RateLimit.PerSecond, k.RateLimit.Burst)})
+	}
+	if k.Credits != nil {
+		rows = append(rows, []string{"credits", fmtCredits(k.Credits)})
 	}
 	if k.RevokedAt != nil {
 		rows = append(rows, []string{"revoked_at", fmtTime(k.RevokedAt)}, []string{"revoked_by", k.RevokedBy},

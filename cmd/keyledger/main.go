@@ -22,11 +22,22 @@ const usage = `keyledger — an event-sourced API-key ledger
 Usage:
   keyledger serve [flags]                 run a node (admin API + verifier)
   keyledger keys create --name N [flags]  issue a key (the secret is shown once)
+                        [--credits N [--refill daily|monthly --refill-amount N]]
+                                          with a balance of verifications
   keyledger keys list [--owner O] [--environment E] [--status S]
   keyledger keys show ID
   keyledger keys revoke ID [--reason R]
   keyledger keys roll ID [--grace 24h]   replace a key; the old one works for the grace (0s: revoke now)
   keyledger keys events ID                a key's audit trail from the ledger
+  keyledger plans create --name N [--monthly-quota N] [--rate R --burst B] [--on-outage closed|open]
+  keyledger plans list
+  keyledger plans show NAME
+  keyledger plans update NAME [--monthly-quota N] [--rate R --burst B | --no-rate] [--on-outage closed|open] [--if-match REV]
+                                          change only the flags given
+  keyledger owners set OWNER [--plan P] [--metadata JSON]
+                                          an owner's plan and metadata (flags left out keep their values)
+  keyledger owners show OWNER
+  keyledger owners quota OWNER            this month's use against the plan's quota, as the fleet enforces it
   keyledger verify KEY [--permission P]   ask a node whether KEY is valid
   keyledger usage  (--key ID | --owner O) [--from T] [--to T] [--interval minute|hour|day]
   keyledger quota  --owner O [--month YYYY-MM]     valid verifications of O's live keys
@@ -82,6 +93,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = analyticsCmd(ctx, args[0], args[1:], stdout)
 	case "nodes":
 		err = nodesCmd(ctx, args[1:], stdout)
+	case "plans":
+		err = plansCmd(ctx, args[1:], stdout)
+	case "owners":
+		err = ownersCmd(ctx, args[1:], stdout)
 	case "creds":
 		err = creds(ctx, args[1:], stdout, stderr)
 	case "bench":
