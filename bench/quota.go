@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,39 +32,18 @@ func quotaBench(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *nodes < 1 || *limit < 1 || *workers < 1 || *leaseMax < 1 {
 		return usageErr("--nodes, --quota, --workers and --lease-max must be positive")
 	}
-	dir, err := os.MkdirTemp("", "keyledger-bench-")
+	bases, stop, err := localCluster(ctx, stderr, *nodes, func(cfgs []node.Config) {
+		for i := range cfgs {
+			cfgs[i].LeaseMax, cfgs[i].FleetSize, cfgs[i].NoUsage = *leaseMax, *nodes, true
+		}
+	})
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	tok := "bench-token-0123456789abcdef"
-	cfgs, err := node.ClusterConfigs(*nodes, dir, tok, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		return err
-	}
-	for i := range cfgs {
-		cfgs[i].LeaseMax, cfgs[i].FleetSize, cfgs[i].NoUsage = *leaseMax, *nodes, true
-	}
-	fmt.Fprintf(stderr, "starting a %d-node cluster (R%d, sync always) on loopback…\n", *nodes, min(*nodes, 3))
-	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	c, err := node.StartCluster(sctx, cfgs)
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer closeWithin(func(ctx context.Context) error { c.Close(ctx); return nil })
-	var bases []string
-	for _, n := range c.Nodes {
-		bases = append(bases, n.URL())
-	}
-	fleet := c.Nodes[0].Fleet()
-	if err := waitFor(ctx, 30*time.Second, 20*time.Millisecond, fmt.Sprintf("heartbeats of all %d nodes", *nodes),
-		func() bool { return len(fleet.Live()) >= *nodes }); err != nil {
-		return err
-	}
+	defer stop()
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4 * *workers}, Timeout: 10 * time.Second}
 	defer hc.CloseIdleConnections()
-	api := &client.Client{BaseURL: bases[0], Token: tok, HTTP: hc}
+	api := &client.Client{BaseURL: bases[0], Token: benchToken, HTTP: hc}
 	wait := client.WriteOptions{Wait: admin.WaitAll}
 	if _, err := api.CreatePlan(ctx, keyledger.Plan{Name: "bench", MonthlyQuota: *limit}, wait); err != nil {
 		return err

@@ -49,36 +49,13 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return usageErr("--urls names no URL")
 		}
 	} else {
-		dir, err := os.MkdirTemp("", "keyledger-bench-")
-		if err != nil {
+		var stop func()
+		var err error
+		tok = benchToken
+		if bases, stop, err = localCluster(ctx, stderr, *nodes, nil); err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
-		tok = "bench-token-0123456789abcdef"
-		cfgs, err := node.ClusterConfigs(*nodes, dir, tok, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stderr, "starting a %d-node cluster (R%d, sync always) on loopback…\n", *nodes, min(*nodes, 3))
-		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		c, err := node.StartCluster(sctx, cfgs)
-		cancel()
-		if err != nil {
-			return err
-		}
-		defer closeWithin(func(ctx context.Context) error { c.Close(ctx); return nil })
-		for _, n := range c.Nodes {
-			bases = append(bases, n.URL())
-		}
-		// wait=all waits for the nodes the admin node has heard from: a
-		// node not heard from yet could get a key after its pollers
-		// started, and its 401 for a key it never knew would pass for a
-		// revocation.
-		fleet := c.Nodes[0].Fleet()
-		if err := waitFor(ctx, 30*time.Second, 20*time.Millisecond, fmt.Sprintf("heartbeats of all %d nodes", *nodes),
-			func() bool { return len(fleet.Live()) >= *nodes }); err != nil {
-			return err
-		}
+		defer stop()
 	}
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
 	defer hc.CloseIdleConnections()
@@ -145,6 +122,54 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		{"max", fmt.Sprintf("%.3f ms", ms(lat[len(lat)-1]))},
 		{"revoke call p50 / p99", fmt.Sprintf("%.3f / %.3f ms", ms(quantile(calls, 0.5)), ms(quantile(calls, 0.99)))},
 	})
+}
+
+// benchToken is the admin token of the clusters the benchmarks start.
+const benchToken = "bench-token-0123456789abcdef"
+
+// localCluster starts n admin nodes on loopback as one cluster (R3 from
+// three nodes, sync always), edited by edit if set, and waits until the
+// first hears every node's heartbeat: wait=all must mean every node. It
+// returns the nodes' base URLs and what stops them.
+func localCluster(ctx context.Context, stderr io.Writer, n int, edit func([]node.Config)) ([]string, func(), error) {
+	dir, err := os.MkdirTemp("", "keyledger-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	cfgs, err := node.ClusterConfigs(n, dir, benchToken, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	if edit != nil {
+		edit(cfgs)
+	}
+	fmt.Fprintf(stderr, "starting a %d-node cluster (R%d, sync always) on loopback…\n", n, min(n, 3))
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	c, err := node.StartCluster(sctx, cfgs)
+	cancel()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	stop := func() {
+		closeWithin(func(ctx context.Context) error { c.Close(ctx); return nil })
+		os.RemoveAll(dir)
+	}
+	var bases []string
+	for _, nd := range c.Nodes {
+		bases = append(bases, nd.URL())
+	}
+	// A node not heard from yet could get a key after its pollers
+	// started, and its 401 for a key it never knew would pass for a
+	// revocation.
+	fleet := c.Nodes[0].Fleet()
+	if err := waitFor(ctx, 30*time.Second, 20*time.Millisecond, fmt.Sprintf("heartbeats of all %d nodes", n),
+		func() bool { return len(fleet.Live()) >= n }); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return bases, stop, nil
 }
 
 // revokeOne revokes k (wait=none) while one poller per node verifies it,

@@ -196,12 +196,8 @@ func keysUpdate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []st
 	if reason != "" {
 		patch["reason"] = reason
 	}
-	var hdr map[string]string
-	if *ifMatch != 0 {
-		hdr = map[string]string{"If-Match": fmt.Sprintf("%q", fmt.Sprint(*ifMatch))}
-	}
-	var raw json.RawMessage
-	if err := c.doWith(ctx, "PATCH", "/v1/keys/"+url.PathEscape(pos[0]), hdr, patch, &raw); err != nil {
+	raw, err := c.patch(ctx, "/v1/keys/"+url.PathEscape(pos[0]), *ifMatch, patch)
+	if err != nil {
 		return err
 	}
 	if c.json {
@@ -211,12 +207,28 @@ func keysUpdate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []st
 	if err := json.Unmarshal(raw, &u); err != nil {
 		return err
 	}
-	if len(u.Changed) == 0 {
-		fmt.Fprintf(stdout, "Nothing to change on %s.\n\n", u.ID)
-	} else {
-		fmt.Fprintf(stdout, "Updated %s (%s), applied by %s.\n\n", u.ID, strings.Join(u.Changed, ", "), orDash(u.AppliedBy))
-	}
+	printChanged(stdout, u.ID, u.Changed, u.AppliedBy)
 	return printKey(stdout, &u.KeyView)
+}
+
+// patch sends a JSON merge patch, with If-Match when ifMatch is set.
+func (c *clientFlags) patch(ctx context.Context, path string, ifMatch uint64, patch map[string]any) (json.RawMessage, error) {
+	var hdr map[string]string
+	if ifMatch != 0 {
+		hdr = map[string]string{"If-Match": fmt.Sprintf("%q", fmt.Sprint(ifMatch))}
+	}
+	var raw json.RawMessage
+	err := c.doWith(ctx, "PATCH", path, hdr, patch, &raw)
+	return raw, err
+}
+
+// printChanged says what a patch of what changed (nothing, or the fields).
+func printChanged(w io.Writer, what string, changed []string, appliedBy string) {
+	if len(changed) == 0 {
+		fmt.Fprintf(w, "Nothing to change on %s.\n\n", what)
+		return
+	}
+	fmt.Fprintf(w, "Updated %s (%s), applied by %s.\n\n", what, strings.Join(changed, ", "), orDash(appliedBy))
 }
 
 func keysCreate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []string, stdout io.Writer) error {

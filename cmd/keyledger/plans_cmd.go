@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/keyledger/keyledger/internal/cli"
@@ -225,12 +224,8 @@ func plansUpdate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []s
 	if len(patch) == 0 {
 		return usageErr("plans update needs something to change: --monthly-quota, --rate, --no-rate, --on-outage")
 	}
-	var hdr map[string]string
-	if *ifMatch != 0 {
-		hdr = map[string]string{"If-Match": fmt.Sprintf("%q", fmt.Sprint(*ifMatch))}
-	}
-	var raw json.RawMessage
-	if err := c.doWith(ctx, "PATCH", "/v1/plans/"+url.PathEscape(pos[0]), hdr, patch, &raw); err != nil {
+	raw, err := c.patch(ctx, "/v1/plans/"+url.PathEscape(pos[0]), *ifMatch, patch)
+	if err != nil {
 		return err
 	}
 	if c.json {
@@ -240,11 +235,7 @@ func plansUpdate(ctx context.Context, fs *flag.FlagSet, c *clientFlags, args []s
 	if err := json.Unmarshal(raw, &u); err != nil {
 		return err
 	}
-	if len(u.Changed) == 0 {
-		fmt.Fprintf(stdout, "Nothing to change on plan %s.\n\n", u.Name)
-	} else {
-		fmt.Fprintf(stdout, "Updated plan %s (%s), applied by %s.\n\n", u.Name, strings.Join(u.Changed, ", "), orDash(u.AppliedBy))
-	}
+	printChanged(stdout, "plan "+u.Name, u.Changed, u.AppliedBy)
 	return printPlan(stdout, &u.PlanRecord)
 }
 
