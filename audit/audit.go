@@ -43,6 +43,12 @@ type Ledger interface {
 	Broken() string
 	// Diverge fails the node closed: its copy is not the fleet's.
 	Diverge(why string)
+	// RefusedThrough and KeyringDigest are what a checkpoint states of
+	// the events' signatures (merkle.Verified): the events through size
+	// refused on their envelope (false: too many to list), under the
+	// keyring of that digest.
+	RefusedThrough(size uint64) ([]uint64, bool)
+	KeyringDigest() [32]byte
 }
 
 // Defaults of Config.
@@ -599,6 +605,23 @@ func (a *Auditor) witnessOne(ctx context.Context, e *entry) {
 		a.publishCosign(ctx, own)
 		return
 	}
+	if v := e.cp.Verified; v != nil {
+		if v.Keyring != a.cfg.Ledger.KeyringDigest() {
+			// A cosignature vouches for the whole text: this node
+			// cannot vouch for refusals under another keyring.
+			a.log.Warn("audit: a checkpoint states its refused events under another keyring than this node's; not cosigning it",
+				"size", e.cp.Size, "signer", e.signer)
+			return
+		}
+		own, _ := a.cfg.Ledger.RefusedThrough(uint64(e.cp.Size))
+		if !slices.Equal(own, v.Refused) {
+			why := fmt.Sprintf("ledger_divergence: under one keyring, this node refused events %v of the first %d, checkpoint %d signed by %s says %v",
+				own, e.cp.Size, e.cp.Size, e.signer, v.Refused)
+			a.cfg.Ledger.Diverge(why)
+			a.divergence(a.cfg.Name, why)
+			return
+		}
+	}
 	if a.cfg.Signer != nil && e.signer == a.cfg.Signer.Name() {
 		return // its own checkpoint: a cosignature would add nothing
 	}
@@ -676,6 +699,12 @@ func (a *Auditor) Publish(ctx context.Context, n int64, t time.Time) (merkle.Che
 		return merkle.Checkpoint{}, keyledger.Wrap(keyledger.Invalid, err, "no such tree")
 	}
 	cp := merkle.Checkpoint{Origin: a.cfg.Origin, Size: n, Root: root, Time: t.UTC().Truncate(time.Second)}
+	if refused, ok := a.cfg.Ledger.RefusedThrough(uint64(n)); ok {
+		// What lets a node that replays the ledger lean on this
+		// checkpoint instead of checking each signature (see
+		// projector's trust.go).
+		cp.Verified = &merkle.Verified{Keyring: a.cfg.Ledger.KeyringDigest(), Refused: refused}
+	}
 	msg, err := cp.Sign(a.cfg.Signer)
 	if err != nil {
 		return merkle.Checkpoint{}, keyledger.Wrap(keyledger.Internal, err, "cannot sign the checkpoint")
@@ -706,4 +735,31 @@ func ProveEvent(t *merkle.Tree, size int64, seq uint64) (LeafProof, error) {
 		return LeafProof{}, err
 	}
 	return LeafProof{Index: int64(seq) - 1, Proof: p}, nil
+}
+
+// Newest returns the newest checkpoint of origin on AUDIT that a key of
+// ring signed (not retired before its size), for a node about to replay
+// the ledger (projector.Options.Trusted); nil when there is none yet, or
+// the newest is not signed by a trusted key (the replay then checks
+// every signature).
+func Newest(ctx context.Context, js jetstream.JetStream, origin string, ring *events.Keyring) (*merkle.Checkpoint, error) {
+	s, err := js.Stream(ctx, nats.AuditStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the AUDIT stream")
+	}
+	m, err := s.GetLastMsgForSubject(ctx, nats.CheckpointSubject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, keyledger.Wrap(keyledger.Unavailable, err, "cannot read the newest checkpoint")
+	}
+	cp, _, err := OpenCheckpoint(m.Data, origin, ring)
+	if err != nil {
+		return nil, nil
+	}
+	return &cp, nil
 }

@@ -297,6 +297,17 @@ func (r *Keyring) Marshal() []byte {
 	return b.Bytes()
 }
 
+// Digest identifies the keyring's verdicts: the SHA-256 of its signers
+// file and the unsigned events it adopts. Two nodes with one digest refuse
+// exactly the same events, which is what lets a checkpoint's list of
+// refused events stand for every signature check a replay would make
+// (see merkle.Verified).
+func (r *Keyring) Digest() [32]byte {
+	b := r.Marshal()
+	b = append(b, "unsigned-through "+strconv.FormatUint(r.UnsignedThrough(), 10)+"\n"...)
+	return sha256.Sum256(b)
+}
+
 func keyID(name string, hash uint32) string { return name + "+" + fmt.Sprintf("%08x", hash) }
 
 // Verifier implements note.Verifiers.

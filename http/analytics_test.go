@@ -65,7 +65,7 @@ func TestHandlerValidation(t *testing.T) {
 		{"GET", "/v1/usage?key_id=k1&key_id=k2", 400, keyledger.Invalid, "more than once"},
 		{"GET", "/v1/quota?month=2026-01", 400, keyledger.Invalid, "owner is required"},
 		{"GET", "/v1/quota?owner=o&month=2026-1", 400, keyledger.Invalid, "month must be YYYY-MM"},
-		{"GET", "/v1/audit?type=KeyUsed", 400, keyledger.Invalid, "type must be KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled, KeyEnabled or KeyLeakReported"},
+		{"GET", "/v1/audit?type=KeyUsed", 400, keyledger.Invalid, "type must be KeyCreated, KeyRolled, KeyRevoked, KeyUpdated, KeyDisabled, KeyEnabled, KeyLeakReported, PlanSet or OwnerSet"},
 		{"GET", "/v1/audit?type=KeyRolled", 200, "", ""},
 		{"GET", "/v1/audit?from=2026-01-01", 400, keyledger.Invalid, "from must be an RFC 3339 time"},
 		{"GET", "/v1/audit?limit=0", 400, keyledger.Invalid, "limit must be"},

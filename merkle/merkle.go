@@ -10,6 +10,7 @@ package merkle
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -340,7 +341,25 @@ type Checkpoint struct {
 	// Time, when not zero, is when the checkpoint was made (whole
 	// seconds, UTC).
 	Time time.Time
+	// Verified, when set, is the signer's statement about the events
+	// the tree covers, for nodes that replay them: under the keyring of
+	// this digest ("keyring <hex>"), every event but those of Refused
+	// ("refused <seq>,…" or "refused none", ascending) carries a
+	// signature it trusts. A node with the same keyring may then apply
+	// them without checking each signature (see projector.Trusted).
+	Verified *Verified
 }
+
+// Verified is what a checkpoint says of its events' signatures.
+type Verified struct {
+	Keyring [32]byte
+	Refused []uint64
+}
+
+// MaxRefused bounds the refused list a checkpoint carries: a ledger
+// with more refused events gets checkpoints without the statement (and
+// nodes that replay it check every signature).
+const MaxRefused = 1000
 
 // Body is the checkpoint's note text.
 func (c Checkpoint) Body() string {
@@ -348,7 +367,41 @@ func (c Checkpoint) Body() string {
 	if !c.Time.IsZero() {
 		b += "time " + c.Time.UTC().Format(time.RFC3339) + "\n"
 	}
+	if v := c.Verified; v != nil {
+		b += "keyring " + hex.EncodeToString(v.Keyring[:]) + "\nrefused "
+		if len(v.Refused) == 0 {
+			b += "none"
+		}
+		for i, seq := range v.Refused {
+			if i > 0 {
+				b += ","
+			}
+			b += strconv.FormatUint(seq, 10)
+		}
+		b += "\n"
+	}
 	return b
+}
+
+// parseRefused parses a refused line's list: ascending sequences within
+// the tree, or "none".
+func parseRefused(v string, size int64) ([]uint64, bool) {
+	if v == "none" {
+		return nil, true
+	}
+	parts := strings.Split(v, ",")
+	if len(parts) > MaxRefused {
+		return nil, false
+	}
+	out := make([]uint64, 0, len(parts))
+	for _, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 64)
+		if err != nil || n == 0 || n > uint64(size) || len(out) > 0 && n <= out[len(out)-1] {
+			return nil, false
+		}
+		out = append(out, n)
+	}
+	return out, true
 }
 
 // ParseBody parses a checkpoint's note text, without any signature.
@@ -374,6 +427,21 @@ func ParseBody(text string) (Checkpoint, error) {
 				return Checkpoint{}, ErrBadCheckpoint
 			}
 			c.Time = t.UTC()
+		}
+		if v, ok := strings.CutPrefix(ext, "keyring "); ok {
+			raw, err := hex.DecodeString(v)
+			if err != nil || len(raw) != 32 || c.Verified != nil {
+				return Checkpoint{}, ErrBadCheckpoint
+			}
+			c.Verified = &Verified{}
+			copy(c.Verified.Keyring[:], raw)
+		}
+		if v, ok := strings.CutPrefix(ext, "refused "); ok {
+			refused, ok := parseRefused(v, size)
+			if !ok || c.Verified == nil {
+				return Checkpoint{}, ErrBadCheckpoint
+			}
+			c.Verified.Refused = refused
 		}
 	}
 	if c.Body() != text {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
@@ -301,6 +302,7 @@ func BenchmarkProveLeaf(b *testing.B) {
 
 func TestParseBody(t *testing.T) {
 	root := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	ring := strings.Repeat("ab", 32)
 	for _, tc := range []struct {
 		name, text string
 		ok         bool
@@ -317,6 +319,18 @@ func TestParseBody(t *testing.T) {
 		{"bad time", "keyledger/KEYS\n12\n" + root + "\ntime yesterday\n", false},
 		{"unknown extension line", "keyledger/KEYS\n12\n" + root + "\nsomething else\n", false},
 		{"time not in UTC", "keyledger/KEYS\n12\n" + root + "\ntime 2026-12-01T18:00:00+01:00\n", false},
+		{"verified, none refused", "keyledger/KEYS\n12\n" + root + "\ntime 2026-12-01T17:00:00Z\nkeyring " + ring + "\nrefused none\n", true},
+		{"verified, two refused", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\nrefused 3,12\n", true},
+		{"refused beyond the tree", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\nrefused 13\n", false},
+		{"refused out of order", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\nrefused 5,3\n", false},
+		{"refused twice", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\nrefused 3,3\n", false},
+		{"refused 0", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\nrefused 0\n", false},
+		{"refused empty", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\nrefused \n", false},
+		{"refused without keyring", "keyledger/KEYS\n12\n" + root + "\nrefused none\n", false},
+		{"keyring without refused", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\n", false},
+		{"keyring twice", "keyledger/KEYS\n12\n" + root + "\nkeyring " + ring + "\nkeyring " + ring + "\nrefused none\n", false},
+		{"short keyring", "keyledger/KEYS\n12\n" + root + "\nkeyring abcd\nrefused none\n", false},
+		{"upper-case keyring", "keyledger/KEYS\n12\n" + root + "\nkeyring " + strings.ToUpper(ring) + "\nrefused none\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ParseBody(tc.text)
@@ -335,6 +349,7 @@ func TestParseBody(t *testing.T) {
 func FuzzParseBody(f *testing.F) {
 	f.Add("keyledger/KEYS\n12\n" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\ntime 2026-12-01T17:00:00Z\n")
 	f.Add("x\n0\n\n")
+	f.Add("keyledger/KEYS\n12\n" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\nkeyring " + strings.Repeat("0", 64) + "\nrefused 1,2\n")
 	f.Fuzz(func(t *testing.T, text string) {
 		c, err := ParseBody(text)
 		if err == nil && c.Body() != text {

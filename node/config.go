@@ -61,6 +61,10 @@ type Config struct {
 	AuditOrigin        string
 	CheckpointEvery    int64
 	CheckpointInterval time.Duration
+	// CheckEverySignature replays the ledger checking every event's
+	// signature, even those a signed checkpoint vouches for (ten times
+	// slower; see projector's trust.go).
+	CheckEverySignature bool
 	// TrustUnsignedThrough adopts a ledger written before events were
 	// signed: unsigned events up to this sequence are applied.
 	TrustUnsignedThrough uint64

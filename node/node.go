@@ -26,6 +26,7 @@ import (
 	"github.com/keyledger/keyledger/audit"
 	"github.com/keyledger/keyledger/github"
 	khttp "github.com/keyledger/keyledger/http"
+	"github.com/keyledger/keyledger/merkle"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
 	"github.com/keyledger/keyledger/prometheus"
@@ -125,7 +126,21 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.counters = counters
 
 	n.announcer = nats.NewAnnouncer(n.nc, n.creds.id, n.status, n.log)
+	var trusted *merkle.Checkpoint
+	if !cfg.CheckEverySignature {
+		origin := cfg.AuditOrigin
+		if origin == "" {
+			origin = audit.DefaultOrigin
+		}
+		// A replay leans on the newest checkpoint a trusted key signed
+		// (see projector's trust.go); without one it checks every event.
+		if trusted, err = audit.Newest(ctx, n.js, origin, n.creds.ring); err != nil {
+			n.log.Warn("no checkpoint to replay on: every event's signature is checked", "err", err)
+			trusted = nil
+		}
+	}
 	n.projector = projector.New(n.js, projector.Options{
+		Trusted: trusted,
 		Catalog: catalog, Records: isAdmin, Logger: n.log, MaxStaleness: cfg.MaxStaleness, Keyring: n.creds.ring,
 		SnapshotDir: filepath.Join(cfg.DataDir, "snapshots"),
 		OnAdvance:   func(uint64) { n.announcer.Notify() },

@@ -36,6 +36,8 @@ import (
 //	index without sorting; a file in any order still loads)
 //	accounts: plans, owners, and the last event stored on each plan's
 //	and owner's subject (every node: they decide what is metered)
+//	refused: the events refused on their envelope, through the
+//	snapshot's sequence (what the node's checkpoints list: trust.go)
 //	SHA-256 of everything above
 //
 // All integers are little-endian or uvarints. A snapshot is a consistent
@@ -203,6 +205,9 @@ type snapshotCut struct {
 	plans   []*keyledger.PlanRecord
 	owners  []*keyledger.Owner
 	revs    map[string]uint64
+	// refused are the events refused on their envelope through seq,
+	// for the checkpoints the node publishes after a restart.
+	refused []uint64
 }
 
 // cut collects a consistent cut of the table, the records and the
@@ -255,6 +260,7 @@ func (p *Projector) cut() (*snapshotCut, error) {
 		c.revs[id] = seq
 	}
 	a.mu.RUnlock()
+	c.refused = p.refused.through(h.seq)
 	return c, nil
 }
 
@@ -384,6 +390,10 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		s.credits(k.Credits)
 	}
 	writeAccounts(s, c)
+	s.uvarint(uint64(len(c.refused)))
+	for _, seq := range c.refused {
+		s.uvarint(seq)
+	}
 	if err := s.w.Flush(); err != nil {
 		return "", err
 	}
@@ -792,6 +802,21 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	if r.err == nil {
 		acc = r.readAccounts(uint64(len(body)))
 	}
+	var refused []uint64
+	if r.err == nil {
+		n := r.uvarint()
+		if n > uint64(len(body)) || n > meta.seq {
+			return snapshotMeta{}, fmt.Errorf("%w: bad refused count", errSnapshot)
+		}
+		refused = make([]uint64, 0, n)
+		for range n {
+			seq := r.uvarint()
+			if seq == 0 || seq > meta.seq || len(refused) > 0 && seq <= refused[len(refused)-1] {
+				return snapshotMeta{}, fmt.Errorf("%w: bad refused sequence", errSnapshot)
+			}
+			refused = append(refused, seq)
+		}
+	}
 	if r.err != nil {
 		return snapshotMeta{}, r.err
 	}
@@ -827,6 +852,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		// the owner's keys.
 		o.Name = p.intern(o.Name)
 	}
+	p.refused.set(refused)
 	a := p.accounts
 	a.mu.Lock()
 	a.plans, a.owners, a.revs = acc.plans, acc.owners, acc.revs
