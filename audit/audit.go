@@ -694,18 +694,26 @@ func (a *Auditor) Publish(ctx context.Context, n int64, t time.Time) (merkle.Che
 	if a.cfg.Signer == nil {
 		return merkle.Checkpoint{}, keyledger.Errorf(keyledger.Forbidden, "only admin nodes sign checkpoints")
 	}
-	root, err := a.cfg.Ledger.Tree().Root(n)
+	return PublishCheckpoint(ctx, a.cfg.JS, a.cfg.Ledger, a.cfg.Origin, a.cfg.Signer, n, t)
+}
+
+// PublishCheckpoint signs the checkpoint of the first n events of ledger
+// with signer and publishes it on AUDIT: what an admin node's auditor
+// does every Config.Every events (and what `keyledger bench coldstart`
+// does to time a replay on it).
+func PublishCheckpoint(ctx context.Context, js jetstream.JetStream, ledger Ledger, origin string, signer note.Signer, n int64, t time.Time) (merkle.Checkpoint, error) {
+	root, err := ledger.Tree().Root(n)
 	if err != nil {
 		return merkle.Checkpoint{}, keyledger.Wrap(keyledger.Invalid, err, "no such tree")
 	}
-	cp := merkle.Checkpoint{Origin: a.cfg.Origin, Size: n, Root: root, Time: t.UTC().Truncate(time.Second)}
-	if refused, ok := a.cfg.Ledger.RefusedThrough(uint64(n)); ok {
+	cp := merkle.Checkpoint{Origin: origin, Size: n, Root: root, Time: t.UTC().Truncate(time.Second)}
+	if refused, ok := ledger.RefusedThrough(uint64(n)); ok {
 		// What lets a node that replays the ledger lean on this
 		// checkpoint instead of checking each signature (see
 		// projector's trust.go).
-		cp.Verified = &merkle.Verified{Keyring: a.cfg.Ledger.KeyringDigest(), Refused: refused}
+		cp.Verified = &merkle.Verified{Keyring: ledger.KeyringDigest(), Refused: refused}
 	}
-	msg, err := cp.Sign(a.cfg.Signer)
+	msg, err := cp.Sign(signer)
 	if err != nil {
 		return merkle.Checkpoint{}, keyledger.Wrap(keyledger.Internal, err, "cannot sign the checkpoint")
 	}
@@ -715,7 +723,7 @@ func (a *Auditor) Publish(ctx context.Context, n int64, t time.Time) (merkle.Che
 	m.Data = msg
 	// Two admin nodes checkpointing the same size publish one.
 	m.Header.Set(jetstream.MsgIDHeader, "checkpoint-"+strconv.FormatInt(n, 10)+"-"+root.String())
-	if _, err := a.cfg.JS.PublishMsg(pctx, m, jetstream.WithExpectStream(nats.AuditStream)); err != nil {
+	if _, err := js.PublishMsg(pctx, m, jetstream.WithExpectStream(nats.AuditStream)); err != nil {
 		return merkle.Checkpoint{}, keyledger.Wrap(keyledger.Unavailable, err, "cannot publish the checkpoint")
 	}
 	return cp, nil

@@ -365,3 +365,31 @@ func TestNewHeader(t *testing.T) {
 		prev = id
 	}
 }
+
+// Decode reads the head of an event as Encode writes it without a JSON
+// pass of its own; every other spelling takes the full pass, and a head
+// that lies about the type is refused, whichever way it is read.
+func TestDecode_head(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		ok         bool
+	}{
+		{"as Encode writes it", `{"type":"KeyRevoked","v":1,"event_id":"0190d0a0-0000-7000-8000-000000000001","at":"2026-12-01T00:00:00Z","key_id":"key_1","reason":"r"}`, true},
+		{"spaced", `{ "type": "KeyRevoked", "v": 1, "event_id":"0190d0a0-0000-7000-8000-000000000001","at":"2026-12-01T00:00:00Z","key_id":"key_1","reason":"r"}`, true},
+		{"fields in another order", `{"v":1,"type":"KeyRevoked","event_id":"0190d0a0-0000-7000-8000-000000000001","at":"2026-12-01T00:00:00Z","key_id":"key_1","reason":"r"}`, true},
+		{"a second type after the head", `{"type":"KeyRevoked","v":1,"event_id":"0190d0a0-0000-7000-8000-000000000001","at":"2026-12-01T00:00:00Z","key_id":"key_1","reason":"r","type":"KeyEnabled"}`, false},
+		{"version 2", `{"type":"KeyRevoked","v":2,"event_id":"0190d0a0-0000-7000-8000-000000000001","at":"2026-12-01T00:00:00Z","key_id":"key_1"}`, false},
+		{"an escaped type", `{"type":"Key\u0052evoked","v":1,"event_id":"0190d0a0-0000-7000-8000-000000000001","at":"2026-12-01T00:00:00Z","key_id":"key_1","reason":"r"}`, true},
+		{"unknown type", `{"type":"KeyStolen","v":1,"event_id":"0190d0a0-0000-7000-8000-000000000001","at":"2026-12-01T00:00:00Z","key_id":"key_1"}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev, err := events.Decode([]byte(tc.text))
+			if (err == nil) != tc.ok {
+				t.Fatalf("Decode: %v, %v", ev, err)
+			}
+			if err == nil && ev.Head().Type != events.TypeKeyRevoked {
+				t.Fatalf("type %s", ev.Head().Type)
+			}
+		})
+	}
+}
