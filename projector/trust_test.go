@@ -24,7 +24,6 @@ func TestProjector_trustedReplay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var secrets []string
-	var last uint64
 	for i := range 300 {
 		c, secret := created(t, events.NewKeyID())
 		seq, err := log.Append(ctx, c, 0)
@@ -32,9 +31,8 @@ func TestProjector_trustedReplay(t *testing.T) {
 			t.Fatal(err)
 		}
 		secrets = append(secrets, secret)
-		last = seq
 		if i%10 == 0 {
-			if last, err = log.Append(ctx, revoked(c.KeyID), seq); err != nil {
+			if _, err = log.Append(ctx, revoked(c.KeyID), seq); err != nil {
 				t.Fatal(err)
 			}
 		}
