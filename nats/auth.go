@@ -237,7 +237,11 @@ func Permissions(m Member) *server.Permissions {
 			// a verifier enforces the limits, so it writes the
 			// counters.
 			countersPrefix+">", api+"STREAM.INFO."+CountersStream,
-			api+"DIRECT.GET."+CountersStream+".>", api+"STREAM.MSG.GET."+CountersStream)
+			api+"DIRECT.GET."+CountersStream+".>", api+"STREAM.MSG.GET."+CountersStream,
+			// Loading a published snapshot at a first start: reads only.
+			api+"STREAM.INFO."+SnapshotsStream, api+"DIRECT.GET."+SnapshotsStream+".>", api+"STREAM.MSG.GET."+SnapshotsStream,
+			api+"CONSUMER.CREATE."+SnapshotsStream, api+"CONSUMER.CREATE."+SnapshotsStream+".>",
+			api+"CONSUMER.INFO."+SnapshotsStream+".*", api+"CONSUMER.DELETE."+SnapshotsStream+".*")
 		sub = append(sub, NodesPingSubject)
 	}
 	if m.Has(RoleAdmin) {
@@ -246,6 +250,7 @@ func Permissions(m Member) *server.Permissions {
 			api+"STREAM.INFO."+AlertsStream, api+"STREAM.CREATE."+AlertsStream, api+"STREAM.UPDATE."+AlertsStream,
 			api+"STREAM.CREATE."+AuditStream, CheckpointSubject,
 			api+"STREAM.CREATE."+CountersStream, api+"STREAM.UPDATE."+CountersStream,
+			api+"STREAM.CREATE."+SnapshotsStream, api+"STREAM.UPDATE."+SnapshotsStream, snapshotsPrefix+">",
 			NodesPingSubject)
 		sub = append(sub, NodesSubjectPrefix+"*")
 	}

@@ -204,7 +204,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	c = c.withDefaults()
 	start := time.Now()
 	var lastLog time.Time
-	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c), AlertsStreamConfig(c), AuditStreamConfig(c), CountersStreamConfig(c)} {
+	for _, cfg := range []jetstream.StreamConfig{KeysStreamConfig(c), UsageStreamConfig(c), AlertsStreamConfig(c), AuditStreamConfig(c), CountersStreamConfig(c), SnapshotsStreamConfig(c)} {
 		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 			// Each attempt gets its own deadline: a request sent before
 			// the cluster has a meta leader gets no answer at all.

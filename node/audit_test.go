@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,6 +146,57 @@ func TestNode_replayOnCheckpoint(t *testing.T) {
 		}
 		if code, _, _ := c2.Call("GET", "/v1/authz", k, ""); code != want {
 			t.Fatalf("key %d after the replay: %d, want %d", i, code, want)
+		}
+	}
+}
+
+// A verifier node that starts with an empty data directory comes up from
+// the snapshot an admin node published, replaying only the events after
+// it, and serves the same answers.
+func TestNode_bootstrapFromPublishedSnapshot(t *testing.T) {
+	cfgs, err := node.ClusterConfigs(1, t.TempDir(), clusterToken, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs[0].SnapshotPublishEvery = 50 * time.Millisecond
+	a := nodetest.MustOpenConfig(t, cfgs[0])
+	c := &nodetest.Caller{T: t, Base: a.URL(), Token: clusterToken}
+	nodetest.WaitReady(t, c)
+	var keys []string
+	for range 20 {
+		code, _, body := c.Call("POST", "/v1/keys", clusterToken, `{"name":"b","environment":"live"}`)
+		var k struct{ Key string }
+		if code != 201 || json.Unmarshal(body, &k) != nil {
+			t.Fatalf("create: %d %s", code, body)
+		}
+		keys = append(keys, k.Key)
+	}
+	// The snapshot the publisher's next tick finds newer than any it
+	// published.
+	if _, err := a.Projector().Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	bucket, err := nats.OpenSnapshots(context.Background(), a.JetStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodetest.WaitFor(t, 10*time.Second, "the admin node to publish its snapshot", func() bool {
+		names, err := bucket.Names(context.Background(), "manifest-")
+		return err == nil && len(names) > 0
+	})
+	v := nodetest.MustOpenConfig(t, node.Config{
+		Role: node.RoleVerifier, DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", Environment: cfgs[0].Environment,
+		NATSURL: "nats://" + cfgs[0].NATSListen, Prefix: cfgs[0].Prefix, Permissions: cfgs[0].Permissions,
+		TestRateLimit: cfgs[0].TestRateLimit, Name: "v1", Logger: cfgs[0].Logger, Credentials: cfgs[0].Credentials,
+	})
+	vc := &nodetest.Caller{T: t, Base: v.URL()}
+	nodetest.WaitReady(t, vc)
+	if st := v.Projector().Stats(); st.Snapshot == 0 {
+		t.Fatalf("stats %+v: the verifier replayed instead of loading the published snapshot", st)
+	}
+	for i, k := range keys {
+		if code, _, _ := vc.Call("GET", "/v1/authz", k, ""); code != 200 {
+			t.Fatalf("key %d on the bootstrapped verifier: %d", i, code)
 		}
 	}
 }

@@ -61,6 +61,10 @@ type Config struct {
 	AuditOrigin        string
 	CheckpointEvery    int64
 	CheckpointInterval time.Duration
+	// SnapshotPublishEvery is how often an admin node publishes its
+	// newest snapshot to the fleet's bucket, for nodes that start empty
+	// (0: never).
+	SnapshotPublishEvery time.Duration
 	// CheckEverySignature replays the ledger checking every event's
 	// signature, even those a signed checkpoint vouches for (ten times
 	// slower; see projector's trust.go).

@@ -50,6 +50,8 @@ type Node struct {
 	usage       *nats.UsagePublisher
 	verifier    *verifier.Verifier
 	meter       *quota.Meter
+	snapshots   *nats.Snapshots // nil when the fleet has no bucket
+	stopPublish context.CancelFunc
 	counters    *nats.Counters
 	announcer   *nats.Announcer
 	registry    *nats.Registry // admin role only
@@ -146,10 +148,29 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		OnAdvance:   func(uint64) { n.announcer.Notify() },
 		OnReject:    n.onReject, Name: cfg.Name,
 	})
+	// A first start (no snapshot of its own) loads the newest snapshot
+	// an admin node published, when one verifies (projector's
+	// bootstrap.go); otherwise the node replays.
+	if n.snapshots, err = nats.OpenSnapshots(ctx, n.js); err == nil {
+		if _, err := n.projector.Bootstrap(ctx, n.snapshots); err != nil {
+			n.log.Warn("cannot look for a published snapshot; replaying the ledger", "err", err)
+		}
+	} else if !errors.Is(err, nats.ErrNoSnapshots) {
+		n.log.Warn("cannot open the snapshots bucket; replaying the ledger", "err", err)
+	}
 	if err := n.projector.Start(ctx); err != nil {
 		return nil, err
 	}
 	n.announcer.Start(ctx)
+	if isAdmin && n.snapshots != nil && n.creds.signer != nil && cfg.SnapshotPublishEvery > 0 {
+		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		n.stopPublish = cancel
+		n.bg.Add(1)
+		go func() {
+			defer n.bg.Done()
+			n.publishSnapshots(pctx, cfg.SnapshotPublishEvery)
+		}()
+	}
 	acfg := audit.Config{JS: n.js, Ledger: n.projector, Origin: cfg.AuditOrigin, Name: cfg.Name, Keyring: n.creds.ring,
 		Witness: n.creds.witness, Witnesses: n.creds.witnesses, WitnessesText: n.creds.witnessesText,
 		Every: cfg.CheckpointEvery, Interval: cfg.CheckpointInterval, Logger: n.log, OnDivergence: n.onDivergence}
@@ -576,11 +597,14 @@ func (n *Node) Close(ctx context.Context) error {
 		// what the node holds can go back to the counters.
 		n.meter.Close(ctx)
 	}
+	if n.stopPublish != nil {
+		n.stopPublish()
+	}
 	n.alerts.Wait() // bounded: RaiseAlert gives up after 5 s
 	if n.stopRetry != nil {
 		n.stopRetry()
-		n.bg.Wait()
 	}
+	n.bg.Wait() // the analytics retry and the snapshot publisher
 	n.analyticsMu.Lock()
 	qa := n.quotaAlerts
 	n.analyticsMu.Unlock()
@@ -641,4 +665,32 @@ func adminToken(cfg Config, log *slog.Logger) (string, error) {
 	}
 	log.Info("admin token generated", "path", path)
 	return tok, nil
+}
+
+// publishSnapshots publishes the node's newest snapshot to the fleet's
+// bucket every interval, when it is newer than the last one published: a
+// node that starts empty then replays at most an interval of events.
+func (n *Node) publishSnapshots(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var published uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		path, seq := n.projector.NewestSnapshot()
+		if seq <= published {
+			continue
+		}
+		if err := n.projector.PublishSnapshot(ctx, n.snapshots, path, n.creds.signer.NoteSigner()); err != nil {
+			if ctx.Err() == nil {
+				n.log.Warn("cannot publish the newest snapshot for nodes that start empty", "seq", seq, "err", err)
+			}
+			continue
+		}
+		published = seq
+		n.log.Info("snapshot published for nodes that start empty", "seq", seq)
+	}
 }

@@ -42,6 +42,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.AuditOrigin, "audit-origin", cli.EnvOr("KEYLEDGER_AUDIT_ORIGIN", "keyledger/KEYS"), "the name of this ledger in its signed checkpoints (one per ledger, e.g. api.example.com/keyledger)")
 	fs.Int64Var(&cfg.CheckpointEvery, "checkpoint-every", 1000, "admin nodes publish a checkpoint after this many events…")
 	fs.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", time.Minute, "…or this long after the last one, when there are new events")
+	fs.DurationVar(&cfg.SnapshotPublishEvery, "snapshot-publish-every", time.Hour, "admin nodes: publish the newest snapshot this often for nodes that start empty (0: never)")
 	fs.BoolVar(&cfg.CheckEverySignature, "check-every-signature", false, "replay the ledger checking every event's signature, even those the newest signed checkpoint vouches for")
 	fs.Uint64Var(&cfg.TrustUnsignedThrough, "trust-unsigned-through", 0, "adopt a ledger written before signing: apply unsigned events up to this KEYS sequence (logged at every start)")
 	fs.StringVar(&cfg.Cluster, "cluster", "", "host:port for routes from other embedded servers: makes this node a NATS cluster member")
