@@ -74,20 +74,7 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// authz is a poll: one verification, 401 once the node refuses the key.
 	// It is a bare request rather than a client call because it is what
 	// is measured, and the figures are those of this loop.
-	authz := func(ctx context.Context, base, key string) (int, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/authz", nil)
-		if err != nil {
-			return 0, err
-		}
-		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := hc.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode, nil
-	}
+	authz := func(ctx context.Context, base, key string) (int, error) { return authzStatus(ctx, hc, base, key) }
 
 	var lat, calls []time.Duration
 	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {

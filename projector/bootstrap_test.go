@@ -1,13 +1,11 @@
 package projector_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/keyledger/keyledger/events/eventstest"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/nats/natstest"
+	"github.com/keyledger/keyledger/node/nodetest"
 	"github.com/keyledger/keyledger/projector"
 )
 
@@ -73,10 +72,10 @@ func TestProjector_bootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs *syncBuffer
+	var logs *nodetest.SyncBuffer
 	newNode := func(t *testing.T) (*projector.Projector, uint64) {
 		t.Helper()
-		logs = &syncBuffer{}
+		logs = &nodetest.SyncBuffer{}
 		p := projector.New(verifierJS, projector.Options{Keyring: env.Keyring, SnapshotDir: t.TempDir(),
 			Logger: slog.New(slog.NewTextHandler(logs, nil))})
 		seq, err := p.Bootstrap(ctx, bucket)
@@ -179,24 +178,6 @@ func TestProjector_bootstrap(t *testing.T) {
 			same(t, p)
 		})
 	}
-}
-
-// syncBuffer collects a projector's log lines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func flip(b []byte) []byte {

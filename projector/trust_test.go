@@ -11,6 +11,7 @@ import (
 	"github.com/keyledger/keyledger/merkle"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/nats/natstest"
+	"github.com/keyledger/keyledger/node/nodetest"
 	"github.com/keyledger/keyledger/projector"
 )
 
@@ -118,7 +119,7 @@ func TestProjector_trustedReplay(t *testing.T) {
 		// Before the listed events were checked again, a checkpoint's
 		// signer could make replaying nodes skip a revocation.
 		p := start(t, checkpoint(func(cp *merkle.Checkpoint) { cp.Verified.Refused = append([]uint64{2}, refused...) }))
-		waitFor(t, func() bool { return p.Broken() != "" })
+		nodetest.WaitFor(t, 10*time.Second, "the node to fail closed", func() bool { return p.Broken() != "" })
 		if !strings.Contains(p.Broken(), "lists event 2 as refused") || p.Ready() {
 			t.Fatalf("broken %q, ready %v", p.Broken(), p.Ready())
 		}
@@ -130,7 +131,7 @@ func TestProjector_trustedReplay(t *testing.T) {
 		other := root
 		other[0] ^= 1
 		p := start(t, checkpoint(func(cp *merkle.Checkpoint) { cp.Root = other }))
-		waitFor(t, func() bool { return p.Broken() != "" })
+		nodetest.WaitFor(t, 10*time.Second, "the node to fail closed", func() bool { return p.Broken() != "" })
 		if !strings.Contains(p.Broken(), "ledger_divergence") || p.Ready() {
 			t.Fatalf("broken %q, ready %v", p.Broken(), p.Ready())
 		}
@@ -189,16 +190,4 @@ func start2(t *testing.T, env *natstest.Env, dir string) *projector.Projector {
 	}
 	t.Cleanup(func() { p.Close(context.Background()) })
 	return p
-}
-
-// waitFor polls ok, which reads state the projector sets, for up to 10 s.
-func waitFor(t *testing.T, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(5 * time.Millisecond) // polling state the projector sets
-	}
 }
