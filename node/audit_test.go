@@ -51,7 +51,10 @@ func TestNode_ledgerDivergence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := merkle.Checkpoint{Origin: audit.DefaultOrigin, Size: 1, Root: tlog.RecordHash([]byte("another history")),
+	// Of a size the node has not checkpointed itself (it publishes its
+	// first checkpoint as soon as it has an event, the next 1,000 events
+	// or a minute later): the node reaches it with the next event.
+	other, err := merkle.Checkpoint{Origin: audit.DefaultOrigin, Size: 2, Root: tlog.RecordHash([]byte("another history")),
 		Time: time.Now()}.Sign(signer.NoteSigner())
 	if err != nil {
 		t.Fatal(err)
@@ -61,6 +64,7 @@ func TestNode_ledgerDivergence(t *testing.T) {
 	if _, err := n.JetStream().Publish(ctx, nats.CheckpointSubject, other); err != nil {
 		t.Fatal(err)
 	}
+	c.Call("POST", "/v1/keys?wait=none", n.Token(), `{"name":"second","environment":"live"}`)
 	nodetest.WaitFor(t, 20*time.Second, "the node to fail closed", func() bool {
 		code, _, body := c.Call("GET", "/readyz", "", "")
 		return code == 503 && strings.Contains(string(body), "ledger_divergence")
