@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -296,7 +297,15 @@ func publishKeys(ctx context.Context, l *benchLedger, n int, secret string) erro
 	go func() { wg.Wait(); close(out) }()
 	i := 0
 	for m := range out {
-		if _, err := l.js.PublishAsync(m.subject, m.data); err != nil {
+		_, err := l.js.PublishAsync(m.subject, m.data)
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			// The server fell behind (a 5 M-key ledger's store grows
+			// past its caches): let it catch up, then go on.
+			if err = publishAcked(ctx, l.js); err == nil {
+				_, err = l.js.PublishAsync(m.subject, m.data)
+			}
+		}
+		if err != nil {
 			return err
 		}
 		// Batches of 10,000 in flight bound the client's memory.
