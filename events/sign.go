@@ -297,6 +297,21 @@ func (r *Keyring) Marshal() []byte {
 	return b.Bytes()
 }
 
+// CheckRetired checks a verified note other than an event (a
+// checkpoint, a snapshot manifest) that speaks for the ledger up to
+// sequence seq: every signature a key of the keyring made must be by a key
+// not retired before seq, as for events (ErrSignerRetired).
+func (r *Keyring) CheckRetired(n *note.Note, seq uint64) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, s := range n.Sigs {
+		if t := r.signers[keyID(s.Name, s.Hash)]; t.Until != 0 && seq > t.Until {
+			return fmt.Errorf("%w: %s, retired at %d, signed for sequence %d", ErrSignerRetired, s.Name, t.Until, seq)
+		}
+	}
+	return nil
+}
+
 // Digest identifies the keyring's verdicts: the SHA-256 of its signers
 // file and the unsigned events it adopts. Two nodes with one digest refuse
 // exactly the same events, which is what lets a checkpoint's list of

@@ -203,12 +203,8 @@ func (p *Projector) checkManifest(ctx context.Context, bucket *nats.Snapshots, n
 	if !ok {
 		return manifest{}, "malformed manifest"
 	}
-	for _, s := range n.Sigs {
-		for _, t := range p.ring.Signers() {
-			if strings.HasPrefix(t.Key, s.Name+"+"+fmt.Sprintf("%08x", s.Hash)+"+") && t.Until != 0 && m.seq > t.Until {
-				return manifest{}, "signed by a key retired before its sequence"
-			}
-		}
+	if err := p.ring.CheckRetired(n, m.seq); err != nil {
+		return manifest{}, err.Error()
 	}
 	m.signer = n.Sigs[0].Name
 	switch {
