@@ -482,9 +482,9 @@ func (s *Service) Import(ctx context.Context, req ImportRequest, w Write) (*KeyV
 	switch e := s.cfg.Projector.Table().Lookup(&h); {
 	case e == nil:
 		return nil, keyledger.Errorf(keyledger.Unavailable, "import %s recorded but not yet applied on this node: check GET /v1/keys/%s", ev.KeyID, ev.KeyID)
-	case e.ID != ev.KeyID:
+	case e.ID() != ev.KeyID:
 		return nil, &keyledger.Error{Code: keyledger.Conflict, Reason: keyledger.ReasonAlreadyExists,
-			Message: "a key with this hash is already in the ledger (" + e.ID + "); this import has no effect"}
+			Message: "a key with this hash is already in the ledger (" + e.ID() + "); this import has no effect"}
 	}
 	return &KeyView{Key: k, Status: k.StatusAt(s.cfg.Now())}, nil
 }

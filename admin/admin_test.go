@@ -54,7 +54,7 @@ func TestService_Create(t *testing.T) {
 		}
 		// The node that served the create knows the key already.
 		h := keyledger.HashSecret(c.Secret)
-		if e := p.Table().Lookup(&h); e == nil || e.ID != c.ID {
+		if e := p.Table().Lookup(&h); e == nil || e.ID() != c.ID {
 			t.Fatalf("table entry %+v", e)
 		}
 		// And the ledger holds the hash, never the secret.
@@ -248,7 +248,7 @@ func TestService_Import_race(t *testing.T) {
 		t.Fatal("no import succeeded")
 	}
 	h, _ := keyledger.ParseHash(hash)
-	if e := p.Table().Lookup(&h); e == nil || e.ID != won {
+	if e := p.Table().Lookup(&h); e == nil || e.ID() != won {
 		t.Fatalf("the table holds %+v for the hash, want %s", e, won)
 	}
 }

@@ -110,8 +110,8 @@ func (s *Service) ReportLeaks(ctx context.Context, r LeakReport) ([]LeakResult, 
 		// Imported keys need not follow the format: the hash decides.
 		h := keyledger.Hash(sum)
 		if e := s.cfg.Projector.Table().Lookup(&h); e != nil {
-			out[i].Label, out[i].KeyID = LeakTruePositive, e.ID
-			jobs = append(jobs, job{i, e.ID})
+			out[i].Label, out[i].KeyID = LeakTruePositive, e.ID()
+			jobs = append(jobs, job{i, e.ID()})
 		}
 	}
 	if len(jobs) == 0 {

@@ -381,7 +381,7 @@ func (c *Console) check(r *http.Request, cred string) (actor, keyID, scope strin
 		UserAgent: r.Header.Get("User-Agent"), Method: r.Method, Path: r.URL.Path})
 	switch {
 	case res.Valid():
-		return res.Entry.ID, res.Entry.ID, res.Entry.Scope(), nil
+		return res.Entry.ID(), res.Entry.ID(), res.Entry.Scope(), nil
 	case res.Outcome == keyledger.OutcomeUnavailable:
 		return "", "", "", verifier.OutcomeError(res.Outcome, keyledger.PermissionAdmin, 0)
 	}

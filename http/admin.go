@@ -167,7 +167,7 @@ func (a *api) auth(next http.Handler) http.Handler {
 				}
 				return
 			}
-			c.actor, c.scope = res.Entry.ID, res.Entry.Scope()
+			c.actor, c.scope = res.Entry.ID(), res.Entry.Scope()
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), actorKey{}, c)))
 	})

@@ -258,7 +258,7 @@ func (h *VerifierHandler) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e := res.Entry
-	resp := VerifyResponse{Valid: true, KeyID: e.ID, Environment: e.Environment.String(), Owner: e.Owner, Permissions: e.Permissions(),
+	resp := VerifyResponse{Valid: true, KeyID: e.ID(), Environment: e.Environment.String(), Owner: e.Owner, Permissions: e.Permissions(),
 		Metadata: e.Metadata()}
 	if e.ExpiresAt != 0 {
 		t := time.Unix(0, e.ExpiresAt).UTC()

@@ -125,7 +125,6 @@ type Projector struct {
 	// Interned owners and permission lists: most keys share them. Touched
 	// only by the apply goroutine (the table's single writer).
 	owners map[string]string
-	perms  map[string]*[]string
 	// accounts are the plans and owners (see accounts.go).
 	accounts *accounts
 	// refused are the events refused on their envelope; trusted is
@@ -257,7 +256,6 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		table:        NewTable(0),
 		owners:       make(map[string]string),
 		accounts:     newAccounts(),
-		perms:        make(map[string]*[]string),
 		waitCh:       make(chan struct{}),
 		fills:        make(chan *pending),
 		name:         consumerPrefix(opts.Name),
@@ -1118,7 +1116,7 @@ func (p *Projector) reversible(seq uint64, h *events.Header, prev uint64, what s
 		p.ignore(what+" of unknown key", seq, h.KeyID)
 		return -1, nil
 	}
-	old := d.slots[s].Load()
+	old := d.slots[s].e.Load()
 	if !p.follows(seq, old, prev, h.KeyID) {
 		return -1, nil
 	}
@@ -1139,7 +1137,7 @@ func (p *Projector) applyUpdated(seq uint64, e *events.KeyUpdated) {
 	c := old.clone()
 	x := old.Extra.edit()
 	if e.Changes(events.FieldPermissions) {
-		c.Perms, c.names = p.permMask(e.Permissions), p.internPerms(e.Permissions)
+		c.Perms, c.names = p.permMask(e.Permissions), internNames(e.Permissions)
 	}
 	if e.Changes(events.FieldRateLimit) {
 		x.RateLimit = e.RateLimit
@@ -1245,7 +1243,7 @@ func (p *Projector) stored(seq uint64, subject string) {
 	if s < 0 {
 		return
 	}
-	if e := d.slots[s].Load(); e.Rev != seq {
+	if e := d.slots[s].e.Load(); e.Rev != seq {
 		c := e.clone()
 		c.Rev = seq
 		p.table.replace(s, c)
@@ -1269,15 +1267,15 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 	perms := p.permMask(e.Permissions)
 	ent := &Entry{
 		Hash:        h,
-		ID:          e.KeyID,
 		Owner:       p.intern(e.Owner),
 		Environment: e.Environment,
 		Perms:       perms,
 		Imported:    e.Imported,
-		names:       p.internPerms(e.Permissions),
+		names:       internNames(e.Permissions),
 		Rev:         seq,
 	}
 	x := &Extra{RateLimit: e.RateLimit, Metadata: e.Metadata}
+	ent.setID(e.KeyID, x)
 	x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
 	if e.AdminScope != nil {
 		x.Scope = p.intern(e.AdminScope.Owner)
@@ -1291,7 +1289,7 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 				ox := old.Extra
 				x.Credits, x.CreditsRev, x.CreditsAt, x.CreditsKey = ox.Credits, ox.CreditsRev, ox.CreditsAt, ox.CreditsKey
 				if x.CreditsKey == "" {
-					x.CreditsKey = old.ID
+					x.CreditsKey = old.idText()
 				}
 			}
 		}
@@ -1326,7 +1324,7 @@ func (p *Projector) applyRevoked(seq uint64, e *events.KeyRevoked) {
 		p.ignore("revoke of unknown key", seq, e.KeyID)
 		return
 	}
-	old := d.slots[s].Load()
+	old := d.slots[s].e.Load()
 	if old.Revoked {
 		p.ignore("revoke of revoked key", seq, e.KeyID)
 		return
@@ -1350,7 +1348,7 @@ func (p *Projector) applyRolled(seq uint64, e *events.KeyRolled) {
 		p.ignore("roll of unknown key", seq, e.KeyID)
 		return
 	}
-	old := d.slots[s].Load()
+	old := d.slots[s].e.Load()
 	exp := e.ExpiresAt.UnixNano()
 	if old.Revoked || (old.ExpiresAt != 0 && old.ExpiresAt <= exp) {
 		p.ignore("roll would not shorten the key's life", seq, e.KeyID)
@@ -1406,17 +1404,6 @@ func (p *Projector) intern(s string) string {
 	}
 	p.owners[s] = s
 	return s
-}
-
-// internPerms returns the one copy of a permission list the projector keeps.
-func (p *Projector) internPerms(names []string) *[]string {
-	k := strings.Join(names, "\x00")
-	if v, ok := p.perms[k]; ok {
-		return v
-	}
-	c := append([]string(nil), names...)
-	p.perms[k] = &c
-	return &c
 }
 
 func (p *Projector) ignore(why string, seq uint64, keyID string) {

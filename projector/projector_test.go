@@ -95,7 +95,7 @@ func TestProjector_ApplyMsg(t *testing.T) {
 		c, s := created(t, "k1")
 		apply(t, p, 1, c)
 		e := lookup(p, s)
-		if e == nil || e.Revoked || e.ID != "k1" || e.Owner != "acme" {
+		if e == nil || e.Revoked || e.ID() != "k1" || e.Owner != "acme" {
 			t.Fatalf("after create: %+v", e)
 		}
 		apply(t, p, 2, revoked("k1"))
@@ -137,7 +137,7 @@ func TestProjector_ApplyMsg(t *testing.T) {
 		apply(t, p, 4, c2)
 		apply(t, p, 5, revoked("k1"))
 		e := lookup(p, s)
-		if e == nil || !e.Revoked || e.ID != "k1" {
+		if e == nil || !e.Revoked || e.ID() != "k1" {
 			t.Fatalf("entry %+v", e)
 		}
 		if _, ok := p.Key("k2"); ok {

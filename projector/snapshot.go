@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
 )
@@ -271,7 +270,7 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		return "", err
 	}
 	meta, entries, records := c.meta, c.entries, c.records
-	owners, permLists := map[string]uint32{}, map[string]uint32{}
+	owners, permLists := map[string]uint32{}, map[uint32]uint32{}
 	var ownerTab []string
 	var permTab [][]string
 	for _, e := range entries {
@@ -279,9 +278,8 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 			owners[e.Owner] = uint32(len(ownerTab))
 			ownerTab = append(ownerTab, e.Owner)
 		}
-		k := strings.Join(e.Permissions(), "\x00")
-		if _, ok := permLists[k]; !ok {
-			permLists[k] = uint32(len(permTab))
+		if _, ok := permLists[e.names]; !ok {
+			permLists[e.names] = uint32(len(permTab))
 			permTab = append(permTab, e.Permissions())
 		}
 	}
@@ -312,11 +310,14 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 			s.str(n)
 		}
 	}
+	idBuf := make([]byte, 0, 64)
 	for _, e := range entries {
 		s.w.Write(e.Hash[:])
-		s.str(e.ID)
+		idBuf = e.appendID(idBuf[:0])
+		s.uvarint(uint64(len(idBuf)))
+		s.w.Write(idBuf)
 		s.uvarint(uint64(owners[e.Owner]))
-		s.uvarint(uint64(permLists[strings.Join(e.Permissions(), "\x00")]))
+		s.uvarint(uint64(permLists[e.names]))
 		flags := byte(e.Environment)
 		if e.Revoked {
 			flags |= 0x80
@@ -522,40 +523,6 @@ func (r *snapReader) str() string {
 	return s
 }
 
-// arenaStr reads a string into a, which packs many small strings into
-// shared blocks: a key id costs its 36 bytes, not a 48-byte allocation
-// of its own (≈12 bytes a key at a million keys).
-func (r *snapReader) arenaStr(a *arena) string {
-	n := r.uvarint()
-	if n > uint64(len(r.b)) {
-		r.fail()
-		return ""
-	}
-	s := a.str(r.b[:n])
-	r.b = r.b[n:]
-	return s
-}
-
-// arena hands out strings carved from 64 KiB blocks. A block is never
-// written again once a string points into it, so the strings are
-// immutable like any other.
-type arena struct{ buf []byte }
-
-func (a *arena) str(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	if len(b) > 1024 {
-		return string(b)
-	}
-	if cap(a.buf)-len(a.buf) < len(b) {
-		a.buf = make([]byte, 0, 64<<10)
-	}
-	i := len(a.buf)
-	a.buf = append(a.buf, b...)
-	return unsafe.String(&a.buf[i], len(b))
-}
-
 func (r *snapReader) strs(max int) []string {
 	n := r.uvarint()
 	if n == 0 {
@@ -689,25 +656,21 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	for i := range ownerTab {
 		ownerTab[i] = r.str()
 	}
-	permTab := make([]*[]string, min(r.uvarint(), uint64(len(body))))
+	permTab := make([]uint32, min(r.uvarint(), uint64(len(body))))
+	// Permission sets are computed against this node's catalog, once per
+	// distinct list (the catalog may differ from the writer's).
+	permMasks := make([]keyledger.Permissions, len(permTab))
 	for i := range permTab {
 		l := make([]string, min(r.uvarint(), uint64(len(body))))
 		for j := range l {
 			l[j] = r.str()
 		}
-		permTab[i] = &l
-	}
-	// Permission sets are computed against this node's catalog, once per
-	// distinct list (the catalog may differ from the writer's).
-	permMasks := make([]keyledger.Permissions, len(permTab))
-	for i, l := range permTab {
-		permMasks[i] = p.permMask(*l)
+		permTab[i], permMasks[i] = internNames(l), p.permMask(l)
 	}
 	// Room for the keys and for the tail still to replay, so the replay
 	// after loading does not grow (copy) the table again.
 	table := NewTable(int(nEntries + (want.seq - meta.seq)))
 	entries := make([]Entry, nEntries) // one allocation for all entries
-	var ids arena
 	for i := range entries {
 		e := &entries[i]
 		if len(r.b) < len(e.Hash) {
@@ -716,7 +679,18 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		}
 		copy(e.Hash[:], r.b)
 		r.b = r.b[len(e.Hash):]
-		e.ID = r.arenaStr(&ids)
+		// An id of keyledger's form packs into the entry; another is kept
+		// as text with the extra fields, read below.
+		var idText string
+		if n := r.uvarint(); n > uint64(len(r.b)) {
+			r.fail()
+		} else {
+			var ok bool
+			if e.id, ok = packID(r.b[:n]); !ok {
+				idText = string(r.b[:n])
+			}
+			r.b = r.b[n:]
+		}
 		oi, pi := r.uvarint(), r.uvarint()
 		if oi >= uint64(len(ownerTab)) || pi >= uint64(len(permTab)) {
 			return snapshotMeta{}, fmt.Errorf("%w: bad table index", errSnapshot)
@@ -751,6 +725,12 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 				}
 			}
 			e.Extra = x
+		}
+		if idText != "" {
+			if e.Extra == nil {
+				e.Extra = &Extra{}
+			}
+			e.Extra.IDText = idText
 		}
 		if r.err != nil {
 			break
@@ -835,9 +815,6 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	p.table.seed = table.seed
 	for _, o := range ownerTab {
 		p.owners[o] = o
-	}
-	for _, l := range permTab {
-		p.perms[strings.Join(*l, "\x00")] = l
 	}
 	if records != nil {
 		// Records are written in index order (see cut), so this is a

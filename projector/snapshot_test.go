@@ -17,7 +17,8 @@ import (
 )
 
 // appendKeys writes n creates (every third revoked, every fifth with an
-// expiry and a rate limit) and returns the last sequence.
+// expiry and a rate limit, every seventh with an id not of keyledger's
+// form, which a table keeps as text) and returns the last sequence.
 func appendKeys(tb testing.TB, log *nats.Log, n int) uint64 {
 	tb.Helper()
 	last, err := tryAppendKeys(log, n)
@@ -33,7 +34,11 @@ func tryAppendKeys(log *nats.Log, n int) (uint64, error) {
 	ctx := context.Background()
 	var last uint64
 	for i := 0; i < n; i++ {
-		c, _, err := tryCreated(events.NewKeyID())
+		id := events.NewKeyID()
+		if i%7 == 3 {
+			id = "Legacy_" + id[4:]
+		}
+		c, _, err := tryCreated(id)
 		if err != nil {
 			return last, err
 		}

@@ -8,11 +8,14 @@ package projector
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"hash/maphash"
 	"math/bits"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -21,38 +24,143 @@ import (
 )
 
 // Entry is what the verify path needs to know about one key. An entry in
-// the table is never modified (but for its lazily made meters and
-// header values): a revocation swaps in a revoked copy, so a reader holding
-// an entry always sees a consistent one.
+// the table is never modified (but for its lazily made state): a
+// revocation swaps in a revoked copy, so a reader holding an entry always
+// sees a consistent one.
+//
+// The layout is the verify path's: everything a valid key's check reads
+// is in the first 64 bytes (one cache line: at ten million keys the
+// table is far larger than the CPU's caches, and each line is a trip to
+// memory), and the whole entry is 112 bytes, so that the table stays
+// under 150 bytes a key. Hence the id kept as 16 bytes rather than its
+// 36 characters, and the permission names as a number.
 type Entry struct {
 	Hash        keyledger.Hash
-	ID          string
-	Owner       string // interned: keys of one owner share the bytes
 	Environment keyledger.Environment
 	Revoked     bool
+	// Disabled keys are refused until enabled again.
+	Disabled bool
 	// Imported keys were issued elsewhere and may not have keyledger's
 	// format.
 	Imported bool
+	names    uint32 // the permission names as issued: see internNames
 	// Perms is the key's permission set over the node's catalog.
 	Perms keyledger.Permissions
 	// ExpiresAt is Unix nanoseconds; 0 means never.
 	ExpiresAt int64
-	// Disabled keys are refused until enabled again.
-	Disabled bool
+	// Extra is what few keys have (nil for most): a rate limit of
+	// their own, metadata, an IP allowlist, an admin scope, a roll's
+	// expiry cap, an id not of keyledger's form. (Kept out of line: each
+	// pointer in Entry costs 8 bytes for every key of the table.)
+	Extra *Extra
+
+	// Below: what only some requests read.
+
+	id    [16]byte // the id's 32 hex digits, when it is keyledger's "key_…" form
+	Owner string   // interned: keys of one owner share the bytes
 	// Rev is the stream sequence of the last event stored on the key's
 	// subject (applied or not): a reversible event applies only if its
 	// Prev is Rev. 0 means unknown (loaded from a version-2 snapshot),
 	// and any Prev is then taken once.
-	Rev uint64
-	// Extra is what few keys have (nil for most): a rate limit of
-	// their own, metadata, an IP allowlist, an admin scope, a roll's
-	// expiry cap. (Kept out of line: each pointer in Entry costs 8 bytes
-	// for every key of the table.)
-	Extra *Extra
+	Rev  uint64
+	lazy atomic.Pointer[entryState]
+}
 
-	names   *[]string // permission names as issued, interned per distinct list
+// entryState is what an entry makes on first use and keeps: its id as
+// text, header values and meters (keys never used cost none of it).
+type entryState struct {
+	id      string
 	meters  atomic.Pointer[Meters]
 	headers atomic.Pointer[Headers]
+}
+
+// state returns the entry's lazily made state.
+func (e *Entry) state() *entryState {
+	if s := e.lazy.Load(); s != nil {
+		return s
+	}
+	s := &entryState{id: e.idText()}
+	if e.lazy.CompareAndSwap(nil, s) {
+		return s
+	}
+	return e.lazy.Load()
+}
+
+// ID returns the key's id. The first call on an entry makes the text
+// (and keeps it: a key's requests then allocate nothing for it).
+func (e *Entry) ID() string {
+	if x := e.Extra; x != nil && x.IDText != "" {
+		return x.IDText
+	}
+	return e.state().id
+}
+
+// idText makes the id's text without keeping it (for the writer, which
+// visits every entry and must not leave state behind on each).
+func (e *Entry) idText() string {
+	if x := e.Extra; x != nil && x.IDText != "" {
+		return x.IDText
+	}
+	return string(e.appendID(make([]byte, 0, len(idPrefix)+2*len(e.id))))
+}
+
+// appendID appends the key's id to b.
+func (e *Entry) appendID(b []byte) []byte {
+	if x := e.Extra; x != nil && x.IDText != "" {
+		return append(b, x.IDText...)
+	}
+	return hex.AppendEncode(append(b, idPrefix...), e.id[:])
+}
+
+// hasID reports whether the entry's id is id, without making its text.
+func (e *Entry) hasID(id string) bool {
+	if x := e.Extra; x != nil && x.IDText != "" {
+		return x.IDText == id
+	}
+	b, ok := packID(id)
+	return ok && b == e.id
+}
+
+// idPrefix begins every id events.NewKeyID makes.
+const idPrefix = "key_"
+
+// packID returns the 16 bytes of an id of events.NewKeyID's form
+// ("key_" and 32 lower-case hex digits); ok is false for any other id,
+// which an entry then keeps as text (Extra.IDText). Only the lower-case
+// form packs, so that unpacking gives back the same text.
+func packID[T string | []byte](id T) (b [16]byte, ok bool) {
+	if len(id) != len(idPrefix)+32 || string(id[:len(idPrefix)]) != idPrefix {
+		return b, false
+	}
+	for i := range b {
+		hi, lo := unhex(id[len(idPrefix)+2*i]), unhex(id[len(idPrefix)+2*i+1])
+		if hi > 15 || lo > 15 {
+			return b, false
+		}
+		b[i] = hi<<4 | lo
+	}
+	return b, true
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	}
+	return 255
+}
+
+// setID gives e the id, which is never empty (events.ValidKeyID); an id
+// that does not pack goes into x, the extra fields the caller is about
+// to set (see Extra.orNil).
+func (e *Entry) setID(id string, x *Extra) {
+	if b, ok := packID(id); ok {
+		e.id, x.IDText = b, ""
+		return
+	}
+	e.id, x.IDText = [16]byte{}, id
 }
 
 // CreditsCounter names the fleet counter of the key's credits: the key
@@ -63,7 +171,7 @@ func (e *Entry) CreditsCounter() string {
 	x := e.Extra
 	id := x.CreditsKey
 	if id == "" {
-		id = e.ID
+		id = e.ID()
 	}
 	return id + "." + strconv.FormatUint(x.CreditsRev, 10)
 }
@@ -151,6 +259,9 @@ type Extra struct {
 	// period, the same), so rolling never mints credits. "" is the
 	// key's own.
 	CreditsKey string
+	// IDText is the key's id when it is not of keyledger's form (see
+	// packID), else "".
+	IDText string
 
 	// meta caches MetaValues (the metadata is in here, and never
 	// changes: an update makes a new Extra).
@@ -158,7 +269,7 @@ type Extra struct {
 }
 
 func (x *Extra) empty() bool {
-	return x == nil || x.RateLimit == nil && x.Allowlist == nil && len(x.Metadata) == 0 && x.Scope == "" && x.RollCap == 0 && x.Credits == nil
+	return x == nil || x.RateLimit == nil && x.Allowlist == nil && len(x.Metadata) == 0 && x.Scope == "" && x.RollCap == 0 && x.Credits == nil && x.IDText == ""
 }
 
 // edit returns a copy of x's fields (of none when x is nil) to change,
@@ -168,7 +279,7 @@ func (x *Extra) edit() *Extra {
 		return &Extra{}
 	}
 	return &Extra{RateLimit: x.RateLimit, Allowlist: x.Allowlist, AllowedIPs: x.AllowedIPs, Metadata: x.Metadata, Scope: x.Scope, RollCap: x.RollCap,
-		Credits: x.Credits, CreditsRev: x.CreditsRev, CreditsAt: x.CreditsAt, CreditsKey: x.CreditsKey}
+		Credits: x.Credits, CreditsRev: x.CreditsRev, CreditsAt: x.CreditsAt, CreditsKey: x.CreditsKey, IDText: x.IDText}
 }
 
 // orNil returns x, or nil when it holds nothing.
@@ -205,24 +316,20 @@ func (e *Entry) Scope() string {
 
 // Permissions returns the permission names the key was issued with. The
 // slice is shared: do not modify it.
-func (e *Entry) Permissions() []string {
-	if e.names == nil {
-		return nil
-	}
-	return *e.names
-}
+func (e *Entry) Permissions() []string { return namesAt(e.names) }
 
 // Meters returns the entry's meters, making them with mk on first use.
 // Concurrent first uses agree on one.
 func (e *Entry) Meters(mk func() *Meters) *Meters {
-	if m := e.meters.Load(); m != nil {
+	st := e.state()
+	if m := st.meters.Load(); m != nil {
 		return m
 	}
 	m := mk()
-	if e.meters.CompareAndSwap(nil, m) {
+	if st.meters.CompareAndSwap(nil, m) {
 		return m
 	}
-	return e.meters.Load()
+	return st.meters.Load()
 }
 
 // Meters is what a verifier spends on a key's valid verifications: its
@@ -244,10 +351,11 @@ type Meters struct {
 // SwapMeters replaces the entry's meters old with m, unless another
 // request did first; it returns the entry's meters after.
 func (e *Entry) SwapMeters(old, m *Meters) *Meters {
-	if e.meters.CompareAndSwap(old, m) {
+	st := e.state()
+	if st.meters.CompareAndSwap(old, m) {
 		return m
 	}
-	return e.meters.Load()
+	return st.meters.Load()
 }
 
 // Headers are an entry's forward-auth response header values, made once
@@ -259,14 +367,15 @@ type Headers struct {
 
 // Headers returns the entry's header values.
 func (e *Entry) Headers() *Headers {
-	if h := e.headers.Load(); h != nil {
+	st := e.state()
+	if h := st.headers.Load(); h != nil {
 		return h
 	}
-	h := &Headers{ID: []string{e.ID}, Owner: []string{e.Owner}, Environment: []string{e.Environment.String()}}
-	if e.headers.CompareAndSwap(nil, h) {
+	h := &Headers{ID: []string{st.id}, Owner: []string{e.Owner}, Environment: []string{e.Environment.String()}}
+	if st.headers.CompareAndSwap(nil, h) {
 		return h
 	}
-	return e.headers.Load()
+	return st.headers.Load()
 }
 
 // revokedCopy returns a revoked copy of e (fields copied one by one: the
@@ -279,17 +388,22 @@ func (e *Entry) revokedCopy() *Entry {
 
 // clone copies e but for its lazily made state.
 func (e *Entry) clone() *Entry {
-	return &Entry{Hash: e.Hash, ID: e.ID, Owner: e.Owner, Environment: e.Environment, Revoked: e.Revoked,
+	return &Entry{Hash: e.Hash, id: e.id, Owner: e.Owner, Environment: e.Environment, Revoked: e.Revoked,
 		Imported: e.Imported, Perms: e.Perms, ExpiresAt: e.ExpiresAt, names: e.names,
 		Disabled: e.Disabled, Rev: e.Rev, Extra: e.Extra}
 }
 
 // Table maps secret hashes to entries. Lookups take no lock at all: the
-// table is an open-addressing array of atomic pointers, written by one
-// goroutine (the projector) and read by any number. Entries are only ever
-// added or replaced, never removed (revoked keys stay as tombstones), so a
-// probe sequence never breaks under a concurrent write. Growing builds a
-// new array and swaps it in atomically.
+// table is an open-addressing array of slots, written by one goroutine
+// (the projector) and read by any number. Entries are only ever added or
+// replaced, never removed (revoked keys stay as tombstones), so a probe
+// sequence never breaks under a concurrent write. Growing builds a new
+// array and swaps it in atomically.
+//
+// A slot holds, beside its entry, a tag: 8 more bytes of the secret's
+// hash. A probe passes the slots of other keys on the tags alone, in the
+// array's own cache lines, and reaches into an entry (another trip to
+// memory, in a large table) only for the key it is after.
 //
 // Two arrays index the entries: slots by the secret's hash (the verify
 // path), and ids by key id (revocations), which stores slot numbers only.
@@ -305,14 +419,24 @@ type Table struct {
 func (t *Table) HasImported() bool { return t.imported.Load() > 0 }
 
 type tableData struct {
-	slots []atomic.Pointer[Entry]
+	slots []slot
 	ids   []uint32 // slot index + 1; 0 is empty. Written and read by the writer only.
 }
 
-// maxLoad is the load factor at which the table grows (by half): linear
-// probing stays short below it, and at most a quarter of the slots are
-// empty, which keeps the table near 200 bytes a key at a million keys.
-const maxLoad = 0.75
+// slot is one place of the table. The writer stores the tag before the
+// entry, so a reader that sees an entry sees its tag.
+type slot struct {
+	tag atomic.Uint64
+	e   atomic.Pointer[Entry]
+}
+
+// hashTag is the tag of a hash: the 8 bytes after the ones that place it.
+func hashTag(h *keyledger.Hash) uint64 { return binary.LittleEndian.Uint64(h[8:16]) }
+
+// maxLoad is the load factor at which the table grows (by half). The tags
+// keep probing cheap at this load, and between growths the table's slots
+// and ids cost 25–38 bytes a key.
+const maxLoad = 0.8
 
 // NewTable returns an empty table sized for about n keys.
 func NewTable(n int) *Table {
@@ -326,7 +450,7 @@ func capacityFor(n int) int {
 }
 
 func newTableData(capacity int) *tableData {
-	return &tableData{slots: make([]atomic.Pointer[Entry], capacity), ids: make([]uint32, capacity)}
+	return &tableData{slots: make([]slot, capacity), ids: make([]uint32, capacity)}
 }
 
 // index maps a 64-bit hash onto [0, n) without a division (Lemire's
@@ -342,9 +466,11 @@ func (t *Table) Lookup(h *keyledger.Hash) *Entry {
 	n := len(d.slots)
 	// The hash is SHA-256 output: its first 8 bytes are already uniform.
 	i := index(binary.LittleEndian.Uint64(h[:8]), n)
+	tag := hashTag(h)
 	for {
-		e := d.slots[i].Load()
-		if e == nil || e.Hash == *h {
+		s := &d.slots[i]
+		e := s.e.Load()
+		if e == nil || s.tag.Load() == tag && e.Hash == *h {
 			return e
 		}
 		if i++; i == n {
@@ -356,15 +482,31 @@ func (t *Table) Lookup(h *keyledger.Hash) *Entry {
 // Len returns the number of entries, revoked ones included.
 func (t *Table) Len() int { return int(t.n.Load()) }
 
+// idHash places a key id in the ids array: the id's 16 bytes when it
+// packs (see packID), else its text, as entryIDHash does for an entry.
+func (t *Table) idHash(id string) uint64 {
+	if b, ok := packID(id); ok {
+		return maphash.Bytes(t.seed, b[:])
+	}
+	return maphash.String(t.seed, id)
+}
+
+func (t *Table) entryIDHash(e *Entry) uint64 {
+	if x := e.Extra; x != nil && x.IDText != "" {
+		return maphash.String(t.seed, x.IDText)
+	}
+	return maphash.Bytes(t.seed, e.id[:])
+}
+
 // byID returns the slot of the entry with key id, or -1. Writer only.
 func (t *Table) byID(d *tableData, id string) int {
 	n := len(d.ids)
-	for i := index(maphash.String(t.seed, id), n); ; {
+	for i := index(t.idHash(id), n); ; {
 		s := d.ids[i]
 		if s == 0 {
 			return -1
 		}
-		if d.slots[s-1].Load().ID == id {
+		if d.slots[s-1].e.Load().hasID(id) {
 			return int(s - 1)
 		}
 		if i++; i == n {
@@ -378,7 +520,7 @@ func (t *Table) byID(d *tableData, id string) int {
 func (t *Table) ByID(id string) *Entry {
 	d := t.data.Load()
 	if s := t.byID(d, id); s >= 0 {
-		return d.slots[s].Load()
+		return d.slots[s].e.Load()
 	}
 	return nil
 }
@@ -402,13 +544,14 @@ func (t *Table) insert(e *Entry) {
 func (t *Table) place(d *tableData, e *Entry) {
 	n := len(d.slots)
 	i := index(binary.LittleEndian.Uint64(e.Hash[:8]), n)
-	for d.slots[i].Load() != nil {
+	for d.slots[i].e.Load() != nil {
 		if i++; i == n {
 			i = 0
 		}
 	}
-	d.slots[i].Store(e)
-	j := index(maphash.String(t.seed, e.ID), n)
+	d.slots[i].tag.Store(hashTag(&e.Hash))
+	d.slots[i].e.Store(e)
+	j := index(t.entryIDHash(e), n)
 	for d.ids[j] != 0 {
 		if j++; j == n {
 			j = 0
@@ -423,7 +566,7 @@ func (t *Table) place(d *tableData, e *Entry) {
 func (t *Table) grow(old *tableData, capacity int) *tableData {
 	d := newTableData(capacity)
 	for i := range old.slots {
-		if e := old.slots[i].Load(); e != nil {
+		if e := old.slots[i].e.Load(); e != nil {
 			t.place(d, e)
 		}
 	}
@@ -441,7 +584,7 @@ func (t *Table) reserve(n int) {
 
 // replace swaps the entry in slot s for e (same hash and id). Writer only.
 func (t *Table) replace(s int, e *Entry) {
-	t.data.Load().slots[s].Store(e)
+	t.data.Load().slots[s].e.Store(e)
 }
 
 // Range calls f for every entry, in no particular order, until f returns
@@ -449,7 +592,7 @@ func (t *Table) replace(s int, e *Entry) {
 func (t *Table) Range(f func(*Entry) bool) {
 	d := t.data.Load()
 	for i := range d.slots {
-		if e := d.slots[i].Load(); e != nil && !f(e) {
+		if e := d.slots[i].e.Load(); e != nil && !f(e) {
 			return
 		}
 	}
@@ -464,9 +607,10 @@ func (t *Table) Digest() [32]byte {
 	sort.Slice(rows, func(i, j int) bool { return string(rows[i].Hash[:]) < string(rows[j].Hash[:]) })
 	d := sha256.New()
 	var buf [8]byte
+	idBuf := make([]byte, 0, 64)
 	for _, e := range rows {
 		d.Write(e.Hash[:])
-		d.Write([]byte(e.ID))
+		d.Write(e.appendID(idBuf[:0]))
 		if e.Revoked {
 			d.Write([]byte{1})
 		} else {
@@ -480,4 +624,47 @@ func (t *Table) Digest() [32]byte {
 	var out [32]byte
 	copy(out[:], d.Sum(nil))
 	return out
+}
+
+// The permission lists keys were issued with, each kept once for the
+// whole process and named by its number in Entry: there are few distinct
+// lists, and a number costs an entry half a pointer. Lists are only ever
+// added; readers take the published slice without a lock (an entry's
+// number was published before the entry).
+var (
+	namesMu   sync.Mutex
+	namesNum  = map[string]uint32{"": 0}
+	namesList atomic.Pointer[[][]string]
+)
+
+func init() { namesList.Store(&[][]string{nil}) }
+
+// internNames returns the number of a permission list (0 for none).
+func internNames(names []string) uint32 {
+	if len(names) == 0 {
+		return 0
+	}
+	k := strings.Join(names, "\x00")
+	namesMu.Lock()
+	defer namesMu.Unlock()
+	if n, ok := namesNum[k]; ok {
+		return n
+	}
+	old := *namesList.Load()
+	// A new slice each time, so that a reader's slice never changes
+	// under it (lists are few: the copies cost nothing that matters).
+	l := append(make([][]string, 0, len(old)+1), old...)
+	l = append(l, append([]string(nil), names...))
+	n := uint32(len(l) - 1)
+	namesList.Store(&l)
+	namesNum[k] = n
+	return n
+}
+
+// namesAt returns list n (shared: do not modify it).
+func namesAt(n uint32) []string {
+	if l := *namesList.Load(); int(n) < len(l) {
+		return l[n]
+	}
+	return nil
 }

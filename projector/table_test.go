@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
@@ -24,14 +25,14 @@ func TestTable(t *testing.T) {
 	tb := NewTable(0)
 	const n = 5000 // forces several grows from the minimum capacity
 	for i := 0; i < n; i++ {
-		tb.insert(&Entry{Hash: hashOf(i), ID: fmt.Sprintf("k%d", i)})
+		tb.insert(newEntry(hashOf(i), fmt.Sprintf("k%d", i)))
 	}
 	if tb.Len() != n {
 		t.Fatalf("len %d", tb.Len())
 	}
 	for i := 0; i < n; i++ {
 		h := hashOf(i)
-		if e := tb.Lookup(&h); e == nil || e.ID != fmt.Sprintf("k%d", i) {
+		if e := tb.Lookup(&h); e == nil || e.ID() != fmt.Sprintf("k%d", i) {
 			t.Fatalf("lookup %d: %+v", i, e)
 		}
 		if e := tb.ByID(fmt.Sprintf("k%d", i)); e == nil || e.Hash != h {
@@ -50,7 +51,7 @@ func TestTable(t *testing.T) {
 	// Replacing keeps the id index pointing at the slot.
 	d := tb.data.Load()
 	s := tb.byID(d, "k7")
-	tb.replace(s, d.slots[s].Load().revokedCopy())
+	tb.replace(s, d.slots[s].e.Load().revokedCopy())
 	h := hashOf(7)
 	if e := tb.Lookup(&h); !e.Revoked || tb.ByID("k7") != e {
 		t.Fatalf("after replace: %+v", e)
@@ -101,12 +102,12 @@ func TestTable_concurrentGrowth(t *testing.T) {
 		}(r)
 	}
 	for i := 0; i < total; i++ {
-		tb.insert(&Entry{Hash: hashOf(i), ID: fmt.Sprintf("k%d", i)})
+		tb.insert(newEntry(hashOf(i), fmt.Sprintf("k%d", i)))
 		inserted.Store(int64(i + 1))
 		if i%3 == 0 {
 			d := tb.data.Load()
 			s := tb.byID(d, fmt.Sprintf("k%d", i))
-			tb.replace(s, d.slots[s].Load().revokedCopy())
+			tb.replace(s, d.slots[s].e.Load().revokedCopy())
 		}
 	}
 	timeout := time.After(30 * time.Second)
@@ -150,5 +151,122 @@ func BenchmarkTable_memory(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
 		runtime.KeepAlive(p)
+	}
+}
+
+// newEntry returns an entry with hash h and key id id.
+func newEntry(h keyledger.Hash, id string) *Entry {
+	e := &Entry{Hash: h}
+	x := &Extra{}
+	e.setID(id, x)
+	e.Extra = x.orNil()
+	return e
+}
+
+func TestPackID(t *testing.T) {
+	canonical := events.NewKeyID()
+	for _, tc := range []struct {
+		id   string
+		pack bool
+	}{
+		{canonical, true},
+		{"key_0123456789abcdef0123456789abcdef", true},
+		{"key_00000000000000000000000000000000", true},
+		{"key_0123456789ABCDEF0123456789abcdef", false}, // upper case would not unpack to itself
+		{"key_0123456789abcdef0123456789abcde", false},  // short
+		{"key_0123456789abcdef0123456789abcdef0", false},
+		{"kez_0123456789abcdef0123456789abcdef", false},
+		{"key_0123456789abcdef0123456789abcdeg", false},
+		{"k1", false},
+	} {
+		t.Run(tc.id, func(t *testing.T) {
+			var h keyledger.Hash
+			h[0] = 1
+			e := newEntry(h, tc.id)
+			if _, ok := packID(tc.id); ok != tc.pack {
+				t.Fatalf("packs: %v, want %v", ok, tc.pack)
+			}
+			if tc.pack != (e.Extra == nil) {
+				t.Fatalf("kept as text: %v", e.Extra != nil)
+			}
+			if got := e.ID(); got != tc.id {
+				t.Fatalf("ID() = %q", got)
+			}
+			if got := e.Headers().ID[0]; got != tc.id {
+				t.Fatalf("header = %q", got)
+			}
+			if !e.hasID(tc.id) || e.hasID(tc.id+"0") || e.hasID("key_ffffffffffffffffffffffffffffffff") {
+				t.Fatal("hasID")
+			}
+		})
+	}
+}
+
+// Every id either packs and unpacks to itself or is kept as it is.
+func FuzzPackID(f *testing.F) {
+	f.Add("key_0123456789abcdef0123456789abcdef")
+	f.Add("key_0123456789abcdef0123456789abcdeF")
+	f.Fuzz(func(t *testing.T, id string) {
+		if id == "" {
+			return // no key has one (events.ValidKeyID)
+		}
+		e := newEntry(keyledger.Hash{}, id)
+		if got := string(e.appendID(nil)); got != id {
+			t.Fatalf("%q came back as %q", id, got)
+		}
+		if !e.hasID(id) {
+			t.Fatalf("%q: hasID false", id)
+		}
+	})
+}
+
+// A table of both kinds of id finds each key by id, and a probe passes
+// keys whose tag differs without confusing keys whose tag is the same.
+func TestTable_idsAndTags(t *testing.T) {
+	tb := NewTable(0)
+	var ids []string
+	for i := 0; i < 3000; i++ {
+		id := events.NewKeyID()
+		if i%2 == 1 {
+			id = fmt.Sprintf("legacy-%d", i)
+		}
+		ids = append(ids, id)
+		tb.insert(newEntry(hashOf(i), id))
+	}
+	// Two hashes that place and tag alike, differing past the tag.
+	a, b := hashOf(-1), hashOf(-1)
+	b[31] ^= 1
+	tb.insert(newEntry(a, "twin-a"))
+	tb.insert(newEntry(b, "twin-b"))
+	for i, id := range ids {
+		h := hashOf(i)
+		if e := tb.ByID(id); e == nil || e.Hash != h {
+			t.Fatalf("by id %s: %+v", id, e)
+		}
+		if e := tb.Lookup(&h); e == nil || e.ID() != id {
+			t.Fatalf("lookup %d: %+v", i, e)
+		}
+	}
+	if e := tb.Lookup(&a); e == nil || e.ID() != "twin-a" {
+		t.Fatalf("twin a: %+v", e)
+	}
+	if e := tb.Lookup(&b); e == nil || e.ID() != "twin-b" {
+		t.Fatalf("twin b: %+v", e)
+	}
+	c := a
+	c[20] ^= 1
+	if e := tb.Lookup(&c); e != nil {
+		t.Fatalf("a hash of no key found %s", e.ID())
+	}
+}
+
+// The entry stays at 112 bytes with what the verify path reads in its
+// first cache line: the table's bytes per key depend on it.
+func TestEntry_layout(t *testing.T) {
+	if s := unsafe.Sizeof(Entry{}); s != 112 {
+		t.Errorf("Entry is %d bytes, want 112", s)
+	}
+	if o := unsafe.Offsetof(Entry{}.Extra) + unsafe.Sizeof(Entry{}.Extra); o > 64 {
+		t.Errorf("the verify path's fields end at byte %d, past the first cache line", o)
 	}
 }

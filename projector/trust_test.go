@@ -101,7 +101,7 @@ func TestProjector_trustedReplay(t *testing.T) {
 		for _, s := range secrets {
 			h := keyledger.HashSecret(s)
 			a, b := p.Table().Lookup(&h), full.Table().Lookup(&h)
-			if a == nil || b == nil || a.ID != b.ID || a.Revoked != b.Revoked {
+			if a == nil || b == nil || a.ID() != b.ID() || a.Revoked != b.Revoked {
 				t.Fatalf("key %v differs from the full replay's %v", a, b)
 			}
 		}

@@ -110,14 +110,14 @@ func (v *Verifier) newMeters(e *projector.Entry, old *projector.Meters, gen uint
 		// A rate limit fails open when the counters are out of reach:
 		// the node's own bucket still holds, so the fleet passes at
 		// most N × the limit (see README, Quotas).
-		km.Rate = v.meters.m.Counter(quota.Spec{Kind: quota.KindRate, Key: nats.CounterKey(quota.KindRate, e.ID), KeyID: e.ID, Owner: e.Owner,
+		km.Rate = v.meters.m.Counter(quota.Spec{Kind: quota.KindRate, Key: nats.CounterKey(quota.KindRate, e.ID()), KeyID: e.ID(), Owner: e.Owner,
 			FailOpen: func() bool { return true },
 			Window:   func(now time.Time) quota.Window { return quota.RateWindow(now, perSecond) }})
 	}
 	if cr != nil {
 		rev, at := e.Extra.CreditsRev, time.Unix(0, e.Extra.CreditsAt)
 		owner, accounts := e.Owner, v.meters.accounts
-		km.Credits = v.meters.m.Counter(quota.Spec{Kind: quota.KindCredits, Key: nats.CounterKey(quota.KindCredits, e.CreditsCounter()), KeyID: e.ID, Owner: owner,
+		km.Credits = v.meters.m.Counter(quota.Spec{Kind: quota.KindCredits, Key: nats.CounterKey(quota.KindCredits, e.CreditsCounter()), KeyID: e.ID(), Owner: owner,
 			FailOpen: func() bool { return accounts.OwnerPlan(owner).FailsOpen() },
 			Window:   func(now time.Time) quota.Window { return quota.CreditsWindow(now, cr, rev, at) }})
 	}

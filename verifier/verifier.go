@@ -289,7 +289,7 @@ func (v *Verifier) record(req *Request, res Result, now time.Time) {
 		LatencyUS:   int64(v.since(now) / time.Microsecond),
 	}
 	if res.Entry != nil {
-		ev.KeyID = res.Entry.ID
+		ev.KeyID = res.Entry.ID()
 	}
 	v.cfg.Usage.Record(ev)
 }

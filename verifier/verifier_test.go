@@ -80,7 +80,7 @@ func TestVerifier_Verify(t *testing.T) {
 			if res.Outcome != tc.want {
 				t.Fatalf("outcome = %v, want %v", res.Outcome, tc.want)
 			}
-			if tc.wantKeyID != "" && (res.Entry == nil || res.Entry.ID != tc.wantKeyID) {
+			if tc.wantKeyID != "" && (res.Entry == nil || res.Entry.ID() != tc.wantKeyID) {
 				t.Fatalf("entry = %+v, want key %s", res.Entry, tc.wantKeyID)
 			}
 			if len(f.Used) != 1 {
