@@ -128,12 +128,44 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 		}
 		randomNS := float64(time.Since(start).Nanoseconds()) / float64(*n)
-		extra["random_valid_ns"], extra["table_bytes_per_key"] = randomNS, tableBytes/float64(*n)
+		arena = nil
+		chaseNS := memoryLatency(int(tableBytes))
+		extra["random_valid_ns"], extra["table_bytes_per_key"], extra["memory_latency_ns"] = randomNS, tableBytes/float64(*n), chaseNS
 		rows = append(rows, []string{"valid keys, each once, random order", fmt.Sprintf("%.0f ns/op", randomNS)},
-			[]string{"table heap per key", fmt.Sprintf("%.0f B", tableBytes/float64(*n))})
+			[]string{"table heap per key", fmt.Sprintf("%.0f B", tableBytes/float64(*n))},
+			[]string{"one memory access at random, as large as the table", fmt.Sprintf("%.0f ns", chaseNS)})
 	}
 	return report(stdout, *asJSON, Result{
 		Name: "verify_valid_ns", Value: validNS, Unit: "ns/op", Extra: extra,
 		Notes: "one goroutine; see BenchmarkVerify for allocations and the parallel case",
 	}, rows)
+}
+
+// memoryLatency is what one access to memory at random costs in an array
+// of size bytes: a chase through its cache lines in random order, each
+// address read from the line before, so no two accesses overlap. A
+// lookup in a table far larger than the CPU's caches cannot cost less
+// than its dependent accesses at this price; it puts the random-order
+// figure in the machine's terms.
+func memoryLatency(size int) float64 {
+	lines := max(size/64, 1024)
+	mem := make([]uint64, lines*8)
+	order := make([]int32, lines)
+	for i := range order {
+		order[i] = int32(i)
+	}
+	mrand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	for i := range order {
+		mem[int(order[i])*8] = uint64(order[(i+1)%lines]) * 8
+	}
+	order = nil
+	const steps = 2_000_000
+	at := uint64(0)
+	start := time.Now()
+	for range steps {
+		at = mem[at]
+	}
+	ns := float64(time.Since(start).Nanoseconds()) / steps
+	runtime.KeepAlive(at)
+	return ns
 }

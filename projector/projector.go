@@ -122,9 +122,11 @@ type Projector struct {
 	log     *slog.Logger
 	table   *Table
 
-	// Interned owners and permission lists: most keys share them. Touched
-	// only by the apply goroutine (the table's single writer).
+	// Interned owners: most keys share them. Touched only by the apply
+	// goroutine (the table's single writer), like slab, where new keys'
+	// entries are made.
 	owners map[string]string
+	slab   entrySlab
 	// accounts are the plans and owners (see accounts.go).
 	accounts *accounts
 	// refused are the events refused on their envelope; trusted is
@@ -1265,7 +1267,8 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		return
 	}
 	perms := p.permMask(e.Permissions)
-	ent := &Entry{
+	ent := p.slab.alloc()
+	*ent = Entry{
 		Hash:        h,
 		Owner:       p.intern(e.Owner),
 		Environment: e.Environment,

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
 )
@@ -628,9 +629,6 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		return snapshotMeta{}, fmt.Errorf("%w: format %s predates plans, owners and credits; replaying the stream", errSnapshot, m)
 	}
 	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
-	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
-		return snapshotMeta{}, fmt.Errorf("%w: checksum mismatch", errSnapshot)
-	}
 	r := &snapReader{b: body[len(snapshotMagic):]}
 	meta := snapshotMeta{streamCreated: int64(r.u64()), seq: r.u64()}
 	if len(r.b) < 32 {
@@ -639,17 +637,8 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	copy(meta.head[:], r.b)
 	r.b = r.b[32:]
 	meta.unsignedThrough = r.u64()
-	if meta.unsignedThrough != want.unsignedThrough {
-		return snapshotMeta{}, fmt.Errorf("%w: taken with --trust-unsigned-through %d, this node runs with %d", errSnapshot, meta.unsignedThrough, want.unsignedThrough)
-	}
-	if meta.streamCreated != want.streamCreated {
-		return snapshotMeta{}, fmt.Errorf("%w: snapshot taken of another KEYS stream", errReplaced)
-	}
-	if meta.seq > want.seq {
-		return snapshotMeta{}, fmt.Errorf("%w: the snapshot is ahead of the stream (snapshot at %d, stream at %d)", errReplaced, meta.seq, want.seq)
-	}
 	nEntries, nRecords := r.u64(), r.u64()
-	if nEntries > uint64(len(body)) || nRecords > uint64(len(body)) {
+	if nEntries > uint64(len(body))/minEntryBytes || nRecords > uint64(len(body)) {
 		return snapshotMeta{}, fmt.Errorf("%w: implausible counts", errSnapshot)
 	}
 	ownerTab := make([]string, min(r.uvarint(), uint64(len(body))))
@@ -669,8 +658,22 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	}
 	// Room for the keys and for the tail still to replay, so the replay
 	// after loading does not grow (copy) the table again.
-	table := NewTable(int(nEntries + (want.seq - meta.seq)))
+	tail := uint64(0)
+	if meta.seq < want.seq {
+		tail = want.seq - meta.seq
+	}
+	table := NewTable(int(nEntries + tail))
+	d := table.data.Load()
 	entries := make([]Entry, nEntries) // one allocation for all entries
+	if nEntries > 0 {
+		adviseHuge(unsafe.Pointer(&entries[0]), uintptr(nEntries)*unsafe.Sizeof(Entry{}))
+	}
+	// The other core checks the checksum while this one reads the
+	// entries, then indexes their ids: nothing read is used, nor any
+	// decision taken on the header, before the checksum matched.
+	ids := startIndexer(table, d, body, sum, len(entries))
+	defer ids.finish()
+	var imported int64
 	for i := range entries {
 		e := &entries[i]
 		if len(r.b) < len(e.Hash) {
@@ -738,7 +741,24 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		// No duplicate check: the checksum vouches that this is the file
 		// a projector wrote, and a projector's table has no duplicates.
 		// (Probing the id index for each key would double the load time.)
-		table.insert(e)
+		ids.add(table.placeSlot(d, e))
+		if e.Imported {
+			imported++
+		}
+	}
+	table.n.Store(int64(len(entries)))
+	table.imported.Store(imported)
+	if !ids.finish() {
+		return snapshotMeta{}, fmt.Errorf("%w: checksum mismatch", errSnapshot)
+	}
+	if meta.unsignedThrough != want.unsignedThrough {
+		return snapshotMeta{}, fmt.Errorf("%w: taken with --trust-unsigned-through %d, this node runs with %d", errSnapshot, meta.unsignedThrough, want.unsignedThrough)
+	}
+	if meta.streamCreated != want.streamCreated {
+		return snapshotMeta{}, fmt.Errorf("%w: snapshot taken of another KEYS stream", errReplaced)
+	}
+	if meta.seq > want.seq {
+		return snapshotMeta{}, fmt.Errorf("%w: the snapshot is ahead of the stream (snapshot at %d, stream at %d)", errReplaced, meta.seq, want.seq)
 	}
 	var records map[string]*keyledger.Key
 	var ordered []*keyledger.Key // in file order, for the index
@@ -839,4 +859,67 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		a.gen.Add(1)
 	}
 	return meta, nil
+}
+
+// minEntryBytes is the least an entry takes in a snapshot (hash, id
+// length and one byte of id, owner, list, flags, expiry, rev): it bounds
+// the entries a file of some size can claim, and so what reading a
+// corrupt one allocates before its checksum is known.
+const minEntryBytes = 32 + 1 + 1 + 1 + 1 + 1 + 8 + 1
+
+// indexer is the snapshot load's second core: it checks the file's
+// checksum, then indexes by id the entries the load has placed, in
+// batches (the id index is the table's other half, and its writes land
+// at random: done here, they cost the load nothing).
+type indexer struct {
+	batch   []uint32
+	batches chan []uint32
+	done    chan bool
+	ok      bool
+	closed  bool
+}
+
+const indexBatch = 1 << 14
+
+func startIndexer(t *Table, d *tableData, body, sum []byte, n int) *indexer {
+	x := &indexer{batches: make(chan []uint32, n/indexBatch+2), done: make(chan bool, 1)}
+	go func() {
+		got := sha256.Sum256(body)
+		ok := bytes.Equal(got[:], sum)
+		for b := range x.batches {
+			if ok {
+				for _, s := range b {
+					t.placeID(d, int(s))
+				}
+			}
+		}
+		x.done <- ok
+	}()
+	return x
+}
+
+// add queues the entry in slot s for the id index.
+func (x *indexer) add(s int) {
+	if x.batch == nil {
+		x.batch = make([]uint32, 0, indexBatch)
+	}
+	x.batch = append(x.batch, uint32(s))
+	if len(x.batch) == indexBatch {
+		x.batches <- x.batch
+		x.batch = nil
+	}
+}
+
+// finish waits for the indexer and reports whether the checksum
+// matched (then every entry added is indexed). It may be called again.
+func (x *indexer) finish() bool {
+	if !x.closed {
+		x.closed = true
+		if len(x.batch) > 0 {
+			x.batches <- x.batch
+		}
+		close(x.batches)
+		x.ok = <-x.done
+	}
+	return x.ok
 }
