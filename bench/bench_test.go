@@ -21,17 +21,20 @@ import (
 // ClickHouse that `make test` starts, and fails without it.
 func TestBench_smoke(t *testing.T) {
 	for _, tc := range []struct {
-		args []string
-		name string
-		unit string
+		args  []string
+		name  string
+		unit  string
+		extra []string // figures the result must carry, each positive
 	}{
-		{[]string{"verify", "--keys", "1000", "--duration", "20ms"}, "verify_valid_ns", "ns/op"},
-		{[]string{"verify", "--keys", "3000", "--duration", "20ms", "--random"}, "verify_valid_ns", "ns/op"},
-		{[]string{"revoke", "--nodes", "1", "--revocations", "5"}, "revoke_propagation_p99", "ms"},
-		{[]string{"coldstart", "--keys", "2000", "--tail", "10", "--replay"}, "coldstart_seconds", "s"},
-		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s"},
-		{[]string{"audit", "--events", "300"}, "audit_verify_events_per_second", "events/s"},
-		{[]string{"quota", "--nodes", "1", "--quota", "500", "--workers", "2", "--lease-max", "50"}, "quota_overshoot", "verifications"},
+		{[]string{"verify", "--keys", "1000", "--duration", "20ms"}, "verify_valid_ns", "ns/op", nil},
+		{[]string{"verify", "--keys", "3000", "--duration", "20ms", "--random"}, "verify_valid_ns", "ns/op",
+			[]string{"random_valid_ns", "memory_latency_ns"}},
+		{[]string{"revoke", "--nodes", "1", "--revocations", "5"}, "revoke_propagation_p99", "ms", nil},
+		{[]string{"coldstart", "--keys", "2000", "--tail", "10", "--replay"}, "coldstart_seconds", "s",
+			[]string{"replay_on_checkpoint_events_per_s", "full_replay_events_per_s"}},
+		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s", nil},
+		{[]string{"audit", "--events", "300"}, "audit_verify_events_per_second", "events/s", nil},
+		{[]string{"quota", "--nodes", "1", "--quota", "500", "--workers", "2", "--lease-max", "50"}, "quota_overshoot", "verifications", nil},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			args := append(slices.Clone(tc.args), "--json")
@@ -57,6 +60,11 @@ func TestBench_smoke(t *testing.T) {
 			}
 			if res.Name != tc.name || res.Unit != tc.unit || !(res.Value > 0) {
 				t.Fatalf("result %+v, want name %s unit %s and a positive value", res, tc.name, tc.unit)
+			}
+			for _, x := range tc.extra {
+				if !(res.Extra[x] > 0) {
+					t.Errorf("result %+v: %s is not positive", res, x)
+				}
 			}
 		})
 	}

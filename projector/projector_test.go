@@ -9,6 +9,7 @@ import (
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/events"
+	"github.com/keyledger/keyledger/merkle"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/nats/natstest"
 	"github.com/keyledger/keyledger/projector"
@@ -302,11 +303,14 @@ func TestProjector_Close(t *testing.T) {
 	}
 }
 
+// BenchmarkProjector_replay times a replay of the whole stream by a new
+// projector: checking every signature, and on a checkpoint that vouches
+// for them (see trust.go).
 func BenchmarkProjector_replay(b *testing.B) {
 	env := natstest.MustStart(b)
 	log := env.MustLog(b)
 	ctx := context.Background()
-	const n = 20000
+	const n = 50000
 	var last uint64
 	for i := 0; i < n; i++ {
 		c, _ := created(b, events.NewKeyID())
@@ -316,18 +320,39 @@ func BenchmarkProjector_replay(b *testing.B) {
 		}
 		last = seq
 	}
-	b.ResetTimer()
-	for b.Loop() {
-		p := projector.New(env.JS, projector.Options{Keyring: env.Keyring})
+	replay := func(b *testing.B, trusted *merkle.Checkpoint) *projector.Projector {
+		p := projector.New(env.JS, projector.Options{Keyring: env.Keyring, Trusted: trusted})
 		if err := p.Start(ctx); err != nil {
 			b.Fatal(err)
 		}
 		if err := p.WaitApplied(ctx, last); err != nil {
 			b.Fatal(err)
 		}
-		p.Close(ctx)
+		return p
 	}
-	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	first := replay(b, nil)
+	root, err := first.Tree().Root(int64(last))
+	first.Close(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cp := &merkle.Checkpoint{Origin: "keyledger/KEYS", Size: int64(last), Root: root,
+		Verified: &merkle.Verified{Keyring: env.Keyring.Digest(), Refused: []uint64{}}}
+	for _, bc := range []struct {
+		name    string
+		trusted *merkle.Checkpoint
+	}{{"every_signature", nil}, {"on_a_checkpoint", cp}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				p := replay(b, bc.trusted)
+				if bc.trusted != nil && p.Stats().Vouched != last {
+					b.Fatalf("%d events vouched for, want %d", p.Stats().Vouched, last)
+				}
+				p.Close(ctx)
+			}
+			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
 }
 
 // TestProjector_Forgeries is the attack of whoever can publish on
