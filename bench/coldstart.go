@@ -33,6 +33,7 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	tailN := fs.Int("tail", 1000, "events appended after the snapshot")
 	records := fs.Bool("records", false, "keep admin key records too (admin node)")
 	replay := fs.Bool("replay", false, "also time a full replay without snapshot")
+	bootstrap := fs.Bool("bootstrap", false, "also time a node with an empty data dir starting from the snapshot published to the fleet's Object Store bucket")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	if err := parseArgs(fs, args); err != nil {
 		return err
@@ -126,6 +127,10 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	perKey := float64(after.HeapAlloc-min(before.HeapAlloc, after.HeapAlloc)) / float64(keys)
 	// Closed before the full replay below, which it would compete with.
 	closeWithin(p2.Close)
+	var published string
+	if *bootstrap {
+		published, _ = p2.NewestSnapshot()
+	}
 
 	res := Result{Name: "coldstart_seconds", Value: cold.Seconds(), Unit: "s", Extra: map[string]float64{
 		"keys": float64(keys), "tail_events": float64(*tailN), "snapshot_bytes": float64(snapSize),
@@ -137,6 +142,15 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		{"cold start (snapshot + tail → ready)", fmt.Sprintf("%.3f s", cold.Seconds())},
 		{"heap per key (table, after GC)", fmt.Sprintf("%.0f B", perKey)},
 		{"first start, full replay (no snapshot)", fmt.Sprintf("%.3f s", replayFirst.Seconds())},
+	}
+	if *bootstrap {
+		download, ready, err := timeBootstrap(ctx, l, p2, published, projector.Options{Records: *records, Logger: quiet, Keyring: l.ring})
+		if err != nil {
+			return err
+		}
+		res.Extra["bootstrap_download_s"], res.Extra["bootstrap_ready_s"] = download.Seconds(), ready.Seconds()
+		rows = append(rows, []string{"new node, empty data dir: download the published snapshot", fmt.Sprintf("%.3f s", download.Seconds())},
+			[]string{"new node: then snapshot + tail → ready", fmt.Sprintf("%.3f s", ready.Seconds())})
 	}
 	if *replay {
 		os.RemoveAll(snapDir)
@@ -160,6 +174,44 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	return report(stdout, *asJSON, res, rows)
+}
+
+// timeBootstrap publishes the snapshot at path, which from wrote, as an
+// admin node does, then times a node with an empty data dir: fetching
+// it from the bucket (Bootstrap, the download), then starting on it until
+// ready.
+func timeBootstrap(ctx context.Context, l *benchLedger, from *projector.Projector, path string, opts projector.Options) (download, ready time.Duration, err error) {
+	bucket, err := nats.OpenSnapshots(ctx, l.js)
+	if err != nil {
+		return 0, 0, err
+	}
+	if path == "" {
+		return 0, 0, errors.New("no snapshot to publish")
+	}
+	if err := from.PublishSnapshot(ctx, bucket, path, l.signer.NoteSigner()); err != nil {
+		return 0, 0, err
+	}
+	opts.SnapshotDir = filepath.Join(l.dir, "new-node")
+	runtime.GC()
+	start := time.Now()
+	p := projector.New(l.js, opts)
+	seq, err := p.Bootstrap(ctx, bucket)
+	if err != nil {
+		return 0, 0, err
+	}
+	if seq == 0 {
+		return 0, 0, errors.New("the new node took no published snapshot")
+	}
+	download = time.Since(start)
+	start = time.Now()
+	if err := p.Start(ctx); err != nil {
+		return 0, 0, err
+	}
+	defer closeWithin(p.Close)
+	if err := projectorReady(ctx, p); err != nil {
+		return 0, 0, err
+	}
+	return download, time.Since(start), nil
 }
 
 // timeReplay is how long a projector with opts (and no snapshot) takes to
