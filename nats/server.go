@@ -81,6 +81,12 @@ type Server struct {
 	clustered  bool
 }
 
+// StreamBufferBytes is the ingest buffer a stream of the embedded server
+// has (JetStream's max_buffered_size; see StartServer). An external NATS
+// server needs at least as much for admin nodes to publish snapshots of
+// millions of keys.
+const StreamBufferBytes = 640 << 20
+
 // StartServer starts an embedded NATS server and waits until it accepts
 // connections.
 func StartServer(cfg ServerConfig) (*Server, error) {
@@ -102,6 +108,13 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		// included: no NoAuthUser, so a client without an nkey is
 		// refused.
 		Nkeys: nkeyUsers(cfg.Fleet),
+		// An Object Store put (a published snapshot: 850 MB at ten
+		// million keys) keeps up to 4,000 chunks of 128 KiB in flight,
+		// and nats.go offers no way to lower that; past the server's
+		// default ingest buffer of 128 MiB a stream answers 429 and the
+		// put fails. Buffered bytes are only ever what clients sent
+		// ahead of the disk.
+		StreamMaxBufferedSize: StreamBufferBytes,
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
