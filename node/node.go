@@ -151,7 +151,15 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	// A first start (no snapshot of its own) loads the newest snapshot
 	// an admin node published, when one verifies (projector's
 	// bootstrap.go); otherwise the node replays.
-	if n.snapshots, err = nats.OpenSnapshots(ctx, n.js); err == nil {
+	//
+	// Finding the bucket is bounded on its own: a JetStream API request
+	// lost in a leader election waits out its context, and the node's
+	// start must not spend all of its own on a shortcut (CI once saw a
+	// cluster node's whole minute go there).
+	octx, cancel := context.WithTimeout(ctx, openSnapshotsTimeout)
+	n.snapshots, err = nats.OpenSnapshots(octx, n.js)
+	cancel()
+	if err == nil {
 		if _, err := n.projector.Bootstrap(ctx, n.snapshots); err != nil {
 			n.log.Warn("cannot look for a published snapshot; replaying the ledger", "err", err)
 		}
@@ -694,3 +702,6 @@ func (n *Node) publishSnapshots(ctx context.Context, every time.Duration) {
 		n.log.Info("snapshot published for nodes that start empty", "seq", seq)
 	}
 }
+
+// openSnapshotsTimeout bounds finding the snapshots bucket at start.
+const openSnapshotsTimeout = 10 * time.Second
