@@ -119,7 +119,16 @@ func (e *Entry) hasID(id string) bool {
 		return x.IDText == id
 	}
 	b, ok := packID(id)
-	return ok && b == e.id
+	return e.isID(id, b, ok)
+}
+
+// isID is hasID for an id already packed (b, packed: packID's answer),
+// so that a probe past several entries packs it once.
+func (e *Entry) isID(id string, b [16]byte, packed bool) bool {
+	if x := e.Extra; x != nil && x.IDText != "" {
+		return x.IDText == id
+	}
+	return packed && b == e.id
 }
 
 // idPrefix begins every id events.NewKeyID makes.
@@ -491,15 +500,8 @@ func (t *Table) Lookup(h *keyledger.Hash) *Entry {
 // Len returns the number of entries, revoked ones included.
 func (t *Table) Len() int { return int(t.n.Load()) }
 
-// idHash places a key id in the ids array: the id's 16 bytes when it
-// packs (see packID), else its text, as entryIDHash does for an entry.
-func (t *Table) idHash(id string) uint64 {
-	if b, ok := packID(id); ok {
-		return maphash.Bytes(t.seed, b[:])
-	}
-	return maphash.String(t.seed, id)
-}
-
+// entryIDHash places an entry in the ids array: its id's 16 bytes when
+// the id packs (see packID), else its text, as byID hashes an id.
 func (t *Table) entryIDHash(e *Entry) uint64 {
 	if x := e.Extra; x != nil && x.IDText != "" {
 		return maphash.String(t.seed, x.IDText)
@@ -510,12 +512,18 @@ func (t *Table) entryIDHash(e *Entry) uint64 {
 // byID returns the slot of the entry with key id, or -1. Writer only.
 func (t *Table) byID(d *tableData, id string) int {
 	n := len(d.ids)
-	for i := index(t.idHash(id), n); ; {
+	// Packed once for the whole probe, hashed as entryIDHash does.
+	b, packed := packID(id)
+	h := maphash.String(t.seed, id)
+	if packed {
+		h = maphash.Bytes(t.seed, b[:])
+	}
+	for i := index(h, n); ; {
 		s := d.ids[i]
 		if s == 0 {
 			return -1
 		}
-		if d.slots[s-1].e.Load().hasID(id) {
+		if d.slots[s-1].e.Load().isID(id, b, packed) {
 			return int(s - 1)
 		}
 		if i++; i == n {
