@@ -27,12 +27,15 @@ import (
 // it loads the newest snapshot of its table and replays only the events
 // after it. A snapshot is a file in Options.SnapshotDir:
 //
-//	magic "KLSNAP04"
+//	magic "KLSNAP05"
 //	header: stream identity (created, unix ns), last applied sequence,
 //	        SHA-256 of the event at it, unsigned-through, entry count,
-//	        record count
+//	        record count, the table's capacity (0: no layout) and the key
+//	        of its id index's hash (with a capacity)
 //	owner table and permission-list table (each distinct value once)
-//	entries, then records (admin nodes), fixed order of fields; records
+//	entries in slot order, each with its slot (with a capacity), then
+//	the id index (with a capacity: one number per slot), then records
+//	(admin nodes), fixed order of fields; records
 //	oldest first (the record index's order, so that a load rebuilds the
 //	index without sorting; a file in any order still loads)
 //	accounts: plans, owners, and the last event stored on each plan's
@@ -54,7 +57,10 @@ import (
 // that change carry: per entry its last event (Rev), disabled flag and
 // Extra; per record metadata, allowed IPs, admin scope, disable and
 // update stamps. Version 4 adds credits (per entry with the event that
-// set them, per record) and the accounts.
+// set them, per record) and the accounts. Version 5 adds the table's
+// layout, which a load takes as it is, where placing ten million entries
+// and indexing their ids again at random took most of a load (see
+// README, What the profiles showed); version 4 still loads, placing them.
 //
 // Versions 2 and 3 are refused, and the node replays the stream once. They
 // hold no plans, owners or credits: the builds that wrote them did not
@@ -69,7 +75,8 @@ import (
 // an old snapshot still shows that the stream was replaced (see
 // peekSnapshotMeta), and the node fails closed as before.
 const (
-	snapshotMagic   = "KLSNAP04"
+	snapshotMagic   = "KLSNAP05"
+	snapshotMagicV4 = "KLSNAP04"
 	snapshotMagicV3 = "KLSNAP03"
 	snapshotMagicV2 = "KLSNAP02"
 )
@@ -119,7 +126,7 @@ func peekSnapshotMeta(path string) (snapshotMeta, error) {
 // knownMagic accepts the versions whose header peekSnapshotMeta reads;
 // loadSnapshot loads only the current one.
 func knownMagic(m string) bool {
-	return m == snapshotMagic || m == snapshotMagicV3 || m == snapshotMagicV2
+	return m == snapshotMagic || m == snapshotMagicV4 || m == snapshotMagicV3 || m == snapshotMagicV2
 }
 
 // errSnapshot marks a snapshot that must not be used.
@@ -202,6 +209,7 @@ func (s *snapWriter) credits(c *keyledger.Credits) {
 type snapshotCut struct {
 	meta    snapshotMeta
 	entries []*Entry
+	layout  *layout // where the entries sit; nil writes none
 	records []*keyledger.Key
 	plans   []*keyledger.PlanRecord
 	owners  []*keyledger.Owner
@@ -223,8 +231,7 @@ func (p *Projector) cut() (*snapshotCut, error) {
 		return nil, errors.New("projector: nothing applied yet")
 	}
 	c := &snapshotCut{meta: snapshotMeta{streamCreated: p.streamID, seq: h.seq, head: h.hash, unsignedThrough: p.ring.UnsignedThrough()}}
-	c.entries = make([]*Entry, 0, p.table.Len())
-	p.table.Range(func(e *Entry) bool { c.entries = append(c.entries, e); return true })
+	c.entries, c.layout = p.table.cutLayout()
 	if p.records != nil {
 		p.recMu.RLock()
 		c.records = make([]*keyledger.Key, 0, len(p.records))
@@ -301,6 +308,14 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 	s.u64(meta.unsignedThrough)
 	s.u64(uint64(len(entries)))
 	s.u64(uint64(len(records)))
+	lay := c.layout
+	if lay == nil {
+		s.u64(0)
+	} else {
+		s.u64(uint64(lay.capacity))
+		s.u64(lay.idKey[0])
+		s.u64(lay.idKey[1])
+	}
 	s.uvarint(uint64(len(ownerTab)))
 	for _, o := range ownerTab {
 		s.str(o)
@@ -313,7 +328,14 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		}
 	}
 	idBuf := make([]byte, 0, 64)
-	for _, e := range entries {
+	next := uint32(0) // the slot after the previous entry's
+	for i, e := range entries {
+		if lay != nil {
+			// Slots increase: each is written as its distance from the
+			// one after the previous entry's (mostly a byte).
+			s.uvarint(uint64(lay.slots[i] - next))
+			next = lay.slots[i] + 1
+		}
 		s.w.Write(e.Hash[:])
 		idBuf = e.appendID(idBuf[:0])
 		s.uvarint(uint64(len(idBuf)))
@@ -355,6 +377,17 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 				s.u64(uint64(x.CreditsAt))
 				s.str(x.CreditsKey)
 			}
+		}
+	}
+	if lay != nil {
+		var b [4 << 10]byte
+		for ids := lay.ids; len(ids) > 0; {
+			n := min(len(ids), len(b)/4)
+			for j, v := range ids[:n] {
+				binary.LittleEndian.PutUint32(b[4*j:], v)
+			}
+			s.w.Write(b[:4*n])
+			ids = ids[n:]
 		}
 	}
 	for _, k := range records {
@@ -623,17 +656,21 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	// CPU. Collections resume, with the process's setting, when it
 	// returns; a memory limit (GOMEMLIMIT) is honoured throughout.
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	data, err := os.ReadFile(path)
+	data, unmap, err := mapFile(path)
 	if err != nil {
 		return snapshotMeta{}, err
 	}
+	// Everything kept from the file is copied out of it (strings, the
+	// packed ids): after this, no byte of it is referred to.
+	defer unmap()
 	if len(data) < len(snapshotMagic)+sha256.Size || !knownMagic(string(data[:len(snapshotMagic)])) {
 		return snapshotMeta{}, fmt.Errorf("%w: not a keyledger snapshot", errSnapshot)
 	}
-	if m := string(data[:len(snapshotMagic)]); m != snapshotMagic {
+	version := string(data[:len(snapshotMagic)])
+	if version != snapshotMagic && version != snapshotMagicV4 {
 		// See the version history at the top: its table may lack
 		// plans, owners and credits.
-		return snapshotMeta{}, fmt.Errorf("%w: format %s predates plans, owners and credits; replaying the stream", errSnapshot, m)
+		return snapshotMeta{}, fmt.Errorf("%w: format %s predates plans, owners and credits; replaying the stream", errSnapshot, version)
 	}
 	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
 	r := &snapReader{b: body[len(snapshotMagic):]}
@@ -645,7 +682,17 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	r.b = r.b[32:]
 	meta.unsignedThrough = r.u64()
 	nEntries, nRecords := r.u64(), r.u64()
-	if nEntries > uint64(len(body))/minEntryBytes || nRecords > uint64(len(body)) {
+	var capacity uint64 // of the layout; 0: none (and none in version 4)
+	var idKey [2]uint64
+	if version == snapshotMagic {
+		if capacity = r.u64(); capacity > 0 {
+			idKey = [2]uint64{r.u64(), r.u64()}
+		}
+	}
+	// The id index takes 4 bytes a slot in the file, and a table has
+	// more slots than entries.
+	if nEntries > uint64(len(body))/minEntryBytes || nRecords > uint64(len(body)) ||
+		capacity > uint64(len(body))/4 || capacity > 0 && capacity <= nEntries || capacity > math.MaxUint32 {
 		return snapshotMeta{}, fmt.Errorf("%w: implausible counts", errSnapshot)
 	}
 	ownerTab := make([]string, min(r.uvarint(), uint64(len(body))))
@@ -669,20 +716,41 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	if meta.seq < want.seq {
 		tail = want.seq - meta.seq
 	}
-	table := NewTable(int(nEntries + tail))
+	// The layout is taken as it is when it has room for the tail too;
+	// else the entries are placed (and their ids indexed) again, in a
+	// table of the size they need.
+	useLayout := capacity > 0 && capacity >= uint64(capacityFor(int(nEntries+tail)))
+	var table *Table
+	if useLayout {
+		table = newTableLayout(int(capacity), idKey)
+	} else {
+		table = NewTable(int(nEntries + tail))
+	}
 	d := table.data.Load()
 	entries := make([]Entry, nEntries) // one allocation for all entries
 	if nEntries > 0 {
 		adviseHuge(unsafe.Pointer(&entries[0]), uintptr(nEntries)*unsafe.Sizeof(Entry{}))
 	}
 	// The other core checks the checksum while this one reads the
-	// entries, then indexes their ids: nothing read is used, nor any
-	// decision taken on the header, before the checksum matched.
-	ids := startIndexer(table, d, body, sum, len(entries))
+	// entries, then (without a layout) indexes their ids: nothing read is
+	// used, nor any decision taken on the header, before the checksum
+	// matched.
+	ids := startIndexer(table, d, body, sum, len(entries), !useLayout)
 	defer ids.finish()
 	var imported int64
+	next := uint64(0) // the slot after the previous entry's
 	for i := range entries {
 		e := &entries[i]
+		slot := uint64(0)
+		if capacity > 0 {
+			// Increasing by construction: two entries never share a
+			// slot.
+			slot = next + r.uvarint()
+			if slot >= capacity {
+				return snapshotMeta{}, fmt.Errorf("%w: bad slot", errSnapshot)
+			}
+			next = slot + 1
+		}
 		if len(r.b) < len(e.Hash) {
 			r.fail()
 			break
@@ -748,9 +816,37 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		// No duplicate check: the checksum vouches that this is the file
 		// a projector wrote, and a projector's table has no duplicates.
 		// (Probing the id index for each key would double the load time.)
-		ids.add(table.placeSlot(d, e))
+		if useLayout {
+			d.slots[slot].init(hashTag(&e.Hash), e)
+		} else {
+			ids.add(table.placeSlot(d, e))
+		}
 		if e.Imported {
 			imported++
+		}
+	}
+	if capacity > 0 && r.err == nil {
+		if uint64(len(r.b)) < 4*capacity {
+			r.fail()
+		} else if useLayout {
+			// Each names a slot (+1) or none (0); as many as entries.
+			var named uint64
+			for j := range d.ids {
+				v := binary.LittleEndian.Uint32(r.b[4*j:])
+				if uint64(v) > capacity {
+					return snapshotMeta{}, fmt.Errorf("%w: bad id index", errSnapshot)
+				}
+				if v != 0 {
+					named++
+				}
+				d.ids[j] = v
+			}
+			if named != nEntries {
+				return snapshotMeta{}, fmt.Errorf("%w: bad id index", errSnapshot)
+			}
+		}
+		if r.err == nil {
+			r.b = r.b[4*capacity:]
 		}
 	}
 	table.n.Store(int64(len(entries)))
@@ -839,7 +935,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	p.table.data.Store(table.data.Load())
 	p.table.n.Store(table.n.Load())
 	p.table.imported.Store(table.imported.Load())
-	p.table.seed = table.seed
+	p.table.idKey = table.idKey
 	for _, o := range ownerTab {
 		p.owners[o] = o
 	}
@@ -888,7 +984,10 @@ type indexer struct {
 
 const indexBatch = 1 << 14
 
-func startIndexer(t *Table, d *tableData, body, sum []byte, n int) *indexer {
+func startIndexer(t *Table, d *tableData, body, sum []byte, n int, index bool) *indexer {
+	if !index {
+		n = 0
+	}
 	x := &indexer{batches: make(chan []uint32, n/indexBatch+2), done: make(chan bool, 1)}
 	go func() {
 		got := sha256.Sum256(body)

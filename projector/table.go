@@ -6,12 +6,13 @@
 package projector
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"hash/maphash"
 	"math/bits"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -427,7 +428,9 @@ type Table struct {
 	data     atomic.Pointer[tableData]
 	n        atomic.Int64
 	imported atomic.Int64 // entries with Imported set
-	seed     maphash.Seed
+	// idKey keys the id index's hash (see idHash). A snapshot stores it
+	// with the index, which a load then takes as it is.
+	idKey [2]uint64
 }
 
 // HasImported reports whether any key was imported: only then must a
@@ -456,9 +459,16 @@ const maxLoad = 0.8
 
 // NewTable returns an empty table sized for about n keys.
 func NewTable(n int) *Table {
-	t := &Table{seed: maphash.MakeSeed()}
+	t := &Table{idKey: newIDKey()}
 	t.data.Store(newTableData(capacityFor(n)))
 	return t
+}
+
+// newIDKey draws a key for the id index's hash.
+func newIDKey() (k [2]uint64) {
+	var b [16]byte
+	rand.Read(b[:]) // never fails (crypto/rand)
+	return [2]uint64{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}
 }
 
 func capacityFor(n int) int {
@@ -467,7 +477,10 @@ func capacityFor(n int) int {
 
 func newTableData(capacity int) *tableData {
 	d := &tableData{slots: make([]slot, capacity), ids: make([]uint32, capacity)}
+	// Both arrays are reached at random (the ids by the replay's every
+	// event: a new key's id is checked, a revocation finds its key).
 	adviseHuge(unsafe.Pointer(&d.slots[0]), uintptr(len(d.slots))*unsafe.Sizeof(slot{}))
+	adviseHuge(unsafe.Pointer(&d.ids[0]), uintptr(len(d.ids))*unsafe.Sizeof(d.ids[0]))
 	return d
 }
 
@@ -504,9 +517,41 @@ func (t *Table) Len() int { return int(t.n.Load()) }
 // the id packs (see packID), else its text, as byID hashes an id.
 func (t *Table) entryIDHash(e *Entry) uint64 {
 	if x := e.Extra; x != nil && x.IDText != "" {
-		return maphash.String(t.seed, x.IDText)
+		return t.idHashText(x.IDText)
 	}
-	return maphash.Bytes(t.seed, e.id[:])
+	return t.idHash(&e.id)
+}
+
+// idHash is the id index's hash of a packed id. It is keyed, so that ids
+// chosen to collide (an import names its keys' ids) cannot be placed on
+// one long probe sequence without the key, and the key is two numbers a
+// snapshot can store beside the index it wrote (hash/maphash's seed
+// cannot be stored). The mixing is wyhash's multiply-fold, which is also
+// hash/maphash's own where the CPU lacks AES.
+func (t *Table) idHash(b *[16]byte) uint64 {
+	k := &t.idKey
+	return mum(mum(binary.LittleEndian.Uint64(b[:8])^k[0], binary.LittleEndian.Uint64(b[8:])^k[1])^16, k[0]^mixC)
+}
+
+// idHashText is idHash for an id kept as text.
+func (t *Table) idHashText(id string) uint64 {
+	k := &t.idKey
+	h := k[1] ^ uint64(len(id))
+	for ; len(id) > 0; id = id[min(16, len(id)):] {
+		var b [16]byte
+		copy(b[:], id)
+		h = mum(binary.LittleEndian.Uint64(b[:8])^k[0]^h, binary.LittleEndian.Uint64(b[8:])^k[1])
+	}
+	return mum(h^k[0], mixC)
+}
+
+// mixC is an odd constant with bits spread evenly (wyhash's first).
+const mixC = 0xa0761d6478bd642f
+
+// mum is the high and low halves of a×b folded together.
+func mum(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
 }
 
 // byID returns the slot of the entry with key id, or -1. Writer only.
@@ -514,16 +559,21 @@ func (t *Table) byID(d *tableData, id string) int {
 	n := len(d.ids)
 	// Packed once for the whole probe, hashed as entryIDHash does.
 	b, packed := packID(id)
-	h := maphash.String(t.seed, id)
+	var h uint64
 	if packed {
-		h = maphash.Bytes(t.seed, b[:])
+		h = t.idHash(&b)
+	} else {
+		h = t.idHashText(id)
 	}
 	for i := index(h, n); ; {
 		s := d.ids[i]
 		if s == 0 {
 			return -1
 		}
-		if d.slots[s-1].e.Load().isID(id, b, packed) {
+		// An index loaded from a snapshot is taken as it is (the
+		// checksum vouches for it); a slot it names is never empty in
+		// a table this package wrote, and a nil is a miss all the same.
+		if e := d.slots[s-1].e.Load(); e != nil && e.isID(id, b, packed) {
 			return int(s - 1)
 		}
 		if i++; i == n {
@@ -614,6 +664,48 @@ func (t *Table) reserve(n int) {
 // replace swaps the entry in slot s for e (same hash and id). Writer only.
 func (t *Table) replace(s int, e *Entry) {
 	t.data.Load().slots[s].e.Store(e)
+}
+
+// layout is where a table keeps its entries, for a snapshot to store so
+// that a load need not place them again: the capacity, each entry's slot
+// (in Range's order, increasing) and the id index.
+type layout struct {
+	capacity int
+	idKey    [2]uint64
+	slots    []uint32
+	ids      []uint32
+}
+
+// cutLayout returns the table's entries in slot order and their layout
+// (the id index copied). Writer only: nothing may change the table
+// meanwhile.
+func (t *Table) cutLayout() ([]*Entry, *layout) {
+	d := t.data.Load()
+	l := &layout{capacity: len(d.slots), idKey: t.idKey, slots: make([]uint32, 0, t.Len()), ids: slices.Clone(d.ids)}
+	entries := make([]*Entry, 0, t.Len())
+	for i := range d.slots {
+		if e := d.slots[i].e.Load(); e != nil {
+			entries = append(entries, e)
+			l.slots = append(l.slots, uint32(i))
+		}
+	}
+	return entries, l
+}
+
+// newTableLayout returns an empty table of the given capacity whose id
+// index is keyed with key: one a snapshot's layout fills.
+func newTableLayout(capacity int, key [2]uint64) *Table {
+	t := &Table{idKey: key}
+	t.data.Store(newTableData(capacity))
+	return t
+}
+
+// init fills an empty slot of a table no reader can see yet (a load's,
+// published afterwards by an atomic store of the table): plain stores,
+// which the CPU streams to memory, where an atomic store waits for each.
+func (s *slot) init(tag uint64, e *Entry) {
+	*(*uint64)(unsafe.Pointer(&s.tag)) = tag
+	*(*unsafe.Pointer)(unsafe.Pointer(&s.e)) = unsafe.Pointer(e)
 }
 
 // Range calls f for every entry, in no particular order, until f returns
