@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -208,6 +209,9 @@ func timeBootstrap(ctx context.Context, l *benchLedger, from *projector.Projecto
 		return 0, 0, err
 	}
 	opts.SnapshotDir = filepath.Join(l.dir, "new-node")
+	// Why the node took no snapshot, if it took none, is in its log.
+	var why bytes.Buffer
+	opts.Logger = slog.New(slog.NewTextHandler(&why, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	runtime.GC()
 	start := time.Now()
 	p := projector.New(l.js, opts)
@@ -216,7 +220,7 @@ func timeBootstrap(ctx context.Context, l *benchLedger, from *projector.Projecto
 		return 0, 0, err
 	}
 	if seq == 0 {
-		return 0, 0, errors.New("the new node took no published snapshot")
+		return 0, 0, fmt.Errorf("the new node took no published snapshot: %s", strings.TrimSpace(why.String()))
 	}
 	download = time.Since(start)
 	start = time.Now()
