@@ -144,11 +144,11 @@ func TestSnapshot_badLayout(t *testing.T) {
 		name string
 		edit func(*layout) *layout
 	}{
-		{"a slot past the capacity", func(l *layout) *layout { l.slots[len(l.slots)-1] = uint32(l.capacity); return l }},
+		{"a slot past the capacity", func(l *layout) *layout { l.slots[len(l.slots)-1] = uint32(len(l.ids)); return l }},
 		{"an id index naming a slot past the capacity", func(l *layout) *layout {
 			for j, v := range l.ids {
 				if v != 0 {
-					l.ids[j] = uint32(l.capacity) + 1
+					l.ids[j] = uint32(len(l.ids)) + 1
 					break
 				}
 			}
@@ -164,7 +164,7 @@ func TestSnapshot_badLayout(t *testing.T) {
 			return l
 		}},
 		{"a capacity with no room for the entries", func(l *layout) *layout {
-			l.capacity = n
+			l.ids = l.ids[:n]
 			return l
 		}},
 	} {

@@ -312,7 +312,7 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 	if lay == nil {
 		s.u64(0)
 	} else {
-		s.u64(uint64(lay.capacity))
+		s.u64(uint64(len(lay.ids)))
 		s.u64(lay.idKey[0])
 		s.u64(lay.idKey[1])
 	}
@@ -722,7 +722,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	useLayout := capacity > 0 && capacity >= uint64(capacityFor(int(nEntries+tail)))
 	var table *Table
 	if useLayout {
-		table = newTableLayout(int(capacity), idKey)
+		table = newTable(int(capacity), idKey)
 	} else {
 		table = NewTable(int(nEntries + tail))
 	}
@@ -828,11 +828,13 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	if capacity > 0 && r.err == nil {
 		if uint64(len(r.b)) < 4*capacity {
 			r.fail()
-		} else if useLayout {
+		} else {
+			idx := r.b[:4*capacity]
+			r.b = r.b[4*capacity:]
 			// Each names a slot (+1) or none (0); as many as entries.
 			var named uint64
-			for j := range d.ids {
-				v := binary.LittleEndian.Uint32(r.b[4*j:])
+			for j := 0; useLayout && j < len(d.ids); j++ {
+				v := binary.LittleEndian.Uint32(idx[4*j:])
 				if uint64(v) > capacity {
 					return snapshotMeta{}, fmt.Errorf("%w: bad id index", errSnapshot)
 				}
@@ -841,12 +843,9 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 				}
 				d.ids[j] = v
 			}
-			if named != nEntries {
+			if useLayout && named != nEntries {
 				return snapshotMeta{}, fmt.Errorf("%w: bad id index", errSnapshot)
 			}
-		}
-		if r.err == nil {
-			r.b = r.b[4*capacity:]
 		}
 	}
 	table.n.Store(int64(len(entries)))

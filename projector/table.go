@@ -114,17 +114,9 @@ func (e *Entry) appendID(b []byte) []byte {
 	return hex.AppendEncode(append(b, idPrefix...), e.id[:])
 }
 
-// hasID reports whether the entry's id is id, without making its text.
-func (e *Entry) hasID(id string) bool {
-	if x := e.Extra; x != nil && x.IDText != "" {
-		return x.IDText == id
-	}
-	b, ok := packID(id)
-	return e.isID(id, b, ok)
-}
-
-// isID is hasID for an id already packed (b, packed: packID's answer),
-// so that a probe past several entries packs it once.
+// isID reports whether the entry's id is id, packed already (b, packed:
+// packID's answer) so that a probe past several entries packs it once,
+// and without making the entry's text.
 func (e *Entry) isID(id string, b [16]byte, packed bool) bool {
 	if x := e.Extra; x != nil && x.IDText != "" {
 		return x.IDText == id
@@ -459,8 +451,14 @@ const maxLoad = 0.8
 
 // NewTable returns an empty table sized for about n keys.
 func NewTable(n int) *Table {
-	t := &Table{idKey: newIDKey()}
-	t.data.Store(newTableData(capacityFor(n)))
+	return newTable(capacityFor(n), newIDKey())
+}
+
+// newTable returns an empty table of the given capacity whose id index
+// is keyed with key (a snapshot's layout fills one of its own key).
+func newTable(capacity int, key [2]uint64) *Table {
+	t := &Table{idKey: key}
+	t.data.Store(newTableData(capacity))
 	return t
 }
 
@@ -667,13 +665,13 @@ func (t *Table) replace(s int, e *Entry) {
 }
 
 // layout is where a table keeps its entries, for a snapshot to store so
-// that a load need not place them again: the capacity, each entry's slot
-// (in Range's order, increasing) and the id index.
+// that a load need not place them again: each entry's slot (in Range's
+// order, increasing) and the id index, one number a slot (so its length
+// is the capacity).
 type layout struct {
-	capacity int
-	idKey    [2]uint64
-	slots    []uint32
-	ids      []uint32
+	idKey [2]uint64
+	slots []uint32
+	ids   []uint32
 }
 
 // cutLayout returns the table's entries in slot order and their layout
@@ -681,7 +679,7 @@ type layout struct {
 // meanwhile.
 func (t *Table) cutLayout() ([]*Entry, *layout) {
 	d := t.data.Load()
-	l := &layout{capacity: len(d.slots), idKey: t.idKey, slots: make([]uint32, 0, t.Len()), ids: slices.Clone(d.ids)}
+	l := &layout{idKey: t.idKey, slots: make([]uint32, 0, t.Len()), ids: slices.Clone(d.ids)}
 	entries := make([]*Entry, 0, t.Len())
 	for i := range d.slots {
 		if e := d.slots[i].e.Load(); e != nil {
@@ -690,14 +688,6 @@ func (t *Table) cutLayout() ([]*Entry, *layout) {
 		}
 	}
 	return entries, l
-}
-
-// newTableLayout returns an empty table of the given capacity whose id
-// index is keyed with key: one a snapshot's layout fills.
-func newTableLayout(capacity int, key [2]uint64) *Table {
-	t := &Table{idKey: key}
-	t.data.Store(newTableData(capacity))
-	return t
 }
 
 // init fills an empty slot of a table no reader can see yet (a load's,

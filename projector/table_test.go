@@ -154,6 +154,12 @@ func BenchmarkTable_memory(b *testing.B) {
 	}
 }
 
+// hasID reports whether the entry's id is id (isID, packing it first).
+func (e *Entry) hasID(id string) bool {
+	b, ok := packID(id)
+	return e.isID(id, b, ok)
+}
+
 // newEntry returns an entry with hash h and key id id.
 func newEntry(h keyledger.Hash, id string) *Entry {
 	e := &Entry{Hash: h}
