@@ -78,8 +78,16 @@ func (s *Snapshots) Put(ctx context.Context, name string, r io.Reader) (string, 
 	return info.Digest, nil
 }
 
+// listTimeout bounds a listing. nats.go lists through a watcher that,
+// unlike a single API request, has no default deadline: one whose
+// consumer a leader election lost would wait for ever (a node starting
+// empty once logged nothing for 85 s there, in CI).
+const listTimeout = 10 * time.Second
+
 // Names lists the objects with the prefix, in name order.
 func (s *Snapshots) Names(ctx context.Context, prefix string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
 	infos, err := s.os.List(ctx)
 	if errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return nil, nil
@@ -100,7 +108,17 @@ func (s *Snapshots) Names(ctx context.Context, prefix string) ([]string, error) 
 // Get copies the object name into w, and fails unless it has the digest
 // want and what was read hashes to it (nats.go checks the bytes against
 // the object's recorded digest as it reads).
+//
+// The download is bounded by the object's size (see downloadTimeout):
+// nats.go bounds a Get whose context has no deadline by its 5 s API
+// default, which a large snapshot outlasts.
 func (s *Snapshots) Get(ctx context.Context, name, want string, w io.Writer) error {
+	meta, err := s.os.GetInfo(ctx, name)
+	if err != nil {
+		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read "+name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, downloadTimeout(meta.Size))
+	defer cancel()
 	r, err := s.os.Get(ctx, name)
 	if err != nil {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot read "+name)
@@ -117,6 +135,13 @@ func (s *Snapshots) Get(ctx context.Context, name, want string, w io.Writer) err
 		return keyledger.Wrap(keyledger.Invalid, err, "cannot read "+name+" whole")
 	}
 	return nil
+}
+
+// downloadTimeout is how long a download of size bytes may take: a
+// minute, plus the time at 4 MB/s (847 MB, ten million keys, gets 4.5
+// minutes). A slower one is abandoned and the node replays instead.
+func downloadTimeout(size uint64) time.Duration {
+	return time.Minute + time.Duration(size/(4<<20))*time.Second
 }
 
 // GetBytes returns a small object (a manifest).
