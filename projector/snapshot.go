@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"maps"
 	"math"
@@ -18,7 +19,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
 )
@@ -27,13 +27,15 @@ import (
 // it loads the newest snapshot of its table and replays only the events
 // after it. A snapshot is a file in Options.SnapshotDir:
 //
-//	magic "KLSNAP05"
+//	magic "KLSNAP06"
 //	header: stream identity (created, unix ns), last applied sequence,
 //	        SHA-256 of the event at it, unsigned-through, entry count,
 //	        record count, the table's capacity (0: no layout) and the key
 //	        of its id index's hash (with a capacity)
 //	owner table and permission-list table (each distinct value once)
-//	entries in slot order, each with its slot (with a capacity), then
+//	entries in slot order, in parts of partEntries, each entry with its
+//	slot (with a capacity: from the part's start, a delta) and its id
+//	packed (see writeEntries), then
 //	the id index (with a capacity: one number per slot), then records
 //	(admin nodes), fixed order of fields; records
 //	oldest first (the record index's order, so that a load rebuilds the
@@ -42,7 +44,9 @@ import (
 //	and owner's subject (every node: they decide what is metered)
 //	refused: the events refused on their envelope, through the
 //	snapshot's sequence (what the node's checkpoints list: trust.go)
-//	SHA-256 of everything above
+//	part table: per part its entries, bytes, first and last slot and
+//	SHA-256; then the table's offset (8 bytes)
+//	SHA-256 of everything above but the parts
 //
 // All integers are little-endian or uvarints. A snapshot is a consistent
 // cut: the table, the records and the accounts exactly as of its
@@ -61,6 +65,10 @@ import (
 // layout, which a load takes as it is, where placing ten million entries
 // and indexing their ids again at random took most of a load (see
 // README, What the profiles showed); version 4 still loads, placing them.
+// Version 6 cuts the entries into parts that the cores of a load check
+// and read at once, where one core read them while the other checked
+// the file, and packs ids (unpacking 32 hex digits was a quarter of the
+// reading); version 5 still loads, on one core.
 //
 // Versions 2 and 3 are refused, and the node replays the stream once. They
 // hold no plans, owners or credits: the builds that wrote them did not
@@ -75,7 +83,8 @@ import (
 // an old snapshot still shows that the stream was replaced (see
 // peekSnapshotMeta), and the node fails closed as before.
 const (
-	snapshotMagic   = "KLSNAP05"
+	snapshotMagic   = "KLSNAP06"
+	snapshotMagicV5 = "KLSNAP05"
 	snapshotMagicV4 = "KLSNAP04"
 	snapshotMagicV3 = "KLSNAP03"
 	snapshotMagicV2 = "KLSNAP02"
@@ -126,7 +135,7 @@ func peekSnapshotMeta(path string) (snapshotMeta, error) {
 // knownMagic accepts the versions whose header peekSnapshotMeta reads;
 // loadSnapshot loads only the current one.
 func knownMagic(m string) bool {
-	return m == snapshotMagic || m == snapshotMagicV4 || m == snapshotMagicV3 || m == snapshotMagicV2
+	return m == snapshotMagic || m == snapshotMagicV5 || m == snapshotMagicV4 || m == snapshotMagicV3 || m == snapshotMagicV2
 }
 
 // errSnapshot marks a snapshot that must not be used.
@@ -299,8 +308,8 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	sum := sha256.New()
-	s := &snapWriter{w: bufio.NewWriterSize(io.MultiWriter(f, sum), 1<<20)}
+	sink := &snapSink{f: f, h: sha256.New()}
+	s := &snapWriter{w: bufio.NewWriterSize(sink, 1<<20)}
 	s.w.WriteString(snapshotMagic)
 	s.u64(uint64(meta.streamCreated))
 	s.u64(meta.seq)
@@ -327,58 +336,7 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 			s.str(n)
 		}
 	}
-	idBuf := make([]byte, 0, 64)
-	next := uint32(0) // the slot after the previous entry's
-	for i, e := range entries {
-		if lay != nil {
-			// Slots increase: each is written as its distance from the
-			// one after the previous entry's (mostly a byte).
-			s.uvarint(uint64(lay.slots[i] - next))
-			next = lay.slots[i] + 1
-		}
-		s.w.Write(e.Hash[:])
-		idBuf = e.appendID(idBuf[:0])
-		s.uvarint(uint64(len(idBuf)))
-		s.w.Write(idBuf)
-		s.uvarint(uint64(owners[e.Owner]))
-		s.uvarint(uint64(permLists[e.names]))
-		flags := byte(e.Environment)
-		if e.Revoked {
-			flags |= 0x80
-		}
-		rl := e.RateLimit()
-		if rl != nil {
-			flags |= 0x40
-		}
-		if e.Imported {
-			flags |= 0x20
-		}
-		if e.Disabled {
-			flags |= 0x10
-		}
-		if e.Extra != nil {
-			flags |= 0x08
-		}
-		s.w.WriteByte(flags)
-		s.u64(uint64(e.ExpiresAt))
-		if rl != nil {
-			s.u64(math.Float64bits(rl.PerSecond))
-			s.uvarint(uint64(rl.Burst))
-		}
-		s.uvarint(e.Rev)
-		if x := e.Extra; x != nil {
-			s.strs(x.AllowedIPs)
-			s.str(string(x.Metadata))
-			s.str(x.Scope)
-			s.u64(uint64(x.RollCap))
-			s.credits(x.Credits)
-			if x.Credits != nil {
-				s.uvarint(x.CreditsRev)
-				s.u64(uint64(x.CreditsAt))
-				s.str(x.CreditsKey)
-			}
-		}
-	}
+	parts := writeEntries(s, sink, entries, lay, owners, permLists)
 	if lay != nil {
 		var b [4 << 10]byte
 		for ids := lay.ids; len(ids) > 0; {
@@ -430,10 +388,21 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 	for _, seq := range c.refused {
 		s.uvarint(seq)
 	}
+	s.w.Flush() // an error sticks: the last Flush returns it
+	table := sink.n
+	s.uvarint(uint64(len(parts)))
+	for _, pt := range parts {
+		s.uvarint(uint64(pt.n))
+		s.uvarint(uint64(pt.end - pt.off))
+		s.uvarint(pt.slots.lo)
+		s.uvarint(pt.slots.hi)
+		s.w.Write(pt.sum)
+	}
+	s.u64(uint64(table))
 	if err := s.w.Flush(); err != nil {
 		return "", err
 	}
-	if _, err := f.Write(sum.Sum(nil)); err != nil {
+	if _, err := f.Write(sink.h.Sum(nil)); err != nil {
 		return "", err
 	}
 	if err := f.Sync(); err != nil {
@@ -451,6 +420,115 @@ func (p *Projector) writeSnapshot(dir string, c *snapshotCut) (string, error) {
 		d.Close()
 	}
 	return path, nil
+}
+
+// snapSink is the file a snapshot is written to, with the running
+// checksum of what is written (which writeEntries swaps for a part's own)
+// and the count of bytes.
+type snapSink struct {
+	f io.Writer
+	h hash.Hash
+	n int
+}
+
+func (k *snapSink) Write(b []byte) (int, error) {
+	n, err := k.f.Write(b)
+	k.h.Write(b[:n])
+	k.n += n
+	return n, err
+}
+
+// snapPart is one run of entries in a snapshot: n entries from the
+// first, in body[off:end], whose SHA-256 is sum.
+type snapPart struct {
+	first, n int
+	off, end int
+	slots    slotRange // with a layout
+	sum      []byte
+}
+
+// partEntries is the entries of one part: parts are what the cores of a
+// load share out, and 40 of them at ten million keys keep two cores
+// busy to the end. (A variable for the tests' small tables.)
+var partEntries = 1 << 18
+
+// writeEntries writes the entries in parts of partEntries, each
+// checksummed on its own (the file's checksum covers the part table that
+// lists the parts' checksums instead of their bytes): the cores of a load
+// each check and read their own parts.
+func writeEntries(s *snapWriter, sink *snapSink, entries []*Entry, lay *layout, owners map[string]uint32, permLists map[uint32]uint32) []snapPart {
+	var parts []snapPart
+	for first := 0; first < len(entries); first += partEntries {
+		s.w.Flush()
+		outer := sink.h
+		sink.h = sha256.New()
+		pt := snapPart{first: first, n: min(partEntries, len(entries)-first), off: sink.n}
+		next := uint32(0) // the slot after the previous entry's; a part starts at 0
+		if lay != nil {
+			pt.slots = slotRange{on: true, lo: uint64(lay.slots[first]), hi: uint64(lay.slots[first+pt.n-1])}
+		}
+		for i := first; i < first+pt.n; i++ {
+			e := entries[i]
+			if lay != nil {
+				// Slots increase: each is written as its distance from
+				// the one after the previous entry's (mostly a byte).
+				s.uvarint(uint64(lay.slots[i] - next))
+				next = lay.slots[i] + 1
+			}
+			s.w.Write(e.Hash[:])
+			// An id of keyledger's form is its 16 bytes after a 0
+			// (which no text's length is); another, its text.
+			if x := e.Extra; x != nil && x.IDText != "" {
+				s.str(x.IDText)
+			} else {
+				s.w.WriteByte(0)
+				s.w.Write(e.id[:])
+			}
+			s.uvarint(uint64(owners[e.Owner]))
+			s.uvarint(uint64(permLists[e.names]))
+			flags := byte(e.Environment)
+			if e.Revoked {
+				flags |= 0x80
+			}
+			rl := e.RateLimit()
+			if rl != nil {
+				flags |= 0x40
+			}
+			if e.Imported {
+				flags |= 0x20
+			}
+			if e.Disabled {
+				flags |= 0x10
+			}
+			if e.Extra != nil {
+				flags |= 0x08
+			}
+			s.w.WriteByte(flags)
+			s.u64(uint64(e.ExpiresAt))
+			if rl != nil {
+				s.u64(math.Float64bits(rl.PerSecond))
+				s.uvarint(uint64(rl.Burst))
+			}
+			s.uvarint(e.Rev)
+			if x := e.Extra; x != nil {
+				s.strs(x.AllowedIPs)
+				s.str(string(x.Metadata))
+				s.str(x.Scope)
+				s.u64(uint64(x.RollCap))
+				s.credits(x.Credits)
+				if x.Credits != nil {
+					s.uvarint(x.CreditsRev)
+					s.u64(uint64(x.CreditsAt))
+					s.str(x.CreditsKey)
+				}
+			}
+		}
+		s.w.Flush()
+		pt.end, pt.sum = sink.n, sink.h.Sum(nil)
+		sink.h = outer
+		parts = append(parts, pt)
+	}
+	return parts
 }
 
 // writeAccounts writes the plans and owners by name and the revs by id:
@@ -667,7 +745,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		return snapshotMeta{}, fmt.Errorf("%w: not a keyledger snapshot", errSnapshot)
 	}
 	version := string(data[:len(snapshotMagic)])
-	if version != snapshotMagic && version != snapshotMagicV4 {
+	if version != snapshotMagic && version != snapshotMagicV5 && version != snapshotMagicV4 {
 		// See the version history at the top: its table may lack
 		// plans, owners and credits.
 		return snapshotMeta{}, fmt.Errorf("%w: format %s predates plans, owners and credits; replaying the stream", errSnapshot, version)
@@ -684,7 +762,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	nEntries, nRecords := r.u64(), r.u64()
 	var capacity uint64 // of the layout; 0: none (and none in version 4)
 	var idKey [2]uint64
-	if version == snapshotMagic {
+	if version != snapshotMagicV4 {
 		if capacity = r.u64(); capacity > 0 {
 			idKey = [2]uint64{r.u64(), r.u64()}
 		}
@@ -724,133 +802,44 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 	if useLayout {
 		table = newTable(int(capacity), idKey)
 	} else {
-		table = NewTable(int(nEntries + tail))
+		table = NewTable(roomFor(int(nEntries + tail)))
 	}
 	d := table.data.Load()
-	entries := make([]Entry, nEntries) // one allocation for all entries
-	if nEntries > 0 {
-		adviseHuge(unsafe.Pointer(&entries[0]), uintptr(nEntries)*unsafe.Sizeof(Entry{}))
-	}
-	// The other core checks the checksum while this one reads the
-	// entries, then (without a layout) indexes their ids: nothing read is
-	// used, nor any decision taken on the header, before the checksum
-	// matched.
-	ids := startIndexer(table, d, body, sum, len(entries), !useLayout)
-	defer ids.finish()
+	tabs := &entryTables{owners: ownerTab, names: permTab, perms: permMasks, max: len(body)}
 	var imported int64
-	next := uint64(0) // the slot after the previous entry's
-	for i := range entries {
-		e := &entries[i]
-		slot := uint64(0)
-		if capacity > 0 {
-			// Increasing by construction: two entries never share a
-			// slot.
-			slot = next + r.uvarint()
-			if slot >= capacity {
-				return snapshotMeta{}, fmt.Errorf("%w: bad slot", errSnapshot)
-			}
-			next = slot + 1
+	var ok bool
+	if version == snapshotMagic {
+		var err error
+		if imported, ok, err = p.readParts(r, body, sum, int(nEntries), tabs, table, d, capacity, useLayout); err != nil {
+			return snapshotMeta{}, err
 		}
-		if len(r.b) < len(e.Hash) {
-			r.fail()
-			break
-		}
-		copy(e.Hash[:], r.b)
-		r.b = r.b[len(e.Hash):]
-		// An id of keyledger's form packs into the entry; another is kept
-		// as text with the extra fields, read below.
-		var idText string
-		if n := r.uvarint(); n > uint64(len(r.b)) {
-			r.fail()
-		} else {
-			var ok bool
-			if e.id, ok = packID(r.b[:n]); !ok {
-				idText = string(r.b[:n])
-			}
-			r.b = r.b[n:]
-		}
-		oi, pi := r.uvarint(), r.uvarint()
-		if oi >= uint64(len(ownerTab)) || pi >= uint64(len(permTab)) {
-			return snapshotMeta{}, fmt.Errorf("%w: bad table index", errSnapshot)
-		}
-		e.Owner, e.names = ownerTab[oi], permTab[pi]
-		flags := r.byte1()
-		e.Environment = keyledger.Environment(flags & 0x3)
-		e.Revoked = flags&0x80 != 0
-		e.Imported = flags&0x20 != 0
-		e.ExpiresAt = int64(r.u64())
-		var rl *keyledger.RateLimit
-		if flags&0x40 != 0 {
-			rl = &keyledger.RateLimit{PerSecond: math.Float64frombits(r.u64()), Burst: int(r.uvarint())}
-		}
-		e.Perms = permMasks[pi]
-		e.Disabled = flags&0x10 != 0
-		e.Rev = r.uvarint()
-		if flags&0x08 != 0 {
-			x := &Extra{RateLimit: rl, AllowedIPs: r.strs(len(body))}
-			if m := r.str(); m != "" {
-				x.Metadata = []byte(m)
-			}
-			x.Scope, x.RollCap = r.str(), int64(r.u64())
-			if x.Credits = r.credits(); x.Credits != nil {
-				x.CreditsRev, x.CreditsAt = r.uvarint(), int64(r.u64())
-				x.CreditsKey = r.str()
-			}
-			if len(x.AllowedIPs) > 0 {
-				var err error
-				if x.Allowlist, _, err = keyledger.ParseAllowlist(x.AllowedIPs); err != nil {
-					return snapshotMeta{}, fmt.Errorf("%w: bad allowlist", errSnapshot)
-				}
-			}
-			e.Extra = x
-		}
-		if idText != "" {
-			if e.Extra == nil {
-				e.Extra = &Extra{}
-			}
-			e.Extra.IDText = idText
-		}
-		if r.err != nil {
-			break
-		}
-		// No duplicate check: the checksum vouches that this is the file
-		// a projector wrote, and a projector's table has no duplicates.
-		// (Probing the id index for each key would double the load time.)
+	} else {
+		entries := newEntries(int(nEntries))
+		// Versions 4 and 5: one run of entries under the file's
+		// checksum, which the other core checks while this one reads
+		// the entries, then (without a layout) indexes their ids:
+		// nothing read is used, nor any decision taken on the header,
+		// before the checksum matched.
+		ids := startIndexer(table, d, func() bool { got := sha256.Sum256(body); return bytes.Equal(got[:], sum) }, len(entries), !useLayout)
+		defer ids.finish()
+		place := func(slot uint64, e *Entry) { ids.add(table.placeSlot(d, e)) }
 		if useLayout {
-			d.slots[slot].init(hashTag(&e.Hash), e)
-		} else {
-			ids.add(table.placeSlot(d, e))
+			place = func(slot uint64, e *Entry) { d.slots[slot].init(hashTag(&e.Hash), e) }
 		}
-		if e.Imported {
-			imported++
+		var err error
+		if imported, err = r.readEntries(entries, false, slotRange{on: capacity > 0, hi: capacity - 1}, tabs, place); err != nil {
+			return snapshotMeta{}, err
 		}
-	}
-	if capacity > 0 && r.err == nil {
-		if uint64(len(r.b)) < 4*capacity {
-			r.fail()
-		} else {
-			idx := r.b[:4*capacity]
-			r.b = r.b[4*capacity:]
-			// Each names a slot (+1) or none (0); as many as entries.
-			var named uint64
-			for j := 0; useLayout && j < len(d.ids); j++ {
-				v := binary.LittleEndian.Uint32(idx[4*j:])
-				if uint64(v) > capacity {
-					return snapshotMeta{}, fmt.Errorf("%w: bad id index", errSnapshot)
-				}
-				if v != 0 {
-					named++
-				}
-				d.ids[j] = v
-			}
-			if useLayout && named != nEntries {
-				return snapshotMeta{}, fmt.Errorf("%w: bad id index", errSnapshot)
+		if r.err == nil {
+			if err := r.readIDIndex(d, capacity, nEntries, useLayout); err != nil {
+				return snapshotMeta{}, err
 			}
 		}
+		ok = ids.finish()
 	}
-	table.n.Store(int64(len(entries)))
+	table.n.Store(int64(nEntries))
 	table.imported.Store(imported)
-	if !ids.finish() {
+	if !ok {
 		return snapshotMeta{}, fmt.Errorf("%w: checksum mismatch", errSnapshot)
 	}
 	if meta.unsignedThrough != want.unsignedThrough {
@@ -970,7 +959,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 const minEntryBytes = 32 + 1 + 1 + 1 + 1 + 1 + 8 + 1
 
 // indexer is the snapshot load's second core: it checks the file's
-// checksum, then indexes by id the entries the load has placed, in
+// checksum (check), then indexes by id the entries the load has placed, in
 // batches (the id index is the table's other half, and its writes land
 // at random: done here, they cost the load nothing).
 type indexer struct {
@@ -983,14 +972,13 @@ type indexer struct {
 
 const indexBatch = 1 << 14
 
-func startIndexer(t *Table, d *tableData, body, sum []byte, n int, index bool) *indexer {
+func startIndexer(t *Table, d *tableData, check func() bool, n int, index bool) *indexer {
 	if !index {
 		n = 0
 	}
 	x := &indexer{batches: make(chan []uint32, n/indexBatch+2), done: make(chan bool, 1)}
 	go func() {
-		got := sha256.Sum256(body)
-		ok := bytes.Equal(got[:], sum)
+		ok := check()
 		for b := range x.batches {
 			if ok {
 				for _, s := range b {
