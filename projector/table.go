@@ -651,13 +651,20 @@ func (t *Table) grow(old *tableData, capacity int) *tableData {
 	return d
 }
 
-// reserve grows the table to hold n keys without further growth. Writer
-// only.
+// reserve grows the table to hold n keys without further growth, when it
+// cannot, with room for an eighth more (see roomFor). Writer only.
 func (t *Table) reserve(n int) {
 	if d := t.data.Load(); capacityFor(n) > len(d.slots) {
-		t.grow(d, capacityFor(n))
+		t.grow(d, capacityFor(roomFor(n)))
 	}
 }
+
+// roomFor is what a table sized at once for n keys makes room for: an
+// eighth more (3 bytes a key). Sized for exactly n, the table of a node
+// that replayed the ledger was full to its growth point, and so were its
+// snapshots' layouts, which a load then had to place again for the
+// shortest tail (1.4–2.8 s at ten million keys, against 0.6 s).
+func roomFor(n int) int { return n + n/8 }
 
 // replace swaps the entry in slot s for e (same hash and id). Writer only.
 func (t *Table) replace(s int, e *Entry) {
