@@ -824,7 +824,7 @@ func (p *Projector) loadSnapshot(path string, want snapshotMeta) (snapshotMeta, 
 		defer ids.finish()
 		place := func(slot uint64, e *Entry) { ids.add(table.placeSlot(d, e)) }
 		if useLayout {
-			place = func(slot uint64, e *Entry) { d.slots[slot].init(hashTag(&e.Hash), e) }
+			place = d.fill
 		}
 		var err error
 		if imported, err = r.readEntries(entries, false, slotRange{on: capacity > 0, hi: capacity - 1}, tabs, place); err != nil {

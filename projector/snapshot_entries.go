@@ -245,7 +245,7 @@ func (p *Projector) readParts(r *snapReader, body, sum []byte, nEntries int, tab
 	r.b = body[end:tableAt]
 	var place func(uint64, *Entry)
 	if useLayout {
-		place = func(slot uint64, e *Entry) { d.slots[slot].init(hashTag(&e.Hash), e) }
+		place = d.fill
 	}
 	type result struct {
 		entries  []Entry

@@ -697,6 +697,10 @@ func (t *Table) cutLayout() ([]*Entry, *layout) {
 	return entries, l
 }
 
+// fill stores e into slot s of a table no reader sees yet (a snapshot's
+// layout names the slot).
+func (d *tableData) fill(s uint64, e *Entry) { d.slots[s].init(hashTag(&e.Hash), e) }
+
 // init fills an empty slot of a table no reader can see yet (a load's,
 // published afterwards by an atomic store of the table): plain stores,
 // which the CPU streams to memory, where an atomic store waits for each.
