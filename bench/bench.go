@@ -101,6 +101,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return quotaBench(ctx, args[1:], stdout, stderr)
 	case "all":
 		return all(ctx, args[1:], stdout, stderr)
+	case "node-start":
+		return nodeStart(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return usageErr("unknown benchmark %q", args[0])

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +16,20 @@ import (
 	"github.com/keyledger/keyledger/analytics/analyticstest"
 	"github.com/keyledger/keyledger/bench"
 )
+
+// TestMain runs a measured node when a benchmark under test starts this
+// binary as one (bench.NodeEnv), and the tests otherwise.
+func TestMain(m *testing.M) {
+	if os.Getenv(bench.NodeEnv) == "1" {
+		// os.Args: this binary, "bench", then Main's arguments.
+		if err := bench.Main(context.Background(), os.Args[2:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
 
 // The bench commands run end to end at a small size and print one JSON
 // object with a name, a positive value and a unit. (bench authz needs wrk

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -21,7 +20,6 @@ import (
 	"github.com/keyledger/keyledger/merkle"
 	"github.com/keyledger/keyledger/nats"
 	"github.com/keyledger/keyledger/projector"
-	"github.com/keyledger/keyledger/verifier"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -43,7 +41,8 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *n < 1 {
 		return usageErr("--keys must be positive")
 	}
-	l, err := startJetStream(ctx, "keyledger-coldstart-")
+	// Listening on loopback: the measured nodes are processes of their own.
+	l, err := startJetStream(ctx, "keyledger-coldstart-", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
@@ -84,13 +83,6 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := closeWithin(p.Close); err != nil {
 		return err
 	}
-	// The projectors measured here start in this process, where a node
-	// restarting starts in a new one. Kept alive, the closed projectors'
-	// tables leave the measured ones memory fresh from the OS, as a new
-	// process has: reusing theirs would add the runtime's zeroing of
-	// pages the OS already took back (at 10 M keys a load took 4.0 s
-	// so, against 1.5 s in a fresh process; see README).
-	defer runtime.KeepAlive(p)
 	snaps, _ := filepath.Glob(filepath.Join(snapDir, "snap-*.bin"))
 	var snapSize int64
 	if len(snaps) > 0 {
@@ -104,65 +96,36 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 
-	// The measured cold start: snapshot + tail → ready → a verification.
-	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
-		stop, err := startCPUProfile(path)
-		if err != nil {
-			return err
-		}
-		defer stop()
-	}
-	start = time.Now()
-	sys := systemTime()
-	p2 := projector.New(js, opts)
-	if err := p2.Start(ctx); err != nil {
+	// The measured cold start: snapshot + tail → ready → a verification,
+	// in a process of its own (see nodeStart).
+	node := nodeConfig{SnapshotDir: snapDir, Records: *records, Secret: secret}
+	rep, cold, err := l.runNode(ctx, node)
+	if err != nil {
 		return err
 	}
-	// Start returns once the snapshot is loaded and the tree file open:
-	// the rest is the tail and the freshness check.
-	started := time.Since(start)
-	sys = systemTime() - sys
-	if err := projectorReady(ctx, p2); err != nil {
-		closeWithin(p2.Close)
-		return err
-	}
-	v := verifier.New(p2.Table(), verifier.Config{Environment: keyledger.EnvLive, Ready: p2.Ready})
-	if o := v.Verify(&verifier.Request{Key: secret}).Outcome; o != keyledger.OutcomeValid {
-		closeWithin(p2.Close)
-		return fmt.Errorf("after cold start the known key is %v", o)
-	}
-	cold := time.Since(start)
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	keys := p2.Table().Len()
-	perKey := float64(after.HeapAlloc-min(before.HeapAlloc, after.HeapAlloc)) / float64(keys)
-	// Closed before the full replay below, which it would compete with.
-	closeWithin(p2.Close)
-	defer runtime.KeepAlive(p2)
+	keys, perKey := rep.Keys, rep.HeapPerKey
 	var published string
 	if *bootstrap {
-		published, _ = p2.NewestSnapshot()
+		// What the measured node wrote, at its close, or loaded.
+		published, _ = projector.New(js, opts).NewestSnapshot()
 	}
 
 	res := Result{Name: "coldstart_seconds", Value: cold.Seconds(), Unit: "s", Extra: map[string]float64{
 		"keys": float64(keys), "tail_events": float64(*tailN), "snapshot_bytes": float64(snapSize),
-		"first_replay_s": replayFirst.Seconds(), "heap_bytes_per_key": perKey, "start_s": started.Seconds(),
-		"start_system_cpu_s": sys.Seconds(),
-	}, Notes: "snapshot + tail replay until caught up, fresh, and a valid verification"}
+		"first_replay_s": replayFirst.Seconds(), "heap_bytes_per_key": perKey, "start_s": rep.StartS,
+		"start_system_cpu_s": rep.SystemCPUS, "node_ready_s": rep.ReadyS,
+	}, Notes: "a node process started on the snapshot: until caught up on the tail, fresh, and a valid verification"}
 	rows := [][]string{
 		{"keys", fmt.Sprint(keys)}, {"tail events replayed", fmt.Sprint(*tailN)},
 		{"snapshot size", fmt.Sprintf("%.1f MB", float64(snapSize)/1e6)},
-		{"cold start (snapshot + tail → ready)", fmt.Sprintf("%.3f s", cold.Seconds())},
-		{"of which loading the snapshot and the tree file", fmt.Sprintf("%.3f s", started.Seconds())},
-		{"kernel CPU meanwhile (mostly first touches of fresh memory)", fmt.Sprintf("%.3f s", sys.Seconds())},
+		{"cold start (a node process: snapshot + tail → ready)", fmt.Sprintf("%.3f s", cold.Seconds())},
+		{"of which Start: loading the snapshot and the tree file", fmt.Sprintf("%.3f s", rep.StartS)},
+		{"kernel CPU meanwhile (mostly first touches of fresh memory)", fmt.Sprintf("%.3f s", rep.SystemCPUS)},
 		{"heap per key (table, after GC)", fmt.Sprintf("%.0f B", perKey)},
 		{"first start, full replay (no snapshot)", fmt.Sprintf("%.3f s", replayFirst.Seconds())},
 	}
 	if *bootstrap {
-		download, ready, err := timeBootstrap(ctx, l, p2, published, projector.Options{Records: *records, Logger: quiet, Keyring: l.ring})
+		download, ready, err := timeBootstrap(ctx, l, published, nodeConfig{Records: *records})
 		if err != nil {
 			return err
 		}
@@ -197,11 +160,10 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return report(stdout, *asJSON, res, rows)
 }
 
-// timeBootstrap publishes the snapshot at path, which from wrote, as an
-// admin node does, then times a node with an empty data dir: fetching
-// it from the bucket (Bootstrap, the download), then starting on it until
-// ready.
-func timeBootstrap(ctx context.Context, l *benchLedger, from *projector.Projector, path string, opts projector.Options) (download, ready time.Duration, err error) {
+// timeBootstrap publishes the snapshot at path, as an admin node does,
+// then times a node process with an empty data dir: fetching it from the
+// bucket (Bootstrap, the download), then starting on it until ready.
+func timeBootstrap(ctx context.Context, l *benchLedger, path string, node nodeConfig) (download, ready time.Duration, err error) {
 	bucket, err := nats.OpenSnapshots(ctx, l.js)
 	if err != nil {
 		return 0, 0, err
@@ -209,33 +171,16 @@ func timeBootstrap(ctx context.Context, l *benchLedger, from *projector.Projecto
 	if path == "" {
 		return 0, 0, errors.New("no snapshot to publish")
 	}
+	from := projector.New(l.js, projector.Options{SnapshotDir: filepath.Dir(path), Keyring: l.ring})
 	if err := from.PublishSnapshot(ctx, bucket, path, l.signer.NoteSigner()); err != nil {
 		return 0, 0, err
 	}
-	opts.SnapshotDir = filepath.Join(l.dir, "new-node")
-	// Why the node took no snapshot, if it took none, is in its log.
-	var why bytes.Buffer
-	opts.Logger = slog.New(slog.NewTextHandler(&why, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	runtime.GC()
-	start := time.Now()
-	p := projector.New(l.js, opts)
-	seq, err := p.Bootstrap(ctx, bucket)
+	node.SnapshotDir, node.Bootstrap = filepath.Join(l.dir, "new-node"), true
+	rep, _, err := l.runNode(ctx, node)
 	if err != nil {
 		return 0, 0, err
 	}
-	if seq == 0 {
-		return 0, 0, fmt.Errorf("the new node took no published snapshot: %s", strings.TrimSpace(why.String()))
-	}
-	download = time.Since(start)
-	start = time.Now()
-	if err := p.Start(ctx); err != nil {
-		return 0, 0, err
-	}
-	defer closeWithin(p.Close)
-	if err := projectorReady(ctx, p); err != nil {
-		return 0, 0, err
-	}
-	return download, time.Since(start), nil
+	return time.Duration(rep.DownloadS * float64(time.Second)), time.Duration(rep.ReadyS * float64(time.Second)), nil
 }
 
 // timeReplay is how long a projector with opts (and no snapshot) takes to
@@ -257,7 +202,8 @@ func timeReplay(ctx context.Context, js jetstream.JetStream, opts projector.Opti
 	return time.Since(start), nil
 }
 
-// benchLedger is an embedded JetStream (no listener) in a temp dir with
+// benchLedger is an embedded JetStream (listening on loopback only if
+// asked, for nodes in processes of their own) in a temp dir with
 // both streams, authentication on as in production, and a signing key:
 // the benchmarks that time one part (the projector, ingestion) need the
 // ledger without the rest of a node.
@@ -267,10 +213,29 @@ type benchLedger struct {
 	nc     *natsgo.Conn
 	signer *events.Signer
 	ring   *events.Keyring
+	url    string // the server's client URL, when it listens
+	creds  string // the bench member's nkey seed file
 	stop   func()
 }
 
-func startJetStream(ctx context.Context, prefix string) (*benchLedger, error) {
+// runNode runs a measured node (nodeStart) on l with node's settings.
+func (l *benchLedger) runNode(ctx context.Context, node nodeConfig) (nodeReport, time.Duration, error) {
+	if l.url == "" {
+		return nodeReport{}, 0, errors.New("the bench's server does not listen")
+	}
+	node.NATSURL, node.Member, node.Creds = l.url, "bench", l.creds
+	node.Keyring = filepath.Join(l.dir, "keyring")
+	if err := os.WriteFile(node.Keyring, l.ring.Marshal(), 0o600); err != nil {
+		return nodeReport{}, 0, err
+	}
+	cfg := filepath.Join(l.dir, "node.json")
+	if err := writeNodeConfig(cfg, node); err != nil {
+		return nodeReport{}, 0, err
+	}
+	return runNode(ctx, cfg)
+}
+
+func startJetStream(ctx context.Context, prefix, listen string) (*benchLedger, error) {
 	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		return nil, err
@@ -296,11 +261,15 @@ func startJetStream(ctx context.Context, prefix string) (*benchLedger, error) {
 	if l.ring, err = events.NewKeyring(vkey); err != nil {
 		return fail(err)
 	}
-	srv, err := nats.StartServer(nats.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js"), Fleet: fleet})
+	l.creds = filepath.Join(creds, "bench.nk")
+	srv, err := nats.StartServer(nats.ServerConfig{Name: "bench", StoreDir: filepath.Join(dir, "js"), Fleet: fleet, Listen: listen})
 	if err != nil {
 		return fail(err)
 	}
 	l.stop = func() { srv.Stop(); os.RemoveAll(dir) }
+	if listen != "" {
+		l.url = srv.ClientURL()
+	}
 	if l.nc, err = srv.Connect(id); err != nil {
 		return fail(err)
 	}

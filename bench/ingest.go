@@ -32,7 +32,7 @@ func ingest(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *n < 1 {
 		return usageErr("--events must be positive")
 	}
-	l, err := startJetStream(ctx, "keyledger-ingest-")
+	l, err := startJetStream(ctx, "keyledger-ingest-", "")
 	if err != nil {
 		return err
 	}
