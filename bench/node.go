@@ -161,7 +161,7 @@ func runNode(ctx context.Context, cfgPath string) (nodeReport, time.Duration, er
 	if err != nil {
 		return rep, 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 35*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe, "bench", "node-start", cfgPath)
 	cmd.Env = append(os.Environ(), NodeEnv+"=1")
