@@ -100,6 +100,19 @@ func nodeStart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	opts := projector.Options{Records: cfg.Records, SnapshotDir: cfg.SnapshotDir, Keyring: ring,
 		Logger: slog.New(slog.NewTextHandler(&why, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	var rep nodeReport
+	// The measured node inherits the bench's environment: a profile of
+	// coldstart is of the node, from its start to its report (a new
+	// node's, with --bootstrap, is the file's name + ".bootstrap").
+	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
+		if cfg.Bootstrap {
+			path += ".bootstrap"
+		}
+		stop, err := startCPUProfile(path)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
