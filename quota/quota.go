@@ -473,12 +473,11 @@ func (c *Counter) slow(now time.Time, n, cost int64) (Verdict, time.Duration) {
 		if c.spend(n, cost) {
 			return Pass, 0
 		}
-		if c.state.Load() == stateExhausted {
-			return Exhausted, c.retryAfter(n)
-		}
-		if c.state.Load() == stateDown {
-			return c.down()
-		}
+		// The state is judged at the loop's top, against its recheck
+		// time: the wake may be another leaser's draw for a period that
+		// has just ended, whose exhaustion says nothing of this one
+		// (returning Exhausted on it refused the first request of a new
+		// month now and then).
 	}
 }
 
