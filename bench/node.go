@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -207,16 +206,4 @@ func runNode(ctx context.Context, cfgPath string) (nodeReport, time.Duration, er
 		return rep, 0, fmt.Errorf("measured node's report %q: %w", line, err)
 	}
 	return rep, took, nil
-}
-
-// writeNodeConfig writes cfg for a measured node, 0600.
-func writeNodeConfig(path string, cfg nodeConfig) error {
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return errors.Join(errors.New("node config"), err)
-	}
-	return nil
 }
