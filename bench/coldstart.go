@@ -148,7 +148,7 @@ func coldstart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			if r.trusted == nil && *onlyCheckpoint {
 				continue
 			}
-			took, err := timeReplay(ctx, js, projector.Options{Records: *records, Logger: quiet, Keyring: l.ring, Trusted: r.trusted})
+			took, err := timeReplay(ctx, js, r.name, projector.Options{Records: *records, Logger: quiet, Keyring: l.ring, Trusted: r.trusted})
 			if err != nil {
 				return err
 			}
@@ -185,9 +185,17 @@ func timeBootstrap(ctx context.Context, l *benchLedger, path string, node nodeCo
 }
 
 // timeReplay is how long a projector with opts (and no snapshot) takes to
-// be ready.
-func timeReplay(ctx context.Context, js jetstream.JetStream, opts projector.Options) (time.Duration, error) {
+// be ready. Under KEYLEDGER_BENCH_CPUPROFILE it profiles the replay into
+// the file's name + "." + name.
+func timeReplay(ctx context.Context, js jetstream.JetStream, name string, opts projector.Options) (time.Duration, error) {
 	runtime.GC()
+	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
+		stop, err := startCPUProfile(path + "." + name)
+		if err != nil {
+			return 0, err
+		}
+		defer stop()
+	}
 	start := time.Now()
 	p := projector.New(js, opts)
 	if err := p.Start(ctx); err != nil {
