@@ -156,7 +156,7 @@ type Projector struct {
 	vouched   atomic.Uint64
 	// fills carries events the monitor read from the stream's leader to
 	// the apply loop (see fill).
-	fills chan *pending
+	fills chan *batch
 	// gapAt is the last applied sequence when the previous check found
 	// the stream ahead of it (0 when it did not); monitor only.
 	gapAt   uint64
@@ -166,9 +166,9 @@ type Projector struct {
 	ring     *events.Keyring
 	onReject func(Rejection)
 	rejected map[string]*atomic.Uint64 // by reason; the map is fixed at New
-	// head is the last applied sequence with the hash of its stored
-	// bytes, as a snapshot records it.
-	head atomic.Pointer[headState]
+	// head is the last applied sequence and its stored bytes, as a
+	// snapshot records them. Under cutMu.
+	head headState
 	// broken, once set, is why the node must never serve from this table
 	// again: the stream it follows is not the one it started with.
 	broken atomic.Pointer[string]
@@ -186,9 +186,11 @@ type Projector struct {
 	streamLast atomic.Uint64
 	suspect    string // the previous check's replacement finding (monitor only)
 
-	// waitCh is closed and replaced each time lastSeq advances.
+	// waitCh, when a WaitApplied made one, is closed (and cleared) at
+	// the next advance of lastSeq: a replay applies millions of events
+	// that nobody waits for, and makes no channel for them.
 	waitMu sync.Mutex
-	waitCh chan struct{}
+	waitCh atomic.Pointer[chan struct{}]
 
 	onAdvance func(seq uint64)
 
@@ -258,8 +260,7 @@ func New(js jetstream.JetStream, opts Options) *Projector {
 		table:        NewTable(0),
 		owners:       make(map[string]string),
 		accounts:     newAccounts(),
-		waitCh:       make(chan struct{}),
-		fills:        make(chan *pending),
+		fills:        make(chan *batch),
 		name:         consumerPrefix(opts.Name),
 		ring:         opts.Keyring,
 		onReject:     opts.OnReject,
@@ -445,9 +446,22 @@ func clipSubject(s string) string {
 	return s
 }
 
+// headState is an event as a snapshot ties itself to the stream with: its
+// sequence and the SHA-256 of its stored bytes. The hash is taken when a
+// snapshot asks for it, not for each of the millions of events a replay
+// applies; data is nil when hash is already known (a loaded snapshot's).
 type headState struct {
 	seq  uint64
+	data []byte
 	hash [32]byte
+}
+
+// sum is the SHA-256 of the head event's stored bytes.
+func (h *headState) sum() [32]byte {
+	if h.data != nil {
+		return sha256.Sum256(h.data)
+	}
+	return h.hash
 }
 
 // monitor checks, several times per MaxStaleness, that the connection is up
@@ -607,14 +621,13 @@ func (p *Projector) fill(ctx context.Context, stream jetstream.Stream, applied, 
 			}
 			return
 		}
-		j := &pending{seq: seq, subject: m.Subject, data: m.Data, done: make(chan struct{})}
-		j.checked = p.checkMsg(j.seq, j.subject, j.data)
-		close(j.done)
+		b := &batch{msgs: []pending{{seq: seq, subject: m.Subject, data: m.Data}}}
+		p.checkBatch(b)
 		// Counted before the hand-over: once the apply loop has it, a
 		// reader that waited for its sequence must see it counted.
 		p.filled.Add(1)
 		select {
-		case p.fills <- j:
+		case p.fills <- b:
 		case <-ctx.Done():
 			return
 		}
@@ -709,16 +722,22 @@ func (p *Projector) Start(ctx context.Context) error {
 // state: a reader hands messages to one checker per core and the apply
 // loop (this goroutine, the table's only writer) takes the results in
 // stream order.
+//
+// While it catches up, the reader hands them on in batches: a replay of
+// millions of events would otherwise pay a hand-off and a wake-up per
+// event on each of three goroutines. An event past the stream's end at
+// Start (the live tail: a revocation) is handed on at once, alone.
 func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 	go func() {
 		<-ctx.Done()
 		it.Stop()
 	}()
-	jobs := make(chan *pending, 1024)
-	order := make(chan *pending, 4096)
+	jobs := make(chan *batch, 16)
+	order := make(chan *batch, 64)
 	go func() {
 		defer close(order)
 		defer close(jobs)
+		var b *batch
 		for {
 			msg, err := it.Next()
 			if err != nil {
@@ -735,16 +754,24 @@ func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 				p.poison.Add(1)
 				continue
 			}
-			j := &pending{seq: meta.Sequence.Stream, subject: msg.Subject(), data: msg.Data(), done: make(chan struct{})}
-			if len(order) == 0 {
+			seq := meta.Sequence.Stream
+			if b == nil {
+				b = &batch{msgs: make([]pending, 0, batchSize)}
+			}
+			b.msgs = append(b.msgs, pending{seq: seq, subject: msg.Subject(), data: msg.Data()})
+			if seq < p.target && len(b.msgs) < batchSize {
+				continue // more is on its way
+			}
+			if len(b.msgs) == 1 && len(order) == 0 {
 				// Nothing queued (the live tail): checking here
 				// saves a hand-off on the path of a revocation.
-				j.checked = p.checkMsg(j.seq, j.subject, j.data)
-				close(j.done)
+				p.checkBatch(b)
 			} else {
-				jobs <- j
+				b.done = make(chan struct{})
+				jobs <- b
 			}
-			order <- j
+			order <- b
+			b = nil
 		}
 	}()
 	var checkers sync.WaitGroup
@@ -752,35 +779,58 @@ func (p *Projector) run(ctx context.Context, it jetstream.MessagesContext) {
 		checkers.Add(1)
 		go func() {
 			defer checkers.Done()
-			for j := range jobs {
-				j.checked = p.checkMsg(j.seq, j.subject, j.data)
-				close(j.done)
+			for b := range jobs {
+				p.checkBatch(b)
+				close(b.done)
 			}
 		}()
 	}
 	for {
-		var j *pending
+		var b *batch
 		select {
 		case next, ok := <-order:
 			if !ok {
 				checkers.Wait()
 				return
 			}
-			j = next
-		case j = <-p.fills:
+			b = next
+		case b = <-p.fills:
 		}
-		<-j.done
-		p.applyChecked(j.seq, j.subject, j.data, j.checked)
+		if b.done != nil {
+			<-b.done
+		}
+		for i := range b.msgs {
+			j := &b.msgs[i]
+			p.applyChecked(j.seq, j.subject, j.data, j.checked)
+		}
 	}
 }
 
-// pending is a message between the reader, its checker and the apply loop.
+// batchSize is how many events the reader hands on at once while it
+// catches up: enough to spread the hand-off over many events, few enough
+// that both checkers stay busy on a short replay.
+const batchSize = 256
+
+// batch is messages in stream order between the reader, a checker and
+// the apply loop.
+type batch struct {
+	msgs []pending
+	done chan struct{} // closed once every checked is set; nil if set before the hand-off
+}
+
+func (p *Projector) checkBatch(b *batch) {
+	for i := range b.msgs {
+		j := &b.msgs[i]
+		j.checked = p.checkMsg(j.seq, j.subject, j.data)
+	}
+}
+
+// pending is a message and what its checker found.
 type pending struct {
 	seq     uint64
 	subject string
 	data    []byte
 	checked checked
-	done    chan struct{} // closed once checked is set
 }
 
 // checked is what check found in a stored message: the event, or why it
@@ -845,7 +895,7 @@ func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Str
 		p.lastSeq.Store(meta.seq)
 		p.snapSeq.Store(meta.seq)
 		p.loadedSeq, p.loadedLeaf = meta.seq, leaf
-		p.head.Store(&headState{seq: meta.seq, hash: meta.head})
+		p.head = headState{seq: meta.seq, hash: meta.head}
 		p.log.Info("projector: snapshot loaded", "path", path, "seq", meta.seq, "keys", p.table.Len(),
 			"took", time.Since(start).Round(time.Millisecond))
 		return nil
@@ -949,14 +999,22 @@ func (p *Projector) snapshotLoop(ctx context.Context) {
 // refuses the key.
 func (p *Projector) WaitApplied(ctx context.Context, seq uint64) error {
 	for {
+		// The channel is published before lastSeq is read, and advance
+		// stores lastSeq before it looks for a channel: one of the two
+		// sees the other (Go's atomics are sequentially consistent).
 		p.waitMu.Lock()
-		ch := p.waitCh
+		ch := p.waitCh.Load()
+		if ch == nil {
+			c := make(chan struct{})
+			ch = &c
+			p.waitCh.Store(ch)
+		}
 		p.waitMu.Unlock()
 		if p.lastSeq.Load() >= seq {
 			return nil
 		}
 		select {
-		case <-ch:
+		case <-*ch:
 		case <-ctx.Done():
 			return keyledger.Wrap(keyledger.Unavailable, ctx.Err(), "this node has not applied the event yet")
 		}
@@ -964,8 +1022,7 @@ func (p *Projector) WaitApplied(ctx context.Context, seq uint64) error {
 }
 
 func (p *Projector) advance(seq uint64, data []byte) {
-	// The hash costs ~1 µs per event; the signature check before it, ~50.
-	p.head.Store(&headState{seq: seq, hash: sha256.Sum256(data)})
+	p.head = headState{seq: seq, data: data}
 	p.lastSeq.Store(seq)
 	// Caught up means: applied the sequence the stream's leader
 	// reported at Start. NumPending is not enough: it is counted by the
@@ -977,10 +1034,13 @@ func (p *Projector) advance(seq uint64, data []byte) {
 	if c := p.confirming.Load(); c != nil && seq >= c.target && p.confirming.CompareAndSwap(c, nil) {
 		p.renew(c.sent)
 	}
-	p.waitMu.Lock()
-	close(p.waitCh)
-	p.waitCh = make(chan struct{})
-	p.waitMu.Unlock()
+	if p.waitCh.Load() != nil {
+		p.waitMu.Lock()
+		if ch := p.waitCh.Swap(nil); ch != nil {
+			close(*ch)
+		}
+		p.waitMu.Unlock()
+	}
 	if p.onAdvance != nil {
 		p.onAdvance(seq)
 	}

@@ -235,11 +235,11 @@ type snapshotCut struct {
 func (p *Projector) cut() (*snapshotCut, error) {
 	p.cutMu.Lock()
 	defer p.cutMu.Unlock()
-	h := p.head.Load()
-	if h == nil {
+	h := p.head
+	if h.seq == 0 {
 		return nil, errors.New("projector: nothing applied yet")
 	}
-	c := &snapshotCut{meta: snapshotMeta{streamCreated: p.streamID, seq: h.seq, head: h.hash, unsignedThrough: p.ring.UnsignedThrough()}}
+	c := &snapshotCut{meta: snapshotMeta{streamCreated: p.streamID, seq: h.seq, head: h.sum(), unsignedThrough: p.ring.UnsignedThrough()}}
 	c.entries, c.layout = p.table.cutLayout()
 	if p.records != nil {
 		p.recMu.RLock()
