@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/bits"
 	"os"
 	"sort"
 	"strconv"
@@ -73,17 +74,28 @@ func (t *Tree) Append(data []byte) (int64, error) {
 func (t *Tree) AppendHash(h tlog.Hash) (int64, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	hs, err := tlog.StoredHashesForRecordHash(t.n, h, hashReader{t})
-	if err != nil {
-		return 0, err
-	}
+	// What tlog.StoredHashesForRecordHash computes, without its three
+	// allocations an append (a replay appends millions): the leaf, then
+	// for each trailing 1 bit of n the subtree it completes, hashed with
+	// the newest stored hash of the level below, which is the frontier's.
 	base := t.flushed + int64(len(t.tail))
-	t.tail = append(t.tail, hs...)
-	for i := range hs {
+	m := bits.TrailingZeros64(uint64(t.n + 1))
+	for l := range m {
+		if want := tlog.StoredHashIndex(l, t.n>>l-1); !t.frontier[l].ok || t.frontier[l].idx != want {
+			return 0, fmt.Errorf("merkle: no stored hash %d to append leaf %d with", want, t.n)
+		}
+	}
+	t.tail = append(t.tail, h)
+	for l := range m {
+		h = tlog.NodeHash(t.frontier[l].h, h)
+		t.tail = append(t.tail, h)
+	}
+	// Only now: the loop above read the frontier as it was.
+	for i := range m + 1 {
 		t.remember(base + int64(i))
 	}
 	t.n++
-	if t.f != nil && len(t.tail) >= flushAt && len(t.tail)%flushAt < len(hs) {
+	if t.f != nil && len(t.tail) >= flushAt && len(t.tail)%flushAt < m+1 {
 		// A failed write (a full disk) loses nothing: the hashes stay
 		// in memory, the next flushAt appends try again, and Sync
 		// reports it. The tree must keep growing with the ledger.

@@ -56,6 +56,39 @@ func TestTree(t *testing.T) {
 		}
 	}
 	root, _ := tr.Root(n)
+	t.Run("the stored hashes are tlog's", func(t *testing.T) {
+		// AppendHash computes them from its frontier; tlog from
+		// whatever the reader gives it.
+		var want tlog.HashReaderFunc
+		var ref []tlog.Hash
+		want = func(idx []int64) ([]tlog.Hash, error) {
+			out := make([]tlog.Hash, len(idx))
+			for i, x := range idx {
+				out[i] = ref[x]
+			}
+			return out, nil
+		}
+		for i := range int64(n) {
+			hs, err := tlog.StoredHashes(i, leaves[i], want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref = append(ref, hs...)
+		}
+		idx := make([]int64, len(ref))
+		for i := range idx {
+			idx[i] = int64(i)
+		}
+		got, err := hashReader{tr}.ReadHashes(idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range ref {
+			if got[i] != ref[i] {
+				t.Fatalf("stored hash %d of %d differs from tlog's", i, len(ref))
+			}
+		}
+	})
 	t.Run("every leaf's inclusion proof verifies, and fails for a modified leaf", func(t *testing.T) {
 		for i := int64(0); i < n; i++ {
 			p, err := tr.ProveLeaf(n, i)
