@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -45,6 +46,13 @@ const (
 
 // KeySubject returns the subject of a key's lifecycle events.
 func KeySubject(keyID string) string { return KeysSubjectPrefix + keyID }
+
+// IsKeySubject reports whether subject is KeySubject(keyID), without
+// making the subject (the projector asks it of every event it replays).
+func IsKeySubject(subject, keyID string) bool {
+	id, ok := strings.CutPrefix(subject, KeysSubjectPrefix)
+	return ok && id == keyID
+}
 
 // UsageSubject returns the subject of a KeyUsed event.
 func UsageSubject(env keyledger.Environment, keyID string) string {

@@ -28,6 +28,24 @@ func TestSubjects(t *testing.T) {
 			t.Errorf("subject %q, want %q", tt.got, tt.want)
 		}
 	}
+	t.Run("IsKeySubject", func(t *testing.T) {
+		for _, tt := range []struct {
+			subject, keyID string
+			want           bool
+		}{
+			{"keyledger.keys.key_1", "key_1", true},
+			{"keyledger.keys.key_1", "key_2", false},
+			{"keyledger.keys.key_12", "key_1", false},
+			{"keyledger.keys.", "", true},
+			{"keyledger.usage.live.key_1", "key_1", false},
+			{"xkeyledger.keys.key_1", "key_1", false},
+			{"key_1", "key_1", false},
+		} {
+			if got := nats.IsKeySubject(tt.subject, tt.keyID); got != tt.want || got != (nats.KeySubject(tt.keyID) == tt.subject) {
+				t.Errorf("IsKeySubject(%q, %q) = %v, want %v", tt.subject, tt.keyID, got, tt.want)
+			}
+		}
+	})
 }
 
 func TestKeysStreamConfig(t *testing.T) {

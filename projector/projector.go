@@ -1075,7 +1075,7 @@ func (p *Projector) checkMsg(seq uint64, subject string, data []byte) checked {
 	if err != nil {
 		return checked{poison: err, leaf: leaf}
 	}
-	if nats.KeySubject(ev.Head().KeyID) != subject {
+	if !nats.IsKeySubject(subject, ev.Head().KeyID) {
 		// A signature vouches for the event, not for where it was put:
 		// a signed revoke of one key copied onto another key's subject
 		// must not move that key's history.
@@ -1337,8 +1337,10 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 		names:       internNames(e.Permissions),
 		Rev:         seq,
 	}
-	x := &Extra{RateLimit: e.RateLimit, Metadata: e.Metadata}
-	ent.setID(e.KeyID, x)
+	// What few keys have, on the stack until it turns out to hold
+	// something (a replay creates millions of keys that have none).
+	x := Extra{RateLimit: e.RateLimit, Metadata: e.Metadata}
+	ent.setID(e.KeyID, &x)
 	x.Allowlist, x.AllowedIPs, _ = keyledger.ParseAllowlist(e.AllowedIPs)
 	if e.AdminScope != nil {
 		x.Scope = p.intern(e.AdminScope.Owner)
@@ -1357,7 +1359,9 @@ func (p *Projector) applyCreated(seq uint64, e *events.KeyCreated) {
 			}
 		}
 	}
-	ent.Extra = x.orNil()
+	if !x.empty() {
+		ent.Extra = x.edit()
+	}
 	if e.ExpiresAt != nil {
 		ent.ExpiresAt = e.ExpiresAt.UnixNano()
 	}
