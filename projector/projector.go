@@ -895,7 +895,9 @@ func (p *Projector) loadNewestSnapshot(ctx context.Context, stream jetstream.Str
 		p.lastSeq.Store(meta.seq)
 		p.snapSeq.Store(meta.seq)
 		p.loadedSeq, p.loadedLeaf = meta.seq, leaf
+		p.cutMu.Lock()
 		p.head = headState{seq: meta.seq, hash: meta.head}
+		p.cutMu.Unlock()
 		p.log.Info("projector: snapshot loaded", "path", path, "seq", meta.seq, "keys", p.table.Len(),
 			"took", time.Since(start).Round(time.Millisecond))
 		return nil
