@@ -13,3 +13,7 @@ func (p *Projector) LeanOn(cp *merkle.Checkpoint, last uint64) {
 	p.trusted, p.target = cp, last
 	p.adoptTrust()
 }
+
+// FollowOpts are the projector's pull options, for a benchmark of the
+// stream alone under the same consumer.
+var FollowOpts = followOpts

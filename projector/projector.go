@@ -189,7 +189,6 @@ type Projector struct {
 	// waitCh, when a WaitApplied made one, is closed (and cleared) at
 	// the next advance of lastSeq: a replay applies millions of events
 	// that nobody waits for, and makes no channel for them.
-	waitMu sync.Mutex
 	waitCh atomic.Pointer[chan struct{}]
 
 	onAdvance func(seq uint64)
@@ -687,11 +686,7 @@ func (p *Projector) Start(ctx context.Context) error {
 	if p.lastSeq.Load() >= p.target {
 		p.markCaughtUp()
 	}
-	// Short pulls with frequent idle heartbeats: the ordered consumer
-	// notices a lost consumer (a leader change, a server restart) after two
-	// missed heartbeats and recreates itself, so revocations resume within
-	// about a second instead of the ten of the defaults.
-	it, err := cons.Messages(jetstream.PullMaxMessages(1024), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(500*time.Millisecond))
+	it, err := cons.Messages(followOpts...)
 	if err != nil {
 		return keyledger.Wrap(keyledger.Unavailable, err, "cannot follow KEYS stream")
 	}
@@ -716,6 +711,13 @@ func (p *Projector) Start(ctx context.Context) error {
 	}()
 	return nil
 }
+
+// followOpts are how the projector pulls from its consumer: short pulls with
+// frequent idle heartbeats. The ordered consumer notices a lost consumer (a
+// leader change, a server restart) after two missed heartbeats and
+// recreates itself, so revocations resume within about a second instead of
+// the ten of the defaults.
+var followOpts = []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(1024), jetstream.PullExpiry(5 * time.Second), jetstream.PullHeartbeat(500 * time.Millisecond)}
 
 // run applies the stream's messages in order. Checking a signature costs
 // ~50 µs, more than everything else an event costs together, and needs no
@@ -1002,16 +1004,16 @@ func (p *Projector) snapshotLoop(ctx context.Context) {
 func (p *Projector) WaitApplied(ctx context.Context, seq uint64) error {
 	for {
 		// The channel is published before lastSeq is read, and advance
-		// stores lastSeq before it looks for a channel: one of the two
+		// stores lastSeq before it takes the channel: one of the two
 		// sees the other (Go's atomics are sequentially consistent).
-		p.waitMu.Lock()
 		ch := p.waitCh.Load()
 		if ch == nil {
 			c := make(chan struct{})
+			if !p.waitCh.CompareAndSwap(nil, &c) {
+				continue // another waiter's, or already closed: look again
+			}
 			ch = &c
-			p.waitCh.Store(ch)
 		}
-		p.waitMu.Unlock()
 		if p.lastSeq.Load() >= seq {
 			return nil
 		}
@@ -1037,11 +1039,9 @@ func (p *Projector) advance(seq uint64, data []byte) {
 		p.renew(c.sent)
 	}
 	if p.waitCh.Load() != nil {
-		p.waitMu.Lock()
 		if ch := p.waitCh.Swap(nil); ch != nil {
 			close(*ch)
 		}
-		p.waitMu.Unlock()
 	}
 	if p.onAdvance != nil {
 		p.onAdvance(seq)

@@ -354,7 +354,7 @@ func BenchmarkProjector_replay(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			it, err := cons.Messages(jetstream.PullMaxMessages(1024), jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(500*time.Millisecond))
+			it, err := cons.Messages(projector.FollowOpts...)
 			if err != nil {
 				b.Fatal(err)
 			}
