@@ -116,13 +116,11 @@ func authz(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	go bare.Serve(bareLn)
 	defer bare.Close()
 
-	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
-		stop, err := startCPUProfile(path)
-		if err != nil {
-			return err
-		}
-		defer stop()
+	stop, err := startCPUProfile("")
+	if err != nil {
+		return err
 	}
+	defer stop()
 	// Rounds alternate the three servers, so that a drift of the machine's
 	// speed (a shared VM's neighbours) falls on all of them alike; the
 	// ratio reported is the median of the rounds'.
@@ -290,10 +288,15 @@ func waitAnswers(ctx context.Context, url string, timeout time.Duration, exited 
 	}
 }
 
-// startCPUProfile profiles the process into path (KEYLEDGER_BENCH_CPUPROFILE)
-// until stop, to see where a benchmark's time goes.
-func startCPUProfile(path string) (stop func(), err error) {
-	f, err := os.Create(path)
+// startCPUProfile profiles the process, until stop, into the file that
+// KEYLEDGER_BENCH_CPUPROFILE names with suffix appended, to see where a
+// benchmark's time goes. Without that variable it profiles nothing.
+func startCPUProfile(suffix string) (stop func(), err error) {
+	path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path + suffix)
 	if err != nil {
 		return nil, err
 	}

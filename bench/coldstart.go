@@ -189,13 +189,11 @@ func timeBootstrap(ctx context.Context, l *benchLedger, path string, node nodeCo
 // the file's name + "." + name.
 func timeReplay(ctx context.Context, js jetstream.JetStream, name string, opts projector.Options) (time.Duration, error) {
 	runtime.GC()
-	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
-		stop, err := startCPUProfile(path + "." + name)
-		if err != nil {
-			return 0, err
-		}
-		defer stop()
+	stop, err := startCPUProfile("." + name)
+	if err != nil {
+		return 0, err
 	}
+	defer stop()
 	start := time.Now()
 	p := projector.New(js, opts)
 	if err := p.Start(ctx); err != nil {

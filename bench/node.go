@@ -102,16 +102,15 @@ func nodeStart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// The measured node inherits the bench's environment: a profile of
 	// coldstart is of the node, from its start to its report (a new
 	// node's, with --bootstrap, is the file's name + ".bootstrap").
-	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
-		if cfg.Bootstrap {
-			path += ".bootstrap"
-		}
-		stop, err := startCPUProfile(path)
-		if err != nil {
-			return err
-		}
-		defer stop()
+	var suffix string
+	if cfg.Bootstrap {
+		suffix = ".bootstrap"
 	}
+	stop, err := startCPUProfile(suffix)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -77,13 +77,11 @@ func revoke(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	authz := func(ctx context.Context, base, key string) (int, error) { return authzStatus(ctx, hc, base, key) }
 
 	var lat, calls []time.Duration
-	if path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE"); path != "" {
-		stop, err := startCPUProfile(path)
-		if err != nil {
-			return err
-		}
-		defer stop()
+	stop, err := startCPUProfile("")
+	if err != nil {
+		return err
 	}
+	defer stop()
 	for _, k := range keys {
 		per, call, err := revokeOne(ctx, adminAPI, bases, k, pollEvery, authz)
 		if err != nil {
