@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/internal/hugepages"
 )
 
 // entryTables are what a snapshot's entries name by number: owners and
@@ -29,7 +30,7 @@ type entryTables struct {
 func newEntries(n int) []Entry {
 	es := make([]Entry, n)
 	if n > 0 {
-		adviseHuge(unsafe.Pointer(&es[0]), uintptr(n)*unsafe.Sizeof(Entry{}))
+		hugepages.Advise(unsafe.Pointer(&es[0]), uintptr(n)*unsafe.Sizeof(Entry{}))
 	}
 	return es
 }

@@ -21,6 +21,7 @@ import (
 	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
+	"github.com/keyledger/keyledger/internal/hugepages"
 	"github.com/keyledger/keyledger/quota"
 	"golang.org/x/time/rate"
 )
@@ -477,8 +478,8 @@ func newTableData(capacity int) *tableData {
 	d := &tableData{slots: make([]slot, capacity), ids: make([]uint32, capacity)}
 	// Both arrays are reached at random (the ids by the replay's every
 	// event: a new key's id is checked, a revocation finds its key).
-	adviseHuge(unsafe.Pointer(&d.slots[0]), uintptr(len(d.slots))*unsafe.Sizeof(slot{}))
-	adviseHuge(unsafe.Pointer(&d.ids[0]), uintptr(len(d.ids))*unsafe.Sizeof(d.ids[0]))
+	hugepages.Advise(unsafe.Pointer(&d.slots[0]), uintptr(len(d.slots))*unsafe.Sizeof(slot{}))
+	hugepages.Advise(unsafe.Pointer(&d.ids[0]), uintptr(len(d.ids))*unsafe.Sizeof(d.ids[0]))
 	return d
 }
 
@@ -794,7 +795,7 @@ func namesAt(n uint32) []string {
 // entrySlab hands out the entries of new keys from large arrays rather
 // than one allocation each: a table of millions of keys then sits in a
 // few hundred arrays the kernel can back with huge pages (see
-// adviseHuge), which a lookup at random reaches with fewer TLB misses,
+// hugepages.Advise), which a lookup at random reaches with fewer TLB misses,
 // and each entry costs its 112 bytes with no allocator rounding. A key's
 // changed entries are allocated on their own: an entry replaced in the
 // table stays unused in its slab (the slab lives while any of its
@@ -814,7 +815,7 @@ func (s *entrySlab) alloc() *Entry {
 		// small), doubling up to slabMax.
 		n := min(max(64, 2*s.last), slabMax)
 		s.free, s.last = make([]Entry, n), n
-		adviseHuge(unsafe.Pointer(&s.free[0]), uintptr(n)*unsafe.Sizeof(Entry{}))
+		hugepages.Advise(unsafe.Pointer(&s.free[0]), uintptr(n)*unsafe.Sizeof(Entry{}))
 	}
 	e := &s.free[0]
 	s.free = s.free[1:]
