@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	keyledger "github.com/keyledger/keyledger"
@@ -291,6 +292,7 @@ func waitAnswers(ctx context.Context, url string, timeout time.Duration, exited 
 // startCPUProfile profiles the process, until stop, into the file that
 // KEYLEDGER_BENCH_CPUPROFILE names with suffix appended, to see where a
 // benchmark's time goes. Without that variable it profiles nothing.
+// stop may be called more than once.
 func startCPUProfile(suffix string) (stop func(), err error) {
 	path := os.Getenv("KEYLEDGER_BENCH_CPUPROFILE")
 	if path == "" {
@@ -304,7 +306,8 @@ func startCPUProfile(suffix string) (stop func(), err error) {
 		f.Close()
 		return nil, err
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	var once sync.Once
+	return func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }, nil
 }
 
 // median returns the median of xs (the mean of the middle two for an even

@@ -47,7 +47,7 @@ func TestBench_smoke(t *testing.T) {
 			[]string{"random_valid_ns", "memory_latency_ns"}},
 		{[]string{"revoke", "--nodes", "1", "--revocations", "5"}, "revoke_propagation_p99", "ms", nil},
 		{[]string{"coldstart", "--keys", "2000", "--tail", "10", "--replay", "--bootstrap"}, "coldstart_seconds", "s",
-			[]string{"replay_on_checkpoint_events_per_s", "full_replay_events_per_s", "bootstrap_download_s", "bootstrap_ready_s", "start_s"}},
+			[]string{"replay_on_checkpoint_events_per_s", "full_replay_events_per_s", "bootstrap_download_s", "bootstrap_ready_s", "start_s", "first_start_s", "first_start_load_s"}},
 		{[]string{"ingest", "--events", "3000"}, "ingest_events_per_second", "events/s", nil},
 		{[]string{"audit", "--events", "300"}, "audit_verify_events_per_second", "events/s", nil},
 		{[]string{"quota", "--nodes", "1", "--quota", "500", "--workers", "2", "--lease-max", "50"}, "quota_overshoot", "verifications", nil},

@@ -42,6 +42,9 @@ type nodeConfig struct {
 	Bootstrap bool `json:"bootstrap"`
 	// Secret, if set, must verify as valid once the node is ready.
 	Secret string `json:"secret"`
+	// Profile, if set, is what the node's CPU profile file is named
+	// after beside the bench's own (see nodeStart).
+	Profile string `json:"profile"`
 }
 
 // nodeReport is what a measured node prints, one JSON line, after a
@@ -100,11 +103,12 @@ func nodeStart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Logger: slog.New(slog.NewTextHandler(&why, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	var rep nodeReport
 	// The measured node inherits the bench's environment: a profile of
-	// coldstart is of the node, from its start to its report (a new
-	// node's, with --bootstrap, is the file's name + ".bootstrap").
+	// coldstart is of the node, from its start to its report (the
+	// others', a new node's with --bootstrap and the first start's, are
+	// the file's name + "." + Profile).
 	var suffix string
-	if cfg.Bootstrap {
-		suffix = ".bootstrap"
+	if cfg.Profile != "" {
+		suffix = "." + cfg.Profile
 	}
 	stop, err := startCPUProfile(suffix)
 	if err != nil {
@@ -151,7 +155,9 @@ func nodeStart(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	rep.ReadyS = time.Since(start).Seconds()
 	// The figure is taken (runNode times the first line): the rest is
-	// the report, after a collection that takes a while at this size.
+	// the report, after a collection that takes a while at this size,
+	// and the close, which writes a snapshot: neither is in the profile.
+	stop()
 	if _, err := io.WriteString(stdout, "ready\n"); err != nil {
 		return err
 	}
