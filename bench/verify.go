@@ -151,7 +151,7 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 func memoryLatency(size int) float64 {
 	lines := max(size/64, 1024)
 	mem := make([]uint64, lines*8)
-	hugepages.Advise(unsafe.Pointer(&mem[0]), uintptr(len(mem))*8)
+	hugepages.Slice(mem)
 	order := make([]int32, lines)
 	for i := range order {
 		order[i] = int32(i)

@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	keyledger "github.com/keyledger/keyledger"
 	"github.com/keyledger/keyledger/internal/hugepages"
@@ -29,9 +28,7 @@ type entryTables struct {
 // huge pages where the kernel has them: lookups reach them at random.
 func newEntries(n int) []Entry {
 	es := make([]Entry, n)
-	if n > 0 {
-		hugepages.Advise(unsafe.Pointer(&es[0]), uintptr(n)*unsafe.Sizeof(Entry{}))
-	}
+	hugepages.Slice(es)
 	return es
 }
 

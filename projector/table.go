@@ -478,8 +478,8 @@ func newTableData(capacity int) *tableData {
 	d := &tableData{slots: make([]slot, capacity), ids: make([]uint32, capacity)}
 	// Both arrays are reached at random (the ids by the replay's every
 	// event: a new key's id is checked, a revocation finds its key).
-	hugepages.Advise(unsafe.Pointer(&d.slots[0]), uintptr(len(d.slots))*unsafe.Sizeof(slot{}))
-	hugepages.Advise(unsafe.Pointer(&d.ids[0]), uintptr(len(d.ids))*unsafe.Sizeof(d.ids[0]))
+	hugepages.Slice(d.slots)
+	hugepages.Slice(d.ids)
 	return d
 }
 
@@ -815,7 +815,7 @@ func (s *entrySlab) alloc() *Entry {
 		// small), doubling up to slabMax.
 		n := min(max(64, 2*s.last), slabMax)
 		s.free, s.last = make([]Entry, n), n
-		hugepages.Advise(unsafe.Pointer(&s.free[0]), uintptr(n)*unsafe.Sizeof(Entry{}))
+		hugepages.Slice(s.free)
 	}
 	e := &s.free[0]
 	s.free = s.free[1:]
